@@ -1,0 +1,179 @@
+"""The hot cache: a bounded TTL map of immutable job snapshots that never goes back in time.
+
+Postgres is the truth; this cache only accelerates reads, under two rules:
+
+* **Version-aware.** An entry is never replaced by an older version of the same job.
+* **No stale fills.** A database read that raced a newer write must not plant the older row. Every
+  store carries a *ticket* taken before its database statement was sent. The cache keeps a *floor*:
+  the highest version it has known for each job it recently dropped or was told about (its own
+  writes, change notifications, evictions, expiries). A store below the floor is refused. The floor
+  map is bounded; when it forgets a job, the job's hash bucket records the moment, and a store whose
+  ticket predates a forgetting in its bucket is refused too (it can only cost a cache fill, never
+  correctness). This is the "lease" idea of memcache at Facebook, applied to versions.
+
+All operations take one ``threading.Lock`` and never await, so the cache is safe for concurrent
+asyncio tasks and for handler threads alike. Hits return the stored frozen ``Job`` itself: it
+cannot be mutated, so no copy is needed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from cachetools import LRUCache, TTLCache
+
+from jobkeeper.models import Job
+
+__all__ = ["CacheStats", "JobCache", "Ticket"]
+
+Ticket = int
+_BUCKETS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """Counters since the cache was created, and its current size."""
+
+    hits: int
+    misses: int
+    evictions: int
+    expirations: int
+    refused_stores: int
+    size: int
+    maxsize: int
+
+
+class _Entries(TTLCache[UUID, Job]):
+    """``TTLCache`` that reports every job it drops by LRU eviction or by expiry."""
+
+    def __init__(
+        self,
+        maxsize: int,
+        ttl: float,
+        timer: Callable[[], float],
+        on_evict: Callable[[Job], None],
+        on_expire: Callable[[Job], None],
+    ) -> None:
+        super().__init__(maxsize=maxsize, ttl=ttl, timer=timer)
+        self._on_evict = on_evict
+        self._on_expire = on_expire
+
+    def popitem(self) -> tuple[UUID, Job]:
+        key, job = super().popitem()
+        self._on_evict(job)
+        return key, job
+
+    def expire(self, time: Any = None) -> list[tuple[UUID, Job]]:
+        expired: list[tuple[UUID, Job]] = super().expire(time)
+        for _, job in expired:
+            self._on_expire(job)
+        return expired
+
+
+class _Floors(LRUCache[UUID, int]):
+    """Highest known version per job, bounded; reports each job it forgets."""
+
+    def __init__(self, maxsize: int, on_forget: Callable[[UUID], None]) -> None:
+        super().__init__(maxsize=maxsize)
+        self._on_forget = on_forget
+
+    def popitem(self) -> tuple[UUID, int]:
+        key, version = super().popitem()
+        self._on_forget(key)
+        return key, version
+
+
+class JobCache:
+    """Bounded, TTL-limited, version-aware cache of ``Job`` snapshots keyed by job id."""
+
+    def __init__(
+        self, maxsize: int, ttl: float, *, timer: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._lock = threading.Lock()
+        self._entries = _Entries(maxsize, ttl, timer, self._evicted, self._expired)
+        self._floors = _Floors(max(2 * maxsize, 1024), self._forgot)
+        self._forgotten_at = [0] * _BUCKETS
+        self._epoch = 0
+        self._hits = self._misses = self._evictions = self._expirations = self._refused = 0
+
+    # callbacks, always invoked with the lock held
+    def _raise_floor(self, job_id: UUID, version: int) -> None:
+        if self._floors.get(job_id, 0) < version:
+            self._floors[job_id] = version
+
+    def _evicted(self, job: Job) -> None:
+        self._evictions += 1
+        self._raise_floor(job.id, job.version)
+
+    def _expired(self, job: Job) -> None:
+        self._expirations += 1
+        self._raise_floor(job.id, job.version)
+
+    def _forgot(self, job_id: UUID) -> None:
+        self._epoch += 1
+        self._forgotten_at[hash(job_id) % _BUCKETS] = self._epoch
+
+    def get(self, job_id: UUID) -> Job | None:
+        """The cached snapshot, or ``None`` (counted as a hit or a miss)."""
+        with self._lock:
+            try:
+                job = self._entries[job_id]
+            except KeyError:
+                self._misses += 1
+                return None
+            self._hits += 1
+            return job
+
+    def ticket(self) -> Ticket:
+        """Take before sending the database statement whose result will be stored."""
+        with self._lock:
+            return self._epoch
+
+    def store(self, job: Job, ticket: Ticket) -> bool:
+        """Store a committed snapshot read or written after ``ticket``; ``False`` if refused."""
+        with self._lock:
+            floor = self._floors.get(job.id)
+            if floor is None:
+                stale = self._forgotten_at[hash(job.id) % _BUCKETS] > ticket
+            else:
+                stale = job.version < floor
+            current = self._entries.get(job.id)
+            if stale or (current is not None and current.version > job.version):
+                self._refused += 1
+                return False
+            self._raise_floor(job.id, job.version)
+            if current is None or current.version < job.version:
+                self._entries[job.id] = job
+            return True
+
+    def invalidate(self, job_id: UUID, version: int) -> bool:
+        """``version`` was committed elsewhere: drop an older entry; ``True`` if one was dropped."""
+        with self._lock:
+            self._raise_floor(job_id, version)
+            current = self._entries.get(job_id)
+            if current is None or current.version >= version:
+                return False
+            del self._entries[job_id]
+            return True
+
+    def expire(self) -> int:
+        """Remove expired entries now; returns how many."""
+        with self._lock:
+            return len(self._entries.expire())
+
+    def stats(self) -> CacheStats:
+        with self._lock:
+            return CacheStats(
+                hits=self._hits,
+                misses=self._misses,
+                evictions=self._evictions,
+                expirations=self._expirations,
+                refused_stores=self._refused,
+                size=len(self._entries),
+                maxsize=int(self._entries.maxsize),
+            )

@@ -1,0 +1,118 @@
+"""The jobkeeper error tree.
+
+Every error carries a stable machine ``code`` (a ``snake_case`` string that clients may switch on);
+the HTTP layer maps codes to statuses in one place. Messages are for people and may change.
+
+    JobkeeperError
+    ├── InvalidRequest              validation_error     bad input; nothing was written
+    │   ├── TenantRequired          tenant_required
+    │   └── InvalidJobId            invalid_job_id
+    ├── JobNotFound                 job_not_found        missing, or owned by another tenant
+    ├── InvalidTransition           invalid_transition   the job's status does not allow it
+    │   └── JobFinished             job_finished         the job already reached a terminal status
+    ├── IdempotencyConflict         idempotency_key_reused
+    └── DatabaseUnavailable         database_unavailable
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+from uuid import UUID
+
+__all__ = [
+    "DatabaseUnavailable",
+    "IdempotencyConflict",
+    "InvalidJobId",
+    "InvalidRequest",
+    "InvalidTransition",
+    "JobFinished",
+    "JobNotFound",
+    "JobkeeperError",
+    "TenantRequired",
+]
+
+
+class JobkeeperError(Exception):
+    """Base of every error jobkeeper raises on purpose."""
+
+    code: ClassVar[str] = "jobkeeper_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(JobkeeperError):
+    """An argument failed validation; nothing was read or written."""
+
+    code = "validation_error"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class TenantRequired(InvalidRequest):
+    """The tenant was missing or blank: every job belongs to exactly one tenant."""
+
+    code = "tenant_required"
+
+    def __init__(self) -> None:
+        super().__init__("tenant", "a non-empty tenant is required")
+
+
+class InvalidJobId(InvalidRequest):
+    """A job id that is not a UUID."""
+
+    code = "invalid_job_id"
+
+    def __init__(self, value: object) -> None:
+        super().__init__("job_id", f"not a UUID: {value!r}")
+        self.value = value
+
+
+class JobNotFound(JobkeeperError):
+    """No such job for this tenant (a job of another tenant is reported the same way)."""
+
+    code = "job_not_found"
+
+    def __init__(self, job_id: UUID) -> None:
+        super().__init__(f"job {job_id} not found")
+        self.job_id = job_id
+
+
+class InvalidTransition(JobkeeperError):
+    """The job's current status does not allow the requested change."""
+
+    code = "invalid_transition"
+
+    def __init__(self, job_id: UUID, current: str, requested: str) -> None:
+        super().__init__(f"job {job_id} is {current}; cannot become {requested}")
+        self.job_id = job_id
+        self.current = current
+        self.requested = requested
+
+
+class JobFinished(InvalidTransition):
+    """The job is already succeeded, failed or cancelled, so it cannot change any more."""
+
+    code = "job_finished"
+
+
+class IdempotencyConflict(JobkeeperError):
+    """The idempotency key was already used by this tenant for a different request."""
+
+    code = "idempotency_key_reused"
+
+    def __init__(self, idempotency_key: str, job_id: UUID) -> None:
+        super().__init__(
+            f"idempotency key {idempotency_key!r} was used for a different request (job {job_id})"
+        )
+        self.idempotency_key = idempotency_key
+        self.job_id = job_id
+
+
+class DatabaseUnavailable(JobkeeperError):
+    """Postgres could not be reached; the operation did not happen (or its outcome is unknown)."""
+
+    code = "database_unavailable"

@@ -1,0 +1,263 @@
+"""``JobManager``: the facade over the Postgres repository and the hot cache.
+
+Writes commit to Postgres first and then store the committed row in the cache; reads try the cache,
+fall back to Postgres and warm the cache. Every argument is validated before any I/O, so bad input
+raises a typed error and writes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Literal, Self
+from uuid import UUID
+
+from jobkeeper.cache import CacheStats, JobCache
+from jobkeeper.errors import IdempotencyConflict, InvalidRequest, JobNotFound
+from jobkeeper.models import (
+    Job,
+    JobEvent,
+    JobPage,
+    JobStatus,
+    parse_job_id,
+    validate_new_job,
+    validate_tenant,
+)
+from jobkeeper.repository import JobRepository
+
+__all__ = ["Consistency", "JobManager"]
+
+Consistency = Literal["cached", "strong"]
+MAX_PAGE = 500
+# An idempotent submit whose winning row vanishes (deleted by retention) between the conflicting
+# insert and the read is retried; more than this many rounds means something is deleting in a loop.
+_SUBMIT_ROUNDS = 3
+
+
+def _encode_cursor(job_id: UUID) -> str:
+    return base64.urlsafe_b64encode(job_id.bytes).rstrip(b"=").decode()
+
+
+def _decode_cursor(cursor: str) -> UUID:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        return UUID(bytes=raw)
+    except (ValueError, binascii.Error, TypeError):
+        raise InvalidRequest("cursor", "not a cursor returned by list()") from None
+
+
+class JobManager:
+    """Durable job state in Postgres with a bounded, version-aware hot cache in front.
+
+    Open with ``await JobManager.connect(url)`` (or ``async with await JobManager.connect(url)``);
+    close with ``await close()``.
+    """
+
+    def __init__(self, repository: JobRepository, cache: JobCache) -> None:
+        self._repository = repository
+        self._cache = cache
+
+    @classmethod
+    async def connect(
+        cls,
+        database_url: str,
+        *,
+        cache_size: int = 10_000,
+        cache_ttl: float = 30.0,
+        pool_size: int = 10,
+    ) -> JobManager:
+        """Open a pool to ``database_url`` and check that Postgres answers."""
+        if cache_size < 1 or cache_ttl <= 0:
+            raise InvalidRequest("cache", "cache_size must be >= 1 and cache_ttl > 0")
+        repository = JobRepository.create(database_url, pool_size=pool_size)
+        try:
+            await repository.ping()
+        except BaseException:
+            await repository.close()
+            raise
+        return cls(repository, JobCache(cache_size, cache_ttl))
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close every database connection of this manager."""
+        await self._repository.close()
+
+    @property
+    def repository(self) -> JobRepository:
+        return self._repository
+
+    # --- writes ------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        tenant: str,
+        kind: str,
+        payload: Any,
+        *,
+        idempotency_key: str | None = None,
+        concurrency_key: str | None = None,
+        priority: int = 0,
+        max_attempts: int = 3,
+        run_after: datetime | None = None,
+        pinned: bool = False,
+    ) -> Job:
+        """Record a new ``queued`` job and return it.
+
+        With an ``idempotency_key``, repeating the same request returns the job the first one
+        created (exactly one row, even under concurrent submits); the same key with a different
+        request raises ``IdempotencyConflict``.
+        """
+        job, _ = await self.submit_or_replay(
+            tenant,
+            kind,
+            payload,
+            idempotency_key=idempotency_key,
+            concurrency_key=concurrency_key,
+            priority=priority,
+            max_attempts=max_attempts,
+            run_after=run_after,
+            pinned=pinned,
+        )
+        return job
+
+    async def submit_or_replay(
+        self,
+        tenant: str,
+        kind: str,
+        payload: Any,
+        *,
+        idempotency_key: str | None = None,
+        concurrency_key: str | None = None,
+        priority: int = 0,
+        max_attempts: int = 3,
+        run_after: datetime | None = None,
+        pinned: bool = False,
+    ) -> tuple[Job, bool]:
+        """Like ``submit``, also telling whether this call created the job (``False``: a replay)."""
+        new = validate_new_job(
+            tenant=tenant,
+            kind=kind,
+            payload=payload,
+            priority=priority,
+            max_attempts=max_attempts,
+            run_after=run_after,
+            idempotency_key=idempotency_key,
+            concurrency_key=concurrency_key,
+            pinned=pinned,
+        )
+        for _ in range(_SUBMIT_ROUNDS):
+            ticket = self._cache.ticket()
+            job = await self._repository.insert(new)
+            if job is not None:
+                self._cache.store(job, ticket)
+                return job, True
+            assert new.idempotency_key is not None  # only a key can conflict
+            found = await self._repository.find_by_idempotency_key(new.tenant, new.idempotency_key)
+            if found is None:
+                continue
+            job, fingerprint = found
+            if fingerprint != new.fingerprint:
+                raise IdempotencyConflict(new.idempotency_key, job.id)
+            self._cache.store(job, ticket)
+            return job, False
+        raise RuntimeError("idempotent submit kept losing its row; is something deleting jobs?")
+
+    async def cancel(self, job_id: UUID | str, *, tenant: str) -> Job:
+        """Cancel a job: a queued or waiting one becomes ``cancelled`` at once; a running one gets
+        ``cancel_requested`` so its worker stops it. Raises ``JobFinished`` if already terminal."""
+        job_id, tenant = parse_job_id(job_id), validate_tenant(tenant)
+        ticket = self._cache.ticket()
+        job, _ = await self._repository.cancel(job_id, tenant)
+        self._cache.store(job, ticket)
+        return job
+
+    # --- reads -------------------------------------------------------------------------------
+
+    async def get(
+        self, job_id: UUID | str, *, tenant: str, consistency: Consistency = "cached"
+    ) -> Job:
+        """The job as last committed, from the cache when it holds it.
+
+        ``consistency="strong"`` always reads Postgres. A job of another tenant raises
+        ``JobNotFound``, exactly like a missing one.
+        """
+        job_id, tenant = parse_job_id(job_id), validate_tenant(tenant)
+        if consistency == "cached":
+            hit = self._cache.get(job_id)
+            if hit is not None:
+                if hit.tenant != tenant:
+                    raise JobNotFound(job_id)
+                return hit
+        elif consistency != "strong":
+            raise InvalidRequest("consistency", "'cached' or 'strong'")
+        ticket = self._cache.ticket()
+        job = await self._repository.get(job_id, tenant)
+        if job is None:
+            raise JobNotFound(job_id)
+        self._cache.store(job, ticket)
+        return job
+
+    async def list(
+        self,
+        *,
+        tenant: str,
+        status: JobStatus | str | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """A page of the tenant's jobs, newest first, read from Postgres (keyset pagination)."""
+        tenant = validate_tenant(tenant)
+        if status is not None:
+            try:
+                status = JobStatus(status)
+            except ValueError:
+                raise InvalidRequest("status", f"one of {[s.value for s in JobStatus]}") from None
+        if kind is not None and not isinstance(kind, str):
+            raise InvalidRequest("kind", "a string is required")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise InvalidRequest("limit", f"an integer from 1 to {MAX_PAGE} is required")
+        before = None if cursor is None else _decode_cursor(cursor)
+        ticket = self._cache.ticket()
+        rows = await self._repository.list_jobs(
+            tenant, status=status, kind=kind, limit=limit + 1, before=before
+        )
+        items = tuple(rows[:limit])
+        for job in items:
+            self._cache.store(job, ticket)
+        next_cursor = _encode_cursor(items[-1].id) if len(rows) > limit else None
+        return JobPage(items=items, next_cursor=next_cursor)
+
+    async def events(
+        self, job_id: UUID | str, *, tenant: str, after: int = 0
+    ) -> tuple[JobEvent, ...]:
+        """The job's history after sequence number ``after``, oldest first."""
+        job_id, tenant = parse_job_id(job_id), validate_tenant(tenant)
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise InvalidRequest("after", "a non-negative integer is required")
+        history = await self._repository.events(job_id, tenant, after=after)
+        if not history:
+            await self.get(job_id, tenant=tenant)  # raises JobNotFound for a missing job
+        return tuple(history)
+
+    # --- cache upkeep ------------------------------------------------------------------------
+
+    def cleanup_expired(self) -> int:
+        """Drop expired cache entries now (a lifespan task calls this periodically)."""
+        return self._cache.expire()
+
+    def cache_stats(self) -> CacheStats:
+        """Hit, miss, eviction and expiry counters of the hot cache."""
+        return self._cache.stats()

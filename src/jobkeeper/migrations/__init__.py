@@ -1,0 +1,1 @@
+"""Alembic migrations of the jobkeeper schema, shipped in the package (``jobkeeper.migrate``)."""

@@ -1,0 +1,313 @@
+"""The job domain: immutable values, the status machine and input validation. No I/O here.
+
+A ``Job`` is a frozen snapshot of one committed row. Its JSON fields (payload, result, error) are
+deep-frozen (``FrozenDict`` and tuples), so a job handed out by the cache cannot be mutated by one
+caller under another's feet, yet it still serialises with ``json.dumps`` as plain JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, NoReturn
+from uuid import UUID
+
+from jobkeeper.errors import InvalidJobId, InvalidRequest, TenantRequired
+
+__all__ = [
+    "TERMINAL",
+    "TRANSITIONS",
+    "FrozenDict",
+    "Job",
+    "JobEvent",
+    "JobPage",
+    "JobStatus",
+    "NewJob",
+    "Progress",
+    "can_transition",
+    "freeze_json",
+    "parse_job_id",
+    "sources_of",
+    "validate_new_job",
+    "validate_tenant",
+]
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life. ``succeeded``, ``failed`` and ``cancelled`` are terminal."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING_INPUT = "waiting_input"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL: frozenset[JobStatus] = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+)
+
+# The one table of allowed transitions. The repository derives every conditional
+# ``UPDATE ... WHERE status IN (...)`` from it, so Python and SQL cannot disagree.
+TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
+    # claimed by a worker; cancelled before it ran
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED}),
+    # finished; re-queued (retry, lease recovery, graceful release); paused for a person
+    JobStatus.RUNNING: frozenset(
+        {
+            JobStatus.SUCCEEDED,
+            JobStatus.FAILED,
+            JobStatus.CANCELLED,
+            JobStatus.QUEUED,
+            JobStatus.WAITING_INPUT,
+        }
+    ),
+    # answered (back to the queue); cancelled; input deadline passed
+    JobStatus.WAITING_INPUT: frozenset({JobStatus.QUEUED, JobStatus.CANCELLED, JobStatus.FAILED}),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+
+def can_transition(current: JobStatus, target: JobStatus) -> bool:
+    """Whether a job in ``current`` may move to ``target``."""
+    return target in TRANSITIONS[current]
+
+
+def sources_of(target: JobStatus) -> frozenset[JobStatus]:
+    """Every status from which ``target`` may be reached."""
+    return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
+
+
+class FrozenDict(dict[str, Any]):
+    """A ``dict`` that refuses mutation; ``json.dumps`` still sees a plain JSON object."""
+
+    __slots__ = ()
+
+    def _readonly(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("job snapshots are immutable; copy with dict(...) to change one")
+
+    __setitem__ = _readonly
+    __delitem__ = _readonly
+    __ior__ = _readonly
+    clear = _readonly
+    pop = _readonly
+    popitem = _readonly
+    setdefault = _readonly
+    update = _readonly
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items())))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenDict, (dict(self),))
+
+
+def freeze_json(value: Any) -> Any:
+    """Deep-freeze a JSON value: objects become ``FrozenDict``, arrays become tuples."""
+    if isinstance(value, dict):
+        return FrozenDict({k: freeze_json(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(freeze_json(v) for v in value)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far a running job got: a fraction in [0, 1] and a short message, both optional."""
+
+    fraction: float | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One committed version of a job. Newer versions have a larger ``version``."""
+
+    id: UUID
+    tenant: str
+    kind: str
+    status: JobStatus
+    payload: Any
+    result: Any
+    error: Any
+    progress: Progress
+    priority: int
+    attempts: int
+    max_attempts: int
+    run_after: datetime
+    idempotency_key: str | None
+    concurrency_key: str | None
+    cancel_requested: bool
+    pinned: bool
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the job reached succeeded, failed or cancelled."""
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One entry of a job's history. ``seq`` equals the job's ``version`` after the change."""
+
+    seq: int
+    type: str
+    data: Any
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    """One page of a listing, newest first; pass ``next_cursor`` back for the next page."""
+
+    items: tuple[Job, ...]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A validated submission, ready to insert. ``fingerprint`` identifies the request."""
+
+    tenant: str
+    kind: str
+    payload_json: str
+    priority: int
+    max_attempts: int
+    run_after: datetime | None
+    idempotency_key: str | None
+    concurrency_key: str | None
+    pinned: bool
+    fingerprint: str
+
+
+MAX_PRIORITY = 32_767
+MAX_ATTEMPTS = 1_000
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,127}")
+_KEY_MAX = 255
+_TENANT_MAX = 128
+# a \u0000 escape that is not itself an escaped backslash followed by "u0000"
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def validate_tenant(tenant: object) -> str:
+    """Return the tenant if usable, else raise ``TenantRequired`` or ``InvalidRequest``."""
+    if not isinstance(tenant, str) or not tenant.strip():
+        raise TenantRequired()
+    if len(tenant) > _TENANT_MAX or not tenant.isprintable():
+        raise InvalidRequest("tenant", f"at most {_TENANT_MAX} printable characters")
+    return tenant
+
+
+def parse_job_id(job_id: object) -> UUID:
+    """Accept a ``UUID`` or its string form; anything else is ``InvalidJobId``."""
+    if isinstance(job_id, UUID):
+        return job_id
+    if isinstance(job_id, str):
+        try:
+            return UUID(job_id)
+        except ValueError:
+            pass
+    raise InvalidJobId(job_id)
+
+
+def _int_in(field: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidRequest(field, f"an integer from {low} to {high} is required")
+    return value
+
+
+def _optional_key(field: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > _KEY_MAX:
+        raise InvalidRequest(field, f"a string of 1 to {_KEY_MAX} characters is required")
+    return value
+
+
+def aware_utc(field: str, value: object) -> datetime:
+    """Require a timezone-aware datetime and return it in UTC; naive ones are ambiguous."""
+    if not isinstance(value, datetime):
+        raise InvalidRequest(field, "a datetime is required")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidRequest(field, "naive datetime; pass a timezone-aware one (UTC)")
+    return value.astimezone(UTC)
+
+
+def encode_json(field: str, value: Any) -> str:
+    """Serialise a JSON value (compact, sorted keys); ``InvalidRequest`` naming the field if not."""
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidRequest(field, f"not JSON-serialisable: {exc}") from None
+    if _NUL_ESCAPE.search(text):
+        raise InvalidRequest(field, "JSON strings may not contain NUL characters (Postgres jsonb)")
+    return text
+
+
+def validate_new_job(
+    *,
+    tenant: object,
+    kind: object,
+    payload: Any,
+    priority: object,
+    max_attempts: object,
+    run_after: object,
+    idempotency_key: object,
+    concurrency_key: object,
+    pinned: object,
+) -> NewJob:
+    """Check every field of a submission; raise a typed error on the first bad one."""
+    tenant = validate_tenant(tenant)
+    if not isinstance(kind, str) or not _NAME.fullmatch(kind):
+        raise InvalidRequest(
+            "kind", "1 to 128 characters: letters, digits and _ . : / - (starting alphanumeric)"
+        )
+    payload_json = encode_json("payload", payload)
+    priority = _int_in("priority", priority, 0, MAX_PRIORITY)
+    max_attempts = _int_in("max_attempts", max_attempts, 1, MAX_ATTEMPTS)
+    when = None if run_after is None else aware_utc("run_after", run_after)
+    if not isinstance(pinned, bool):
+        raise InvalidRequest("pinned", "a boolean is required")
+    idempotency_key = _optional_key("idempotency_key", idempotency_key)
+    concurrency_key = _optional_key("concurrency_key", concurrency_key)
+    request = {
+        "kind": kind,
+        "payload": payload_json,
+        "priority": priority,
+        "max_attempts": max_attempts,
+        "run_after": None if when is None else when.isoformat(),
+        "concurrency_key": concurrency_key,
+        "pinned": pinned,
+    }
+    fingerprint = hashlib.sha256(
+        json.dumps(request, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    return NewJob(
+        tenant=tenant,
+        kind=kind,
+        payload_json=payload_json,
+        priority=priority,
+        max_attempts=max_attempts,
+        run_after=when,
+        idempotency_key=idempotency_key,
+        concurrency_key=concurrency_key,
+        pinned=pinned,
+        fingerprint=fingerprint,
+    )

@@ -1,0 +1,83 @@
+"""The database schema as SQLAlchemy Core tables: Alembic's target metadata, used by the repository.
+
+``jobs`` holds the current state of each job; ``job_events`` is its append-only history, written in
+the same statement as every change, with ``seq`` equal to the job's ``version`` after that change.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+from jobkeeper.models import MAX_ATTEMPTS, MAX_PRIORITY, JobStatus
+
+__all__ = ["job_events", "jobs", "metadata"]
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+_STATUSES = ", ".join(f"'{s.value}'" for s in JobStatus)
+_NOW = sa.text("now()")
+_TZ = sa.DateTime(timezone=True)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Uuid(), primary_key=True),
+    sa.Column("tenant", sa.Text(), nullable=False),
+    sa.Column("kind", sa.Text(), nullable=False),
+    sa.Column("status", sa.Text(), nullable=False, server_default=JobStatus.QUEUED.value),
+    sa.Column("payload", JSONB(none_as_null=True), nullable=True),
+    sa.Column("result", JSONB(none_as_null=True), nullable=True),
+    sa.Column("error", JSONB(none_as_null=True), nullable=True),
+    sa.Column("progress_fraction", sa.Double(), nullable=True),
+    sa.Column("progress_message", sa.Text(), nullable=True),
+    sa.Column("priority", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("max_attempts", sa.Integer(), nullable=False, server_default="3"),
+    sa.Column("run_after", _TZ, nullable=False, server_default=_NOW),
+    sa.Column("idempotency_key", sa.Text(), nullable=True),
+    sa.Column("request_fingerprint", sa.Text(), nullable=True),
+    sa.Column("concurrency_key", sa.Text(), nullable=True),
+    sa.Column("cancel_requested", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("pinned", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("version", sa.BigInteger(), nullable=False, server_default="1"),
+    sa.Column("created_at", _TZ, nullable=False, server_default=_NOW),
+    sa.Column("updated_at", _TZ, nullable=False, server_default=_NOW),
+    sa.Column("started_at", _TZ, nullable=True),
+    sa.Column("finished_at", _TZ, nullable=True),
+    sa.CheckConstraint(f"status IN ({_STATUSES})", name="status"),
+    sa.CheckConstraint("tenant <> ''", name="tenant"),
+    sa.CheckConstraint(f"priority BETWEEN 0 AND {MAX_PRIORITY}", name="priority"),
+    sa.CheckConstraint(f"max_attempts BETWEEN 1 AND {MAX_ATTEMPTS}", name="max_attempts"),
+    sa.CheckConstraint("attempts >= 0", name="attempts"),
+    sa.CheckConstraint("progress_fraction BETWEEN 0 AND 1", name="progress_fraction"),
+    sa.CheckConstraint("version >= 1", name="version"),
+    # one job per (tenant, idempotency key); NULL keys never conflict
+    sa.UniqueConstraint("tenant", "idempotency_key"),
+)
+# keyset listing, newest first (UUIDv7 ids sort by creation time), with and without a status filter
+sa.Index(None, jobs.c.tenant, jobs.c.id)
+sa.Index(None, jobs.c.tenant, jobs.c.status, jobs.c.id)
+
+job_events = sa.Table(
+    "job_events",
+    metadata,
+    sa.Column(
+        "job_id",
+        sa.Uuid(),
+        sa.ForeignKey("jobs.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("seq", sa.BigInteger(), primary_key=True),
+    sa.Column("type", sa.Text(), nullable=False),
+    sa.Column("data", JSONB(), nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("at", _TZ, nullable=False, server_default=_NOW),
+)

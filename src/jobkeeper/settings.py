@@ -1,0 +1,47 @@
+"""Configuration: one pydantic-settings ``Settings``, read from ``JOBKEEPER_*`` variables."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "asyncpg_dsn", "sqlalchemy_url"]
+
+_SCHEMES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Normalise a Postgres URL to SQLAlchemy's asyncpg form (``postgresql+asyncpg://``)."""
+    for scheme in _SCHEMES:
+        if url.startswith(scheme):
+            return "postgresql+asyncpg://" + url[len(scheme) :]
+    raise ValueError(
+        "database URL must start with postgresql://, postgres:// or postgresql+asyncpg://"
+    )
+
+
+def asyncpg_dsn(url: str) -> str:
+    """The same URL in the plain ``postgresql://`` form that asyncpg and libpq accept."""
+    return "postgresql://" + sqlalchemy_url(url)[len("postgresql+asyncpg://") :]
+
+
+class Settings(BaseSettings):
+    """Everything jobkeeper reads from the environment (``JOBKEEPER_*``) or a ``.env`` file."""
+
+    model_config = SettingsConfigDict(env_prefix="JOBKEEPER_", env_file=".env", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        description="Postgres URL (postgresql:// or postgresql+asyncpg://). "
+        "Unset: the demo starts an embedded Postgres.",
+    )
+    cache_size: int = Field(default=10_000, ge=1, description="Most jobs held in the hot cache.")
+    cache_ttl: float = Field(
+        default=30.0, gt=0, description="Seconds a cached job may be served before a re-read."
+    )
+    pool_size: int = Field(default=10, ge=1, description="Database connections per process.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        return None if value is None else sqlalchemy_url(value)
