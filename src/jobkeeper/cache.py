@@ -9,7 +9,8 @@ Postgres is the truth; this cache only accelerates reads, under two rules:
   writes, change notifications, evictions, expiries). A store below the floor is refused. The floor
   map is bounded; when it forgets a job, the job's hash bucket records the moment, and a store whose
   ticket predates a forgetting in its bucket is refused too (it can only cost a cache fill, never
-  correctness). This is the "lease" idea of memcache at Facebook, applied to versions.
+  correctness). ``reset()`` forgets everything at once, for when the change feed cannot say which
+  jobs changed. This is the "lease" idea of memcache at Facebook, applied to versions.
 
 All operations take one ``threading.Lock`` and never await, so the cache is safe for concurrent
 asyncio tasks and for handler threads alike. Hits return the stored frozen ``Job`` itself: it
@@ -137,11 +138,9 @@ class JobCache:
     def store(self, job: Job, ticket: Ticket) -> bool:
         """Store a committed snapshot read or written after ``ticket``; ``False`` if refused."""
         with self._lock:
-            floor = self._floors.get(job.id)
-            if floor is None:
-                stale = self._forgotten_at[hash(job.id) % _BUCKETS] > ticket
-            else:
-                stale = job.version < floor
+            stale = self._forgotten_at[
+                hash(job.id) % _BUCKETS
+            ] > ticket or job.version < self._floors.get(job.id, 0)
             current = self._entries.get(job.id)
             if stale or (current is not None and current.version > job.version):
                 self._refused += 1
@@ -158,8 +157,20 @@ class JobCache:
             current = self._entries.get(job_id)
             if current is None or current.version >= version:
                 return False
-            del self._entries[job_id]
+            self._entries.pop(job_id, None)  # may have expired since the get: pop, never del
             return True
+
+    def reset(self) -> None:
+        """Forget every entry and refuse every store whose ticket predates this call.
+
+        For when more jobs changed than can be invalidated one by one (a long feed outage).
+        """
+        with self._lock:
+            for job in self._entries.values():
+                self._raise_floor(job.id, job.version)
+            self._entries.clear()
+            self._epoch += 1
+            self._forgotten_at = [self._epoch] * _BUCKETS
 
     def expire(self) -> int:
         """Remove expired entries now; returns how many."""

@@ -16,16 +16,19 @@ from uuid import UUID
 
 from jobkeeper.cache import CacheStats, JobCache
 from jobkeeper.errors import IdempotencyConflict, InvalidRequest, JobNotFound
+from jobkeeper.feed import ChangeFeed, FeedMode, FeedStatus
 from jobkeeper.models import (
     Job,
     JobEvent,
     JobPage,
     JobStatus,
     parse_job_id,
+    validate_kind,
     validate_new_job,
     validate_tenant,
 )
 from jobkeeper.repository import JobRepository
+from jobkeeper.settings import Settings
 
 __all__ = ["Consistency", "JobManager"]
 
@@ -52,12 +55,14 @@ class JobManager:
     """Durable job state in Postgres with a bounded, version-aware hot cache in front.
 
     Open with ``await JobManager.connect(url)`` (or ``async with await JobManager.connect(url)``);
-    close with ``await close()``.
+    close with ``await close()``. The change feed keeps the cache in step with changes that other
+    processes commit; while it cannot vouch for the cache, reads go to Postgres.
     """
 
-    def __init__(self, repository: JobRepository, cache: JobCache) -> None:
+    def __init__(self, repository: JobRepository, cache: JobCache, feed: ChangeFeed) -> None:
         self._repository = repository
         self._cache = cache
+        self._feed = feed
 
     @classmethod
     async def connect(
@@ -67,17 +72,54 @@ class JobManager:
         cache_size: int = 10_000,
         cache_ttl: float = 30.0,
         pool_size: int = 10,
+        feed_mode: FeedMode = "notify",
+        feed_interval: float | None = None,
     ) -> JobManager:
-        """Open a pool to ``database_url`` and check that Postgres answers."""
+        """Open a pool to ``database_url``, check that Postgres answers and start the change feed.
+
+        ``feed_mode="poll"`` is for transaction-mode poolers (no LISTEN/NOTIFY); every process on
+        one database must use the same mode. ``feed_interval`` is the catch-up period (default
+        1 s with notify, where it is a safety net, and 0.25 s with poll, where it is the bound).
+        """
         if cache_size < 1 or cache_ttl <= 0:
             raise InvalidRequest("cache", "cache_size must be >= 1 and cache_ttl > 0")
-        repository = JobRepository.create(database_url, pool_size=pool_size)
+        if feed_mode not in ("notify", "poll"):
+            raise InvalidRequest("feed_mode", "'notify' or 'poll'")
+        interval = feed_interval or (1.0 if feed_mode == "notify" else 0.25)
+        repository = JobRepository.create(
+            database_url, pool_size=pool_size, notify=feed_mode == "notify"
+        )
+        cache = JobCache(cache_size, cache_ttl)
+        feed = ChangeFeed(
+            repository,
+            mode=feed_mode,
+            interval=interval,
+            max_jobs=cache_size,
+            on_change=cache.invalidate,
+            on_reset=cache.reset,
+        )
         try:
             await repository.ping()
+            await feed.start()
         except BaseException:
+            await feed.close()
             await repository.close()
             raise
-        return cls(repository, JobCache(cache_size, cache_ttl))
+        return cls(repository, cache, feed)
+
+    @classmethod
+    async def from_settings(cls, settings: Settings) -> JobManager:
+        """``connect`` with everything taken from ``Settings`` (``JOBKEEPER_*`` variables)."""
+        if not settings.database_url:
+            raise InvalidRequest("database_url", "set JOBKEEPER_DATABASE_URL")
+        return await cls.connect(
+            settings.database_url,
+            cache_size=settings.cache_size,
+            cache_ttl=settings.cache_ttl,
+            pool_size=settings.pool_size,
+            feed_mode=settings.feed_mode,
+            feed_interval=settings.feed_interval,
+        )
 
     async def __aenter__(self) -> Self:
         return self
@@ -91,7 +133,8 @@ class JobManager:
         await self.close()
 
     async def close(self) -> None:
-        """Close every database connection of this manager."""
+        """Stop the change feed and close every database connection of this manager."""
+        await self._feed.close()
         await self._repository.close()
 
     @property
@@ -194,13 +237,13 @@ class JobManager:
         ``JobNotFound``, exactly like a missing one.
         """
         job_id, tenant = parse_job_id(job_id), validate_tenant(tenant)
-        if consistency == "cached":
+        if consistency == "cached" and self._feed.vouches():
             hit = self._cache.get(job_id)
             if hit is not None:
                 if hit.tenant != tenant:
                     raise JobNotFound(job_id)
                 return hit
-        elif consistency != "strong":
+        elif consistency not in ("cached", "strong"):
             raise InvalidRequest("consistency", "'cached' or 'strong'")
         ticket = self._cache.ticket()
         job = await self._repository.get(job_id, tenant)
@@ -225,8 +268,8 @@ class JobManager:
                 status = JobStatus(status)
             except ValueError:
                 raise InvalidRequest("status", f"one of {[s.value for s in JobStatus]}") from None
-        if kind is not None and not isinstance(kind, str):
-            raise InvalidRequest("kind", "a string is required")
+        if kind is not None:
+            kind = validate_kind(kind)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
             raise InvalidRequest("limit", f"an integer from 1 to {MAX_PAGE} is required")
         before = None if cursor is None else _decode_cursor(cursor)
@@ -261,3 +304,7 @@ class JobManager:
     def cache_stats(self) -> CacheStats:
         """Hit, miss, eviction and expiry counters of the hot cache."""
         return self._cache.stats()
+
+    def feed_status(self) -> FeedStatus:
+        """Whether the change feed is connected and vouching for the cache (for readiness)."""
+        return self._feed.status()

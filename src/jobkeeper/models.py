@@ -33,7 +33,9 @@ __all__ = [
     "freeze_json",
     "parse_job_id",
     "sources_of",
+    "validate_kind",
     "validate_new_job",
+    "validate_progress",
     "validate_tenant",
 ]
 
@@ -233,12 +235,32 @@ def _int_in(field: str, value: object, low: int, high: int) -> int:
     return value
 
 
+def _storable(field: str, text: str) -> str:
+    """Postgres text cannot hold NUL, and UTF-8 cannot hold a lone surrogate."""
+    if "\x00" in text:
+        raise InvalidRequest(field, "NUL characters cannot be stored")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(field, "unpaired surrogate characters cannot be stored") from None
+    return text
+
+
 def _optional_key(field: str, value: object) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value or len(value) > _KEY_MAX:
         raise InvalidRequest(field, f"a string of 1 to {_KEY_MAX} characters is required")
-    return value
+    return _storable(field, value)
+
+
+def validate_kind(kind: object) -> str:
+    """A job kind: 1 to 128 letters, digits and ``_ . : / -``, starting alphanumeric."""
+    if not isinstance(kind, str) or not _NAME.fullmatch(kind):
+        raise InvalidRequest(
+            "kind", "1 to 128 characters: letters, digits and _ . : / - (starting alphanumeric)"
+        )
+    return kind
 
 
 def aware_utc(field: str, value: object) -> datetime:
@@ -253,12 +275,29 @@ def aware_utc(field: str, value: object) -> datetime:
 def encode_json(field: str, value: Any) -> str:
     """Serialise a JSON value (compact, sorted keys); ``InvalidRequest`` naming the field if not."""
     try:
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        text = json.dumps(
+            value, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False
+        )
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidRequest(field, f"not JSON-serialisable: {exc}") from None
     if _NUL_ESCAPE.search(text):
         raise InvalidRequest(field, "JSON strings may not contain NUL characters (Postgres jsonb)")
-    return text
+    return _storable(field, text)
+
+
+def validate_progress(fraction: object, message: object) -> Progress:
+    """A progress report: ``fraction`` in [0, 1] or ``None``; ``message`` up to 1,000 characters."""
+    if fraction is not None:
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+            raise InvalidRequest("fraction", "a number from 0 to 1 is required")
+        if not 0.0 <= fraction <= 1.0:  # also refuses NaN
+            raise InvalidRequest("fraction", "a number from 0 to 1 is required")
+        fraction = float(fraction)
+    if message is not None:
+        if not isinstance(message, str) or len(message) > 1_000:
+            raise InvalidRequest("message", "a string of at most 1,000 characters is required")
+        _storable("message", message)
+    return Progress(fraction, message)
 
 
 def validate_new_job(
@@ -275,10 +314,7 @@ def validate_new_job(
 ) -> NewJob:
     """Check every field of a submission; raise a typed error on the first bad one."""
     tenant = validate_tenant(tenant)
-    if not isinstance(kind, str) or not _NAME.fullmatch(kind):
-        raise InvalidRequest(
-            "kind", "1 to 128 characters: letters, digits and _ . : / - (starting alphanumeric)"
-        )
+    kind = validate_kind(kind)
     payload_json = encode_json("payload", payload)
     priority = _int_in("priority", priority, 0, MAX_PRIORITY)
     max_attempts = _int_in("max_attempts", max_attempts, 1, MAX_ATTEMPTS)

@@ -1,22 +1,38 @@
 """All SQL lives here: inserts, conditional transitions and reads of jobs and their events.
 
-Connections run in autocommit mode and every change is a single statement: a conditional
+Every change is a single statement in autocommit mode: a conditional
 ``UPDATE ... WHERE status IN (...) RETURNING`` (or ``INSERT ... ON CONFLICT``) in a CTE that also
 appends the ``job_events`` row. One statement is one transaction and one round trip, so a change and
 its event commit together or not at all, and no Python code reads a row and then writes it back.
+
+The same statement announces the change on the ``jobkeeper_changes`` channel (``pg_notify`` of one
+JSON array ``[[job_id, version, tenant], ...]`` per statement, so at most one notification per
+transaction) unless the repository was created with ``notify=False`` (poll mode, for poolers).
+The change feed's dedicated connection (``FeedConnection``) listens there and runs the catch-up.
+
+Statements are written with SQLAlchemy Core and compiled to SQL text once, at import; they run on
+the asyncpg connection underneath SQLAlchemy's pool. Measured on this project's machine, building
+and executing the CTE through SQLAlchemy per call cost about 1.3 ms of Python time against 0.5 ms
+for the statement itself (docs/architecture.md).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB, insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.sql.compiler import SQLCompiler
 from uuid_utils.compat import uuid7
 
 from jobkeeper.errors import DatabaseUnavailable, InvalidTransition, JobFinished, JobNotFound
@@ -33,54 +49,273 @@ from jobkeeper.models import (
 from jobkeeper.schema import job_events, jobs
 from jobkeeper.settings import sqlalchemy_url
 
-__all__ = ["JobRepository"]
+__all__ = ["CHANNEL", "CatchUp", "FeedConnection", "JobRepository"]
 
+CHANNEL = "jobkeeper_changes"
+# Postgres caps a notification payload at 8000 bytes; a longer batch sends this hint instead and
+# listeners run a catch-up, which finds the same changes in job_events.
+CATCH_UP_HINT = '"catchup"'
+_MAX_PAYLOAD = 7_900
 _NOW = sa.func.now()
 _CANCELLABLE_AT_ONCE = (JobStatus.QUEUED, JobStatus.WAITING_INPUT)
+
+# errors that mean the connection (not the statement) failed
+_LINK_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
 
 
 def _loads(text: str) -> Any:
     return freeze_json(json.loads(text))
 
 
-def _to_job(row: sa.Row[Any]) -> Job:
-    m = row._mapping
+def _to_job(row: Mapping[str, Any]) -> Job:
     return Job(
-        id=m["id"],
-        tenant=m["tenant"],
-        kind=m["kind"],
-        status=JobStatus(m["status"]),
-        payload=m["payload"],
-        result=m["result"],
-        error=m["error"],
-        progress=Progress(m["progress_fraction"], m["progress_message"]),
-        priority=m["priority"],
-        attempts=m["attempts"],
-        max_attempts=m["max_attempts"],
-        run_after=m["run_after"],
-        idempotency_key=m["idempotency_key"],
-        concurrency_key=m["concurrency_key"],
-        cancel_requested=m["cancel_requested"],
-        pinned=m["pinned"],
-        version=m["version"],
-        created_at=m["created_at"],
-        updated_at=m["updated_at"],
-        started_at=m["started_at"],
-        finished_at=m["finished_at"],
+        id=row["id"],
+        tenant=row["tenant"],
+        kind=row["kind"],
+        status=JobStatus(row["status"]),
+        payload=row["payload"],
+        result=row["result"],
+        error=row["error"],
+        progress=Progress(row["progress_fraction"], row["progress_message"]),
+        priority=row["priority"],
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        run_after=row["run_after"],
+        idempotency_key=row["idempotency_key"],
+        concurrency_key=row["concurrency_key"],
+        cancel_requested=row["cancel_requested"],
+        pinned=row["pinned"],
+        version=row["version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
     )
+
+
+# --- statements, compiled once ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Sql:
+    """A statement compiled for asyncpg: SQL text with ``$n`` parameters.
+
+    ``slots`` lists, per position, the caller's parameter name or ``None`` and a constant that the
+    statement carries itself (such as the ``1`` of ``version + 1``).
+    """
+
+    text: str
+    slots: tuple[tuple[str | None, Any], ...]
+
+    def args(self, params: Mapping[str, Any]) -> list[Any]:
+        return [value if name is None else params[name] for name, value in self.slots]
+
+
+_DIALECT = asyncpg_dialect()  # type: ignore[no-untyped-call]
+
+
+def _compile(statement: sa.ClauseElement) -> _Sql:
+    compiled = statement.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
+    assert isinstance(compiled, SQLCompiler)
+    slots = []
+    for name in compiled.positiontup or ():
+        bind = compiled.binds[name]
+        slots.append((name, None) if bind.required else (None, bind.effective_value))
+    return _Sql(str(compiled), tuple(slots))
+
+
+def _p(name: str, type_: sa.types.TypeEngine[Any] | None = None) -> sa.BindParameter[Any]:
+    return sa.bindparam(name, type_=type_)
+
+
+def _statuses(statuses: Sequence[JobStatus]) -> list[sa.ColumnElement[Any]]:
+    """Status constants rendered inline, so each statement has a fixed text."""
+    return [sa.literal_column(f"'{s.value}'") for s in statuses]
+
+
+_THIS_JOB = (jobs.c.id == _p("job_id", sa.Uuid()), jobs.c.tenant == _p("tenant", sa.Text()))
+
+
+def _update(changes: Mapping[str, Any], *conditions: sa.ColumnElement[bool]) -> sa.Update:
+    """``UPDATE jobs`` of one job, bumping ``version`` and ``updated_at``, returning the new row."""
+    return (
+        sa.update(jobs)
+        .where(*_THIS_JOB, *conditions)
+        .values(version=jobs.c.version + 1, updated_at=_NOW, **changes)
+        .returning(*jobs.c)
+    )
+
+
+def _notification(changed: sa.CTE) -> sa.ScalarSelect[Any]:
+    """``pg_notify`` once for all rows of ``changed`` (an uncorrelated sub-select runs once)."""
+    batch = sa.cast(
+        sa.func.json_agg(
+            sa.func.json_build_array(changed.c.id, changed.c.version, changed.c.tenant)
+        ),
+        sa.Text(),
+    )
+    payload = sa.case((sa.func.length(batch) <= _MAX_PAYLOAD, batch), else_=CATCH_UP_HINT)
+    return (
+        sa.select(sa.func.pg_notify(CHANNEL, payload))
+        .select_from(changed)
+        .having(sa.func.count() > 0)
+        .scalar_subquery()
+    )
+
+
+def _with_event(
+    statement: sa.Update | sa.Insert,
+    event_type: str | Callable[[sa.CTE], sa.ColumnElement[str]],
+) -> tuple[_Sql, _Sql]:
+    """Wrap a ``RETURNING`` write in a CTE that appends its event; select the changed row.
+
+    The event's ``seq`` is the job's new ``version``: one change, one version, one event. Its data
+    is the ``event_data`` parameter (JSON text). Returns the statement with and without the
+    notification (see the module docstring).
+    """
+    changed = statement.cte("changed")
+    kind = sa.literal(event_type, sa.Text()) if isinstance(event_type, str) else event_type(changed)
+    record = (
+        sa.insert(job_events)
+        .from_select(
+            ["job_id", "seq", "type", "data", "at"],
+            sa.select(
+                changed.c.id,
+                changed.c.version,
+                kind,
+                sa.cast(_p("event_data", sa.Text()), job_events.c.data.type),
+                changed.c.updated_at,
+            ),
+        )
+        .cte("recorded")
+    )
+    quiet = sa.select(changed).add_cte(record)
+    loud = quiet.add_columns(_notification(changed).label("notified"))
+    return _compile(loud), _compile(quiet)
+
+
+_INSERT = _with_event(
+    insert(jobs)
+    .values(
+        id=_p("id", sa.Uuid()),
+        tenant=_p("tenant", sa.Text()),
+        kind=_p("kind", sa.Text()),
+        payload=sa.cast(_p("payload", sa.Text()), jobs.c.payload.type),
+        priority=_p("priority", sa.Integer()),
+        max_attempts=_p("max_attempts", sa.Integer()),
+        run_after=sa.func.coalesce(_p("run_after", sa.DateTime(timezone=True)), _NOW),
+        idempotency_key=_p("idempotency_key", sa.Text()),
+        request_fingerprint=_p("request_fingerprint", sa.Text()),
+        concurrency_key=_p("concurrency_key", sa.Text()),
+        pinned=_p("pinned", sa.Boolean()),
+    )
+    .on_conflict_do_nothing(index_elements=[jobs.c.tenant, jobs.c.idempotency_key])
+    .returning(*jobs.c),
+    "submitted",
+)
+
+
+@functools.cache
+def _transition_sql(target: JobStatus) -> tuple[_Sql, _Sql]:
+    changes: dict[str, Any] = {"status": sa.literal_column(f"'{target.value}'")}
+    if target in TERMINAL:
+        changes["finished_at"] = _NOW
+    if target is JobStatus.RUNNING:
+        changes["started_at"] = sa.func.coalesce(jobs.c.started_at, _NOW)
+    condition = jobs.c.status.in_(_statuses(sorted(sources_of(target))))
+    return _with_event(_update(changes, condition), lambda _: _p("event_type", sa.Text()))
+
+
+_PROGRESS = _with_event(
+    _update(
+        {
+            "progress_fraction": _p("fraction", sa.Double()),
+            "progress_message": _p("message", sa.Text()),
+        },
+        jobs.c.status == sa.literal_column(f"'{JobStatus.RUNNING.value}'"),
+    ),
+    "progress",
+)
+
+_AT_ONCE = jobs.c.status.in_(_statuses(_CANCELLABLE_AT_ONCE))
+_CANCEL = _with_event(
+    _update(
+        {
+            "status": sa.case(
+                (_AT_ONCE, sa.literal_column(f"'{JobStatus.CANCELLED.value}'")),
+                else_=jobs.c.status,
+            ),
+            "finished_at": sa.case((_AT_ONCE, _NOW), else_=jobs.c.finished_at),
+            "cancel_requested": sa.true(),
+        },
+        sa.or_(
+            _AT_ONCE,
+            sa.and_(
+                jobs.c.status == sa.literal_column(f"'{JobStatus.RUNNING.value}'"),
+                ~jobs.c.cancel_requested,
+            ),
+        ),
+    ),
+    lambda changed: sa.case(
+        (changed.c.status == JobStatus.CANCELLED.value, "cancelled"), else_="cancel_requested"
+    ),
+)
+
+_GET = _compile(sa.select(jobs).where(*_THIS_JOB))
+_BY_KEY = _compile(
+    sa.select(jobs).where(
+        jobs.c.tenant == _p("tenant", sa.Text()),
+        jobs.c.idempotency_key == _p("idempotency_key", sa.Text()),
+    )
+)
+_EVENTS = _compile(
+    sa.select(job_events.c.seq, job_events.c.type, job_events.c.data, job_events.c.at)
+    .join(jobs, jobs.c.id == job_events.c.job_id)
+    .where(job_events.c.job_id == _p("job_id", sa.Uuid()), jobs.c.tenant == _p("tenant", sa.Text()))
+    .where(job_events.c.seq > _p("after", sa.BigInteger()))
+    .order_by(job_events.c.seq)
+)
+
+
+@functools.cache
+def _list_sql(by_status: bool, by_kind: bool, after_cursor: bool) -> _Sql:
+    query = sa.select(jobs).where(jobs.c.tenant == _p("tenant", sa.Text()))
+    if by_status:
+        query = query.where(jobs.c.status == _p("status", sa.Text()))
+    if by_kind:
+        query = query.where(jobs.c.kind == _p("kind", sa.Text()))
+    if after_cursor:
+        query = query.where(jobs.c.id < _p("before", sa.Uuid()))
+    return _compile(query.order_by(jobs.c.id.desc()).limit(_p("limit", sa.Integer())))
 
 
 class JobRepository:
     """Postgres access for jobs: ``JobRepository.create(url)``, then ``close()`` when done."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, notify: bool = True, connect_timeout: float = 5.0
+    ) -> None:
         self._engine = engine
+        self._notify = notify
+        self._connect_timeout = connect_timeout
 
     @classmethod
     def create(
-        cls, url: str, *, pool_size: int = 10, connect_timeout: float = 5.0
+        cls, url: str, *, pool_size: int = 10, connect_timeout: float = 5.0, notify: bool = True
     ) -> JobRepository:
-        """Build the engine (no I/O yet). ``url`` may be ``postgresql://`` or ``+asyncpg``."""
+        """Build the engine (no I/O yet). ``url`` may be ``postgresql://`` or ``+asyncpg``.
+
+        ``notify=False`` leaves ``pg_notify`` out of every write (poll mode).
+        """
         engine = create_async_engine(
             sqlalchemy_url(url),
             isolation_level="AUTOCOMMIT",
@@ -93,7 +328,7 @@ class JobRepository:
                 "server_settings": {"application_name": "jobkeeper"},
             },
         )
-        return cls(engine)
+        return cls(engine, notify=notify, connect_timeout=connect_timeout)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -102,34 +337,60 @@ class JobRepository:
     async def close(self) -> None:
         await self._engine.dispose()
 
+    # --- execution ---------------------------------------------------------------------------
+
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[AsyncConnection]:
-        """A pooled autocommit connection; connection failures become ``DatabaseUnavailable``."""
+    async def _driver(self) -> AsyncIterator[asyncpg.Connection]:
+        """The asyncpg connection under a pooled SQLAlchemy connection (autocommit).
+
+        A failure of the connection itself becomes ``DatabaseUnavailable`` and discards the pool:
+        after a database restart every pooled connection is dead, not just this one.
+        """
         try:
             async with self._engine.connect() as conn:
-                yield conn
-        except sa.exc.DBAPIError as exc:
-            if exc.connection_invalidated or isinstance(exc, sa.exc.InterfaceError):
-                raise DatabaseUnavailable(f"database connection failed: {exc.orig}") from exc
-            raise
-        except (OSError, sa.exc.TimeoutError) as exc:
+                fairy = await conn.get_raw_connection()
+                driver = fairy.driver_connection
+                assert isinstance(driver, asyncpg.Connection)
+                try:
+                    yield driver
+                except _LINK_ERRORS:
+                    await conn.invalidate()
+                    raise
+        except sa.exc.DBAPIError as exc:  # raised by the pool when it cannot connect
+            await self._engine.dispose()
+            raise DatabaseUnavailable(f"database connection failed: {exc.orig}") from exc
+        except (*_LINK_ERRORS, sa.exc.TimeoutError) as exc:
+            await self._engine.dispose()
             raise DatabaseUnavailable(f"database unreachable: {exc}") from exc
 
-    async def _one(self, statement: sa.Executable) -> Job | None:
-        async with self._connection() as conn:
-            row = (await conn.execute(statement)).first()
-        return None if row is None else _to_job(row)
+    async def _rows(self, sql: _Sql, params: Mapping[str, Any], *, read: bool) -> list[Any]:
+        """Run one statement. A read that hit a dead pooled connection is tried once more."""
+        for attempt in (1, 2):
+            try:
+                async with self._driver() as conn:
+                    return list(await conn.fetch(sql.text, *sql.args(params)))
+            except DatabaseUnavailable:
+                if not read or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _one(self, sql: _Sql, params: Mapping[str, Any], *, read: bool) -> Job | None:
+        rows = await self._rows(sql, params, read=read)
+        return _to_job(rows[0]) if rows else None
+
+    def _change(self, sql: tuple[_Sql, _Sql]) -> _Sql:
+        return sql[0] if self._notify else sql[1]
 
     # --- reads -------------------------------------------------------------------------------
 
     async def ping(self) -> None:
         """Raise ``DatabaseUnavailable`` unless Postgres answers a trivial query."""
-        async with self._connection() as conn:
-            await conn.execute(sa.select(1))
+        async with self._driver() as conn:
+            await conn.fetchval("SELECT 1")
 
     async def get(self, job_id: UUID, tenant: str) -> Job | None:
         """The committed job, or ``None`` if it does not exist for this tenant."""
-        return await self._one(sa.select(jobs).where(jobs.c.id == job_id, jobs.c.tenant == tenant))
+        return await self._one(_GET, {"job_id": job_id, "tenant": tenant}, read=True)
 
     async def list_jobs(
         self,
@@ -141,37 +402,26 @@ class JobRepository:
         before: UUID | None,
     ) -> list[Job]:
         """Up to ``limit`` jobs, newest first, with ids below ``before`` (keyset pagination)."""
-        query = sa.select(jobs).where(jobs.c.tenant == tenant)
-        if status is not None:
-            query = query.where(jobs.c.status == status.value)
-        if kind is not None:
-            query = query.where(jobs.c.kind == kind)
-        if before is not None:
-            query = query.where(jobs.c.id < before)
-        query = query.order_by(jobs.c.id.desc()).limit(limit)
-        async with self._connection() as conn:
-            rows = (await conn.execute(query)).all()
-        return [_to_job(r) for r in rows]
+        sql = _list_sql(status is not None, kind is not None, before is not None)
+        params = {
+            "tenant": tenant,
+            "status": None if status is None else status.value,
+            "kind": kind,
+            "before": before,
+            "limit": limit,
+        }
+        return [_to_job(r) for r in await self._rows(sql, params, read=True)]
 
     async def find_by_idempotency_key(self, tenant: str, key: str) -> tuple[Job, str | None] | None:
         """The job submitted with this key, with the fingerprint of the request that created it."""
-        query = sa.select(jobs).where(jobs.c.tenant == tenant, jobs.c.idempotency_key == key)
-        async with self._connection() as conn:
-            row = (await conn.execute(query)).first()
-        return None if row is None else (_to_job(row), row._mapping["request_fingerprint"])
+        rows = await self._rows(_BY_KEY, {"tenant": tenant, "idempotency_key": key}, read=True)
+        return (_to_job(rows[0]), rows[0]["request_fingerprint"]) if rows else None
 
     async def events(self, job_id: UUID, tenant: str, *, after: int = 0) -> list[JobEvent]:
         """The job's history after sequence ``after``, oldest first (empty for a foreign job)."""
-        query = (
-            sa.select(job_events.c.seq, job_events.c.type, job_events.c.data, job_events.c.at)
-            .join(jobs, jobs.c.id == job_events.c.job_id)
-            .where(job_events.c.job_id == job_id, jobs.c.tenant == tenant)
-            .where(job_events.c.seq > after)
-            .order_by(job_events.c.seq)
-        )
-        async with self._connection() as conn:
-            rows = (await conn.execute(query)).all()
-        return [JobEvent(seq=r.seq, type=r.type, data=r.data, at=r.at) for r in rows]
+        params = {"job_id": job_id, "tenant": tenant, "after": after}
+        rows = await self._rows(_EVENTS, params, read=True)
+        return [JobEvent(seq=r["seq"], type=r["type"], data=r["data"], at=r["at"]) for r in rows]
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -181,27 +431,21 @@ class JobRepository:
         ``ON CONFLICT DO NOTHING`` waits for a concurrent insert of the same key to commit, so the
         caller's follow-up read (a new statement, a new snapshot) always finds the winner.
         """
-        values: dict[str, Any] = {
+        params = {
             "id": uuid7(),
             "tenant": new.tenant,
             "kind": new.kind,
-            "payload": sa.cast(sa.literal(new.payload_json, sa.Text()), JSONB),
+            "payload": new.payload_json,
             "priority": new.priority,
             "max_attempts": new.max_attempts,
+            "run_after": new.run_after,
             "idempotency_key": new.idempotency_key,
             "request_fingerprint": new.fingerprint if new.idempotency_key else None,
             "concurrency_key": new.concurrency_key,
             "pinned": new.pinned,
+            "event_data": json.dumps({"kind": new.kind}),
         }
-        if new.run_after is not None:
-            values["run_after"] = new.run_after
-        statement = (
-            insert(jobs)
-            .values(values)
-            .on_conflict_do_nothing(index_elements=[jobs.c.tenant, jobs.c.idempotency_key])
-            .returning(*jobs.c)
-        )
-        return await self._one(_with_event(statement, "submitted", {"kind": new.kind}))
+        return await self._one(self._change(_INSERT), params, read=False)
 
     async def transition(
         self,
@@ -210,9 +454,7 @@ class JobRepository:
         target: JobStatus,
         *,
         event: str,
-        values: Mapping[str, Any] | None = None,
         data: Mapping[str, Any] | None = None,
-        extra_where: Iterable[sa.ColumnElement[bool]] = (),
     ) -> Job:
         """Move a job to ``target`` if the transition table allows it from its current status.
 
@@ -220,21 +462,31 @@ class JobRepository:
         statement, so a concurrent change can never be overwritten. Raises ``JobNotFound``,
         ``JobFinished`` (already terminal) or ``InvalidTransition``.
         """
-        changes: dict[str, Any] = {"status": target.value, **(values or {})}
-        if target in TERMINAL:
-            changes.setdefault("finished_at", _NOW)
-        statement = _update(
-            job_id,
-            tenant,
-            changes,
-            jobs.c.status.in_([s.value for s in sources_of(target)]),
-            *extra_where,
-        )
-        job = await self._one(
-            _with_event(statement, event, {"status": target.value, **(data or {})})
-        )
+        params = {
+            "job_id": job_id,
+            "tenant": tenant,
+            "event_type": event,
+            "event_data": json.dumps({"status": target.value, **(data or {})}),
+        }
+        job = await self._one(self._change(_transition_sql(target)), params, read=False)
         if job is None:
             await self._raise_refusal(job_id, tenant, target.value)
+        assert job is not None
+        return job
+
+    async def progress(self, job_id: UUID, tenant: str, progress: Progress) -> Job:
+        """Record a running job's progress (a new version and a ``progress`` event)."""
+        data = {"fraction": progress.fraction, "message": progress.message}
+        params = {
+            "job_id": job_id,
+            "tenant": tenant,
+            "fraction": progress.fraction,
+            "message": progress.message,
+            "event_data": json.dumps(data),
+        }
+        job = await self._one(self._change(_PROGRESS), params, read=False)
+        if job is None:
+            await self._raise_refusal(job_id, tenant, "progress")
         assert job is not None
         return job
 
@@ -244,22 +496,8 @@ class JobRepository:
         Returns the job and whether this call changed it (a repeated cancel of a running job that
         is already flagged changes nothing). Raises ``JobNotFound`` or ``JobFinished``.
         """
-        at_once = [s.value for s in _CANCELLABLE_AT_ONCE]
-        immediate = jobs.c.status.in_(at_once)
-        statement = _update(
-            job_id,
-            tenant,
-            {
-                "status": sa.case((immediate, JobStatus.CANCELLED.value), else_=jobs.c.status),
-                "finished_at": sa.case((immediate, _NOW), else_=jobs.c.finished_at),
-                "cancel_requested": True,
-            },
-            sa.or_(
-                immediate,
-                sa.and_(jobs.c.status == JobStatus.RUNNING.value, ~jobs.c.cancel_requested),
-            ),
-        )
-        job = await self._one(_with_event(statement, _cancel_event_type, {}))
+        params = {"job_id": job_id, "tenant": tenant, "event_data": "{}"}
+        job = await self._one(self._change(_CANCEL), params, read=False)
         if job is not None:
             return job, True
         current = await self.get(job_id, tenant)
@@ -277,48 +515,86 @@ class JobRepository:
         error = JobFinished if current.terminal else InvalidTransition
         raise error(job_id, current.status.value, requested)
 
+    # --- the change feed ---------------------------------------------------------------------
 
-def _update(
-    job_id: UUID, tenant: str, changes: Mapping[str, Any], *conditions: sa.ColumnElement[bool]
-) -> sa.Update:
-    """``UPDATE jobs`` of one job, bumping ``version`` and ``updated_at``, returning the new row."""
-    return (
-        sa.update(jobs)
-        .where(jobs.c.id == job_id, jobs.c.tenant == tenant, *conditions)
-        .values(version=jobs.c.version + 1, updated_at=_NOW, **changes)
-        .returning(*jobs.c)
-    )
+    async def open_feed(
+        self, *, listen: Callable[[str], None] | None, on_lost: Callable[[], None]
+    ) -> FeedConnection:
+        """A dedicated connection (outside the pool) for the change feed.
+
+        ``listen`` receives every payload on ``CHANNEL`` (``None``: poll mode, no LISTEN);
+        ``on_lost`` is called once if the connection dies.
+        """
+        dsn = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        try:
+            conn = await asyncpg.connect(
+                dsn,
+                timeout=self._connect_timeout,
+                server_settings={"application_name": "jobkeeper-feed"},
+            )
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            raise DatabaseUnavailable(f"change feed cannot connect: {exc}") from exc
+        feed = FeedConnection(conn, timeout=self._connect_timeout)
+        conn.add_termination_listener(lambda _: on_lost())
+        if listen is not None:
+            await conn.add_listener(CHANNEL, lambda *args: listen(args[-1]))
+        return feed
 
 
-def _with_event(
-    statement: sa.Update | sa.Insert,
-    event_type: str | Callable[[sa.CTE], sa.ColumnElement[str]],
-    data: Mapping[str, Any],
-) -> sa.Select[Any]:
-    """Wrap a ``RETURNING`` write in a CTE that appends its event; select the changed row.
+@dataclass(frozen=True, slots=True)
+class CatchUp:
+    """What a catch-up found: the newest version of each changed job, and the next cursor."""
 
-    The event's ``seq`` is the job's new ``version``: one change, one version, one event.
-    """
-    changed = statement.cte("changed")
-    kind = sa.literal(event_type, sa.Text()) if isinstance(event_type, str) else event_type(changed)
-    record = (
-        sa.insert(job_events)
-        .from_select(
-            ["job_id", "seq", "type", "data", "at"],
-            sa.select(
-                changed.c.id,
-                changed.c.version,
-                kind,
-                sa.cast(sa.literal(json.dumps(dict(data)), sa.Text()), JSONB),
-                changed.c.updated_at,
-            ),
+    changes: list[tuple[UUID, int]]
+    cursor: int
+    truncated: bool
+
+
+# One statement, so the horizon and the rows come from the same snapshot. Every transaction with an
+# id below the horizon (pg_snapshot_xmin) had finished when the snapshot was taken, so its events
+# are visible here; later ones may still be running and are read again next time (re-applying an
+# invalidation is harmless). A plain sequence would not do: ids are taken in start order, not
+# commit order, so a slow transaction's events could appear behind a cursor that already passed.
+_CATCH_UP = """
+SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon,
+       coalesce(array_agg(c.job_id), '{}') AS ids,
+       coalesce(array_agg(c.version), '{}') AS versions
+FROM (
+    SELECT job_id, max(seq) AS version FROM job_events
+    WHERE txid >= $1 GROUP BY job_id LIMIT $2
+) AS c
+"""
+_HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+
+
+class FeedConnection:
+    """The change feed's own asyncpg connection: notifications in, catch-up queries out."""
+
+    def __init__(self, conn: asyncpg.Connection, *, timeout: float) -> None:
+        self._conn = conn
+        self._timeout = timeout
+
+    async def horizon(self) -> int:
+        """A cursor from which a catch-up finds every change committed from now on."""
+        value = await self._conn.fetchval(_HORIZON, timeout=self._timeout)
+        return int(value)
+
+    async def catch_up(self, cursor: int, limit: int) -> CatchUp:
+        """Changes of transactions at or after ``cursor``; at most ``limit`` jobs."""
+        row = await self._conn.fetchrow(_CATCH_UP, cursor, limit + 1, timeout=self._timeout)
+        assert row is not None
+        changes = list(zip(row["ids"], row["versions"], strict=True))
+        return CatchUp(
+            changes=changes[:limit], cursor=row["horizon"], truncated=len(changes) > limit
         )
-        .cte("recorded")
-    )
-    return sa.select(changed).add_cte(record)
 
+    def is_closed(self) -> bool:
+        return self._conn.is_closed()
 
-def _cancel_event_type(changed: sa.CTE) -> sa.ColumnElement[str]:
-    return sa.case(
-        (changed.c.status == JobStatus.CANCELLED.value, "cancelled"), else_="cancel_requested"
-    )
+    async def close(self) -> None:
+        if self._conn.is_closed():
+            return
+        try:
+            await asyncio.wait_for(self._conn.close(), timeout=self._timeout)
+        except (OSError, TimeoutError, asyncpg.PostgresError):
+            self._conn.terminate()

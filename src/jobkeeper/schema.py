@@ -2,6 +2,7 @@
 
 ``jobs`` holds the current state of each job; ``job_events`` is its append-only history, written in
 the same statement as every change, with ``seq`` equal to the job's ``version`` after that change.
+``job_events.txid`` (the writing transaction's id) orders the change feed's catch-up by commit.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from jobkeeper.models import MAX_ATTEMPTS, MAX_PRIORITY, JobStatus
 
 __all__ = ["job_events", "jobs", "metadata"]
+
+# the writing transaction id (xid8: 64-bit, never wraps) as bigint, comparable with pg_snapshot_xmin
+CURRENT_TXID = sa.text("(pg_current_xact_id())::text::bigint")
 
 metadata = sa.MetaData(
     naming_convention={
@@ -80,4 +84,7 @@ job_events = sa.Table(
     sa.Column("type", sa.Text(), nullable=False),
     sa.Column("data", JSONB(), nullable=False, server_default=sa.text("'{}'::jsonb")),
     sa.Column("at", _TZ, nullable=False, server_default=_NOW),
+    sa.Column("txid", sa.BigInteger(), nullable=False, server_default=CURRENT_TXID),
 )
+# the change feed's catch-up reads events by transaction id
+sa.Index(None, job_events.c.txid)

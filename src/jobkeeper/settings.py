@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -40,6 +42,16 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="Seconds a cached job may be served before a re-read."
     )
     pool_size: int = Field(default=10, ge=1, description="Database connections per process.")
+    feed_mode: Literal["notify", "poll"] = Field(
+        default="notify",
+        description="How changes reach other processes' caches: LISTEN/NOTIFY plus catch-up, "
+        "or catch-up polling only (for transaction-mode poolers). Same on every process.",
+    )
+    feed_interval: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds between catch-ups (default 1.0 with notify, 0.25 with poll).",
+    )
 
     @field_validator("database_url")
     @classmethod

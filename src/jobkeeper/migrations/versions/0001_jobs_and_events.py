@@ -79,14 +79,22 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("at", _TZ, server_default=_NOW, nullable=False),
+        sa.Column(
+            "txid",
+            sa.BigInteger(),
+            server_default=sa.text("(pg_current_xact_id())::text::bigint"),
+            nullable=False,
+        ),
         sa.ForeignKeyConstraint(
             ["job_id"], ["jobs.id"], name=op.f("fk_job_events_job_id_jobs"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("job_id", "seq", name=op.f("pk_job_events")),
     )
+    op.create_index(op.f("ix_job_events_txid"), "job_events", ["txid"])
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_job_events_txid"), table_name="job_events")
     op.drop_table("job_events")
     op.drop_index(op.f("ix_jobs_tenant_status_id"), table_name="jobs")
     op.drop_index(op.f("ix_jobs_tenant_id"), table_name="jobs")

@@ -1,0 +1,213 @@
+"""The change feed: every committed change to a job reaches this process's cache.
+
+Two paths, one rule (a change is applied as ``invalidate(job_id, version)``, which is idempotent):
+
+* **notify** (default): writers ``pg_notify`` in the same statement as each change; one dedicated
+  connection per process LISTENs, so changes arrive about a millisecond after commit.
+* **catch-up**: a query over ``job_events`` past a commit-order-safe cursor (see
+  ``repository._CATCH_UP``). It runs after every (re)connect, so changes committed while the
+  listener was away are never lost, and every ``interval`` seconds as a safety net and health
+  check. In **poll** mode (for transaction-mode poolers, where LISTEN does not work) it is the
+  only path, and writers send no notifications.
+
+The feed *vouches* for the cache only while it is connected and its last catch-up is recent; the
+manager reads through to Postgres otherwise. ``docs/consistency.md`` states the resulting bounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+from uuid import UUID
+
+import asyncpg
+
+from jobkeeper.errors import DatabaseUnavailable
+from jobkeeper.repository import CATCH_UP_HINT, FeedConnection, JobRepository
+
+__all__ = ["ChangeFeed", "FeedMode", "FeedStatus"]
+
+FeedMode = Literal["notify", "poll"]
+log = logging.getLogger("jobkeeper.feed")
+
+_LINK_ERRORS = (
+    DatabaseUnavailable,
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+_BACKOFF_FIRST = 0.05
+_BACKOFF_MAX = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class FeedStatus:
+    """The feed's health, for readiness checks and metrics."""
+
+    mode: FeedMode
+    connected: bool
+    vouching: bool
+    seconds_since_sync: float | None
+    notifications: int
+    catch_ups: int
+    reconnects: int
+
+
+class ChangeFeed:
+    """Keeps one process in step with every committed change (see the module docstring)."""
+
+    def __init__(
+        self,
+        repository: JobRepository,
+        *,
+        mode: FeedMode,
+        interval: float,
+        max_jobs: int,
+        on_change: Callable[[UUID, int], object],
+        on_reset: Callable[[], object],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._repository = repository
+        self._mode: FeedMode = mode
+        self._interval = interval
+        self._max_jobs = max_jobs
+        self._on_change = on_change
+        self._on_reset = on_reset
+        self._clock = clock
+        # a catch-up older than this no longer vouches: the loop missed two rounds
+        self._max_lag = 2 * interval + 1.0
+        self._conn: FeedConnection | None = None
+        self._cursor: int | None = None
+        self._synced_at: float | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._notifications = self._catch_ups = self._reconnects = 0
+
+    async def start(self) -> None:
+        """Connect and take the starting cursor (raises ``DatabaseUnavailable``), then run."""
+        await self._connect()
+        self._task = asyncio.create_task(self._run(), name="jobkeeper-change-feed")
+
+    async def close(self) -> None:
+        """Stop the background task and close the connection; idempotent."""
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._drop_connection()
+
+    def vouches(self) -> bool:
+        """Whether cached entries may be served: connected and recently in sync."""
+        conn, synced_at = self._conn, self._synced_at
+        if conn is None or synced_at is None or conn.is_closed():
+            return False
+        return self._clock() - synced_at <= self._max_lag
+
+    def status(self) -> FeedStatus:
+        conn = self._conn
+        return FeedStatus(
+            mode=self._mode,
+            connected=conn is not None and not conn.is_closed(),
+            vouching=self.vouches(),
+            seconds_since_sync=None if self._synced_at is None else self._clock() - self._synced_at,
+            notifications=self._notifications,
+            catch_ups=self._catch_ups,
+            reconnects=self._reconnects,
+        )
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._closing:
+            try:
+                if self._conn is None or self._conn.is_closed():
+                    await self._drop_connection()
+                    self._reconnects += 1
+                    await self._connect()
+                    log.info("change feed reconnected after %d failed attempts", failures)
+                    failures = 0
+                await self._sleep(self._interval)
+                if self._conn is not None and not self._conn.is_closed():
+                    await self._catch_up()
+            except _LINK_ERRORS as exc:
+                failures += 1
+                self._lost(exc, failures)
+            except Exception as exc:  # a bug must not end the feed: the cache is bypassed meanwhile
+                failures += 1
+                log.exception("change feed failed unexpectedly")
+                self._lost(exc, failures)
+            else:
+                continue
+            await self._drop_connection()
+            delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** min(failures, 10))
+            await self._sleep(delay * random.uniform(0.5, 1.0))
+
+    def _lost(self, exc: BaseException, failures: int) -> None:
+        self._synced_at = None
+        if failures == 1:
+            log.warning("change feed lost (%s); the cache is bypassed until it is back", exc)
+
+    async def _connect(self) -> None:
+        listen = self._on_payload if self._mode == "notify" else None
+        self._conn = await self._repository.open_feed(listen=listen, on_lost=self._on_lost)
+        if self._cursor is None:
+            # the cache starts empty, so history before this point is not needed
+            self._cursor = await self._conn.horizon()
+        # LISTEN is active before this catch-up, so nothing falls between the two paths
+        await self._catch_up()
+
+    async def _catch_up(self) -> None:
+        conn, cursor = self._conn, self._cursor
+        if conn is None or cursor is None:
+            raise DatabaseUnavailable("change feed is not connected")
+        started = self._clock()
+        found = await conn.catch_up(cursor, self._max_jobs)
+        if found.truncated:
+            self._on_reset()  # more changed jobs than the cache holds: drop everything
+        else:
+            for job_id, version in found.changes:
+                self._on_change(job_id, version)
+        self._cursor = found.cursor
+        self._synced_at = started
+        self._catch_ups += 1
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake early when a notification asks for a catch-up or the link drops."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+    # --- callbacks from the connection (run on the event loop) --------------------------------
+
+    def _on_payload(self, payload: str) -> None:
+        self._notifications += 1
+        if payload == CATCH_UP_HINT:
+            self._wake.set()
+            return
+        try:
+            for job_id, version, _tenant in json.loads(payload):
+                self._on_change(UUID(job_id), int(version))
+        except (ValueError, TypeError) as exc:
+            log.warning("ignoring malformed change notification %r: %s", payload[:200], exc)
+            self._wake.set()  # a catch-up finds whatever it described
+
+    def _on_lost(self) -> None:
+        self._synced_at = None
+        self._wake.set()

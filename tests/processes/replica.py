@@ -1,0 +1,56 @@
+"""A replica process for the coherence tests: polls its own cache for a set of jobs.
+
+Usage: replica.py URL TENANT IDS_FILE OUT_FILE SECONDS FEED_MODE
+Writes OUT_FILE.ready once its cache is warm, then reads every job in a loop for SECONDS and
+writes, per job, the runs of versions it saw: [[version, first_seen_ns, last_seen_ns], ...]
+(CLOCK_MONOTONIC, shared by every process on the machine), plus its feed and cache status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from jobkeeper.manager import JobManager
+
+
+async def observe(
+    url: str, tenant: str, ids: list[str], ready: Path, seconds: float, mode: str
+) -> dict[str, Any]:
+    feed_mode = cast(Literal["notify", "poll"], mode)
+    async with await JobManager.connect(url, feed_mode=feed_mode, feed_interval=0.5) as jobs:
+        runs: list[list[list[int]]] = [[] for _ in ids]
+        for job_id in ids:
+            await jobs.get(job_id, tenant=tenant)
+        await asyncio.to_thread(ready.write_text, "ready")
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for i, job_id in enumerate(ids):
+                version = (await jobs.get(job_id, tenant=tenant)).version
+                now = time.monotonic_ns()
+                seen = runs[i]
+                if seen and seen[-1][0] == version:
+                    seen[-1][2] = now
+                else:
+                    seen.append([version, now, now])
+            await asyncio.sleep(
+                0.001
+            )  # sample, don't spin: two replicas must not starve the writer
+        return {
+            "runs": runs,
+            "feed": dataclasses.asdict(jobs.feed_status()),
+            "cache": dataclasses.asdict(jobs.cache_stats()),
+        }
+
+
+if __name__ == "__main__":
+    url, tenant, ids_file, out_file, seconds, mode = sys.argv[1:7]
+    ids = json.loads(Path(ids_file).read_text())
+    ready = Path(out_file + ".ready")
+    result = asyncio.run(observe(url, tenant, ids, ready, float(seconds), mode))
+    Path(out_file).write_text(json.dumps(result))

@@ -1,0 +1,263 @@
+"""The change feed: changes reach other managers' caches, by notification or by catch-up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from uuid import UUID, uuid4
+
+import asyncpg
+import pytest
+
+from jobkeeper.cache import JobCache
+from jobkeeper.feed import ChangeFeed
+from jobkeeper.manager import JobManager
+from jobkeeper.models import Job, JobStatus, Progress
+from jobkeeper.repository import CHANNEL, JobRepository
+from jobkeeper.settings import asyncpg_dsn
+
+DEADLINE = 10.0
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Poll ``check`` until it is true; fail after a generous deadline (never a fixed sleep)."""
+    end = time.monotonic() + DEADLINE
+    while not await check():
+        if time.monotonic() > end:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def terminate_feeds(url: str) -> int:
+    """Kill every change-feed backend on the test database, as a network failure would."""
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        killed = await conn.fetch(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'jobkeeper-feed' AND datname = current_database()"
+        )
+    finally:
+        await conn.close()
+    return len(killed)
+
+
+async def running_job(manager: JobManager, tenant: str) -> Job:
+    job = await manager.submit(tenant, "feed.test", {})
+    return await manager.repository.transition(job.id, tenant, JobStatus.RUNNING, event="claimed")
+
+
+async def test_a_change_on_one_manager_reaches_another(
+    job_manager: JobManager, database_url: str, tenant: str
+) -> None:
+    async with await JobManager.connect(database_url) as other:
+        job = await job_manager.submit(tenant, "feed.test", {})
+        assert (await other.get(job.id, tenant=tenant)).version == 1  # now cached there
+        await job_manager.cancel(job.id, tenant=tenant)
+
+        async def other_sees_v2() -> bool:
+            return (await other.get(job.id, tenant=tenant)).version == 2
+
+        await eventually(other_sees_v2, "the other manager to see the cancel")
+        assert other.feed_status().notifications >= 1
+
+
+async def test_lost_notifications_are_applied_by_the_catch_up_after_reconnect(
+    job_manager: JobManager, database_url: str, tenant: str
+) -> None:
+    # periodic catch-up off: only the catch-up that follows a reconnect can help this replica
+    async with await JobManager.connect(database_url, feed_interval=3600) as replica:
+        job = await running_job(job_manager, tenant)
+        assert (await replica.get(job.id, tenant=tenant)).version == 2
+        reconnects = replica.feed_status().reconnects
+
+        # three changes whose notifications never arrive (a writer that sends none)
+        silent = JobRepository.create(database_url, notify=False)
+        try:
+            for _ in range(3):
+                await silent.progress(job.id, tenant, _progress())
+        finally:
+            await silent.close()
+        assert (await replica.get(job.id, tenant=tenant)).version == 2  # lost, as promised
+
+        assert await terminate_feeds(database_url) >= 1
+
+        async def reconnected() -> bool:
+            status = replica.feed_status()
+            return status.reconnects > reconnects and status.vouching
+
+        await eventually(reconnected, "the replica's feed to reconnect")
+        assert (await replica.get(job.id, tenant=tenant)).version == 5
+
+
+async def test_cache_is_bypassed_while_the_feed_cannot_vouch(
+    job_manager: JobManager, database_url: str, tenant: str
+) -> None:
+    now = [0.0]
+    repository = JobRepository.create(database_url, notify=False)
+    cache = JobCache(100, 3600)
+    feed = ChangeFeed(
+        repository,
+        mode="poll",
+        interval=3600,  # no catch-up during the test: only the clock decides
+        max_jobs=100,
+        on_change=cache.invalidate,
+        on_reset=cache.reset,
+        clock=lambda: now[0],
+    )
+    await feed.start()
+    async with JobManager(repository, cache, feed) as replica:
+        job = await job_manager.submit(tenant, "feed.test", {})
+        assert (await replica.get(job.id, tenant=tenant)).version == 1
+        await job_manager.cancel(job.id, tenant=tenant)
+        # in sync a moment ago, so the cached version is served (the poll bound in action)
+        assert (await replica.get(job.id, tenant=tenant)).version == 1
+        now[0] += 3600 * 3  # the last catch-up is now far too old to vouch for anything
+        assert not replica.feed_status().vouching
+        assert (await replica.get(job.id, tenant=tenant)).version == 2
+
+
+async def test_poll_mode_sees_changes_without_notifications(
+    job_manager: JobManager, database_url: str, tenant: str
+) -> None:
+    async with await JobManager.connect(
+        database_url, feed_mode="poll", feed_interval=0.05
+    ) as replica:
+        job = await job_manager.submit(tenant, "feed.test", {})
+        assert (await replica.get(job.id, tenant=tenant)).version == 1
+        await job_manager.cancel(job.id, tenant=tenant)
+
+        async def replica_sees_v2() -> bool:
+            return (await replica.get(job.id, tenant=tenant)).version == 2
+
+        await eventually(replica_sees_v2, "the poll-mode replica to see the cancel")
+        assert replica.feed_status().notifications == 0
+        assert replica.feed_status().mode == "poll"
+
+
+async def test_one_statement_sends_one_notification_and_poll_mode_sends_none(
+    job_manager: JobManager, database_url: str, tenant: str
+) -> None:
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        await conn.add_listener(CHANNEL, lambda *args: heard.put_nowait(args[-1]))
+        job = await job_manager.submit(tenant, "feed.test", {})
+        payload = json.loads(await asyncio.wait_for(heard.get(), DEADLINE))
+        assert payload == [[str(job.id), 1, tenant]]
+
+        quiet = JobRepository.create(database_url, notify=False)
+        try:
+            await quiet.cancel(job.id, tenant)
+        finally:
+            await quiet.close()
+        # a marker write through the notifying repository: the queue holds it and nothing before
+        await job_manager.submit(tenant, "feed.marker", {})
+        marker = json.loads(await asyncio.wait_for(heard.get(), DEADLINE))
+        assert marker[0][2] == tenant and marker[0][0] != str(job.id)
+        assert heard.empty()
+    finally:
+        await conn.close()
+
+
+async def test_catch_up_finds_a_slow_transaction_that_commits_after_a_newer_one(
+    job_manager: JobManager, database_url: str, tenant: str
+) -> None:
+    slow_job = await job_manager.submit(tenant, "feed.test", {})
+    fast_job = await job_manager.submit(tenant, "feed.test", {})
+    feed = await job_manager.repository.open_feed(listen=None, on_lost=lambda: None)
+    slow = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        cursor = await feed.horizon()
+        tx = slow.transaction()
+        await tx.start()
+        await slow.fetchval("SELECT pg_current_xact_id()")  # takes its id before the fast one
+        await job_manager.cancel(fast_job.id, tenant=tenant)  # commits first, with a later id
+
+        found = await feed.catch_up(cursor, 100)
+        assert (fast_job.id, 2) in found.changes
+        cursor = found.cursor  # cannot pass the slow transaction, which is still running
+
+        await slow.execute(
+            "UPDATE jobs SET version = 2 WHERE id = $1;"
+            " INSERT INTO job_events (job_id, seq, type) VALUES ($1, 2, 'manual')".replace(
+                "$1", f"'{slow_job.id}'"
+            )
+        )
+        await tx.commit()
+        found = await feed.catch_up(cursor, 100)
+        assert (slow_job.id, 2) in found.changes
+    finally:
+        await slow.close()
+        await feed.close()
+
+
+async def test_catch_up_reports_truncation_beyond_its_limit(
+    job_manager: JobManager, tenant: str
+) -> None:
+    feed = await job_manager.repository.open_feed(listen=None, on_lost=lambda: None)
+    try:
+        cursor = await feed.horizon()
+        ids = [(await job_manager.submit(tenant, "feed.test", {})).id for _ in range(3)]
+        assert (await feed.catch_up(cursor, 2)).truncated
+        found = await feed.catch_up(cursor, 10)
+        assert not found.truncated
+        assert {job_id for job_id, _ in found.changes} >= set(ids)
+    finally:
+        await feed.close()
+
+
+def test_cache_reset_refuses_fills_that_started_before_it() -> None:
+    cache = JobCache(10, 60)
+    ticket = cache.ticket()
+    job = _job(version=3)
+    assert cache.store(job, ticket)
+    cache.reset()
+    assert cache.get(job.id) is None
+    assert not cache.store(_job(job_id=job.id, version=4), ticket)  # read before the reset
+    assert cache.store(_job(job_id=job.id, version=4), cache.ticket())
+
+
+async def test_close_leaves_no_feed_task_or_connection(database_url: str) -> None:
+    manager = await JobManager.connect(database_url)
+    assert any(t.get_name() == "jobkeeper-change-feed" for t in asyncio.all_tasks())
+    await manager.close()
+    assert not any(t.get_name() == "jobkeeper-change-feed" for t in asyncio.all_tasks())
+    assert not manager.feed_status().connected
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def _progress() -> Progress:
+    return Progress(0.5, "half")
+
+
+def _job(*, version: int, job_id: UUID | None = None) -> Job:
+    now = datetime.now(UTC)
+    return Job(
+        id=job_id or uuid4(),
+        tenant="t",
+        kind="k",
+        status=JobStatus.QUEUED,
+        payload={},
+        result=None,
+        error=None,
+        progress=Progress(),
+        priority=0,
+        attempts=0,
+        max_attempts=3,
+        run_after=now,
+        idempotency_key=None,
+        concurrency_key=None,
+        cancel_requested=False,
+        pinned=False,
+        version=version,
+        created_at=now,
+        updated_at=now,
+        started_at=None,
+        finished_at=None,
+    )
