@@ -24,6 +24,7 @@ import gc
 import math
 import os
 import platform
+import re
 import sys
 import time
 import uuid
@@ -63,6 +64,7 @@ US = "\u00b5s"
 
 HIT = "`JobManager.get` cache hit"
 PEER = "asyncpg PK `SELECT`, one raw connection (peer)"
+POOL = "SQLAlchemy pool checkout + return only (no query)"
 CORE_PREBUILT = "SQLAlchemy Core, statement built once, held connection"
 CORE_PER_CALL = "SQLAlchemy Core, statement built per call, held connection"
 REPOSITORY = "`JobRepository.get` (pool checkout, query, row to `Job`)"
@@ -119,17 +121,24 @@ QUICK = Plan(
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """One measurement: every call's duration (sorted, ns) and the wall time of the timed calls."""
+    """One measurement: every call's duration (sorted, ns), and the wall time and this thread's
+    CPU time of the timed calls as a whole."""
 
     name: str
     concurrency: int
     wall_ns: int
+    cpu_ns: int
     samples: tuple[int, ...]
 
     def __add__(self, other: Result) -> Result:
         """The same measurement over both runs' calls."""
-        samples = tuple(sorted(self.samples + other.samples))
-        return Result(self.name, self.concurrency, self.wall_ns + other.wall_ns, samples)
+        return Result(
+            self.name,
+            self.concurrency,
+            self.wall_ns + other.wall_ns,
+            self.cpu_ns + other.cpu_ns,
+            tuple(sorted(self.samples + other.samples)),
+        )
 
     @property
     def calls(self) -> int:
@@ -138,6 +147,11 @@ class Result:
     @property
     def ops_per_s(self) -> float:
         return self.calls * 1e9 / self.wall_ns
+
+    @property
+    def cpu_us(self) -> float:
+        """This process's (one thread's) CPU time per call, event loop and syscalls included."""
+        return self.cpu_ns / self.calls / 1000
 
     def quantile_us(self, q: float) -> float:
         """Nearest-rank quantile in microseconds."""
@@ -186,10 +200,10 @@ async def measure(name: str, op: Op, calls: int, *, concurrency: int = 1, first:
     # a cache hit never suspends: let due background work (the managers' change feeds, whose
     # last catch-up must stay recent for the cache to be used) run between blocks, untimed
     await asyncio.sleep(0)
-    start = time.perf_counter_ns()
+    cpu, start = time.thread_time_ns(), time.perf_counter_ns()
     samples = await _drive(op, range(first, first + calls), concurrency)
-    wall = time.perf_counter_ns() - start
-    return Result(name, concurrency, wall, tuple(sorted(samples)))
+    wall, cpu = time.perf_counter_ns() - start, time.thread_time_ns() - cpu
+    return Result(name, concurrency, wall, cpu, tuple(sorted(samples)))
 
 
 def _progress(results: Sequence[Result]) -> list[Result]:
@@ -292,13 +306,17 @@ async def bench_postgres_reads(ctx: Context) -> list[Result]:
         stack.push_async_callback(cold.close)
         # reference rows: SQLAlchemy Core on its own engine, configured like a repository's
         engine = create_async_engine(
-            sqlalchemy_url(ctx.url), isolation_level="AUTOCOMMIT", pool_size=1, max_overflow=0
+            sqlalchemy_url(ctx.url), isolation_level="AUTOCOMMIT", pool_size=2, max_overflow=0
         )
         stack.push_async_callback(engine.dispose)
         held = await stack.enter_async_context(engine.connect())
 
         def raw_select(i: int) -> Awaitable[object]:
             return ctx.raw.fetchrow(PK_SELECT, job_id(i), TENANT)
+
+        async def pool_checkout(i: int) -> object:
+            async with engine.connect() as conn:
+                return (await conn.get_raw_connection()).driver_connection
 
         async def core_prebuilt(i: int) -> object:
             return (await held.execute(PREBUILT_GET, {"id": job_id(i), "tenant": TENANT})).first()
@@ -320,6 +338,7 @@ async def bench_postgres_reads(ctx: Context) -> list[Result]:
         results = await compare(
             [
                 (PEER, raw_select),
+                (POOL, pool_checkout),
                 (CORE_PREBUILT, core_prebuilt),
                 (CORE_PER_CALL, core_per_call),
                 (REPOSITORY, repository_get),
@@ -422,7 +441,7 @@ def machine(server: str, postgres: str) -> list[str]:
 def _row(r: Result) -> str:
     return (
         f"| {r.name} | {r.calls:,} | {r.concurrency} | {r.ops_per_s:,.0f} "
-        f"| {r.p50_us:,.1f} | {r.p99_us:,.1f} | {r.max_us:,.1f} |"
+        f"| {r.p50_us:,.1f} | {r.p99_us:,.1f} | {r.max_us:,.1f} | {r.cpu_us:,.1f} |"
     )
 
 
@@ -450,7 +469,9 @@ def verdict(results: Sequence[Result]) -> tuple[list[str], bool]:
         f"with raw asyncpg {part(PEER, None)}; `JobRepository` on top of it (pool checkout, "
         f"query, row to `Job`) {part(REPOSITORY, PEER)}; `JobManager` and cache bookkeeping "
         f"{part(MISS, REPOSITORY)}.",
-        f"- For reference, SQLAlchemy Core's own cost over raw asyncpg: execute and result "
+        f"- A bare SQLAlchemy pool checkout + return (`engine.connect()`, "
+        f"`get_raw_connection()`, close) costs {row[POOL].p50_us:,.0f} {US} p50 by itself. "
+        f"For reference, SQLAlchemy Core's own cost over raw asyncpg: execute and result "
         f"machinery {row[CORE_PREBUILT].p50_us - peer.p50_us:,.0f} {US}; building the `select` "
         f"and its cache key on every call another "
         f"{row[CORE_PER_CALL].p50_us - row[CORE_PREBUILT].p50_us:,.0f} {US}.",
@@ -483,7 +504,10 @@ def report(
         f'{plan.jobs:,} jobs by `JobManager.submit` (one tenant, payload `{{"seed": i}}`).',
         "- Every call is timed alone with `time.perf_counter_ns` (call + await, timer "
         "included), after an untimed warm-up and `gc.collect()`. ops/s = calls / wall time of "
-        f"the timed calls; p50/p99 nearest-rank; times in {US}.",
+        f"the timed calls; p50/p99 nearest-rank; times in {US}. CPU/call: this process's CPU "
+        "time (`time.thread_time_ns`, one thread, event loop and syscalls included) over the "
+        "timed calls, divided by their number; unlike wall times it barely moves when other "
+        "processes load the machine, and Postgres's own CPU is not in it.",
         f"- Reads are timed in {plan.rounds} interleaved rounds (rotating order; each block "
         "warmed up with a tenth of its calls, at least 50), merged per row, so machine noise "
         f"hits every row alike. They cycle through all {plan.jobs:,} seeded jobs.",
@@ -493,9 +517,10 @@ def report(
         '`consistency="strong"` on the first manager always reads Postgres.',
         f"- Peer: `{PK_SELECT}` with `fetchrow` on one raw asyncpg connection (statement "
         "prepared once by asyncpg's cache). `JobRepository.get` is timed on the miss row's "
-        "manager. Reference rows: the same select in SQLAlchemy Core (`sa.select(jobs).where"
-        "(...)`) on one held `AsyncConnection` of an autocommit engine, built once with bind "
-        "parameters, and built per call.",
+        "manager. Reference rows, on a separate autocommit engine: a pool checkout and return "
+        "with no query (`engine.connect()`, `get_raw_connection()`, close); the same select in "
+        "SQLAlchemy Core (`sa.select(jobs).where(...)`) on one held `AsyncConnection`, built "
+        "once with bind parameters, and built per call.",
         "- Managers run as in production, with their change feed (notify mode: one LISTEN "
         "connection, catch-up every second); the loop is yielded to once before each timed "
         "block, since a cache hit never suspends and the feed must stay in sync for the cache "
@@ -506,8 +531,8 @@ def report(
         f"(pool of {max(16, plan.concurrency)} connections); latency per call includes waiting "
         "for the event loop.",
         "",
-        f"| Measurement | Calls | Tasks | ops/s | p50 {US} | p99 {US} | max {US} |",
-        "|---|--:|--:|--:|--:|--:|--:|",
+        f"| Measurement | Calls | Tasks | ops/s | p50 {US} | p99 {US} | max {US} | CPU {US}/call |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
         *(_row(r) for r in results),
         "",
         *verdict_lines,
@@ -515,15 +540,22 @@ def report(
     return "\n".join(lines) + "\n"
 
 
+def _line(marker: str) -> re.Pattern[str]:
+    """``marker`` alone on a line."""
+    return re.compile(rf"^{re.escape(marker)}[ \t]*$", re.MULTILINE)
+
+
 def write_section(doc: Path, section: str) -> None:
-    """Replace the text between the markers in ``doc``; append the markers if missing."""
+    """Replace the lines from the start marker to the end marker in ``doc`` (each alone on its
+    line, so prose that mentions them is left alone); append both if missing."""
     block = f"{START_MARKER}\n{section}{END_MARKER}"
     text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    start, end = text.find(START_MARKER), text.find(END_MARKER)
-    if start == -1 or end < start:
+    start = _line(START_MARKER).search(text)
+    end = None if start is None else _line(END_MARKER).search(text, start.end())
+    if start is None or end is None:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     else:
-        text = text[:start] + block + text[end + len(END_MARKER) :]
+        text = text[: start.start()] + block + text[end.end() :]
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
 

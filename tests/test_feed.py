@@ -146,7 +146,7 @@ async def test_one_statement_sends_one_notification_and_poll_mode_sends_none(
         await conn.add_listener(CHANNEL, lambda *args: heard.put_nowait(args[-1]))
         job = await job_manager.submit(tenant, "feed.test", {})
         payload = json.loads(await asyncio.wait_for(heard.get(), DEADLINE))
-        assert payload == [[str(job.id), 1, tenant]]
+        assert payload == [[str(job.id), 1, tenant, "queued"]]
 
         quiet = JobRepository.create(database_url, notify=False)
         try:

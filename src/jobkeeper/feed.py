@@ -202,7 +202,7 @@ class ChangeFeed:
             self._wake.set()
             return
         try:
-            for job_id, version, _tenant in json.loads(payload):
+            for job_id, version, _tenant, _status in json.loads(payload):
                 self._on_change(UUID(job_id), int(version))
         except (ValueError, TypeError) as exc:
             log.warning("ignoring malformed change notification %r: %s", payload[:200], exc)

@@ -155,21 +155,18 @@ def _update(changes: Mapping[str, Any], *conditions: sa.ColumnElement[bool]) -> 
     )
 
 
-def _notification(changed: sa.CTE) -> sa.ScalarSelect[Any]:
-    """``pg_notify`` once for all rows of ``changed`` (an uncorrelated sub-select runs once)."""
-    batch = sa.cast(
-        sa.func.json_agg(
-            sa.func.json_build_array(changed.c.id, changed.c.version, changed.c.tenant)
-        ),
-        sa.Text(),
-    )
-    payload = sa.case((sa.func.length(batch) <= _MAX_PAYLOAD, batch), else_=CATCH_UP_HINT)
-    return (
-        sa.select(sa.func.pg_notify(CHANNEL, payload))
-        .select_from(changed)
-        .having(sa.func.count() > 0)
-        .scalar_subquery()
-    )
+# Announces every row of the CTE "changed" in one notification (an uncorrelated sub-select runs
+# once): [[job_id, version, tenant, status], ...], or the catch-up hint when that is too long.
+_NOTIFY = f"""(SELECT pg_notify('{CHANNEL}', CASE WHEN length(n.batch) <= {_MAX_PAYLOAD}
+    THEN n.batch ELSE '{CATCH_UP_HINT}' END)
+  FROM (SELECT json_agg(json_build_array(id, version, tenant, status))::text AS batch
+        FROM changed) AS n
+  WHERE n.batch IS NOT NULL)"""
+# Appends one event per row of "changed"; its seq is the row's new version.
+_RECORD = """recorded AS (
+    INSERT INTO job_events (job_id, seq, type, data, at)
+    SELECT changed.id, changed.version, {type}, {data}, changed.updated_at FROM changed
+)"""
 
 
 def _with_event(
@@ -199,24 +196,60 @@ def _with_event(
         .cte("recorded")
     )
     quiet = sa.select(changed).add_cte(record)
-    loud = quiet.add_columns(_notification(changed).label("notified"))
+    loud = quiet.add_columns(sa.literal_column(_NOTIFY).label("notified"))
     return _compile(loud), _compile(quiet)
 
 
+_NEW_JOB: dict[str, sa.ColumnElement[Any]] = {
+    "id": _p("id", sa.Uuid()),
+    "tenant": _p("tenant", sa.Text()),
+    "kind": _p("kind", sa.Text()),
+    "payload": sa.cast(_p("payload", sa.Text()), jobs.c.payload.type),
+    "priority": _p("priority", sa.Integer()),
+    "max_attempts": _p("max_attempts", sa.Integer()),
+    "run_after": sa.func.coalesce(_p("run_after", sa.DateTime(timezone=True)), _NOW),
+    "idempotency_key": _p("idempotency_key", sa.Text()),
+    "request_fingerprint": _p("request_fingerprint", sa.Text()),
+    "concurrency_key": _p("concurrency_key", sa.Text()),
+    "pinned": _p("pinned", sa.Boolean()),
+}
 _INSERT = _with_event(
     insert(jobs)
-    .values(
-        id=_p("id", sa.Uuid()),
-        tenant=_p("tenant", sa.Text()),
-        kind=_p("kind", sa.Text()),
-        payload=sa.cast(_p("payload", sa.Text()), jobs.c.payload.type),
-        priority=_p("priority", sa.Integer()),
-        max_attempts=_p("max_attempts", sa.Integer()),
-        run_after=sa.func.coalesce(_p("run_after", sa.DateTime(timezone=True)), _NOW),
-        idempotency_key=_p("idempotency_key", sa.Text()),
-        request_fingerprint=_p("request_fingerprint", sa.Text()),
-        concurrency_key=_p("concurrency_key", sa.Text()),
-        pinned=_p("pinned", sa.Boolean()),
+    .values(_NEW_JOB)
+    .on_conflict_do_nothing(index_elements=[jobs.c.tenant, jobs.c.idempotency_key])
+    .returning(*jobs.c),
+    "submitted",
+)
+
+
+def _queued(*conditions: sa.ColumnElement[bool]) -> sa.ScalarSelect[int]:
+    return (
+        sa.select(sa.func.count())
+        .select_from(jobs)
+        .where(jobs.c.status == sa.literal_column("'queued'"), *conditions)
+        .scalar_subquery()
+    )
+
+
+def _under(limit: sa.BindParameter[Any], count: sa.ScalarSelect[int]) -> sa.ColumnElement[bool]:
+    # CASE, not OR: the count runs only when that limit is set
+    return sa.case((limit.is_(None), sa.true()), else_=count < limit)
+
+
+# The same insert, admitted only while the tenant's queue (and the kind's) is under its limit.
+# Run after _QUEUE_LOCK in one transaction: the lock serialises submits of one tenant, and this
+# statement's snapshot, taken after the lock, counts every job admitted before it.
+_INSERT_LIMITED = _with_event(
+    insert(jobs)
+    .from_select(
+        list(_NEW_JOB),
+        sa.select(*_NEW_JOB.values()).where(
+            _under(_p("max_queued", sa.Integer()), _queued(jobs.c.tenant == _NEW_JOB["tenant"])),
+            _under(
+                _p("max_queued_per_kind", sa.Integer()),
+                _queued(jobs.c.tenant == _NEW_JOB["tenant"], jobs.c.kind == _NEW_JOB["kind"]),
+            ),
+        ),
     )
     .on_conflict_do_nothing(index_elements=[jobs.c.tenant, jobs.c.idempotency_key])
     .returning(*jobs.c),
@@ -230,7 +263,14 @@ def _transition_sql(target: JobStatus) -> tuple[_Sql, _Sql]:
     if target in TERMINAL:
         changes["finished_at"] = _NOW
     if target is JobStatus.RUNNING:
+        # a lease for whoever moved it (the status/lease CHECK requires one); workers use claim()
         changes["started_at"] = sa.func.coalesce(jobs.c.started_at, _NOW)
+        changes["lease_token"] = sa.func.gen_random_uuid()
+        changes["lease_expires_at"] = _NOW + sa.func.make_interval(
+            0, 0, 0, 0, 0, 0, _p("lease_seconds", sa.Double())
+        )
+    else:
+        changes.update(lease_token=None, lease_expires_at=None, worker_id=None)
     condition = jobs.c.status.in_(_statuses(sorted(sources_of(target))))
     return _with_event(_update(changes, condition), lambda _: _p("event_type", sa.Text()))
 
@@ -283,6 +323,215 @@ _EVENTS = _compile(
     .where(job_events.c.job_id == _p("job_id", sa.Uuid()), jobs.c.tenant == _p("tenant", sa.Text()))
     .where(job_events.c.seq > _p("after", sa.BigInteger()))
     .order_by(job_events.c.seq)
+)
+
+
+# --- worker statements: batches over arrays, written as SQL (one purpose each) -------------------
+
+
+def _raw(text: str, *names: str) -> _Sql:
+    """A hand-written statement whose ``$1..$n`` are ``names`` in order."""
+    return _Sql(text, tuple((name, None) for name in names))
+
+
+def _text_change(ctes: str, event_type: str, event_data: str, *names: str) -> tuple[_Sql, _Sql]:
+    """``ctes`` ends with a CTE named "changed" returning job rows; append the event (and the
+    notification), like ``_with_event`` does for Core statements."""
+    head = f"{ctes}, {_RECORD.format(type=event_type, data=event_data)} SELECT changed.*"
+    return _raw(f"{head}, {_NOTIFY} AS notified FROM changed", *names), _raw(
+        f"{head} FROM changed", *names
+    )
+
+
+_LEASE = "now() + make_interval(secs => {})"
+# exponential backoff with jitter: base * 2^(attempts-1), capped, times a random 0.5..1
+_BACKOFF = (
+    "least({max}, {base} * power(2, greatest(jobs.attempts - 1, 0))) * (0.5 + random() * 0.5)"
+)
+_EVENT_BY_STATUS = (
+    "CASE changed.status WHEN 'queued' THEN 'retried' WHEN 'cancelled' THEN 'cancelled'"
+    " ELSE 'failed' END"
+)
+_CLEAR_LEASE = "lease_token = NULL, lease_expires_at = NULL, worker_id = NULL"
+_BUMP = "version = jobs.version + 1, updated_at = now()"
+
+# Claim up to $3 runnable jobs for worker $1 (kinds $2, NULL = any) with a fresh lease of $4 s.
+# SKIP LOCKED lets many workers claim at once without waiting on each other; a job whose
+# concurrency key already runs is skipped, at most one job per key is taken per batch, and the
+# partial unique index uq_jobs_running_concurrency_key rejects the rare race between two batches.
+_CLAIM = _text_change(
+    f"""WITH candidates AS (
+    SELECT j.id, j.tenant, j.concurrency_key, j.priority, j.run_after FROM jobs AS j
+    WHERE j.status = 'queued' AND j.run_after <= now()
+      AND ($2::text[] IS NULL OR j.kind = ANY($2::text[]))
+      AND (j.concurrency_key IS NULL OR NOT EXISTS (
+          SELECT 1 FROM jobs AS r WHERE r.status = 'running' AND r.tenant = j.tenant
+            AND r.concurrency_key = j.concurrency_key))
+    ORDER BY j.priority DESC, j.run_after, j.id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+), chosen AS (
+    SELECT DISTINCT ON (c.tenant, coalesce(c.concurrency_key, c.id::text)) c.id FROM candidates AS c
+    ORDER BY c.tenant, coalesce(c.concurrency_key, c.id::text), c.priority DESC, c.run_after, c.id
+), changed AS (
+    UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1,
+        lease_token = gen_random_uuid(), lease_expires_at = {_LEASE.format("$4::float8")},
+        worker_id = $1::uuid, started_at = coalesce(jobs.started_at, now()), {_BUMP}
+    FROM chosen WHERE jobs.id = chosen.id
+    RETURNING jobs.*
+)""",
+    "'claimed'",
+    "jsonb_build_object('attempt', changed.attempts, 'worker', changed.worker_id)",
+    "worker_id",
+    "kinds",
+    "limit",
+    "lease_seconds",
+)
+
+# Extend the leases a worker still holds; report which it holds and which were asked to cancel.
+# No version bump: a lease is bookkeeping, not a change anyone watches.
+_HEARTBEAT = _raw(
+    f"""UPDATE jobs SET lease_expires_at = {_LEASE.format("$3::float8")}
+FROM unnest($1::uuid[], $2::uuid[]) AS held(id, token)
+WHERE jobs.id = held.id AND jobs.lease_token = held.token AND jobs.status = 'running'
+RETURNING jobs.id, jobs.cancel_requested""",
+    "ids",
+    "tokens",
+    "lease_seconds",
+)
+
+# Record successes in one statement; a row whose lease was lost is simply not updated.
+_COMPLETE = _text_change(
+    f"""WITH done AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS d(id, token, result)
+), changed AS (
+    UPDATE jobs SET status = 'succeeded', result = done.result::jsonb, finished_at = now(),
+        {_CLEAR_LEASE}, {_BUMP}
+    FROM done WHERE jobs.id = done.id AND jobs.lease_token = done.token AND jobs.status = 'running'
+    RETURNING jobs.*
+)""",
+    "'succeeded'",
+    "'{}'::jsonb",
+    "ids",
+    "tokens",
+    "results",
+)
+
+# A handler failed ($3 error): retry after $5 s (NULL: backoff from base $6, cap $7) while $4 says
+# retryable and attempts remain, else fail; a job asked to cancel is cancelled instead.
+_FAIL = _text_change(
+    f"""WITH changed AS (
+    UPDATE jobs SET
+        status = CASE WHEN jobs.cancel_requested THEN 'cancelled'
+                      WHEN $4::boolean AND jobs.attempts < jobs.max_attempts THEN 'queued'
+                      ELSE 'failed' END,
+        run_after = CASE WHEN NOT jobs.cancel_requested AND $4::boolean
+                          AND jobs.attempts < jobs.max_attempts
+                    THEN now() + make_interval(secs => coalesce($5::float8,
+                         {_BACKOFF.format(max="$7::float8", base="$6::float8")}))
+                    ELSE jobs.run_after END,
+        finished_at = CASE WHEN NOT jobs.cancel_requested AND $4::boolean
+                            AND jobs.attempts < jobs.max_attempts THEN NULL ELSE now() END,
+        error = $3::jsonb, {_CLEAR_LEASE}, {_BUMP}
+    WHERE jobs.id = $1::uuid AND jobs.lease_token = $2::uuid AND jobs.status = 'running'
+    RETURNING jobs.*
+)""",
+    _EVENT_BY_STATUS,
+    "jsonb_build_object('error', changed.error, 'run_after', changed.run_after)",
+    "job_id",
+    "token",
+    "error",
+    "retryable",
+    "delay",
+    "backoff_base",
+    "backoff_max",
+)
+
+# The handler stopped because the job was cancelled.
+_CANCELLED = _text_change(
+    f"""WITH changed AS (
+    UPDATE jobs SET status = 'cancelled', finished_at = now(), {_CLEAR_LEASE}, {_BUMP}
+    WHERE jobs.id = $1::uuid AND jobs.lease_token = $2::uuid AND jobs.status = 'running'
+    RETURNING jobs.*
+)""",
+    "'cancelled'",
+    "'{}'::jsonb",
+    "job_id",
+    "token",
+)
+
+# Graceful shutdown: give leases back; the attempt does not count (a cancel request wins).
+_RELEASE = _text_change(
+    f"""WITH given AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[]) AS g(id, token)
+), changed AS (
+    UPDATE jobs SET
+        status = CASE WHEN jobs.cancel_requested THEN 'cancelled' ELSE 'queued' END,
+        finished_at = CASE WHEN jobs.cancel_requested THEN now() END,
+        attempts = greatest(jobs.attempts - 1, 0), run_after = now(), {_CLEAR_LEASE}, {_BUMP}
+    FROM given WHERE jobs.id = given.id AND jobs.lease_token = given.token
+      AND jobs.status = 'running'
+    RETURNING jobs.*
+)""",
+    "CASE changed.status WHEN 'cancelled' THEN 'cancelled' ELSE 'released' END",
+    "'{}'::jsonb",
+    "ids",
+    "tokens",
+)
+
+# Lease recovery: running jobs whose lease expired (the worker died, hung or was cut off) are
+# retried with backoff while attempts remain, else failed with code lease_expired. Any process may
+# run it; SKIP LOCKED keeps concurrent sweeps apart.
+_RECOVER = _text_change(
+    f"""WITH expired AS (
+    SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < now()
+    ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED
+), changed AS (
+    UPDATE jobs SET
+        status = CASE WHEN jobs.cancel_requested THEN 'cancelled'
+                      WHEN jobs.attempts < jobs.max_attempts THEN 'queued' ELSE 'failed' END,
+        run_after = CASE WHEN NOT jobs.cancel_requested AND jobs.attempts < jobs.max_attempts
+                    THEN now() + make_interval(secs =>
+                         {_BACKOFF.format(max="$3::float8", base="$2::float8")})
+                    ELSE jobs.run_after END,
+        finished_at = CASE WHEN NOT jobs.cancel_requested AND jobs.attempts < jobs.max_attempts
+                      THEN NULL ELSE now() END,
+        error = jsonb_build_object('code', 'lease_expired', 'message',
+            'the worker stopped renewing its lease (crashed, killed, hung or cut off)'),
+        {_CLEAR_LEASE}, {_BUMP}
+    FROM expired WHERE jobs.id = expired.id AND jobs.status = 'running'
+      AND jobs.lease_expires_at < now()
+    RETURNING jobs.*
+)""",
+    _EVENT_BY_STATUS,
+    "jsonb_build_object('error', changed.error, 'run_after', changed.run_after)",
+    "limit",
+    "backoff_base",
+    "backoff_max",
+)
+
+_REGISTER_WORKER = _raw(
+    "INSERT INTO workers (id, host, pid, kinds, concurrency) VALUES ($1, $2, $3, $4, $5)",
+    "id",
+    "host",
+    "pid",
+    "kinds",
+    "concurrency",
+)
+_WORKER_BEAT = _raw("UPDATE workers SET heartbeat_at = now() WHERE id = $1", "id")
+_UNREGISTER_WORKER = _raw("DELETE FROM workers WHERE id = $1", "id")
+# workers silent for longer than $1 s are gone (their jobs are recovered through lease expiry)
+_PRUNE_WORKERS = _raw(
+    "DELETE FROM workers WHERE heartbeat_at < now() - make_interval(secs => $1::float8)",
+    "seconds",
+)
+_QUEUE_LOCK = _raw(
+    "SELECT pg_advisory_xact_lock(hashtextextended('jobkeeper.queue:' || $1, 0))", "tenant"
+)
+_LIVE_WORKERS = _raw(
+    "SELECT id, host, pid, kinds, concurrency, started_at, heartbeat_at FROM workers"
+    " WHERE heartbeat_at >= now() - make_interval(secs => $1::float8) ORDER BY started_at",
+    "seconds",
 )
 
 
@@ -455,6 +704,7 @@ class JobRepository:
         *,
         event: str,
         data: Mapping[str, Any] | None = None,
+        lease_seconds: float = 300.0,
     ) -> Job:
         """Move a job to ``target`` if the transition table allows it from its current status.
 
@@ -467,6 +717,7 @@ class JobRepository:
             "tenant": tenant,
             "event_type": event,
             "event_data": json.dumps({"status": target.value, **(data or {})}),
+            "lease_seconds": lease_seconds,
         }
         job = await self._one(self._change(_transition_sql(target)), params, read=False)
         if job is None:

@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from jobkeeper.models import MAX_ATTEMPTS, MAX_PRIORITY, JobStatus
 
-__all__ = ["job_events", "jobs", "metadata"]
+__all__ = ["job_events", "jobs", "metadata", "workers"]
 
 # the writing transaction id (xid8: 64-bit, never wraps) as bigint, comparable with pg_snapshot_xmin
 CURRENT_TXID = sa.text("(pg_current_xact_id())::text::bigint")
@@ -57,6 +57,10 @@ jobs = sa.Table(
     sa.Column("updated_at", _TZ, nullable=False, server_default=_NOW),
     sa.Column("started_at", _TZ, nullable=True),
     sa.Column("finished_at", _TZ, nullable=True),
+    # the fenced lease of a running job: every write by its worker must present the token
+    sa.Column("lease_token", sa.Uuid(), nullable=True),
+    sa.Column("lease_expires_at", _TZ, nullable=True),
+    sa.Column("worker_id", sa.Uuid(), nullable=True),
     sa.CheckConstraint(f"status IN ({_STATUSES})", name="status"),
     sa.CheckConstraint("tenant <> ''", name="tenant"),
     sa.CheckConstraint(f"priority BETWEEN 0 AND {MAX_PRIORITY}", name="priority"),
@@ -64,12 +68,34 @@ jobs = sa.Table(
     sa.CheckConstraint("attempts >= 0", name="attempts"),
     sa.CheckConstraint("progress_fraction BETWEEN 0 AND 1", name="progress_fraction"),
     sa.CheckConstraint("version >= 1", name="version"),
+    sa.CheckConstraint(
+        "(status = 'running') = (lease_token IS NOT NULL AND lease_expires_at IS NOT NULL)",
+        name="lease",
+    ),
     # one job per (tenant, idempotency key); NULL keys never conflict
     sa.UniqueConstraint("tenant", "idempotency_key"),
 )
 # keyset listing, newest first (UUIDv7 ids sort by creation time), with and without a status filter
 sa.Index(None, jobs.c.tenant, jobs.c.id)
 sa.Index(None, jobs.c.tenant, jobs.c.status, jobs.c.id)
+# the claim: queued jobs in priority order (partial, so it holds only the queue)
+sa.Index(
+    "ix_jobs_claim",
+    jobs.c.priority.desc(),
+    jobs.c.run_after,
+    jobs.c.id,
+    postgresql_where=jobs.c.status == "queued",
+)
+# lease recovery: running jobs by lease expiry
+sa.Index("ix_jobs_lease", jobs.c.lease_expires_at, postgresql_where=jobs.c.status == "running")
+# at most one running job per (tenant, concurrency key), whatever the number of workers
+sa.Index(
+    "uq_jobs_running_concurrency_key",
+    jobs.c.tenant,
+    jobs.c.concurrency_key,
+    unique=True,
+    postgresql_where=sa.and_(jobs.c.status == "running", jobs.c.concurrency_key.is_not(None)),
+)
 
 job_events = sa.Table(
     "job_events",
@@ -88,3 +114,17 @@ job_events = sa.Table(
 )
 # the change feed's catch-up reads events by transaction id
 sa.Index(None, job_events.c.txid)
+
+# who is alive, for health checks and metrics (never for correctness: leases decide that)
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.Uuid(), primary_key=True),
+    sa.Column("host", sa.Text(), nullable=False),
+    sa.Column("pid", sa.Integer(), nullable=False),
+    sa.Column("kinds", sa.ARRAY(sa.Text()), nullable=True),
+    sa.Column("concurrency", sa.Integer(), nullable=False),
+    sa.Column("started_at", _TZ, nullable=False, server_default=_NOW),
+    sa.Column("heartbeat_at", _TZ, nullable=False, server_default=_NOW),
+)
+sa.Index(None, workers.c.heartbeat_at)

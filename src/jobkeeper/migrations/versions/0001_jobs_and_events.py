@@ -48,6 +48,9 @@ def upgrade() -> None:
         sa.Column("updated_at", _TZ, server_default=_NOW, nullable=False),
         sa.Column("started_at", _TZ, nullable=True),
         sa.Column("finished_at", _TZ, nullable=True),
+        sa.Column("lease_token", sa.Uuid(), nullable=True),
+        sa.Column("lease_expires_at", _TZ, nullable=True),
+        sa.Column("worker_id", sa.Uuid(), nullable=True),
         sa.CheckConstraint(
             "status IN ('queued', 'running', 'waiting_input', 'succeeded', 'failed', 'cancelled')",
             name=op.f("ck_jobs_status"),
@@ -60,6 +63,10 @@ def upgrade() -> None:
             "progress_fraction BETWEEN 0 AND 1", name=op.f("ck_jobs_progress_fraction")
         ),
         sa.CheckConstraint("version >= 1", name=op.f("ck_jobs_version")),
+        sa.CheckConstraint(
+            "(status = 'running') = (lease_token IS NOT NULL AND lease_expires_at IS NOT NULL)",
+            name=op.f("ck_jobs_lease"),
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),
         sa.UniqueConstraint(
             "tenant", "idempotency_key", name=op.f("uq_jobs_tenant_idempotency_key")
@@ -67,6 +74,25 @@ def upgrade() -> None:
     )
     op.create_index(op.f("ix_jobs_tenant_id"), "jobs", ["tenant", "id"])
     op.create_index(op.f("ix_jobs_tenant_status_id"), "jobs", ["tenant", "status", "id"])
+    op.create_index(
+        "ix_jobs_claim",
+        "jobs",
+        [sa.text("priority DESC"), "run_after", "id"],
+        postgresql_where=sa.text("status = 'queued'"),
+    )
+    op.create_index(
+        "ix_jobs_lease",
+        "jobs",
+        ["lease_expires_at"],
+        postgresql_where=sa.text("status = 'running'"),
+    )
+    op.create_index(
+        "uq_jobs_running_concurrency_key",
+        "jobs",
+        ["tenant", "concurrency_key"],
+        unique=True,
+        postgresql_where=sa.text("status = 'running' AND concurrency_key IS NOT NULL"),
+    )
     op.create_table(
         "job_events",
         sa.Column("job_id", sa.Uuid(), nullable=False),
@@ -91,11 +117,28 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("job_id", "seq", name=op.f("pk_job_events")),
     )
     op.create_index(op.f("ix_job_events_txid"), "job_events", ["txid"])
+    op.create_table(
+        "workers",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("host", sa.Text(), nullable=False),
+        sa.Column("pid", sa.Integer(), nullable=False),
+        sa.Column("kinds", postgresql.ARRAY(sa.Text()), nullable=True),
+        sa.Column("concurrency", sa.Integer(), nullable=False),
+        sa.Column("started_at", _TZ, server_default=_NOW, nullable=False),
+        sa.Column("heartbeat_at", _TZ, server_default=_NOW, nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_workers")),
+    )
+    op.create_index(op.f("ix_workers_heartbeat_at"), "workers", ["heartbeat_at"])
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_workers_heartbeat_at"), table_name="workers")
+    op.drop_table("workers")
     op.drop_index(op.f("ix_job_events_txid"), table_name="job_events")
     op.drop_table("job_events")
+    op.drop_index("uq_jobs_running_concurrency_key", table_name="jobs")
+    op.drop_index("ix_jobs_lease", table_name="jobs")
+    op.drop_index("ix_jobs_claim", table_name="jobs")
     op.drop_index(op.f("ix_jobs_tenant_status_id"), table_name="jobs")
     op.drop_index(op.f("ix_jobs_tenant_id"), table_name="jobs")
     op.drop_table("jobs")
