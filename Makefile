@@ -26,7 +26,7 @@ lint: install  ## ruff, formatting, mypy --strict and the import layering contra
 	$(BIN)/lint-imports
 
 bench: install  ## the benchmarks; results are written into docs/benchmarks.md
-	$(BIN)/python benchmarks/bench_read_path.py
+	$(BIN)/python benchmarks/bench_read_path.py --write
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -103,10 +103,10 @@ async def test_cache_is_bypassed_while_the_feed_cannot_vouch(
         mode="poll",
         interval=3600,  # no catch-up during the test: only the clock decides
         max_jobs=100,
-        on_change=cache.invalidate,
         on_reset=cache.reset,
         clock=lambda: now[0],
     )
+    feed.subscribe(lambda job_id, version, _status: cache.invalidate(job_id, version))
     await feed.start()
     async with JobManager(repository, cache, feed) as replica:
         job = await job_manager.submit(tenant, "feed.test", {})

@@ -14,7 +14,9 @@ Postgres is the truth; this cache only accelerates reads, under two rules:
 
 All operations take one ``threading.Lock`` and never await, so the cache is safe for concurrent
 asyncio tasks and for handler threads alike. Hits return the stored frozen ``Job`` itself: it
-cannot be mutated, so no copy is needed.
+cannot be mutated, so no copy is needed. ``TTLCache`` does the bookkeeping (bound, least recently
+stored first out, expiry); hits are served from a plain dict of ``(job, expires_at)`` that mirrors
+it, because ``TTLCache.__getitem__`` alone costs more than the rest of a hit (benchmarks.md).
 """
 
 from __future__ import annotations
@@ -96,7 +98,10 @@ class JobCache:
         self, maxsize: int, ttl: float, *, timer: Callable[[], float] = time.monotonic
     ) -> None:
         self._lock = threading.Lock()
+        self._timer = timer
+        self._ttl = ttl
         self._entries = _Entries(maxsize, ttl, timer, self._evicted, self._expired)
+        self._hot: dict[UUID, tuple[Job, float]] = {}  # mirrors _entries: (job, expires_at)
         self._floors = _Floors(max(2 * maxsize, 1024), self._forgot)
         self._forgotten_at = [0] * _BUCKETS
         self._epoch = 0
@@ -109,10 +114,12 @@ class JobCache:
 
     def _evicted(self, job: Job) -> None:
         self._evictions += 1
+        self._hot.pop(job.id, None)
         self._raise_floor(job.id, job.version)
 
     def _expired(self, job: Job) -> None:
         self._expirations += 1
+        self._hot.pop(job.id, None)
         self._raise_floor(job.id, job.version)
 
     def _forgot(self, job_id: UUID) -> None:
@@ -122,13 +129,12 @@ class JobCache:
     def get(self, job_id: UUID) -> Job | None:
         """The cached snapshot, or ``None`` (counted as a hit or a miss)."""
         with self._lock:
-            try:
-                job = self._entries[job_id]
-            except KeyError:
+            entry = self._hot.get(job_id)
+            if entry is None or self._timer() >= entry[1]:
                 self._misses += 1
                 return None
             self._hits += 1
-            return job
+            return entry[0]
 
     def ticket(self) -> Ticket:
         """Take before sending the database statement whose result will be stored."""
@@ -148,6 +154,7 @@ class JobCache:
             self._raise_floor(job.id, job.version)
             if current is None or current.version < job.version:
                 self._entries[job.id] = job
+                self._hot[job.id] = (job, self._timer() + self._ttl)
             return True
 
     def invalidate(self, job_id: UUID, version: int) -> bool:
@@ -158,6 +165,7 @@ class JobCache:
             if current is None or current.version >= version:
                 return False
             self._entries.pop(job_id, None)  # may have expired since the get: pop, never del
+            self._hot.pop(job_id, None)
             return True
 
     def reset(self) -> None:
@@ -169,6 +177,7 @@ class JobCache:
             for job in self._entries.values():
                 self._raise_floor(job.id, job.version)
             self._entries.clear()
+            self._hot.clear()
             self._epoch += 1
             self._forgotten_at = [self._epoch] * _BUCKETS
 

@@ -11,7 +11,15 @@ the HTTP layer maps codes to statuses in one place. Messages are for people and 
     ├── InvalidTransition           invalid_transition   the job's status does not allow it
     │   └── JobFinished             job_finished         the job already reached a terminal status
     ├── IdempotencyConflict         idempotency_key_reused
+    ├── QueueFull                   queue_full           backpressure; retry after ``retry_after`` s
+    ├── LeaseLost                   lease_lost           the lease was taken over; stop the job
     └── DatabaseUnavailable         database_unavailable
+
+Raised by handlers to steer the worker (not errors of jobkeeper itself):
+
+    Retry(delay=None)               retry this job (after ``delay`` s, else the backoff)
+    PermanentFailure                fail this job now, without retrying
+    JobCancelled                    raised by ``JobContext.raise_if_cancelled()``
 """
 
 from __future__ import annotations
@@ -25,9 +33,14 @@ __all__ = [
     "InvalidJobId",
     "InvalidRequest",
     "InvalidTransition",
+    "JobCancelled",
     "JobFinished",
     "JobNotFound",
     "JobkeeperError",
+    "LeaseLost",
+    "PermanentFailure",
+    "QueueFull",
+    "Retry",
     "TenantRequired",
 ]
 
@@ -116,3 +129,46 @@ class DatabaseUnavailable(JobkeeperError):
     """Postgres could not be reached; the operation did not happen (or its outcome is unknown)."""
 
     code = "database_unavailable"
+
+
+class QueueFull(JobkeeperError):
+    """The tenant's queue (or the kind's) is at its configured limit; nothing was written."""
+
+    code = "queue_full"
+
+    def __init__(
+        self, tenant: str, limit: int, retry_after: float, kind: str | None = None
+    ) -> None:
+        scope = f"tenant {tenant!r}" + (f", kind {kind!r}" if kind else "")
+        super().__init__(f"queue full for {scope}: {limit} jobs queued; retry in {retry_after:g} s")
+        self.tenant = tenant
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+class LeaseLost(JobkeeperError):
+    """The worker no longer holds the job's lease (it expired and the job was recovered, or the
+    job finished); its writes are rejected and it must stop working on the job."""
+
+    code = "lease_lost"
+
+    def __init__(self, job_id: UUID) -> None:
+        super().__init__(f"lease on job {job_id} was lost")
+        self.job_id = job_id
+
+
+class Retry(Exception):
+    """Raised by a handler: run the job again, after ``delay`` seconds (default: the backoff),
+    if attempts remain; otherwise it fails."""
+
+    def __init__(self, reason: str = "retry requested", *, delay: float | None = None) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+class PermanentFailure(Exception):
+    """Raised by a handler: fail the job now; retrying cannot help."""
+
+
+class JobCancelled(Exception):
+    """Raised inside a handler by ``JobContext.raise_if_cancelled()`` once cancel was requested."""

@@ -32,9 +32,11 @@ import asyncpg
 from jobkeeper.errors import DatabaseUnavailable
 from jobkeeper.repository import CATCH_UP_HINT, FeedConnection, JobRepository
 
-__all__ = ["ChangeFeed", "FeedMode", "FeedStatus"]
+__all__ = ["ChangeFeed", "ChangeListener", "FeedMode", "FeedStatus"]
 
 FeedMode = Literal["notify", "poll"]
+# called with (job_id, version, status); status is None when a catch-up found the change
+ChangeListener = Callable[[UUID, int, str | None], object]
 log = logging.getLogger("jobkeeper.feed")
 
 _LINK_ERRORS = (
@@ -71,7 +73,6 @@ class ChangeFeed:
         mode: FeedMode,
         interval: float,
         max_jobs: int,
-        on_change: Callable[[UUID, int], object],
         on_reset: Callable[[], object],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -79,7 +80,7 @@ class ChangeFeed:
         self._mode: FeedMode = mode
         self._interval = interval
         self._max_jobs = max_jobs
-        self._on_change = on_change
+        self._listeners: list[ChangeListener] = []
         self._on_reset = on_reset
         self._clock = clock
         # a catch-up older than this no longer vouches: the loop missed two rounds
@@ -91,6 +92,18 @@ class ChangeFeed:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._notifications = self._catch_ups = self._reconnects = 0
+
+    def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        """Call ``listener`` for every change (in the order subscribed); returns an unsubscribe."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def _changed(self, job_id: UUID, version: int, status: str | None) -> None:
+        for listener in tuple(self._listeners):
+            try:
+                listener(job_id, version, status)
+            except Exception:  # one faulty listener must not starve the others or the cache
+                log.exception("change listener %r failed", listener)
 
     async def start(self) -> None:
         """Connect and take the starting cursor (raises ``DatabaseUnavailable``), then run."""
@@ -178,7 +191,7 @@ class ChangeFeed:
             self._on_reset()  # more changed jobs than the cache holds: drop everything
         else:
             for job_id, version in found.changes:
-                self._on_change(job_id, version)
+                self._changed(job_id, version, None)
         self._cursor = found.cursor
         self._synced_at = started
         self._catch_ups += 1
@@ -202,8 +215,8 @@ class ChangeFeed:
             self._wake.set()
             return
         try:
-            for job_id, version, _tenant, _status in json.loads(payload):
-                self._on_change(UUID(job_id), int(version))
+            for job_id, version, _tenant, status in json.loads(payload):
+                self._changed(UUID(job_id), int(version), status)
         except (ValueError, TypeError) as exc:
             log.warning("ignoring malformed change notification %r: %s", payload[:200], exc)
             self._wake.set()  # a catch-up finds whatever it described

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self
 from uuid import UUID
 
 from jobkeeper.cache import CacheStats, JobCache
-from jobkeeper.errors import IdempotencyConflict, InvalidRequest, JobNotFound
-from jobkeeper.feed import ChangeFeed, FeedMode, FeedStatus
+from jobkeeper.errors import IdempotencyConflict, InvalidRequest, JobNotFound, QueueFull
+from jobkeeper.feed import ChangeFeed, ChangeListener, FeedMode, FeedStatus
 from jobkeeper.models import (
     Job,
     JobEvent,
     JobPage,
     JobStatus,
+    NewJob,
     parse_job_id,
     validate_kind,
     validate_new_job,
@@ -59,10 +61,22 @@ class JobManager:
     processes commit; while it cannot vouch for the cache, reads go to Postgres.
     """
 
-    def __init__(self, repository: JobRepository, cache: JobCache, feed: ChangeFeed) -> None:
+    def __init__(
+        self,
+        repository: JobRepository,
+        cache: JobCache,
+        feed: ChangeFeed,
+        *,
+        max_queued: int | None = None,
+        max_queued_per_kind: int | None = None,
+        queue_full_retry_after: float = 5.0,
+    ) -> None:
         self._repository = repository
         self._cache = cache
         self._feed = feed
+        self._max_queued = max_queued
+        self._max_queued_per_kind = max_queued_per_kind
+        self._retry_after = queue_full_retry_after
 
     @classmethod
     async def connect(
@@ -74,17 +88,28 @@ class JobManager:
         pool_size: int = 10,
         feed_mode: FeedMode = "notify",
         feed_interval: float | None = None,
+        max_queued: int | None = None,
+        max_queued_per_kind: int | None = None,
+        queue_full_retry_after: float = 5.0,
     ) -> JobManager:
         """Open a pool to ``database_url``, check that Postgres answers and start the change feed.
 
         ``feed_mode="poll"`` is for transaction-mode poolers (no LISTEN/NOTIFY); every process on
         one database must use the same mode. ``feed_interval`` is the catch-up period (default
         1 s with notify, where it is a safety net, and 0.25 s with poll, where it is the bound).
+        ``max_queued`` (per tenant) and ``max_queued_per_kind`` bound the queue: ``submit`` then
+        raises ``QueueFull`` with a ``retry_after`` hint of ``queue_full_retry_after`` seconds.
         """
         if cache_size < 1 or cache_ttl <= 0:
             raise InvalidRequest("cache", "cache_size must be >= 1 and cache_ttl > 0")
         if feed_mode not in ("notify", "poll"):
             raise InvalidRequest("feed_mode", "'notify' or 'poll'")
+        for name, limit in (
+            ("max_queued", max_queued),
+            ("max_queued_per_kind", max_queued_per_kind),
+        ):
+            if limit is not None and limit < 1:
+                raise InvalidRequest(name, "a positive integer or None")
         interval = feed_interval or (1.0 if feed_mode == "notify" else 0.25)
         repository = JobRepository.create(
             database_url, pool_size=pool_size, notify=feed_mode == "notify"
@@ -95,9 +120,9 @@ class JobManager:
             mode=feed_mode,
             interval=interval,
             max_jobs=cache_size,
-            on_change=cache.invalidate,
             on_reset=cache.reset,
         )
+        feed.subscribe(lambda job_id, version, _status: cache.invalidate(job_id, version))
         try:
             await repository.ping()
             await feed.start()
@@ -105,7 +130,14 @@ class JobManager:
             await feed.close()
             await repository.close()
             raise
-        return cls(repository, cache, feed)
+        return cls(
+            repository,
+            cache,
+            feed,
+            max_queued=max_queued,
+            max_queued_per_kind=max_queued_per_kind,
+            queue_full_retry_after=queue_full_retry_after,
+        )
 
     @classmethod
     async def from_settings(cls, settings: Settings) -> JobManager:
@@ -119,6 +151,9 @@ class JobManager:
             pool_size=settings.pool_size,
             feed_mode=settings.feed_mode,
             feed_interval=settings.feed_interval,
+            max_queued=settings.max_queued,
+            max_queued_per_kind=settings.max_queued_per_kind,
+            queue_full_retry_after=settings.queue_full_retry_after,
         )
 
     async def __aenter__(self) -> Self:
@@ -202,20 +237,33 @@ class JobManager:
         )
         for _ in range(_SUBMIT_ROUNDS):
             ticket = self._cache.ticket()
-            job = await self._repository.insert(new)
+            job = await self._repository.insert(
+                new, max_queued=self._max_queued, max_queued_per_kind=self._max_queued_per_kind
+            )
             if job is not None:
                 self._cache.store(job, ticket)
                 return job, True
-            assert new.idempotency_key is not None  # only a key can conflict
-            found = await self._repository.find_by_idempotency_key(new.tenant, new.idempotency_key)
+            found = None
+            if new.idempotency_key is not None:
+                found = await self._repository.find_by_idempotency_key(
+                    new.tenant, new.idempotency_key
+                )
             if found is None:
-                continue
+                if self._max_queued is None and self._max_queued_per_kind is None:
+                    continue  # the key's row vanished between the two statements: insert again
+                raise self._queue_full(new)
             job, fingerprint = found
             if fingerprint != new.fingerprint:
-                raise IdempotencyConflict(new.idempotency_key, job.id)
+                raise IdempotencyConflict(job.idempotency_key or "", job.id)
             self._cache.store(job, ticket)
             return job, False
         raise RuntimeError("idempotent submit kept losing its row; is something deleting jobs?")
+
+    def _queue_full(self, new: NewJob) -> QueueFull:
+        limit = self._max_queued_per_kind or self._max_queued
+        assert limit is not None
+        kind = new.kind if self._max_queued_per_kind else None
+        return QueueFull(new.tenant, limit, self._retry_after, kind)
 
     async def cancel(self, job_id: UUID | str, *, tenant: str) -> Job:
         """Cancel a job: a queued or waiting one becomes ``cancelled`` at once; a running one gets
@@ -308,3 +356,9 @@ class JobManager:
     def feed_status(self) -> FeedStatus:
         """Whether the change feed is connected and vouching for the cache (for readiness)."""
         return self._feed.status()
+
+    def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        """Call ``listener(job_id, version, status)`` for every committed change any process
+        makes (``status`` is ``None`` when the change was found by a catch-up); returns an
+        unsubscribe function. Listeners run on the event loop and must not block."""
+        return self._feed.subscribe(listener)

@@ -27,8 +27,10 @@ __all__ = [
     "JobEvent",
     "JobPage",
     "JobStatus",
+    "Lease",
     "NewJob",
     "Progress",
+    "WorkerInfo",
     "can_transition",
     "freeze_json",
     "parse_job_id",
@@ -163,6 +165,27 @@ class Job:
     def terminal(self) -> bool:
         """Whether the job reached succeeded, failed or cancelled."""
         return self.status in TERMINAL
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A claimed job and the token that fences every write of the worker holding it."""
+
+    job: Job
+    token: UUID
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A live worker process, as recorded in the ``workers`` table."""
+
+    id: UUID
+    host: str
+    pid: int
+    kinds: tuple[str, ...] | None
+    concurrency: int
+    started_at: datetime
+    heartbeat_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,8 +41,10 @@ from jobkeeper.models import (
     Job,
     JobEvent,
     JobStatus,
+    Lease,
     NewJob,
     Progress,
+    WorkerInfo,
     freeze_json,
     sources_of,
 )
@@ -76,7 +78,7 @@ def _loads(text: str) -> Any:
     return freeze_json(json.loads(text))
 
 
-def _to_job(row: Mapping[str, Any]) -> Job:
+def _to_job(row: asyncpg.Record) -> Job:
     return Job(
         id=row["id"],
         tenant=row["tenant"],
@@ -275,14 +277,15 @@ def _transition_sql(target: JobStatus) -> tuple[_Sql, _Sql]:
     return _with_event(_update(changes, condition), lambda _: _p("event_type", sa.Text()))
 
 
-_PROGRESS = _with_event(
-    _update(
-        {
-            "progress_fraction": _p("fraction", sa.Double()),
-            "progress_message": _p("message", sa.Text()),
-        },
-        jobs.c.status == sa.literal_column(f"'{JobStatus.RUNNING.value}'"),
-    ),
+_PROGRESS_VALUES = {
+    "progress_fraction": _p("fraction", sa.Double()),
+    "progress_message": _p("message", sa.Text()),
+}
+_IS_RUNNING = jobs.c.status == sa.literal_column(f"'{JobStatus.RUNNING.value}'")
+_PROGRESS = _with_event(_update(_PROGRESS_VALUES, _IS_RUNNING), "progress")
+# the same, written by the worker holding the lease (and only by it)
+_PROGRESS_FENCED = _with_event(
+    _update(_PROGRESS_VALUES, _IS_RUNNING, jobs.c.lease_token == _p("token", sa.Uuid())),
     "progress",
 )
 
@@ -570,6 +573,7 @@ class JobRepository:
             isolation_level="AUTOCOMMIT",
             pool_size=pool_size,
             max_overflow=0,
+            pool_use_lifo=True,  # reuse the warmest connection; idle ones may time out
             pool_timeout=connect_timeout,
             json_deserializer=_loads,
             connect_args={
@@ -674,11 +678,19 @@ class JobRepository:
 
     # --- writes ------------------------------------------------------------------------------
 
-    async def insert(self, new: NewJob) -> Job | None:
-        """Insert a job and its ``submitted`` event; ``None`` if its idempotency key already exists.
+    async def insert(
+        self,
+        new: NewJob,
+        *,
+        max_queued: int | None = None,
+        max_queued_per_kind: int | None = None,
+    ) -> Job | None:
+        """Insert a job and its ``submitted`` event; ``None`` if its idempotency key already exists
+        or (with limits) the tenant's queue, or the kind's, is full.
 
         ``ON CONFLICT DO NOTHING`` waits for a concurrent insert of the same key to commit, so the
-        caller's follow-up read (a new statement, a new snapshot) always finds the winner.
+        caller's follow-up read (a new statement, a new snapshot) always finds the winner. With a
+        limit, a per-tenant advisory lock serialises admissions so the count is exact.
         """
         params = {
             "id": uuid7(),
@@ -693,8 +705,16 @@ class JobRepository:
             "concurrency_key": new.concurrency_key,
             "pinned": new.pinned,
             "event_data": json.dumps({"kind": new.kind}),
+            "max_queued": max_queued,
+            "max_queued_per_kind": max_queued_per_kind,
         }
-        return await self._one(self._change(_INSERT), params, read=False)
+        if max_queued is None and max_queued_per_kind is None:
+            return await self._one(self._change(_INSERT), params, read=False)
+        sql = self._change(_INSERT_LIMITED)
+        async with self._driver() as conn, conn.transaction():
+            await conn.execute(_QUEUE_LOCK.text, new.tenant)
+            rows = await conn.fetch(sql.text, *sql.args(params))
+        return _to_job(rows[0]) if rows else None
 
     async def transition(
         self,
@@ -725,21 +745,158 @@ class JobRepository:
         assert job is not None
         return job
 
-    async def progress(self, job_id: UUID, tenant: str, progress: Progress) -> Job:
-        """Record a running job's progress (a new version and a ``progress`` event)."""
+    async def progress(
+        self, job_id: UUID, tenant: str, progress: Progress, *, token: UUID | None = None
+    ) -> Job | None:
+        """Record a running job's progress (a new version and a ``progress`` event).
+
+        With the lease ``token`` (a worker's write) a lost lease returns ``None``; without it, a
+        job that is not running raises ``InvalidTransition``/``JobFinished``/``JobNotFound``.
+        """
         data = {"fraction": progress.fraction, "message": progress.message}
         params = {
             "job_id": job_id,
             "tenant": tenant,
+            "token": token,
             "fraction": progress.fraction,
             "message": progress.message,
             "event_data": json.dumps(data),
         }
-        job = await self._one(self._change(_PROGRESS), params, read=False)
-        if job is None:
+        sql = _PROGRESS if token is None else _PROGRESS_FENCED
+        job = await self._one(self._change(sql), params, read=False)
+        if job is None and token is None:
             await self._raise_refusal(job_id, tenant, "progress")
-        assert job is not None
         return job
+
+    # --- workers -----------------------------------------------------------------------------
+
+    async def claim(
+        self, worker_id: UUID, *, kinds: Sequence[str] | None, limit: int, lease_seconds: float
+    ) -> list[Lease]:
+        """Claim up to ``limit`` runnable jobs, highest priority first, each with a new lease."""
+        params = {
+            "worker_id": worker_id,
+            "kinds": None if kinds is None else list(kinds),
+            "limit": limit,
+            "lease_seconds": lease_seconds,
+        }
+        for attempt in (1, 2, 3):
+            try:
+                rows = await self._rows(self._change(_CLAIM), params, read=False)
+            except asyncpg.UniqueViolationError:
+                # two batches took jobs of one concurrency key at the same moment; the index
+                # refused the second, which claimed nothing: try again
+                if attempt == 3:
+                    return []
+                continue
+            return [Lease(_to_job(r), r["lease_token"]) for r in rows]
+        raise AssertionError("unreachable")
+
+    async def heartbeat(
+        self, leases: Sequence[tuple[UUID, UUID]], lease_seconds: float
+    ) -> dict[UUID, bool]:
+        """Extend the leases still held; returns ``{job_id: cancel_requested}`` for those."""
+        if not leases:
+            return {}
+        params = {
+            "ids": [job_id for job_id, _ in leases],
+            "tokens": [token for _, token in leases],
+            "lease_seconds": lease_seconds,
+        }
+        rows = await self._rows(_HEARTBEAT, params, read=False)
+        return {r["id"]: r["cancel_requested"] for r in rows}
+
+    async def complete(self, done: Sequence[tuple[UUID, UUID, str]]) -> list[Job]:
+        """Mark jobs succeeded, given ``(job_id, token, result_json)``; lost leases are skipped."""
+        params = {
+            "ids": [job_id for job_id, _, _ in done],
+            "tokens": [token for _, token, _ in done],
+            "results": [result for _, _, result in done],
+        }
+        return [_to_job(r) for r in await self._rows(self._change(_COMPLETE), params, read=False)]
+
+    async def fail(
+        self,
+        job_id: UUID,
+        token: UUID,
+        *,
+        error: Mapping[str, Any],
+        retryable: bool,
+        delay: float | None,
+        backoff_base: float,
+        backoff_max: float,
+    ) -> Job | None:
+        """Record a failure: re-queued with backoff while retryable and attempts remain, else
+        failed (or cancelled, if that was requested). ``None``: the lease was lost."""
+        params = {
+            "job_id": job_id,
+            "token": token,
+            "error": json.dumps(error),
+            "retryable": retryable,
+            "delay": delay,
+            "backoff_base": backoff_base,
+            "backoff_max": backoff_max,
+        }
+        return await self._one(self._change(_FAIL), params, read=False)
+
+    async def mark_cancelled(self, job_id: UUID, token: UUID) -> Job | None:
+        """The handler stopped on a cancel request. ``None``: the lease was lost."""
+        params = {"job_id": job_id, "token": token}
+        return await self._one(self._change(_CANCELLED), params, read=False)
+
+    async def release(self, leases: Sequence[tuple[UUID, UUID]]) -> list[Job]:
+        """Give leases back (graceful shutdown): the jobs are queued again, attempt not counted."""
+        if not leases:
+            return []
+        params = {"ids": [i for i, _ in leases], "tokens": [t for _, t in leases]}
+        return [_to_job(r) for r in await self._rows(self._change(_RELEASE), params, read=False)]
+
+    async def recover_expired(
+        self, *, limit: int, backoff_base: float, backoff_max: float
+    ) -> list[Job]:
+        """Re-queue (or fail with ``lease_expired``) up to ``limit`` jobs whose lease expired."""
+        params = {"limit": limit, "backoff_base": backoff_base, "backoff_max": backoff_max}
+        return [_to_job(r) for r in await self._rows(self._change(_RECOVER), params, read=False)]
+
+    async def register_worker(
+        self, worker_id: UUID, *, host: str, pid: int, kinds: Sequence[str] | None, concurrency: int
+    ) -> None:
+        params = {
+            "id": worker_id,
+            "host": host,
+            "pid": pid,
+            "kinds": None if kinds is None else list(kinds),
+            "concurrency": concurrency,
+        }
+        await self._rows(_REGISTER_WORKER, params, read=False)
+
+    async def worker_heartbeat(self, worker_id: UUID) -> None:
+        await self._rows(_WORKER_BEAT, {"id": worker_id}, read=False)
+
+    async def unregister_worker(self, worker_id: UUID) -> None:
+        await self._rows(_UNREGISTER_WORKER, {"id": worker_id}, read=False)
+
+    async def prune_workers(self, silent_for: float) -> int:
+        """Forget workers that have not heartbeaten for ``silent_for`` seconds."""
+        async with self._driver() as conn:
+            status = await conn.execute(_PRUNE_WORKERS.text, silent_for)
+        return int(status.split()[-1])
+
+    async def live_workers(self, within: float) -> list[WorkerInfo]:
+        """Workers that heartbeat within the last ``within`` seconds, oldest first."""
+        rows = await self._rows(_LIVE_WORKERS, {"seconds": within}, read=True)
+        return [
+            WorkerInfo(
+                id=r["id"],
+                host=r["host"],
+                pid=r["pid"],
+                kinds=None if r["kinds"] is None else tuple(r["kinds"]),
+                concurrency=r["concurrency"],
+                started_at=r["started_at"],
+                heartbeat_at=r["heartbeat_at"],
+            )
+            for r in rows
+        ]
 
     async def cancel(self, job_id: UUID, tenant: str) -> tuple[Job, bool]:
         """Cancel a queued or waiting job at once, or flag a running one for its worker.

@@ -52,6 +52,26 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds between catch-ups (default 1.0 with notify, 0.25 with poll).",
     )
+    max_queued: int | None = Field(
+        default=None, ge=1, description="Most queued jobs per tenant; unset means unbounded."
+    )
+    max_queued_per_kind: int | None = Field(
+        default=None, ge=1, description="Most queued jobs per tenant and kind; unset: unbounded."
+    )
+    queue_full_retry_after: float = Field(
+        default=5.0, gt=0, description="Seconds a refused submit is told to wait (Retry-After)."
+    )
+    worker_concurrency: int = Field(default=4, ge=1, description="Jobs one worker runs at once.")
+    lease_seconds: float = Field(
+        default=30.0, gt=0, description="A claimed job's lease; heartbeats renew it every third."
+    )
+    backoff_base: float = Field(
+        default=1.0, gt=0, description="First retry delay in seconds (doubles per attempt)."
+    )
+    backoff_max: float = Field(default=300.0, gt=0, description="Longest retry delay in seconds.")
+    shutdown_grace: float = Field(
+        default=30.0, ge=0, description="Seconds a stopping worker lets running jobs finish."
+    )
 
     @field_validator("database_url")
     @classmethod
