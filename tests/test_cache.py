@@ -218,6 +218,7 @@ def test_forgotten_floor_refuses_tickets_older_than_the_forgetting(clock: FakeCl
 def test_late_older_invalidation_after_forgetting_does_not_admit_stale_fill(
     clock: FakeClock,
 ) -> None:
+    # Regression: store() used to consult the forgotten bucket only when the job had no floor.
     cache = JobCache(1, TTL, timer=clock)
     a = uuid4()
     reader_ticket = cache.ticket()  # a slow reader's SELECT sees v2 (v3 not yet committed)
@@ -530,18 +531,70 @@ TestCacheMachine.settings = settings(
 )
 
 
+# --- reset ------------------------------------------------------------------------------------
+
+
+def test_reset_drops_everything_and_refuses_older_tickets(cache: JobCache) -> None:
+    jobs = [make_job(version=3) for _ in range(3)]
+    before = cache.ticket()
+    for job in jobs:
+        cache.store(job, before)
+    cache.reset()
+    assert cache.stats().size == 0
+    assert all(cache.get(job.id) is None for job in jobs)
+    assert cache.store(make_job(id=jobs[0].id, version=3), before) is False
+    assert cache.store(make_job(version=1), before) is False  # a job it never saw: cannot vouch
+    after = cache.ticket()
+    assert cache.store(make_job(id=jobs[0].id, version=2), after) is False  # floor kept
+    assert cache.store(make_job(id=jobs[0].id, version=3), after)
+    assert version_of(cache, jobs[0].id) == 3
+
+
+def test_reset_remembers_versions_of_entries_whose_floor_was_forgotten(clock: FakeClock) -> None:
+    cache = JobCache(1, TTL, timer=clock)
+    a = uuid4()
+    cache.store(make_job(id=a, version=3), cache.ticket())
+    flood_floors(cache)  # a stays cached, its floor is forgotten
+    cache.reset()
+    assert cache.store(make_job(id=a, version=2), cache.ticket()) is False
+    assert cache.get(a) is None
+
+
 # --- regression: invalidate() when the entry expires during the call ----------------------------
 
 
 def test_invalidate_does_not_raise_when_entry_expires_during_the_call(
     cache: JobCache, clock: FakeClock
 ) -> None:
+    # Regression: invalidate() used `del` after a frozen-timer get(); the del read the clock again.
     job = make_job(version=1)
     cache.store(job, cache.ticket())  # at t=0: expires at t=TTL
     clock.now, clock.step = TTL - 0.5, 1.0  # the clock moves on while invalidate() runs
     assert cache.invalidate(job.id, 2) in (True, False)
     clock.step = 0.0
     assert cache.get(job.id) is None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG: cache.py JobCache.store reads the clock twice (TTLCache expiry, then _hot expiry), "
+        "so _hot outlives _entries; invalidate() consults only _entries and leaves the older "
+        "entry in _hot, which get() keeps serving"
+    ),
+)
+def test_invalidate_drops_entry_whatever_instant_it_expires() -> None:
+    for offset in range(6):  # wherever the expiry instant falls among store()'s clock reads
+        clock = FakeClock()
+        cache = JobCache(8, TTL, timer=clock)
+        job = make_job(version=1)
+        clock.step = 1.0  # each clock read during the store is a second later than the one before
+        cache.store(job, cache.ticket())
+        clock.step = 0.0
+        clock.now = TTL + offset + 0.5
+        cache.invalidate(job.id, 2)
+        got = cache.get(job.id)
+        assert got is None or got.version >= 2, f"v{got.version} served after invalidate(v2)"
 
 
 # --- 10. through JobManager, on a real Postgres -----------------------------------------------
@@ -552,10 +605,10 @@ async def test_manager_cache_is_bounded_and_reads_fall_back_to_postgres(
 ) -> None:
     async with await JobManager.connect(database_url, cache_size=50) as manager:
         submitted = [await manager.submit(tenant, "cache.bound", {"i": i}) for i in range(500)]
-        for job in submitted:
+        for i, job in enumerate(submitted):
             got = await manager.get(job.id, tenant=tenant)
             assert got == job
-            assert got.payload == {"i": submitted.index(job)}
+            assert got.payload == {"i": i}
         stats = manager.cache_stats()
     assert stats.maxsize == 50
     assert stats.size <= 50
@@ -583,24 +636,53 @@ async def test_raced_read_never_plants_older_version_than_completed_cancel(
             assert got.version in (1, 2)
             assert (cancelled.status, cancelled.version) == (JobStatus.CANCELLED, 2)
 
-        raced = 0
-        for _ in range(3):  # more rounds only if the race window was never hit
-            # submitted elsewhere, so this manager's cache has never seen these jobs
-            jobs = [await submitter.submit(tenant, "cache.race", {}) for _ in range(200)]
-            for start in range(0, len(jobs), 10):  # 10 races at a time: the pool has 10
-                await asyncio.gather(*(race(i, job.id) for i, job in enumerate(jobs[start:][:10])))
-            for job in jobs:
-                hits = manager.cache_stats().hits
-                after = await manager.get(job.id, tenant=tenant)
-                assert manager.cache_stats().hits == hits + 1  # served by the cache
-                assert after.version == 2, f"cache served v{after.version} after the cancel"
-                assert after == await manager.get(job.id, tenant=tenant, consistency="strong")
-            # a refused store here is a v1 read that finished after the v2 write was stored
-            raced = manager.cache_stats().refused_stores
-            print(f"raced: {raced}")
-            if raced:
-                break
-        assert raced > 0, "the read/cancel race window was never hit"
+        # submitted elsewhere, so this manager's cache has never seen these jobs
+        jobs = [await submitter.submit(tenant, "cache.race", {}) for _ in range(200)]
+        for start in range(0, len(jobs), 10):  # 10 races at a time: the pool has 10 connections
+            await asyncio.gather(*(race(i, job.id) for i, job in enumerate(jobs[start:][:10])))
+        for job in jobs:
+            hits = manager.cache_stats().hits
+            after = await manager.get(job.id, tenant=tenant)
+            assert manager.cache_stats().hits == hits + 1  # served by the cache
+            assert after.version == 2, f"cache served v{after.version} after the cancel"
+            assert after == await manager.get(job.id, tenant=tenant, consistency="strong")
+
+
+async def test_read_finishing_after_a_stored_cancel_is_refused(
+    database_url: str, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race above, forced: the read's real SELECT sees v1, its result is held back until the
+    cancel (v2) is committed and stored, then the manager tries to store v1."""
+    async with (
+        await JobManager.connect(database_url) as submitter,
+        await JobManager.connect(database_url, feed_mode="poll", feed_interval=60.0) as manager,
+    ):
+        repository = manager.repository
+        real_get = repository.get
+        read_done = asyncio.Event()
+        release = asyncio.Event()
+
+        async def slow_get(job_id: UUID, tenant: str) -> Job | None:
+            job = await real_get(job_id, tenant)
+            read_done.set()
+            await release.wait()
+            return job
+
+        monkeypatch.setattr(repository, "get", slow_get)
+        for _ in range(20):
+            job = await submitter.submit(tenant, "cache.race", {})
+            read_done.clear()
+            release.clear()
+            refused = manager.cache_stats().refused_stores
+            read = asyncio.create_task(manager.get(job.id, tenant=tenant))
+            await read_done.wait()
+            cancelled = await manager.cancel(job.id, tenant=tenant)
+            assert cancelled.version == 2
+            release.set()
+            assert (await read).version == 1  # the caller gets what it read ...
+            assert manager.cache_stats().refused_stores == refused + 1  # ... the cache refuses it
+            after = await manager.get(job.id, tenant=tenant)
+            assert after is cancelled
 
 
 async def test_cache_hits_are_shared_frozen_snapshots(job_manager: JobManager, tenant: str) -> None:
@@ -628,29 +710,3 @@ async def test_cache_hit_of_another_tenant_is_not_found(
     assert job_manager.cache_stats().size >= 1
     with pytest.raises(JobNotFound):
         await job_manager.get(job.id, tenant=f"{tenant}-other")
-
-
-def test_reset_drops_everything_and_refuses_older_tickets(cache: JobCache) -> None:
-    jobs = [make_job(version=3) for _ in range(3)]
-    before = cache.ticket()
-    for job in jobs:
-        cache.store(job, before)
-    cache.reset()
-    assert cache.stats().size == 0
-    assert all(cache.get(job.id) is None for job in jobs)
-    assert cache.store(make_job(id=jobs[0].id, version=3), before) is False
-    assert cache.store(make_job(version=1), before) is False  # a job it never saw: cannot vouch
-    after = cache.ticket()
-    assert cache.store(make_job(id=jobs[0].id, version=2), after) is False  # floor kept
-    assert cache.store(make_job(id=jobs[0].id, version=3), after)
-    assert version_of(cache, jobs[0].id) == 3
-
-
-def test_reset_remembers_versions_of_entries_whose_floor_was_forgotten(clock: FakeClock) -> None:
-    cache = JobCache(1, TTL, timer=clock)
-    a = uuid4()
-    cache.store(make_job(id=a, version=3), cache.ticket())
-    flood_floors(cache)  # a stays cached, its floor is forgotten
-    cache.reset()
-    assert cache.store(make_job(id=a, version=2), cache.ticket()) is False
-    assert cache.get(a) is None

@@ -1,4 +1,5 @@
-"""The demo: ``python -m jobkeeper.demo`` (``make demo``) shows the job-state layer at work.
+"""The demo: ``python -m jobkeeper.demo`` (``make demo``) shows the job-state layer at work, and
+``tasks``, the demo task registry (``jobkeeper worker jobkeeper.demo:tasks``).
 
 With ``JOBKEEPER_DATABASE_URL`` set it uses that database; otherwise it starts an embedded Postgres
 (kept under ``/var/tmp`` between runs, so jobs from an earlier run are still there: state survives
@@ -11,16 +12,55 @@ import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import asyncpg
 
 from jobkeeper.embedded import EmbeddedPostgres, default_data_dir
-from jobkeeper.errors import IdempotencyConflict, JobNotFound
+from jobkeeper.errors import IdempotencyConflict, JobNotFound, PermanentFailure
 from jobkeeper.manager import JobManager
 from jobkeeper.migrate import upgrade
 from jobkeeper.settings import Settings, asyncpg_dsn
+from jobkeeper.worker import JobContext, TaskRegistry
 
-__all__ = ["main"]
+__all__ = ["main", "tasks"]
+
+tasks = TaskRegistry()
+
+
+@tasks.task("demo.sleep")
+async def sleep(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Sleep ``seconds`` in ``steps`` steps, reporting progress; honours cancel at every step."""
+    seconds = float(payload.get("seconds", 1.0))
+    steps = max(1, int(payload.get("steps", 10)))
+    for step in range(steps):
+        ctx.raise_if_cancelled()
+        await asyncio.sleep(seconds / steps)
+        ctx.progress((step + 1) / steps, f"step {step + 1} of {steps}")
+    return {"slept": seconds, "steps": steps}
+
+
+@tasks.task("demo.fail")
+async def fail(ctx: JobContext, payload: dict[str, Any]) -> None:
+    """Always fails (retried until ``max_attempts``); ``{"permanent": true}`` fails at once."""
+    message = str(payload.get("message", "demo.fail failed, as it always does"))
+    if payload.get("permanent"):
+        raise PermanentFailure(message)
+    raise RuntimeError(message)
+
+
+@tasks.task("demo.cpu")
+def cpu(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """A CPU-bound loop in a worker thread (a sync handler); checks for cancel between rounds."""
+    rounds = max(1, int(payload.get("rounds", 50)))
+    size = int(payload.get("size", 200_000))
+    total = 0
+    for done in range(rounds):
+        ctx.raise_if_cancelled()
+        total += sum(i * i for i in range(size)) % 1_000_003
+        ctx.progress((done + 1) / rounds, f"round {done + 1} of {rounds}")
+    return {"rounds": rounds, "checksum": total}
+
 
 DEMO_DATABASE = "jobkeeper_demo"
 

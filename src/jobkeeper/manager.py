@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self
 from uuid import UUID
 
-from jobkeeper.cache import CacheStats, JobCache
+from jobkeeper.cache import CacheStats, JobCache, Ticket
 from jobkeeper.errors import IdempotencyConflict, InvalidRequest, JobNotFound, QueueFull
 from jobkeeper.feed import ChangeFeed, ChangeListener, FeedMode, FeedStatus
 from jobkeeper.models import (
@@ -23,7 +23,9 @@ from jobkeeper.models import (
     JobEvent,
     JobPage,
     JobStatus,
+    Lease,
     NewJob,
+    Progress,
     parse_job_id,
     validate_kind,
     validate_new_job,
@@ -273,6 +275,97 @@ class JobManager:
         job, _ = await self._repository.cancel(job_id, tenant)
         self._cache.store(job, ticket)
         return job
+
+    # --- for workers: fenced writes (the lease token must match) ------------------------------
+
+    def _remember(self, changed: Iterable[Job], ticket: Ticket) -> None:
+        for job in changed:
+            self._cache.store(job, ticket)
+
+    async def claim(
+        self, worker_id: UUID, *, kinds: Sequence[str] | None, limit: int, lease_seconds: float
+    ) -> list[Lease]:
+        """Claim up to ``limit`` runnable jobs (``FOR UPDATE SKIP LOCKED``), each with a lease."""
+        ticket = self._cache.ticket()
+        leases = await self._repository.claim(
+            worker_id, kinds=kinds, limit=limit, lease_seconds=lease_seconds
+        )
+        self._remember((lease.job for lease in leases), ticket)
+        return leases
+
+    async def renew_leases(
+        self, leases: Sequence[tuple[UUID, UUID]], lease_seconds: float
+    ) -> dict[UUID, bool]:
+        """Extend held leases; ``{job_id: cancel_requested}`` for those still held."""
+        return await self._repository.heartbeat(leases, lease_seconds)
+
+    async def report_progress(self, lease: Lease, progress: Progress) -> Job | None:
+        """A worker's progress report; ``None`` if it no longer holds the lease."""
+        ticket = self._cache.ticket()
+        job = await self._repository.progress(
+            lease.job.id, lease.job.tenant, progress, token=lease.token
+        )
+        self._remember((job,) if job else (), ticket)
+        return job
+
+    async def mark_succeeded(self, done: Sequence[tuple[Lease, str, Progress | None]]) -> list[Job]:
+        """Record results (JSON text, with a last progress report) of several jobs in one
+        statement; lost leases are skipped."""
+        ticket = self._cache.ticket()
+        changed = await self._repository.complete(
+            [(lease.job.id, lease.token, result, last) for lease, result, last in done]
+        )
+        self._remember(changed, ticket)
+        return changed
+
+    async def mark_failed(
+        self,
+        lease: Lease,
+        error: Mapping[str, Any],
+        *,
+        retryable: bool,
+        delay: float | None,
+        backoff_base: float,
+        backoff_max: float,
+    ) -> Job | None:
+        """Record a failure: retried with backoff, failed, or cancelled if that was asked."""
+        ticket = self._cache.ticket()
+        job = await self._repository.fail(
+            lease.job.id,
+            lease.token,
+            error=error,
+            retryable=retryable,
+            delay=delay,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+        )
+        self._remember((job,) if job else (), ticket)
+        return job
+
+    async def mark_cancelled(self, lease: Lease) -> Job | None:
+        """The handler stopped on a cancel request; ``None`` if the lease was lost."""
+        ticket = self._cache.ticket()
+        job = await self._repository.mark_cancelled(lease.job.id, lease.token)
+        self._remember((job,) if job else (), ticket)
+        return job
+
+    async def release(self, leases: Sequence[Lease]) -> list[Job]:
+        """Give leases back so other workers run the jobs (graceful shutdown)."""
+        ticket = self._cache.ticket()
+        changed = await self._repository.release([(lease.job.id, lease.token) for lease in leases])
+        self._remember(changed, ticket)
+        return changed
+
+    async def recover_expired(
+        self, *, limit: int = 100, backoff_base: float = 1.0, backoff_max: float = 300.0
+    ) -> list[Job]:
+        """Re-queue or fail jobs whose lease expired (a dead or cut-off worker's jobs)."""
+        ticket = self._cache.ticket()
+        changed = await self._repository.recover_expired(
+            limit=limit, backoff_base=backoff_base, backoff_max=backoff_max
+        )
+        self._remember(changed, ticket)
+        return changed
 
     # --- reads -------------------------------------------------------------------------------
 

@@ -403,12 +403,16 @@ RETURNING jobs.id, jobs.cancel_requested""",
     "lease_seconds",
 )
 
-# Record successes in one statement; a row whose lease was lost is simply not updated.
+# Record successes in one statement, with any progress report not yet written; a row whose lease
+# was lost is simply not updated.
 _COMPLETE = _text_change(
     f"""WITH done AS (
-    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS d(id, token, result)
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::float8[], $5::text[])
+        AS d(id, token, result, fraction, message)
 ), changed AS (
     UPDATE jobs SET status = 'succeeded', result = done.result::jsonb, finished_at = now(),
+        progress_fraction = coalesce(done.fraction, jobs.progress_fraction),
+        progress_message = coalesce(done.message, jobs.progress_message),
         {_CLEAR_LEASE}, {_BUMP}
     FROM done WHERE jobs.id = done.id AND jobs.lease_token = done.token AND jobs.status = 'running'
     RETURNING jobs.*
@@ -418,6 +422,8 @@ _COMPLETE = _text_change(
     "ids",
     "tokens",
     "results",
+    "fractions",
+    "messages",
 )
 
 # A handler failed ($3 error): retry after $5 s (NULL: backoff from base $6, cap $7) while $4 says
@@ -806,12 +812,15 @@ class JobRepository:
         rows = await self._rows(_HEARTBEAT, params, read=False)
         return {r["id"]: r["cancel_requested"] for r in rows}
 
-    async def complete(self, done: Sequence[tuple[UUID, UUID, str]]) -> list[Job]:
-        """Mark jobs succeeded, given ``(job_id, token, result_json)``; lost leases are skipped."""
+    async def complete(self, done: Sequence[tuple[UUID, UUID, str, Progress | None]]) -> list[Job]:
+        """Mark jobs succeeded, given ``(job_id, token, result_json, last_progress)``; lost
+        leases are skipped."""
         params = {
-            "ids": [job_id for job_id, _, _ in done],
-            "tokens": [token for _, token, _ in done],
-            "results": [result for _, _, result in done],
+            "ids": [job_id for job_id, _, _, _ in done],
+            "tokens": [token for _, token, _, _ in done],
+            "results": [result for _, _, result, _ in done],
+            "fractions": [p.fraction if p else None for _, _, _, p in done],
+            "messages": [p.message if p else None for _, _, _, p in done],
         }
         return [_to_job(r) for r in await self._rows(self._change(_COMPLETE), params, read=False)]
 
