@@ -575,14 +575,6 @@ def test_invalidate_does_not_raise_when_entry_expires_during_the_call(
     assert cache.get(job.id) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: cache.py JobCache.store reads the clock twice (TTLCache expiry, then _hot expiry), "
-        "so _hot outlives _entries; invalidate() consults only _entries and leaves the older "
-        "entry in _hot, which get() keeps serving"
-    ),
-)
 def test_invalidate_drops_entry_whatever_instant_it_expires() -> None:
     for offset in range(6):  # wherever the expiry instant falls among store()'s clock reads
         clock = FakeClock()

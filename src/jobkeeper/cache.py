@@ -147,25 +147,27 @@ class JobCache:
             stale = self._forgotten_at[
                 hash(job.id) % _BUCKETS
             ] > ticket or job.version < self._floors.get(job.id, 0)
-            current = self._entries.get(job.id)
+            held = self._hot.get(job.id)
+            current = None if held is None else held[0]
             if stale or (current is not None and current.version > job.version):
                 self._refused += 1
                 return False
             self._raise_floor(job.id, job.version)
-            if current is None or current.version < job.version:
-                self._entries[job.id] = job
-                self._hot[job.id] = (job, self._timer() + self._ttl)
+            if current is None or current.version <= job.version:  # equal: confirmed, refresh
+                with self._entries.timer as now:  # one clock reading for both structures
+                    self._entries[job.id] = job
+                    self._hot[job.id] = (job, now + self._ttl)
             return True
 
     def invalidate(self, job_id: UUID, version: int) -> bool:
         """``version`` was committed elsewhere: drop an older entry; ``True`` if one was dropped."""
         with self._lock:
             self._raise_floor(job_id, version)
-            current = self._entries.get(job_id)
-            if current is None or current.version >= version:
+            held = self._hot.get(job_id)  # the authority on what get() may serve
+            if held is None or held[0].version >= version:
                 return False
-            self._entries.pop(job_id, None)  # may have expired since the get: pop, never del
-            self._hot.pop(job_id, None)
+            self._hot.pop(job_id)
+            self._entries.pop(job_id, None)  # may have expired already: pop, never del
             return True
 
     def reset(self) -> None:
