@@ -153,10 +153,11 @@ class JobCache:
                 self._refused += 1
                 return False
             self._raise_floor(job.id, job.version)
-            if current is None or current.version <= job.version:  # equal: confirmed, refresh
-                with self._entries.timer as now:  # one clock reading for both structures
-                    self._entries[job.id] = job
-                    self._hot[job.id] = (job, now + self._ttl)
+            if current is not None and current.version == job.version:
+                job = current  # the same committed row, confirmed again: keep it, renew its TTL
+            with self._entries.timer as now:  # one clock reading for both structures
+                self._entries[job.id] = job
+                self._hot[job.id] = (job, now + self._ttl)
             return True
 
     def invalidate(self, job_id: UUID, version: int) -> bool:
