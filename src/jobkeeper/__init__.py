@@ -10,23 +10,32 @@ from jobkeeper.errors import (
     InvalidJobId,
     InvalidRequest,
     InvalidTransition,
+    JobCancelled,
     JobFinished,
     JobkeeperError,
     JobNotFound,
+    PermanentFailure,
+    QueueFull,
+    Retry,
     TenantRequired,
 )
+from jobkeeper.feed import FeedStatus
 from jobkeeper.manager import JobManager
-from jobkeeper.models import Job, JobEvent, JobPage, JobStatus, Progress
+from jobkeeper.models import Job, JobEvent, JobPage, JobStatus, Lease, Progress, WorkerInfo
 from jobkeeper.settings import Settings
+from jobkeeper.worker import JobContext, TaskRegistry, Worker
 
 __all__ = [
     "CacheStats",
     "DatabaseUnavailable",
+    "FeedStatus",
     "IdempotencyConflict",
     "InvalidJobId",
     "InvalidRequest",
     "InvalidTransition",
     "Job",
+    "JobCancelled",
+    "JobContext",
     "JobEvent",
     "JobFinished",
     "JobManager",
@@ -34,7 +43,14 @@ __all__ = [
     "JobPage",
     "JobStatus",
     "JobkeeperError",
+    "Lease",
+    "PermanentFailure",
     "Progress",
+    "QueueFull",
+    "Retry",
     "Settings",
+    "TaskRegistry",
     "TenantRequired",
+    "Worker",
+    "WorkerInfo",
 ]

@@ -12,7 +12,6 @@ the HTTP layer maps codes to statuses in one place. Messages are for people and 
     │   └── JobFinished             job_finished         the job already reached a terminal status
     ├── IdempotencyConflict         idempotency_key_reused
     ├── QueueFull                   queue_full           backpressure; retry after ``retry_after`` s
-    ├── LeaseLost                   lease_lost           the lease was taken over; stop the job
     └── DatabaseUnavailable         database_unavailable
 
 Raised by handlers to steer the worker (not errors of jobkeeper itself):
@@ -37,7 +36,6 @@ __all__ = [
     "JobFinished",
     "JobNotFound",
     "JobkeeperError",
-    "LeaseLost",
     "PermanentFailure",
     "QueueFull",
     "Retry",
@@ -144,17 +142,6 @@ class QueueFull(JobkeeperError):
         self.tenant = tenant
         self.limit = limit
         self.retry_after = retry_after
-
-
-class LeaseLost(JobkeeperError):
-    """The worker no longer holds the job's lease (it expired and the job was recovered, or the
-    job finished); its writes are rejected and it must stop working on the job."""
-
-    code = "lease_lost"
-
-    def __init__(self, job_id: UUID) -> None:
-        super().__init__(f"lease on job {job_id} was lost")
-        self.job_id = job_id
 
 
 class Retry(Exception):
