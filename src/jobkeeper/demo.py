@@ -49,6 +49,23 @@ async def fail(ctx: JobContext, payload: dict[str, Any]) -> None:
     raise RuntimeError(message)
 
 
+APPROVAL = {
+    "type": "object",
+    "properties": {"approve": {"type": "boolean"}, "comment": {"type": "string"}},
+    "required": ["approve"],
+    "additionalProperties": False,
+}
+
+
+@tasks.task("demo.ask")
+async def ask(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Ask a person to approve (``{"approve": bool, "comment": str?}``) and return the answer."""
+    question = str(payload.get("question", "Approve this loan summary?"))
+    timeout = payload.get("timeout")
+    answer = await ctx.ask(question, schema=APPROVAL, timeout=timeout)
+    return {"question": question, "answer": answer}
+
+
 @tasks.task("demo.cpu")
 def cpu(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     """A CPU-bound loop in a worker thread (a sync handler); checks for cancel between rounds."""

@@ -12,6 +12,8 @@ the HTTP layer maps codes to statuses in one place. Messages are for people and 
     │   └── JobFinished             job_finished         the job already reached a terminal status
     ├── IdempotencyConflict         idempotency_key_reused
     ├── QueueFull                   queue_full           backpressure; retry after ``retry_after`` s
+    ├── InvalidAnswer               invalid_answer       the answer does not fit the question
+    ├── NotWaitingForInput          not_waiting_for_input  no open question (or another one)
     └── DatabaseUnavailable         database_unavailable
 
 Raised by handlers to steer the worker (not errors of jobkeeper itself):
@@ -29,6 +31,7 @@ from uuid import UUID
 __all__ = [
     "DatabaseUnavailable",
     "IdempotencyConflict",
+    "InvalidAnswer",
     "InvalidJobId",
     "InvalidRequest",
     "InvalidTransition",
@@ -36,6 +39,7 @@ __all__ = [
     "JobFinished",
     "JobNotFound",
     "JobkeeperError",
+    "NotWaitingForInput",
     "PermanentFailure",
     "QueueFull",
     "Retry",
@@ -142,6 +146,29 @@ class QueueFull(JobkeeperError):
         self.tenant = tenant
         self.limit = limit
         self.retry_after = retry_after
+
+
+class InvalidAnswer(JobkeeperError):
+    """An answer that does not validate against the question's JSON Schema or choices."""
+
+    code = "invalid_answer"
+
+    def __init__(self, job_id: UUID, problems: list[str]) -> None:
+        super().__init__(f"invalid answer for job {job_id}: " + "; ".join(problems))
+        self.job_id = job_id
+        self.problems = problems
+
+
+class NotWaitingForInput(JobkeeperError):
+    """The job has no open question (or not the one answered): nothing was changed."""
+
+    code = "not_waiting_for_input"
+
+    def __init__(self, job_id: UUID, status: str, question_key: str | None = None) -> None:
+        what = f"question {question_key!r}" if question_key else "input"
+        super().__init__(f"job {job_id} is {status}, not waiting for {what}")
+        self.job_id = job_id
+        self.status = status
 
 
 class Retry(Exception):

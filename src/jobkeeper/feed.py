@@ -120,6 +120,11 @@ class ChangeFeed:
             self._task = None
         await self._drop_connection()
 
+    @property
+    def interval(self) -> float:
+        """Seconds between catch-ups: the longest a missed notification can go unnoticed."""
+        return self._interval
+
     def vouches(self) -> bool:
         """Whether cached entries may be served: connected and recently in sync."""
         conn, synced_at = self._conn, self._synced_at

@@ -7,18 +7,28 @@ raises a typed error and writes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self
 from uuid import UUID
 
 from jobkeeper.cache import CacheStats, JobCache, Ticket
-from jobkeeper.errors import IdempotencyConflict, InvalidRequest, JobNotFound, QueueFull
+from jobkeeper.errors import (
+    IdempotencyConflict,
+    InvalidAnswer,
+    InvalidRequest,
+    JobNotFound,
+    NotWaitingForInput,
+    QueueFull,
+)
 from jobkeeper.feed import ChangeFeed, ChangeListener, FeedMode, FeedStatus
 from jobkeeper.models import (
+    TERMINAL_EVENTS,
     Job,
     JobEvent,
     JobPage,
@@ -26,6 +36,9 @@ from jobkeeper.models import (
     Lease,
     NewJob,
     Progress,
+    answer_problems,
+    encode_json,
+    optional_text,
     parse_job_id,
     validate_kind,
     validate_new_job,
@@ -41,6 +54,15 @@ MAX_PAGE = 500
 # An idempotent submit whose winning row vanishes (deleted by retention) between the conflicting
 # insert and the read is retried; more than this many rounds means something is deleting in a loop.
 _SUBMIT_ROUNDS = 3
+
+
+def _answered_with(job: Job, key: str | None, answer_json: str) -> bool:
+    """Whether ``key`` (default: the latest answered question) holds exactly this answer."""
+    answers = job.answers or {}
+    if key is None and answers:
+        key = max(answers, key=lambda k: str(answers[k].get("answered_at")))
+    entry = answers.get(key) if key is not None else None
+    return entry is not None and encode_json("answer", entry.get("answer")) == answer_json
 
 
 def _encode_cursor(job_id: UUID) -> str:
@@ -366,6 +388,109 @@ class JobManager:
         )
         self._remember(changed, ticket)
         return changed
+
+    async def ask(self, lease: Lease, prompt: Mapping[str, Any]) -> Job | None:
+        """Park the job until a person answers (a worker's ``ctx.ask``); ``None``: the lease is
+        gone or cancel was requested."""
+        ticket = self._cache.ticket()
+        job = await self._repository.ask(
+            lease.job.id, lease.token, encode_json("prompt", prompt), prompt.get("timeout")
+        )
+        self._remember((job,) if job else (), ticket)
+        return job
+
+    async def checkpoint(self, lease: Lease, key: str, result_json: str) -> Job | None:
+        """Keep a side effect's result under ``key``; ``None``: the lease is gone."""
+        ticket = self._cache.ticket()
+        job = await self._repository.checkpoint(lease.job.id, lease.token, key, result_json)
+        self._remember((job,) if job else (), ticket)
+        return job
+
+    async def expire_input_deadlines(self, *, limit: int = 100) -> list[Job]:
+        """Apply each overdue question's ``on_timeout`` (fail, cancel or default answer)."""
+        ticket = self._cache.ticket()
+        changed = await self._repository.expire_input_deadlines(limit=limit)
+        self._remember(changed, ticket)
+        return changed
+
+    # --- human in the loop -------------------------------------------------------------------
+
+    async def answer(
+        self,
+        job_id: UUID | str,
+        *,
+        tenant: str,
+        answer: Any,
+        answered_by: str | None = None,
+        question_key: str | None = None,
+    ) -> Job:
+        """Answer the question a waiting job asked; the job is queued again to resume.
+
+        The answer is validated against the question's JSON Schema and choices
+        (``InvalidAnswer``), committed before this returns, and recorded with who answered and
+        when. A job not waiting (or waiting on another question than ``question_key``) raises
+        ``NotWaitingForInput``; of two concurrent answers one wins. Repeating the answer that was
+        accepted returns the job again instead (a safe retry).
+        """
+        job_id, tenant = parse_job_id(job_id), validate_tenant(tenant)
+        answered_by = optional_text("answered_by", answered_by)
+        question_key = optional_text("question_key", question_key)
+        try:
+            answer_json = encode_json("answer", answer)
+        except InvalidRequest as exc:
+            raise InvalidAnswer(job_id, [exc.message]) from None
+        current = await self._repository.get(job_id, tenant)
+        if current is None:
+            raise JobNotFound(job_id)
+        key = question_key
+        if current.status is JobStatus.WAITING_INPUT and key in (None, current.prompt["key"]):
+            key = current.prompt["key"]
+            problems = answer_problems(current.prompt, answer)
+            if problems:
+                raise InvalidAnswer(job_id, problems)
+            ticket = self._cache.ticket()
+            job = await self._repository.answer(job_id, tenant, key, answer_json, answered_by)
+            if job is not None:
+                self._cache.store(job, ticket)
+                return job
+            current = await self._repository.get(job_id, tenant)  # lost a race: to whom?
+            if current is None:
+                raise JobNotFound(job_id)
+        if _answered_with(current, key, answer_json):
+            return current
+        raise NotWaitingForInput(job_id, current.status.value, question_key)
+
+    async def watch(
+        self, job_id: UUID | str, *, tenant: str, after: int = 0
+    ) -> AsyncIterator[JobEvent]:
+        """The job's history after ``after``, then its events as they happen, each once and in
+        order, until a terminal event (succeeded, failed, cancelled, expired).
+
+        History is read from ``job_events``; the change feed only says when to read again (and
+        a periodic re-read covers a feed outage), so nothing is missed or repeated across
+        reconnects. This is what ``GET /jobs/{id}/events`` streams with ``Last-Event-ID``.
+        """
+        job_id = parse_job_id(job_id)
+        changed = asyncio.Event()
+
+        def on_change(changed_id: UUID, _version: int, _status: str | None) -> None:
+            if changed_id == job_id:
+                changed.set()
+
+        unsubscribe = self.subscribe(on_change)
+        try:
+            last = after
+            while True:
+                changed.clear()  # before reading, so a change during the read is not lost
+                for event in await self.events(job_id, tenant=tenant, after=last):
+                    yield event
+                    last = event.seq
+                    if event.type in TERMINAL_EVENTS:
+                        return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), self._feed.interval)
+        finally:
+            unsubscribe()
 
     # --- reads -------------------------------------------------------------------------------
 

@@ -17,10 +17,14 @@ from enum import StrEnum
 from typing import Any, NoReturn
 from uuid import UUID
 
+import jsonschema
+
 from jobkeeper.errors import InvalidJobId, InvalidRequest, TenantRequired
 
 __all__ = [
+    "ON_TIMEOUT",
     "TERMINAL",
+    "TERMINAL_EVENTS",
     "TRANSITIONS",
     "FrozenDict",
     "Job",
@@ -31,8 +35,11 @@ __all__ = [
     "NewJob",
     "Progress",
     "WorkerInfo",
+    "answer_problems",
+    "build_prompt",
     "can_transition",
     "freeze_json",
+    "optional_text",
     "parse_job_id",
     "sources_of",
     "validate_kind",
@@ -155,6 +162,9 @@ class Job:
     concurrency_key: str | None
     cancel_requested: bool
     pinned: bool
+    prompt: Any  # the open question while waiting_input, else None
+    answers: Any  # question key -> {"answer", "answered_by", "answered_at"}
+    checkpoints: Any  # checkpoint key -> stored result
     version: int
     created_at: datetime
     updated_at: datetime
@@ -269,7 +279,8 @@ def _storable(field: str, text: str) -> str:
     return text
 
 
-def _optional_key(field: str, value: object) -> str | None:
+def optional_text(field: str, value: object) -> str | None:
+    """``None``, or a storable string of 1 to 255 characters (keys, names)."""
     if value is None:
         return None
     if not isinstance(value, str) or not value or len(value) > _KEY_MAX:
@@ -344,8 +355,8 @@ def validate_new_job(
     when = None if run_after is None else aware_utc("run_after", run_after)
     if not isinstance(pinned, bool):
         raise InvalidRequest("pinned", "a boolean is required")
-    idempotency_key = _optional_key("idempotency_key", idempotency_key)
-    concurrency_key = _optional_key("concurrency_key", concurrency_key)
+    idempotency_key = optional_text("idempotency_key", idempotency_key)
+    concurrency_key = optional_text("concurrency_key", concurrency_key)
     request = {
         "kind": kind,
         "payload": payload_json,
@@ -370,3 +381,77 @@ def validate_new_job(
         pinned=pinned,
         fingerprint=fingerprint,
     )
+
+
+ON_TIMEOUT = ("fail", "cancel", "default")
+TERMINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled", "expired"})
+
+
+def build_prompt(
+    *,
+    key: str,
+    text: object,
+    schema: object,
+    choices: object,
+    timeout: object,
+    on_timeout: object,
+    default: Any,
+) -> dict[str, Any]:
+    """Validate a question's parts and return the prompt stored with a waiting job."""
+    if not isinstance(text, str) or not text.strip() or len(text) > 10_000:
+        raise InvalidRequest("prompt", "a question of 1 to 10,000 characters is required")
+    _storable("prompt", text)
+    if schema is not None:
+        if not isinstance(schema, dict):
+            raise InvalidRequest("schema", "a JSON Schema object is required")
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            raise InvalidRequest("schema", f"not a valid JSON Schema: {exc.message}") from None
+    if choices is not None and (not isinstance(choices, list | tuple) or not choices):
+        raise InvalidRequest("choices", "a non-empty list of allowed answers is required")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+    ):
+        raise InvalidRequest("timeout", "a positive number of seconds is required")
+    if on_timeout not in ON_TIMEOUT:
+        raise InvalidRequest("on_timeout", f"one of {list(ON_TIMEOUT)}")
+    prompt = {
+        "key": key,
+        "text": text,
+        "schema": schema,
+        "choices": None if choices is None else list(choices),
+        "timeout": timeout,
+        "on_timeout": on_timeout,
+        "default": default,
+    }
+    if on_timeout == "default":
+        problems = answer_problems(prompt, default)
+        if problems:
+            raise InvalidRequest("default", "; ".join(problems))
+    encode_json("prompt", prompt)
+    return prompt
+
+
+def answer_problems(prompt: Mapping[str, Any], answer: Any) -> list[str]:
+    """Why ``answer`` does not fit the question (empty: it fits)."""
+    choices = prompt.get("choices")
+    if choices is not None and answer not in choices:
+        return [f"{answer!r} is not one of the choices {list(choices)}"]
+    schema = prompt.get("schema")
+    if schema is None:
+        return []
+    validator = jsonschema.Draft202012Validator(_thaw(schema))
+    return [
+        f"{'/'.join(map(str, error.absolute_path)) or '(answer)'}: {error.message}"
+        for error in validator.iter_errors(_thaw(answer))
+    ]
+
+
+def _thaw(value: Any) -> Any:
+    """Plain dicts and lists again (jsonschema type checks want list, not tuple)."""
+    if isinstance(value, dict):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_thaw(v) for v in value]
+    return value

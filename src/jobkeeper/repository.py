@@ -29,7 +29,7 @@ from uuid import UUID
 
 import asyncpg
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -96,6 +96,9 @@ def _to_job(row: asyncpg.Record) -> Job:
         concurrency_key=row["concurrency_key"],
         cancel_requested=row["cancel_requested"],
         pinned=row["pinned"],
+        prompt=row["prompt"],
+        answers=row["answers"],
+        checkpoints=row["checkpoints"],
         version=row["version"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
@@ -273,6 +276,11 @@ def _transition_sql(target: JobStatus) -> tuple[_Sql, _Sql]:
         )
     else:
         changes.update(lease_token=None, lease_expires_at=None, worker_id=None)
+    if target is JobStatus.WAITING_INPUT:
+        # a bare question for whoever moved it (the status/prompt CHECK requires one)
+        changes["prompt"] = sa.cast(sa.literal_column("""'{"key": "manual"}'"""), JSONB)
+    else:
+        changes.update(prompt=None, input_deadline=None)
     condition = jobs.c.status.in_(_statuses(sorted(sources_of(target))))
     return _with_event(_update(changes, condition), lambda _: _p("event_type", sa.Text()))
 
@@ -517,6 +525,94 @@ _RECOVER = _text_change(
     "limit",
     "backoff_base",
     "backoff_max",
+)
+
+# A handler asks a person ($3: the prompt as JSON, with its "key"): the job waits for input with a
+# deadline in $4 s (NULL: none), the lease is given up so no worker slot is held, and the attempt
+# is not counted. A job asked to cancel does not start waiting.
+_ASK = _text_change(
+    f"""WITH changed AS (
+    UPDATE jobs SET status = 'waiting_input', prompt = $3::jsonb,
+        input_deadline = now() + make_interval(secs => $4::float8),
+        attempts = greatest(jobs.attempts - 1, 0), {_CLEAR_LEASE}, {_BUMP}
+    WHERE jobs.id = $1::uuid AND jobs.lease_token = $2::uuid AND jobs.status = 'running'
+      AND NOT jobs.cancel_requested
+    RETURNING jobs.*
+)""",
+    "'asked'",
+    "changed.prompt",
+    "job_id",
+    "token",
+    "prompt",
+    "timeout",
+)
+
+# A person answers question $3 ($4: the answer as JSON, $5: who): stored with the job's answers,
+# and the job is queued again for any worker to resume. Only the question still open is answered.
+_ANSWER = _text_change(
+    f"""WITH changed AS (
+    UPDATE jobs SET status = 'queued', run_after = now(), prompt = NULL, input_deadline = NULL,
+        answers = jobs.answers || jsonb_build_object($3::text, jsonb_build_object(
+            'answer', $4::jsonb, 'answered_by', $5::text, 'answered_at', now())),
+        {_BUMP}
+    WHERE jobs.id = $1::uuid AND jobs.tenant = $2::text AND jobs.status = 'waiting_input'
+      AND jobs.prompt ->> 'key' = $3::text
+    RETURNING jobs.*
+)""",
+    "'answered'",
+    "jsonb_build_object('key', $3::text, 'answered_by', $5::text)",
+    "job_id",
+    "tenant",
+    "key",
+    "answer",
+    "answered_by",
+)
+
+# A handler's side effect ran: keep its result under key $3 so a re-run returns it instead.
+_CHECKPOINT = _text_change(
+    f"""WITH changed AS (
+    UPDATE jobs SET checkpoints = jobs.checkpoints || jsonb_build_object($3::text, $4::jsonb),
+        {_BUMP}
+    WHERE jobs.id = $1::uuid AND jobs.lease_token = $2::uuid AND jobs.status = 'running'
+    RETURNING jobs.*
+)""",
+    "'checkpoint'",
+    "jsonb_build_object('key', $3::text)",
+    "job_id",
+    "token",
+    "key",
+    "result",
+)
+
+# Input deadlines (run by sweepers): what the question's on_timeout says: fail with code
+# input_timeout (the default), cancel, or resume with its default answer.
+_INPUT_TIMEOUTS = _text_change(
+    f"""WITH due AS (
+    SELECT id FROM jobs WHERE status = 'waiting_input' AND input_deadline < now()
+    ORDER BY input_deadline LIMIT $1 FOR UPDATE SKIP LOCKED
+), changed AS (
+    UPDATE jobs SET
+        status = CASE jobs.prompt ->> 'on_timeout' WHEN 'cancel' THEN 'cancelled'
+                 WHEN 'default' THEN 'queued' ELSE 'failed' END,
+        answers = CASE WHEN jobs.prompt ->> 'on_timeout' = 'default'
+                  THEN jobs.answers || jsonb_build_object(jobs.prompt ->> 'key', jsonb_build_object(
+                      'answer', jobs.prompt -> 'default', 'answered_by', NULL,
+                      'answered_at', now(), 'timed_out', true))
+                  ELSE jobs.answers END,
+        error = CASE WHEN coalesce(jobs.prompt ->> 'on_timeout', 'fail') = 'fail'
+                THEN jsonb_build_object('code', 'input_timeout', 'message',
+                    'no answer to question ' || (jobs.prompt ->> 'key') || ' before its deadline')
+                ELSE jobs.error END,
+        finished_at = CASE WHEN jobs.prompt ->> 'on_timeout' = 'default' THEN NULL ELSE now() END,
+        run_after = now(), prompt = NULL, input_deadline = NULL, {_BUMP}
+    FROM due WHERE jobs.id = due.id AND jobs.status = 'waiting_input'
+      AND jobs.input_deadline < now()
+    RETURNING jobs.*
+)""",
+    "CASE changed.status WHEN 'queued' THEN 'answered' WHEN 'cancelled' THEN 'cancelled'"
+    " ELSE 'failed' END",
+    "jsonb_build_object('timed_out', true, 'error', changed.error)",
+    "limit",
 )
 
 _REGISTER_WORKER = _raw(
@@ -866,6 +962,36 @@ class JobRepository:
         """Re-queue (or fail with ``lease_expired``) up to ``limit`` jobs whose lease expired."""
         params = {"limit": limit, "backoff_base": backoff_base, "backoff_max": backoff_max}
         return [_to_job(r) for r in await self._rows(self._change(_RECOVER), params, read=False)]
+
+    async def ask(
+        self, job_id: UUID, token: UUID, prompt_json: str, answer_within: float | None
+    ) -> Job | None:
+        """Park a running job until a person answers; ``None``: lease lost or cancel requested."""
+        params = {"job_id": job_id, "token": token, "prompt": prompt_json, "timeout": answer_within}
+        return await self._one(self._change(_ASK), params, read=False)
+
+    async def answer(
+        self, job_id: UUID, tenant: str, key: str, answer_json: str, answered_by: str | None
+    ) -> Job | None:
+        """Answer the open question ``key``; ``None`` if the job is not waiting for it."""
+        params = {
+            "job_id": job_id,
+            "tenant": tenant,
+            "key": key,
+            "answer": answer_json,
+            "answered_by": answered_by,
+        }
+        return await self._one(self._change(_ANSWER), params, read=False)
+
+    async def checkpoint(self, job_id: UUID, token: UUID, key: str, result_json: str) -> Job | None:
+        """Keep a side effect's result; ``None``: the lease was lost."""
+        params = {"job_id": job_id, "token": token, "key": key, "result": result_json}
+        return await self._one(self._change(_CHECKPOINT), params, read=False)
+
+    async def expire_input_deadlines(self, *, limit: int) -> list[Job]:
+        """Apply ``on_timeout`` to up to ``limit`` jobs whose question's deadline passed."""
+        rows = await self._rows(self._change(_INPUT_TIMEOUTS), {"limit": limit}, read=False)
+        return [_to_job(r) for r in rows]
 
     async def register_worker(
         self, worker_id: UUID, *, host: str, pid: int, kinds: Sequence[str] | None, concurrency: int

@@ -61,6 +61,11 @@ jobs = sa.Table(
     sa.Column("lease_token", sa.Uuid(), nullable=True),
     sa.Column("lease_expires_at", _TZ, nullable=True),
     sa.Column("worker_id", sa.Uuid(), nullable=True),
+    # human in the loop: the open question, its deadline, and the replay state of the handler
+    sa.Column("prompt", JSONB(none_as_null=True), nullable=True),
+    sa.Column("input_deadline", _TZ, nullable=True),
+    sa.Column("answers", JSONB(), nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("checkpoints", JSONB(), nullable=False, server_default=sa.text("'{}'::jsonb")),
     sa.CheckConstraint(f"status IN ({_STATUSES})", name="status"),
     sa.CheckConstraint("tenant <> ''", name="tenant"),
     sa.CheckConstraint(f"priority BETWEEN 0 AND {MAX_PRIORITY}", name="priority"),
@@ -72,6 +77,7 @@ jobs = sa.Table(
         "(status = 'running') = (lease_token IS NOT NULL AND lease_expires_at IS NOT NULL)",
         name="lease",
     ),
+    sa.CheckConstraint("(status = 'waiting_input') = (prompt IS NOT NULL)", name="prompt"),
     # one job per (tenant, idempotency key); NULL keys never conflict
     sa.UniqueConstraint("tenant", "idempotency_key"),
 )
@@ -85,6 +91,12 @@ sa.Index(
     jobs.c.run_after,
     jobs.c.id,
     postgresql_where=jobs.c.status == "queued",
+)
+# input deadlines: waiting jobs by deadline
+sa.Index(
+    "ix_jobs_input_deadline",
+    jobs.c.input_deadline,
+    postgresql_where=jobs.c.status == "waiting_input",
 )
 # lease recovery: running jobs by lease expiry
 sa.Index("ix_jobs_lease", jobs.c.lease_expires_at, postgresql_where=jobs.c.status == "running")

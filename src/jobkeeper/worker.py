@@ -24,6 +24,9 @@ await worker.run()        # until worker.stop(); SIGTERM/SIGINT with install_sig
 * **Shutdown**: ``stop()`` stops claiming, lets handlers finish for ``shutdown_grace`` seconds, then
   releases the remaining leases (the jobs are queued again, the attempt not counted); a second
   ``stop()`` (a second signal) releases at once.
+* **Questions**: ``await ctx.ask(...)`` parks the job in ``waiting_input`` without holding a slot;
+  an answer queues it again and the handler is re-invoked from the start, where ``ctx.ask``
+  returns stored answers at once (replay) and ``ctx.checkpoint`` returns stored side effects.
 """
 
 from __future__ import annotations
@@ -54,7 +57,16 @@ from jobkeeper.errors import (
     Retry,
 )
 from jobkeeper.manager import JobManager
-from jobkeeper.models import Job, Lease, Progress, encode_json, validate_kind, validate_progress
+from jobkeeper.models import (
+    Job,
+    Lease,
+    Progress,
+    build_prompt,
+    encode_json,
+    optional_text,
+    validate_kind,
+    validate_progress,
+)
 
 __all__ = ["JobContext", "Task", "TaskRegistry", "Worker"]
 
@@ -64,6 +76,11 @@ AsyncHandler: TypeAlias = Callable[["JobContext", Any], Awaitable[Any]]
 SyncHandler: TypeAlias = Callable[["JobContext", Any], Any]
 _TRACEBACK_LIMIT = 8_000  # characters of traceback kept with a failure
 _StopReason = Literal["cancel", "lease_lost", "shutdown"]
+
+
+class _Suspended(BaseException):
+    """Unwinds a handler whose job now waits for input (or whose lease is gone). A
+    ``BaseException``, so a handler's ``except Exception`` does not swallow it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +135,9 @@ class JobContext:
         self._last_flush = 0.0
         self.known_version = lease.job.version
         self.finishing = False  # its outcome is being written: feed echoes are expected
+        self._answers: dict[str, Any] = dict(lease.job.answers or {})
+        self._checkpoints: dict[str, Any] = dict(lease.job.checkpoints or {})
+        self._asked = 0
 
     @property
     def job(self) -> Job:
@@ -145,6 +165,98 @@ class JobContext:
             self._flush_scheduled = True
         self._worker.schedule_progress(self)
 
+    # --- questions and checkpoints (the replay model) ------------------------------------------
+
+    async def ask(
+        self,
+        prompt: str,
+        *,
+        schema: dict[str, Any] | None = None,
+        choices: Sequence[Any] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the person's deadline, not the call's
+        on_timeout: Literal["fail", "cancel", "default"] = "fail",
+        default: Any = None,
+        key: str | None = None,
+    ) -> Any:
+        """Ask a person and return the answer.
+
+        The first time, the job moves to ``waiting_input`` with the question stored durably, the
+        lease is released (no worker slot is held while a person thinks) and the handler unwinds.
+        Once answered, any worker re-invokes the handler, and this call returns the stored answer
+        at once. Questions are matched by ``key`` (default: their order, ``q1``, ``q2``...), so
+        ask them in a stable order. ``timeout`` seconds without an answer: ``on_timeout`` fails
+        the job (code ``input_timeout``), cancels it, or resumes with ``default``.
+        """
+        question = self._question(prompt, schema, choices, timeout, on_timeout, default, key)
+        if not isinstance(question, dict):
+            return question.answer
+        await self._worker.park(self, question)
+        raise AssertionError("park() always raises")
+
+    def ask_sync(
+        self,
+        prompt: str,
+        *,
+        schema: dict[str, Any] | None = None,
+        choices: Sequence[Any] | None = None,
+        timeout: float | None = None,
+        on_timeout: Literal["fail", "cancel", "default"] = "fail",
+        default: Any = None,
+        key: str | None = None,
+    ) -> Any:
+        """``ask`` for a sync handler (from its thread): same replay model, same arguments."""
+        question = self._question(prompt, schema, choices, timeout, on_timeout, default, key)
+        if not isinstance(question, dict):
+            return question.answer
+        self._worker.call_from_thread(self._worker.park(self, question))
+        raise AssertionError("park() always raises")
+
+    def _question(
+        self,
+        prompt: str,
+        schema: dict[str, Any] | None,
+        choices: Sequence[Any] | None,
+        timeout: float | None,
+        on_timeout: str,
+        default: Any,
+        key: str | None,
+    ) -> dict[str, Any] | _Answered:
+        self._asked += 1
+        key = optional_text("key", key) or f"q{self._asked}"
+        if key in self._answers:
+            return _Answered(self._answers[key].get("answer"))
+        return build_prompt(
+            key=key,
+            text=prompt,
+            schema=schema,
+            choices=choices,
+            timeout=timeout,
+            on_timeout=on_timeout,
+            default=default,
+        )
+
+    async def checkpoint(self, key: str, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` (sync or async) once for this job and keep its JSON result: on a re-run
+        (after an answer, a retry or a recovered crash) the stored result is returned without
+        calling ``fn``. A crash between ``fn`` and the write runs it again: at least once."""
+        key = optional_text("key", key) or ""
+        if key in self._checkpoints:
+            return self._checkpoints[key]
+        value = fn()
+        if inspect.isawaitable(value):
+            value = await value
+        await self._worker.keep_checkpoint(self, key, value)
+        return value
+
+    def checkpoint_sync(self, key: str, fn: Callable[[], Any]) -> Any:
+        """``checkpoint`` for a sync handler (from its thread)."""
+        key = optional_text("key", key) or ""
+        if key in self._checkpoints:
+            return self._checkpoints[key]
+        value = fn()
+        self._worker.call_from_thread(self._worker.keep_checkpoint(self, key, value))
+        return value
+
     def _stop(self, reason: _StopReason) -> None:
         if self._stop_reason is None:
             self._stop_reason = reason
@@ -155,6 +267,11 @@ class JobContext:
             report, self._pending = self._pending, None
             self._flush_scheduled = False
             return report
+
+
+@dataclass(frozen=True, slots=True)
+class _Answered:
+    answer: Any
 
 
 @dataclass(slots=True)
@@ -355,6 +472,8 @@ class Worker:
             else:
                 loop = asyncio.get_running_loop()
                 result = await loop.run_in_executor(self._executor, spec.handler, ctx, job.payload)
+        except _Suspended:
+            return  # the job waits for input (or its lease is gone): nothing more to write
         except asyncio.CancelledError:
             if ctx._stop_reason is None:
                 raise  # not ours: the worker itself is being torn down
@@ -436,6 +555,31 @@ class Worker:
         except DatabaseUnavailable as exc:
             log.error("recording the cancel of %s failed: %s", ctx.job.id, exc)
 
+    # --- questions and checkpoints -------------------------------------------------------------
+
+    def call_from_thread(self, work: Awaitable[Any]) -> Any:
+        """Run ``work`` on the worker's loop from a handler thread and wait for its result."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(_awaited(work), self._loop).result()
+
+    async def park(self, ctx: JobContext, question: dict[str, Any]) -> None:
+        """Store the question and unwind the handler (``_Suspended``), or ``JobCancelled``."""
+        ctx.finishing = True
+        job = await self._jobs.ask(ctx.lease, question)
+        if job is None:
+            current = await self._jobs.get(ctx.job.id, tenant=ctx.job.tenant, consistency="strong")
+            if current.status == "running" and current.cancel_requested:
+                ctx.finishing = False
+                raise JobCancelled(f"job {ctx.job.id} was cancelled")
+        raise _Suspended
+
+    async def keep_checkpoint(self, ctx: JobContext, key: str, value: Any) -> None:
+        job = await self._jobs.checkpoint(ctx.lease, key, encode_json("checkpoint", value))
+        if job is None:
+            raise _Suspended  # the lease is gone: stop quietly, another worker owns the job
+        ctx.known_version = max(ctx.known_version, job.version)
+        ctx._checkpoints[key] = value
+
     # --- progress ----------------------------------------------------------------------------
 
     def schedule_progress(self, ctx: JobContext) -> None:
@@ -496,6 +640,8 @@ class Worker:
             try:
                 while len(await self._jobs.recover_expired(backoff_base=base, backoff_max=cap)):
                     pass
+                while len(await self._jobs.expire_input_deadlines()):
+                    pass
             except DatabaseUnavailable as exc:
                 log.warning("lease recovery failed: %s", exc)
             await asyncio.sleep(self._heartbeat_interval)
@@ -523,6 +669,10 @@ class Worker:
         except (DatabaseUnavailable, TimeoutError) as exc:
             log.error("could not release leases (%s); they expire and are recovered", exc)
         await asyncio.gather(*(r.task for r in leftovers), return_exceptions=True)
+
+
+async def _awaited(work: Awaitable[Any]) -> Any:
+    return await work
 
 
 def _describe(exc: BaseException) -> dict[str, Any]:

@@ -51,6 +51,20 @@ def upgrade() -> None:
         sa.Column("lease_token", sa.Uuid(), nullable=True),
         sa.Column("lease_expires_at", _TZ, nullable=True),
         sa.Column("worker_id", sa.Uuid(), nullable=True),
+        sa.Column("prompt", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+        sa.Column("input_deadline", _TZ, nullable=True),
+        sa.Column(
+            "answers",
+            postgresql.JSONB(astext_type=sa.Text()),
+            server_default=sa.text("'{}'::jsonb"),
+            nullable=False,
+        ),
+        sa.Column(
+            "checkpoints",
+            postgresql.JSONB(astext_type=sa.Text()),
+            server_default=sa.text("'{}'::jsonb"),
+            nullable=False,
+        ),
         sa.CheckConstraint(
             "status IN ('queued', 'running', 'waiting_input', 'succeeded', 'failed', 'cancelled')",
             name=op.f("ck_jobs_status"),
@@ -67,6 +81,9 @@ def upgrade() -> None:
             "(status = 'running') = (lease_token IS NOT NULL AND lease_expires_at IS NOT NULL)",
             name=op.f("ck_jobs_lease"),
         ),
+        sa.CheckConstraint(
+            "(status = 'waiting_input') = (prompt IS NOT NULL)", name=op.f("ck_jobs_prompt")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),
         sa.UniqueConstraint(
             "tenant", "idempotency_key", name=op.f("uq_jobs_tenant_idempotency_key")
@@ -79,6 +96,12 @@ def upgrade() -> None:
         "jobs",
         [sa.text("priority DESC"), "run_after", "id"],
         postgresql_where=sa.text("status = 'queued'"),
+    )
+    op.create_index(
+        "ix_jobs_input_deadline",
+        "jobs",
+        ["input_deadline"],
+        postgresql_where=sa.text("status = 'waiting_input'"),
     )
     op.create_index(
         "ix_jobs_lease",
@@ -138,6 +161,7 @@ def downgrade() -> None:
     op.drop_table("job_events")
     op.drop_index("uq_jobs_running_concurrency_key", table_name="jobs")
     op.drop_index("ix_jobs_lease", table_name="jobs")
+    op.drop_index("ix_jobs_input_deadline", table_name="jobs")
     op.drop_index("ix_jobs_claim", table_name="jobs")
     op.drop_index(op.f("ix_jobs_tenant_status_id"), table_name="jobs")
     op.drop_index(op.f("ix_jobs_tenant_id"), table_name="jobs")
