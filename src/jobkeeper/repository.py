@@ -307,6 +307,9 @@ _CANCEL = _with_event(
             ),
             "finished_at": sa.case((_AT_ONCE, _NOW), else_=jobs.c.finished_at),
             "cancel_requested": sa.true(),
+            # a running job has no question (CHECK), so this only clears a waiting job's
+            "prompt": None,
+            "input_deadline": None,
         },
         sa.or_(
             _AT_ONCE,
