@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, NoReturn
@@ -162,14 +162,14 @@ class Job:
     concurrency_key: str | None
     cancel_requested: bool
     pinned: bool
-    prompt: Any  # the open question while waiting_input, else None
-    answers: Any  # question key -> {"answer", "answered_by", "answered_at"}
-    checkpoints: Any  # checkpoint key -> stored result
     version: int
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    prompt: Any = None  # the open question while waiting_input, else None
+    answers: Any = field(default_factory=lambda: FrozenDict())  # key -> answer, who, when
+    checkpoints: Any = field(default_factory=lambda: FrozenDict())  # key -> stored result
 
     @property
     def terminal(self) -> bool:
