@@ -9,14 +9,19 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-from typing import Annotated
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Annotated, Any, TypeVar
 
 import typer
 
+from jobkeeper.api.auth import ApiKeys
 from jobkeeper.errors import JobkeeperError
 from jobkeeper.manager import JobManager
+from jobkeeper.models import validate_tenant
 from jobkeeper.settings import Settings
 from jobkeeper.worker import TaskRegistry, Worker
+
+T = TypeVar("T")
 
 __all__ = ["app"]
 
@@ -43,6 +48,88 @@ def load_registry(target: str) -> TaskRegistry:
     return registry
 
 
+keys_app = typer.Typer(help="Create, revoke and list API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    if not settings.database_url:
+        raise _fail("set JOBKEEPER_DATABASE_URL")
+    return settings
+
+
+def _run(work: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; a jobkeeper error (database down...) is one line, exit 1."""
+    try:
+        return asyncio.run(work)
+    except JobkeeperError as exc:
+        raise _fail(exc.message) from None
+
+
+async def _with_keys(action: Callable[[ApiKeys], Awaitable[T]]) -> T:
+    async with await JobManager.from_settings(_settings()) as jobs:
+        return await action(ApiKeys(jobs.repository, cache_ttl=0))
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="The tenant the key acts for.")],
+    label: Annotated[str | None, typer.Option(help="A note to recognise the key by.")] = None,
+) -> None:
+    """Create a key for TENANT and print it once (only its hash is stored)."""
+    validate_tenant(tenant)
+    new = _run(_with_keys(lambda keys: keys.create(tenant, label)))
+    typer.echo(new.key)
+    typer.secho(
+        f"key {new.prefix}... for tenant {tenant!r}: store it now, it is not shown again",
+        err=True,
+    )
+
+
+@keys_app.command("revoke")
+def keys_revoke(prefix: Annotated[str, typer.Argument(help="The key's prefix (jk_...).")]) -> None:
+    """Revoke a key by its prefix (replicas stop accepting it within JOBKEEPER_KEY_CACHE_TTL)."""
+    if not _run(_with_keys(lambda keys: keys.revoke(prefix))):
+        raise _fail(f"no live key with prefix {prefix!r}")
+    typer.echo(f"revoked {prefix}")
+
+
+@keys_app.command("list")
+def keys_list(tenant: Annotated[str | None, typer.Option()] = None) -> None:
+    """List keys (prefix, tenant, label, created, revoked); never the keys themselves."""
+
+    async def rows(keys: ApiKeys) -> list[dict[str, Any]]:
+        return await keys.list(tenant)
+
+    for row in _run(_with_keys(rows)):
+        revoked = f" revoked {row['revoked_at']:%Y-%m-%d %H:%M}" if row["revoked_at"] else ""
+        typer.echo(
+            f"{row['prefix']}  {row['tenant']}  {row['label'] or '-'}  "
+            f"created {row['created_at']:%Y-%m-%d %H:%M}{revoked}"
+        )
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Server processes (each its own cache).")] = 1,
+) -> None:
+    """Run the HTTP API with uvicorn."""
+    _settings()
+    import uvicorn
+
+    uvicorn.run(
+        "jobkeeper.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+    )
+
+
 @app.command()
 def worker(
     target: Annotated[str, typer.Argument(help="MODULE:ATTR of a TaskRegistry.")],
@@ -53,14 +140,9 @@ def worker(
 ) -> None:
     """Run a worker for the tasks in TARGET until SIGTERM/SIGINT (twice: stop at once)."""
     registry = load_registry(target)
-    settings = Settings()
-    if not settings.database_url:
-        raise _fail("set JOBKEEPER_DATABASE_URL")
+    settings = _settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    try:
-        asyncio.run(_work(settings, registry, concurrency, kind))
-    except JobkeeperError as exc:
-        raise _fail(exc.message) from None
+    _run(_work(settings, registry, concurrency, kind))
 
 
 async def _work(

@@ -618,6 +618,27 @@ _INPUT_TIMEOUTS = _text_change(
     "limit",
 )
 
+_CREATE_KEY = _raw(
+    "INSERT INTO api_keys (id, tenant, key_hash, prefix, label) VALUES ($1, $2, $3, $4, $5)",
+    "id",
+    "tenant",
+    "key_hash",
+    "prefix",
+    "label",
+)
+_KEY_TENANT = _raw(
+    "SELECT tenant FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", "key_hash"
+)
+_REVOKE_KEY = _raw(
+    "UPDATE api_keys SET revoked_at = now() WHERE prefix = $1 AND revoked_at IS NULL RETURNING id",
+    "prefix",
+)
+_LIST_KEYS = _raw(
+    "SELECT id, tenant, prefix, label, created_at, revoked_at FROM api_keys"
+    " WHERE $1::text IS NULL OR tenant = $1 ORDER BY created_at",
+    "tenant",
+)
+
 _REGISTER_WORKER = _raw(
     "INSERT INTO workers (id, host, pid, kinds, concurrency) VALUES ($1, $2, $3, $4, $5)",
     "id",
@@ -995,6 +1016,31 @@ class JobRepository:
         """Apply ``on_timeout`` to up to ``limit`` jobs whose question's deadline passed."""
         rows = await self._rows(self._change(_INPUT_TIMEOUTS), {"limit": limit}, read=False)
         return [_to_job(r) for r in rows]
+
+    async def create_api_key(
+        self, key_id: UUID, *, tenant: str, key_hash: str, prefix: str, label: str | None
+    ) -> None:
+        params = {
+            "id": key_id,
+            "tenant": tenant,
+            "key_hash": key_hash,
+            "prefix": prefix,
+            "label": label,
+        }
+        await self._rows(_CREATE_KEY, params, read=False)
+
+    async def tenant_for_key(self, key_hash: str) -> str | None:
+        """The tenant of a live (not revoked) key, by the key's hash."""
+        rows = await self._rows(_KEY_TENANT, {"key_hash": key_hash}, read=True)
+        return rows[0]["tenant"] if rows else None
+
+    async def revoke_api_key(self, prefix: str) -> bool:
+        """Revoke the live key with this prefix; ``False`` if there is none."""
+        return bool(await self._rows(_REVOKE_KEY, {"prefix": prefix}, read=False))
+
+    async def list_api_keys(self, tenant: str | None) -> list[dict[str, Any]]:
+        rows = await self._rows(_LIST_KEYS, {"tenant": tenant}, read=True)
+        return [dict(r) for r in rows]
 
     async def register_worker(
         self, worker_id: UUID, *, host: str, pid: int, kinds: Sequence[str] | None, concurrency: int

@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from jobkeeper.models import MAX_ATTEMPTS, MAX_PRIORITY, JobStatus
 
-__all__ = ["job_events", "jobs", "metadata", "workers"]
+__all__ = ["api_keys", "job_events", "jobs", "metadata", "workers"]
 
 # the writing transaction id (xid8: 64-bit, never wraps) as bigint, comparable with pg_snapshot_xmin
 CURRENT_TXID = sa.text("(pg_current_xact_id())::text::bigint")
@@ -140,3 +140,17 @@ workers = sa.Table(
     sa.Column("heartbeat_at", _TZ, nullable=False, server_default=_NOW),
 )
 sa.Index(None, workers.c.heartbeat_at)
+
+# HTTP API keys: only a SHA-256 of each key is stored (keys are 256-bit random, so a fast hash is
+# enough); ``prefix`` identifies a key to people without revealing it
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Uuid(), primary_key=True),
+    sa.Column("tenant", sa.Text(), nullable=False),
+    sa.Column("key_hash", sa.Text(), nullable=False, unique=True),
+    sa.Column("prefix", sa.Text(), nullable=False),
+    sa.Column("label", sa.Text(), nullable=True),
+    sa.Column("created_at", _TZ, nullable=False, server_default=_NOW),
+    sa.Column("revoked_at", _TZ, nullable=True),
+)

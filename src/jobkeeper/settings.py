@@ -72,6 +72,22 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(
         default=30.0, ge=0, description="Seconds a stopping worker lets running jobs finish."
     )
+    auth: Literal["keys", "disabled"] = Field(
+        default="keys",
+        description="HTTP auth: Bearer API keys, or disabled (dev only: every request is "
+        "tenant 'default').",
+    )
+    max_payload_bytes: int = Field(
+        default=1_048_576, ge=1, description="Largest request body the HTTP API accepts."
+    )
+    sweep_interval: float = Field(
+        default=5.0, gt=0, description="Seconds between the API's sweeps (leases, deadlines)."
+    )
+    key_cache_ttl: float = Field(
+        default=10.0,
+        ge=0,
+        description="Seconds a replica trusts a verified API key (a revocation takes this long).",
+    )
 
     @field_validator("database_url")
     @classmethod

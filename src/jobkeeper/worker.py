@@ -67,6 +67,7 @@ from jobkeeper.models import (
     validate_kind,
     validate_progress,
 )
+from jobkeeper.sweeper import Sweeper
 
 __all__ = ["JobContext", "Task", "TaskRegistry", "Worker"]
 
@@ -325,6 +326,13 @@ class Worker:
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="jobkeeper-job")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._spawned: set[asyncio.Task[None]] = set()
+        # every worker recovers expired leases (anyone's): no janitor to schedule
+        self._sweeper = Sweeper(
+            jobs,
+            interval=self._heartbeat_interval,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+        )
 
     def _spawn(self, work: Awaitable[None]) -> None:
         """Run a short side task, keeping a reference until it ends."""
@@ -348,7 +356,7 @@ class Worker:
         unsubscribe = self._jobs.subscribe(self._on_change)
         helpers = [
             asyncio.create_task(self._heartbeat_loop(), name="jobkeeper-heartbeat"),
-            asyncio.create_task(self._recovery_loop(), name="jobkeeper-recovery"),
+            asyncio.create_task(self._sweeper.run(), name="jobkeeper-sweeper"),
             asyncio.create_task(self._completion_loop(), name="jobkeeper-completions"),
         ]
         log.info(
@@ -632,19 +640,6 @@ class Worker:
                     self._stop_job(entry, "lease_lost")
                 elif held[job_id]:
                     self._stop_job(entry, "cancel")
-
-    async def _recovery_loop(self) -> None:
-        """Re-queue jobs whose lease expired, whoever held them (no janitor to schedule)."""
-        base, cap = self._backoff
-        while True:
-            try:
-                while len(await self._jobs.recover_expired(backoff_base=base, backoff_max=cap)):
-                    pass
-                while len(await self._jobs.expire_input_deadlines()):
-                    pass
-            except DatabaseUnavailable as exc:
-                log.warning("lease recovery failed: %s", exc)
-            await asyncio.sleep(self._heartbeat_interval)
 
     async def _drain(self) -> None:
         """Let running handlers finish for the grace period, then give their leases back."""

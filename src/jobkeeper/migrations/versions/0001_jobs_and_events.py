@@ -152,9 +152,22 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_workers")),
     )
     op.create_index(op.f("ix_workers_heartbeat_at"), "workers", ["heartbeat_at"])
+    op.create_table(
+        "api_keys",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("tenant", sa.Text(), nullable=False),
+        sa.Column("key_hash", sa.Text(), nullable=False),
+        sa.Column("prefix", sa.Text(), nullable=False),
+        sa.Column("label", sa.Text(), nullable=True),
+        sa.Column("created_at", _TZ, server_default=_NOW, nullable=False),
+        sa.Column("revoked_at", _TZ, nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_api_keys")),
+        sa.UniqueConstraint("key_hash", name=op.f("uq_api_keys_key_hash")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("api_keys")
     op.drop_index(op.f("ix_workers_heartbeat_at"), table_name="workers")
     op.drop_table("workers")
     op.drop_index(op.f("ix_job_events_txid"), table_name="job_events")

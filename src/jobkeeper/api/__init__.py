@@ -1,0 +1,7 @@
+"""jobkeeper's HTTP API (FastAPI): ``create_app`` for the service, or ``jobs_router`` with
+``lifespan`` to mount it into an existing application."""
+
+from jobkeeper.api.app import create_app, lifespan
+from jobkeeper.api.routes import jobs_router
+
+__all__ = ["create_app", "jobs_router", "lifespan"]

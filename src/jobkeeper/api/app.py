@@ -1,0 +1,93 @@
+"""The FastAPI application: ``create_app()`` for the whole service, or ``lifespan()`` and
+``jobs_router`` to mount jobkeeper into an existing app.
+
+The lifespan opens the ``JobManager`` (and with it the change-feed listener), starts the cache
+cleanup task and the sweeper, and closes all of them on shutdown. Logging is the application's to
+configure; ``jobkeeper serve`` configures it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from jobkeeper.api.auth import ApiKeys
+from jobkeeper.api.deps import Services
+from jobkeeper.api.middleware import BodyLimit, RequestContext
+from jobkeeper.api.problems import install
+from jobkeeper.api.routes import health_router, jobs_router
+from jobkeeper.manager import JobManager
+from jobkeeper.settings import Settings
+from jobkeeper.sweeper import Sweeper
+
+__all__ = ["create_app", "lifespan"]
+
+log = logging.getLogger("jobkeeper.api")
+CACHE_CLEANUP_SECONDS = 10.0
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[dict[str, Any]]]
+
+
+async def _every(seconds: float, action: Callable[[], object]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        action()
+
+
+def lifespan(settings: Settings | None = None) -> Lifespan:
+    """A lifespan that yields ``{"jobkeeper": Services}`` as request state for the routes."""
+
+    @asynccontextmanager
+    async def run(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        config = settings or Settings()
+        if config.auth == "disabled":
+            log.warning(
+                "JOBKEEPER_AUTH=disabled: every request is tenant 'default'. Never in production."
+            )
+        jobs = await JobManager.from_settings(config)
+        sweeper = Sweeper(
+            jobs,
+            interval=config.sweep_interval,
+            backoff_base=config.backoff_base,
+            backoff_max=config.backoff_max,
+        )
+        background = [
+            asyncio.create_task(sweeper.run(), name="jobkeeper-sweeper"),
+            asyncio.create_task(
+                _every(CACHE_CLEANUP_SECONDS, jobs.cleanup_expired), name="jobkeeper-cache-cleanup"
+            ),
+        ]
+        keys = ApiKeys(jobs.repository, cache_ttl=config.key_cache_ttl)
+        try:
+            yield {"jobkeeper": Services(settings=config, jobs=jobs, keys=keys)}
+        finally:
+            for task in background:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*background, return_exceptions=True)
+            await jobs.close()
+
+    return run
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The complete jobkeeper HTTP service."""
+    config = settings or Settings()
+    app = FastAPI(
+        title="jobkeeper",
+        summary="Durable state for long-running jobs: submit, watch, cancel, answer.",
+        version="0.1.0",
+        lifespan=lifespan(config),
+    )
+    install(app)
+    app.include_router(jobs_router)
+    app.include_router(health_router)
+    app.add_middleware(BodyLimit, max_bytes=config.max_payload_bytes)
+    app.add_middleware(RequestContext)  # outermost: every response, even a 413, has an id
+    return app

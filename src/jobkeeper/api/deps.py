@@ -1,0 +1,46 @@
+"""What the routes depend on: the services the lifespan built, and the caller's tenant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from jobkeeper.api.auth import ApiKeys
+from jobkeeper.manager import JobManager
+from jobkeeper.settings import Settings
+
+__all__ = ["Services", "ServicesDep", "TenantDep", "services", "tenant"]
+
+DEV_TENANT = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """Built once by the lifespan; reaches routes through ``request.state`` (no globals)."""
+
+    settings: Settings
+    jobs: JobManager
+    keys: ApiKeys
+
+
+def services(request: Request) -> Services:
+    found: Services = request.state.jobkeeper
+    return found
+
+
+ServicesDep = Annotated[Services, Depends(services)]
+
+
+async def tenant(
+    svc: ServicesDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> str:
+    """The tenant of the caller's API key (every request with auth disabled: ``default``)."""
+    if svc.settings.auth == "disabled":
+        return DEV_TENANT
+    return await svc.keys.tenant_of(authorization)
+
+
+TenantDep = Annotated[str, Depends(tenant)]

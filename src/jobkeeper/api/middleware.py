@@ -1,0 +1,128 @@
+"""Pure ASGI middleware: a request id on every response (and every unhandled error turned into a
+problem that carries it), and a cap on request body size."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from jobkeeper.api.problems import PROBLEM_JSON, STATUS
+
+__all__ = ["BodyLimit", "RequestContext"]
+
+log = logging.getLogger("jobkeeper.api")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _send_problem(send: Send, status: int, body: dict[str, Any], request_id: str) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", PROBLEM_JSON.encode()),
+                (b"content-length", str(len(payload)).encode()),
+                (b"x-request-id", request_id.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _body(code: str, detail: str, scope: Scope, request_id: str) -> dict[str, Any]:
+    return {
+        "type": f"urn:jobkeeper:problem:{code}",
+        "title": code.replace("_", " ").capitalize(),
+        "status": STATUS[code],
+        "detail": detail,
+        "code": code,
+        "instance": scope.get("path", ""),
+        "request_id": request_id,
+    }
+
+
+class RequestContext:
+    """Gives each request an id (``X-Request-ID``, taken from the request if it has a sane one),
+    and answers an unhandled exception with a 500 problem that leaks nothing but that id."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else ""
+        request_id = request_id or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = False
+
+        async def tagged(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tagged)
+        except Exception:
+            log.exception(
+                "unhandled error in %s %s (request %s)", scope["method"], scope["path"], request_id
+            )
+            if not started:
+                detail = "an internal error occurred; quote the request id"
+                await _send_problem(
+                    send, 500, _body("internal_error", detail, scope, request_id), request_id
+                )
+
+
+class BodyLimit:
+    """Refuses request bodies over ``max_bytes`` with 413 ``payload_too_large``, by the declared
+    length or while reading, so an oversized body is never held in memory."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = scope.get("state", {}).get("request_id", "")
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, send, request_id)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await self._refuse(scope, send, request_id)
+
+    async def _refuse(self, scope: Scope, send: Send, request_id: str) -> None:
+        detail = f"the request body is larger than {self.max_bytes} bytes"
+        await _send_problem(
+            send, 413, _body("payload_too_large", detail, scope, request_id), request_id
+        )

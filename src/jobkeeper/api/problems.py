@@ -1,0 +1,134 @@
+"""RFC 9457 problem details: every error of the HTTP API, mapped from stable codes in one place.
+
+A problem body is ``{"type", "title", "status", "detail", "code", "instance", "request_id"}`` plus
+fields of the error (``expired_at``, ``errors``, ...), served as ``application/problem+json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from jobkeeper.errors import (
+    DatabaseUnavailable,
+    InvalidAnswer,
+    JobkeeperError,
+    QueueFull,
+)
+
+__all__ = ["PROBLEM_JSON", "STATUS", "ApiProblem", "install", "problem"]
+
+log = logging.getLogger("jobkeeper.api")
+
+# code -> HTTP status: the only place this mapping lives
+STATUS: dict[str, int] = {
+    "validation_error": 422,
+    "tenant_required": 422,
+    "invalid_job_id": 400,
+    "invalid_request": 400,
+    "unauthorized": 401,
+    "job_not_found": 404,
+    "job_expired": 404,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "invalid_transition": 409,
+    "job_finished": 409,
+    "not_waiting_for_input": 409,
+    "payload_too_large": 413,
+    "idempotency_key_reused": 422,
+    "invalid_answer": 422,
+    "queue_full": 429,
+    "internal_error": 500,
+    "database_unavailable": 503,
+}
+_TITLES = {code: code.replace("_", " ").capitalize() for code in STATUS}
+PROBLEM_JSON = "application/problem+json"
+
+
+class ApiProblem(Exception):
+    """An HTTP-level problem that is not a jobkeeper domain error (auth, body size, headers)."""
+
+    def __init__(self, code: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.extra = extra
+
+
+def problem(
+    request: Request,
+    code: str,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    status = STATUS.get(code, 500)
+    body = {
+        "type": f"urn:jobkeeper:problem:{code}",
+        "title": _TITLES.get(code, "Error"),
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "instance": request.url.path,
+        "request_id": getattr(request.state, "request_id", None),
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def _domain(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, JobkeeperError)
+    headers: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    if isinstance(exc, QueueFull):
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        extra["retry_after"] = exc.retry_after
+    elif isinstance(exc, DatabaseUnavailable):
+        headers["Retry-After"] = "1"
+    elif isinstance(exc, InvalidAnswer):
+        extra["errors"] = exc.problems
+    field = getattr(exc, "field", None)
+    if field is not None:
+        extra["field"] = field
+    if exc.code not in STATUS:
+        log.error("error code %r has no HTTP status", exc.code)
+    return problem(request, exc.code, exc.message, headers=headers, **extra)
+
+
+def _api(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiProblem)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.code == "unauthorized" else None
+    return problem(request, exc.code, exc.detail, headers=headers, **exc.extra)
+
+
+def _validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    return problem(request, "validation_error", "the request is not valid", errors=errors)
+
+
+def _http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
+    response = problem(request, code, str(exc.detail))
+    response.status_code = exc.status_code
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every error into a problem response."""
+    app.add_exception_handler(JobkeeperError, _domain)
+    app.add_exception_handler(ApiProblem, _api)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(StarletteHTTPException, _http)
