@@ -19,6 +19,7 @@ from jobkeeper.errors import JobkeeperError
 from jobkeeper.manager import JobManager
 from jobkeeper.models import validate_tenant
 from jobkeeper.settings import Settings
+from jobkeeper.sweeper import Retention
 from jobkeeper.worker import TaskRegistry, Worker
 
 T = TypeVar("T")
@@ -158,6 +159,7 @@ async def _work(
             backoff_base=settings.backoff_base,
             backoff_max=settings.backoff_max,
             shutdown_grace=settings.shutdown_grace,
+            retention=Retention.from_settings(settings),
         )
         runner.install_signal_handlers()
         await runner.run()

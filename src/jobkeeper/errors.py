@@ -8,6 +8,7 @@ the HTTP layer maps codes to statuses in one place. Messages are for people and 
     │   ├── TenantRequired          tenant_required
     │   └── InvalidJobId            invalid_job_id
     ├── JobNotFound                 job_not_found        missing, or owned by another tenant
+    │   └── JobExpired              job_expired          it existed; retention removed it
     ├── InvalidTransition           invalid_transition   the job's status does not allow it
     │   └── JobFinished             job_finished         the job already reached a terminal status
     ├── IdempotencyConflict         idempotency_key_reused
@@ -25,6 +26,7 @@ Raised by handlers to steer the worker (not errors of jobkeeper itself):
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import ClassVar
 from uuid import UUID
 
@@ -36,6 +38,7 @@ __all__ = [
     "InvalidRequest",
     "InvalidTransition",
     "JobCancelled",
+    "JobExpired",
     "JobFinished",
     "JobNotFound",
     "JobkeeperError",
@@ -94,6 +97,19 @@ class JobNotFound(JobkeeperError):
     def __init__(self, job_id: UUID) -> None:
         super().__init__(f"job {job_id} not found")
         self.job_id = job_id
+
+
+class JobExpired(JobNotFound):
+    """The job existed but retention removed it at ``expired_at`` (its tombstone remains for a
+    while, so this is told apart from a job that never existed)."""
+
+    code = "job_expired"
+
+    def __init__(self, job_id: UUID, expired_at: datetime) -> None:
+        super().__init__(job_id)
+        self.message = f"job {job_id} expired at {expired_at.isoformat()}"
+        self.args = (self.message,)
+        self.expired_at = expired_at
 
 
 class InvalidTransition(JobkeeperError):

@@ -272,6 +272,10 @@ class JobManager:
                 found = await self._repository.find_by_idempotency_key(
                     new.tenant, new.idempotency_key
                 )
+                if found is None:
+                    expired = await self._repository.expired_key(new.tenant, new.idempotency_key)
+                    if expired is not None:
+                        raise expired
             if found is None:
                 if self._max_queued is None and self._max_queued_per_kind is None:
                     continue  # the key's row vanished between the two statements: insert again
@@ -413,6 +417,23 @@ class JobManager:
         self._remember(changed, ticket)
         return changed
 
+    async def pin(self, job_id: UUID | str, *, tenant: str) -> Job:
+        """Exempt the job from retention (its input, row and history are kept)."""
+        return await self._set_pinned(job_id, tenant, True)
+
+    async def unpin(self, job_id: UUID | str, *, tenant: str) -> Job:
+        """Subject the job to retention again."""
+        return await self._set_pinned(job_id, tenant, False)
+
+    async def _set_pinned(self, job_id: UUID | str, tenant: str, pinned: bool) -> Job:
+        job_id, tenant = parse_job_id(job_id), validate_tenant(tenant)
+        ticket = self._cache.ticket()
+        job = await self._repository.set_pinned(job_id, tenant, pinned)
+        if job is None:  # already so (or gone)
+            return await self.get(job_id, tenant=tenant, consistency="strong")
+        self._cache.store(job, ticket)
+        return job
+
     # --- human in the loop -------------------------------------------------------------------
 
     async def answer(
@@ -441,7 +462,7 @@ class JobManager:
             raise InvalidAnswer(job_id, [exc.message]) from None
         current = await self._repository.get(job_id, tenant)
         if current is None:
-            raise JobNotFound(job_id)
+            raise await self._repository.missing(job_id, tenant)
         key = question_key
         if current.status is JobStatus.WAITING_INPUT and key in (None, current.prompt["key"]):
             key = current.prompt["key"]
@@ -455,7 +476,7 @@ class JobManager:
                 return job
             current = await self._repository.get(job_id, tenant)  # lost a race: to whom?
             if current is None:
-                raise JobNotFound(job_id)
+                raise await self._repository.missing(job_id, tenant)
         if _answered_with(current, key, answer_json):
             return current
         raise NotWaitingForInput(job_id, current.status.value, question_key)
@@ -514,7 +535,7 @@ class JobManager:
         ticket = self._cache.ticket()
         job = await self._repository.get(job_id, tenant)
         if job is None:
-            raise JobNotFound(job_id)
+            raise await self._repository.missing(job_id, tenant)
         self._cache.store(job, ticket)
         return job
 

@@ -35,7 +35,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.compiler import SQLCompiler
 from uuid_utils.compat import uuid7
 
-from jobkeeper.errors import DatabaseUnavailable, InvalidTransition, JobFinished, JobNotFound
+from jobkeeper.errors import (
+    DatabaseUnavailable,
+    InvalidTransition,
+    JobExpired,
+    JobFinished,
+    JobNotFound,
+)
 from jobkeeper.models import (
     TERMINAL,
     Job,
@@ -48,7 +54,7 @@ from jobkeeper.models import (
     freeze_json,
     sources_of,
 )
-from jobkeeper.schema import job_events, jobs
+from jobkeeper.schema import job_events, job_tombstones, jobs
 from jobkeeper.settings import sqlalchemy_url
 
 __all__ = ["CHANNEL", "CatchUp", "FeedConnection", "JobRepository"]
@@ -218,9 +224,14 @@ _NEW_JOB: dict[str, sa.ColumnElement[Any]] = {
     "concurrency_key": _p("concurrency_key", sa.Text()),
     "pinned": _p("pinned", sa.Boolean()),
 }
+# the key of an expired job stays refused while its tombstone lives
+_KEY_NOT_EXPIRED = ~sa.exists().where(
+    job_tombstones.c.tenant == _NEW_JOB["tenant"],
+    job_tombstones.c.idempotency_key == _NEW_JOB["idempotency_key"],
+)
 _INSERT = _with_event(
     insert(jobs)
-    .values(_NEW_JOB)
+    .from_select(list(_NEW_JOB), sa.select(*_NEW_JOB.values()).where(_KEY_NOT_EXPIRED))
     .on_conflict_do_nothing(index_elements=[jobs.c.tenant, jobs.c.idempotency_key])
     .returning(*jobs.c),
     "submitted",
@@ -249,6 +260,7 @@ _INSERT_LIMITED = _with_event(
     .from_select(
         list(_NEW_JOB),
         sa.select(*_NEW_JOB.values()).where(
+            _KEY_NOT_EXPIRED,
             _under(_p("max_queued", sa.Integer()), _queued(jobs.c.tenant == _NEW_JOB["tenant"])),
             _under(
                 _p("max_queued_per_kind", sa.Integer()),
@@ -617,6 +629,87 @@ _INPUT_TIMEOUTS = _text_change(
     "jsonb_build_object('timed_out', true, 'error', changed.error)",
     "limit",
 )
+
+# --- retention ---------------------------------------------------------------------------------
+
+_NOT_PINNED_FINISHED = "finished_at IS NOT NULL AND NOT pinned"
+# the jobs of one policy group: kinds $2 (NULL: any) minus kinds $3 (those with their own policy)
+_IN_GROUP = (
+    "($2::text[] IS NULL OR kind = ANY($2::text[])) AND kind <> ALL(coalesce($3::text[], '{}'))"
+)
+
+# Clear the input of jobs finished more than $1 s ago (the job itself is kept).
+_CLEAR_PAYLOADS = _text_change(
+    f"""WITH due AS (
+    SELECT id FROM jobs WHERE {_NOT_PINNED_FINISHED} AND payload IS NOT NULL
+      AND finished_at < now() - make_interval(secs => $1::float8) AND {_IN_GROUP}
+    ORDER BY finished_at LIMIT $4 FOR UPDATE SKIP LOCKED
+), changed AS (
+    UPDATE jobs SET payload = NULL, {_BUMP} FROM due WHERE jobs.id = due.id
+      AND jobs.finished_at IS NOT NULL AND NOT jobs.pinned
+    RETURNING jobs.*
+)""",
+    "'payload_cleared'",
+    "'{}'::jsonb",
+    "ttl",
+    "kinds",
+    "other_kinds",
+    "limit",
+)
+# Jobs finished more than $1 s ago, oldest first, except those whose hooks failed ($4).
+_DUE_FOR_EXPIRY = _raw(
+    f"""SELECT * FROM jobs WHERE {_NOT_PINNED_FINISHED}
+  AND finished_at < now() - make_interval(secs => $1::float8) AND {_IN_GROUP}
+  AND id <> ALL(coalesce($4::uuid[], '{{}}'))
+ORDER BY finished_at LIMIT $5""",
+    "ttl",
+    "kinds",
+    "other_kinds",
+    "skip",
+    "limit",
+)
+# Delete jobs (their events go with them) and keep a tombstone of each; replicas are told, as a
+# change to status "expired", so they drop cached copies.
+_EXPIRE = _raw(
+    f"""WITH gone AS (
+    DELETE FROM jobs WHERE id = ANY($1::uuid[]) AND {_NOT_PINNED_FINISHED}
+    RETURNING id, tenant, kind, idempotency_key, version
+), kept AS (
+    INSERT INTO job_tombstones (job_id, tenant, kind, idempotency_key)
+    SELECT id, tenant, kind, idempotency_key FROM gone ON CONFLICT (job_id) DO NOTHING
+), changed AS (
+    SELECT id, version + 1 AS version, tenant, 'expired' AS status FROM gone
+)
+SELECT changed.id, {_NOTIFY} AS notified FROM changed""",
+    "ids",
+)
+_PURGE_TOMBSTONES = _raw(
+    """DELETE FROM job_tombstones WHERE job_id IN (
+    SELECT job_id FROM job_tombstones
+    WHERE expired_at < now() - make_interval(secs => $1::float8)
+    ORDER BY expired_at LIMIT $2
+) RETURNING job_id""",
+    "ttl",
+    "limit",
+)
+_TOMBSTONE = _raw(
+    "SELECT expired_at FROM job_tombstones WHERE job_id = $1 AND tenant = $2", "job_id", "tenant"
+)
+_TOMBSTONE_BY_KEY = _raw(
+    "SELECT job_id, expired_at FROM job_tombstones WHERE tenant = $1 AND idempotency_key = $2",
+    "tenant",
+    "idempotency_key",
+)
+_PIN = {
+    pinned: _with_event(
+        _update({"pinned": sa.literal(pinned)}, jobs.c.pinned.is_not(sa.literal(pinned))),
+        "pinned" if pinned else "unpinned",
+    )
+    for pinned in (True, False)
+}
+# one sweeper at a time, whoever it is: a session lock, so it dies with a crashed holder
+_SWEEP_LOCK = "SELECT pg_try_advisory_lock(hashtextextended('jobkeeper.sweeper', 0))"
+_SWEEP_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended('jobkeeper.sweeper', 0))"
 
 _CREATE_KEY = _raw(
     "INSERT INTO api_keys (id, tenant, key_hash, prefix, label) VALUES ($1, $2, $3, $4, $5)",
@@ -1017,6 +1110,76 @@ class JobRepository:
         rows = await self._rows(self._change(_INPUT_TIMEOUTS), {"limit": limit}, read=False)
         return [_to_job(r) for r in rows]
 
+    # --- retention ---------------------------------------------------------------------------
+
+    async def missing(self, job_id: UUID, tenant: str) -> JobNotFound | JobExpired:
+        """The error for a job that is not there: expired (a tombstone lives) or never existed."""
+        rows = await self._rows(_TOMBSTONE, {"job_id": job_id, "tenant": tenant}, read=True)
+        return JobExpired(job_id, rows[0]["expired_at"]) if rows else JobNotFound(job_id)
+
+    async def expired_key(self, tenant: str, key: str) -> JobExpired | None:
+        """``JobExpired`` if this idempotency key belonged to a job that expired."""
+        params = {"tenant": tenant, "idempotency_key": key}
+        rows = await self._rows(_TOMBSTONE_BY_KEY, params, read=True)
+        return JobExpired(rows[0]["job_id"], rows[0]["expired_at"]) if rows else None
+
+    async def set_pinned(self, job_id: UUID, tenant: str, pinned: bool) -> Job | None:
+        """Pin (exempt from retention) or unpin; ``None`` if it already was."""
+        params = {"job_id": job_id, "tenant": tenant, "event_data": "{}"}
+        return await self._one(self._change(_PIN[pinned]), params, read=False)
+
+    async def clear_payloads(
+        self, *, ttl: float, kinds: Sequence[str] | None, other_kinds: Sequence[str], limit: int
+    ) -> list[Job]:
+        params = {
+            "ttl": ttl,
+            "kinds": None if kinds is None else list(kinds),
+            "other_kinds": list(other_kinds),
+            "limit": limit,
+        }
+        rows = await self._rows(self._change(_CLEAR_PAYLOADS), params, read=False)
+        return [_to_job(r) for r in rows]
+
+    async def due_for_expiry(
+        self,
+        *,
+        ttl: float,
+        kinds: Sequence[str] | None,
+        other_kinds: Sequence[str],
+        skip: Sequence[UUID],
+        limit: int,
+    ) -> list[Job]:
+        params = {
+            "ttl": ttl,
+            "kinds": None if kinds is None else list(kinds),
+            "other_kinds": list(other_kinds),
+            "skip": list(skip),
+            "limit": limit,
+        }
+        return [_to_job(r) for r in await self._rows(_DUE_FOR_EXPIRY, params, read=True)]
+
+    async def expire(self, job_ids: Sequence[UUID]) -> list[UUID]:
+        """Delete these finished, unpinned jobs and keep tombstones; returns those deleted."""
+        if not job_ids:
+            return []
+        rows = await self._rows(_EXPIRE, {"ids": list(job_ids)}, read=False)
+        return [r["id"] for r in rows]
+
+    async def purge_tombstones(self, *, ttl: float, limit: int) -> int:
+        rows = await self._rows(_PURGE_TOMBSTONES, {"ttl": ttl, "limit": limit}, read=False)
+        return len(rows)
+
+    @asynccontextmanager
+    async def sweep_lock(self) -> AsyncIterator[bool]:
+        """Hold the sweeper lock for the block if no other process does; yields whether held."""
+        async with self._driver() as conn:
+            held = bool(await conn.fetchval(_SWEEP_LOCK))
+            try:
+                yield held
+            finally:
+                if held:
+                    await conn.fetchval(_SWEEP_UNLOCK)
+
     async def create_api_key(
         self, key_id: UUID, *, tenant: str, key_hash: str, prefix: str, label: str | None
     ) -> None:
@@ -1094,7 +1257,7 @@ class JobRepository:
             return job, True
         current = await self.get(job_id, tenant)
         if current is None:
-            raise JobNotFound(job_id)
+            raise await self.missing(job_id, tenant)
         if current.terminal:
             raise JobFinished(job_id, current.status.value, JobStatus.CANCELLED.value)
         return current, False
@@ -1103,7 +1266,7 @@ class JobRepository:
         """Explain why a conditional write matched no row (read only to build the error)."""
         current = await self.get(job_id, tenant)
         if current is None:
-            raise JobNotFound(job_id)
+            raise await self.missing(job_id, tenant)
         error = JobFinished if current.terminal else InvalidTransition
         raise error(job_id, current.status.value, requested)
 

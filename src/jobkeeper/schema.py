@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from jobkeeper.models import MAX_ATTEMPTS, MAX_PRIORITY, JobStatus
 
-__all__ = ["api_keys", "job_events", "jobs", "metadata", "workers"]
+__all__ = ["api_keys", "job_events", "job_tombstones", "jobs", "metadata", "workers"]
 
 # the writing transaction id (xid8: 64-bit, never wraps) as bigint, comparable with pg_snapshot_xmin
 CURRENT_TXID = sa.text("(pg_current_xact_id())::text::bigint")
@@ -98,6 +98,20 @@ sa.Index(
     jobs.c.input_deadline,
     postgresql_where=jobs.c.status == "waiting_input",
 )
+# retention scans, oldest first; a row leaves each index once handled, so a sweep's cost follows
+# what expired, not the table size
+sa.Index(
+    "ix_jobs_retention",
+    jobs.c.finished_at,
+    postgresql_where=sa.and_(jobs.c.finished_at.is_not(None), ~jobs.c.pinned),
+)
+sa.Index(
+    "ix_jobs_payload_retention",
+    jobs.c.finished_at,
+    postgresql_where=sa.and_(
+        jobs.c.finished_at.is_not(None), ~jobs.c.pinned, jobs.c.payload.is_not(None)
+    ),
+)
 # lease recovery: running jobs by lease expiry
 sa.Index("ix_jobs_lease", jobs.c.lease_expires_at, postgresql_where=jobs.c.status == "running")
 # at most one running job per (tenant, concurrency key), whatever the number of workers
@@ -153,4 +167,23 @@ api_keys = sa.Table(
     sa.Column("label", sa.Text(), nullable=True),
     sa.Column("created_at", _TZ, nullable=False, server_default=_NOW),
     sa.Column("revoked_at", _TZ, nullable=True),
+)
+
+# what remains of an expired job: enough to answer "expired" (not "not found") and to keep its
+# idempotency key refused, until tombstone_ttl
+job_tombstones = sa.Table(
+    "job_tombstones",
+    metadata,
+    sa.Column("job_id", sa.Uuid(), primary_key=True),
+    sa.Column("tenant", sa.Text(), nullable=False),
+    sa.Column("kind", sa.Text(), nullable=False),
+    sa.Column("idempotency_key", sa.Text(), nullable=True),
+    sa.Column("expired_at", _TZ, nullable=False, server_default=_NOW),
+)
+sa.Index(None, job_tombstones.c.expired_at)
+sa.Index(
+    "ix_job_tombstones_key",
+    job_tombstones.c.tenant,
+    job_tombstones.c.idempotency_key,
+    postgresql_where=job_tombstones.c.idempotency_key.is_not(None),
 )

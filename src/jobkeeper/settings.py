@@ -2,12 +2,45 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "asyncpg_dsn", "sqlalchemy_url"]
+__all__ = [
+    "Duration",
+    "KindRetention",
+    "Settings",
+    "asyncpg_dsn",
+    "parse_duration",
+    "sqlalchemy_url",
+]
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: object) -> object:
+    """Seconds from ``90``, ``"90s"``, ``"15m"``, ``"24h"`` or ``"7d"`` (other values pass on to
+    pydantic, which rejects them)."""
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value.lower())
+        if match is None:
+            raise ValueError("a duration like 90, 90s, 15m, 24h or 7d")
+        return float(match.group(1)) * _UNIT[match.group(2)]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+
+
+class KindRetention(BaseModel):
+    """Retention overrides for one job kind (unset fields use the defaults)."""
+
+    payload_ttl: Duration | None = None
+    job_ttl: Duration | None = None
+
 
 _SCHEMES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
 
@@ -82,6 +115,21 @@ class Settings(BaseSettings):
     )
     sweep_interval: float = Field(
         default=5.0, gt=0, description="Seconds between the API's sweeps (leases, deadlines)."
+    )
+    payload_ttl: Duration = Field(
+        default=86_400.0, description="After a job finishes, its input is cleared (24h)."
+    )
+    job_ttl: Duration = Field(
+        default=604_800.0,
+        description="After a job finishes, it and its history are deleted; a tombstone stays (7d).",
+    )
+    tombstone_ttl: Duration = Field(
+        default=2_592_000.0,
+        description="How long an expired job answers job_expired, not job_not_found (30d).",
+    )
+    retention_by_kind: dict[str, KindRetention] = Field(
+        default_factory=dict,
+        description='Per-kind overrides as JSON: {"report": {"job_ttl": "90d"}}.',
     )
     key_cache_ttl: float = Field(
         default=10.0,

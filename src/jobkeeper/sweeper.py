@@ -1,35 +1,111 @@
-"""The sweeper: the periodic upkeep any process may run, safely at the same time as others.
+"""The sweeper: periodic upkeep that exactly one process runs at a time.
 
-One pass re-queues (or fails with ``lease_expired``) jobs whose lease expired and applies the
-``on_timeout`` of questions past their deadline, in bounded batches (``FOR UPDATE SKIP LOCKED``
-keeps concurrent sweepers apart). Workers run it between claims; the API runs it in its lifespan.
+One pass, under a session advisory lock (so it dies with a crashed holder and needs no cleanup):
+
+* lease recovery: jobs whose worker stopped renewing its lease are re-queued or failed;
+* input deadlines: each overdue question's ``on_timeout`` is applied;
+* retention: the input of jobs finished ``payload_ttl`` ago is cleared; jobs finished ``job_ttl``
+  ago are deleted with their history, after their kind's ``on_expire`` hook ran, leaving a
+  tombstone so they answer ``job_expired``; tombstones older than ``tombstone_ttl`` are purged.
+  Pinned jobs are exempt. Policies can differ per kind.
+
+Everything runs in small batches (short transactions, bounded locks) and scans only partial
+indexes of what is due, so a pass costs what expired, not the table size. A failing hook keeps its
+job for the next pass and never blocks the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from uuid import UUID
 
-from jobkeeper.errors import DatabaseUnavailable
+from jobkeeper.errors import DatabaseUnavailable, InvalidRequest
 from jobkeeper.manager import JobManager
+from jobkeeper.models import Job, validate_kind
+from jobkeeper.settings import KindRetention, Settings
 
-__all__ = ["SweepReport", "Sweeper"]
+__all__ = ["ExpiryHooks", "Retention", "SweepReport", "Sweeper"]
 
 log = logging.getLogger("jobkeeper.sweeper")
 _BATCH = 100
+ExpiryHook = Callable[[Job], Awaitable[None]]
+
+
+class ExpiryHooks:
+    """``@hooks.on_expire("kind")``: an async function called with the job just before retention
+    deletes it, to remove the application's own artifacts (files, blobs)."""
+
+    def __init__(self) -> None:
+        self._hooks: dict[str, ExpiryHook] = {}
+
+    def on_expire(self, kind: str) -> Callable[[ExpiryHook], ExpiryHook]:
+        def register(hook: ExpiryHook) -> ExpiryHook:
+            name = validate_kind(kind)
+            if name in self._hooks:
+                raise InvalidRequest("kind", f"an on_expire hook for {name!r} exists already")
+            self._hooks[name] = hook
+            return hook
+
+        return register
+
+    def get(self, kind: str) -> ExpiryHook | None:
+        return self._hooks.get(kind)
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long finished jobs keep their input, themselves, and their tombstones (seconds)."""
+
+    payload_ttl: float = 86_400.0
+    job_ttl: float = 604_800.0
+    tombstone_ttl: float = 2_592_000.0
+    by_kind: Mapping[str, KindRetention] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Retention:
+        return cls(
+            settings.payload_ttl,
+            settings.job_ttl,
+            settings.tombstone_ttl,
+            dict(settings.retention_by_kind),
+        )
+
+    def groups(self) -> list[tuple[list[str] | None, list[str], float, float]]:
+        """``(kinds or None for the rest, kinds excluded, payload_ttl, job_ttl)`` per policy."""
+        groups: list[tuple[list[str] | None, list[str], float, float]] = [
+            (
+                [kind],
+                [],
+                override.payload_ttl or self.payload_ttl,
+                override.job_ttl or self.job_ttl,
+            )
+            for kind, override in self.by_kind.items()
+        ]
+        groups.append((None, list(self.by_kind), self.payload_ttl, self.job_ttl))
+        return groups
 
 
 @dataclass(frozen=True, slots=True)
 class SweepReport:
-    """What one pass changed."""
+    """What one pass did (``swept`` is False when another process held the sweeper lock)."""
 
-    leases_recovered: int
-    inputs_timed_out: int
+    swept: bool = True
+    leases_recovered: int = 0
+    inputs_timed_out: int = 0
+    payloads_cleared: int = 0
+    jobs_expired: int = 0
+    hook_failures: int = 0
+    tombstones_purged: int = 0
 
 
 class Sweeper:
-    """Runs ``sweep()`` every ``interval`` seconds with ``run()``, or once on demand."""
+    """Runs ``sweep()`` every ``interval`` seconds with ``run()``, or once on demand.
+
+    ``retention=None`` skips retention (lease recovery and deadlines only).
+    """
 
     def __init__(
         self,
@@ -38,24 +114,79 @@ class Sweeper:
         interval: float = 5.0,
         backoff_base: float = 1.0,
         backoff_max: float = 300.0,
+        retention: Retention | None = None,
+        hooks: ExpiryHooks | None = None,
     ) -> None:
         self._jobs = jobs
         self._interval = interval
         self._backoff = (backoff_base, backoff_max)
+        self._retention = retention
+        self._hooks = hooks or ExpiryHooks()
 
     async def sweep(self) -> SweepReport:
-        """One pass, batch by batch until nothing is left to do."""
-        base, cap = self._backoff
-        recovered = timed_out = 0
-        while batch := await self._jobs.recover_expired(
-            limit=_BATCH, backoff_base=base, backoff_max=cap
+        """One pass, batch by batch until nothing is left, if no other process is sweeping."""
+        async with self._jobs.repository.sweep_lock() as held:
+            if not held:
+                return SweepReport(swept=False)
+            base, cap = self._backoff
+            recovered = timed_out = 0
+            while batch := await self._jobs.recover_expired(
+                limit=_BATCH, backoff_base=base, backoff_max=cap
+            ):
+                recovered += len(batch)
+            while batch := await self._jobs.expire_input_deadlines(limit=_BATCH):
+                timed_out += len(batch)
+            report = SweepReport(leases_recovered=recovered, inputs_timed_out=timed_out)
+            if self._retention is not None:
+                report = await self._retain(self._retention, report)
+        if any(value for name, value in asdict(report).items() if name != "swept"):
+            log.info("sweep: %s", report)
+        return report
+
+    async def _retain(self, policy: Retention, report: SweepReport) -> SweepReport:
+        repository = self._jobs.repository
+        cleared = expired = failures = 0
+        for kinds, others, payload_ttl, job_ttl in policy.groups():
+            while batch := await repository.clear_payloads(
+                ttl=payload_ttl, kinds=kinds, other_kinds=others, limit=_BATCH
+            ):
+                cleared += len(batch)
+            failed: set[UUID] = set()
+            while due := await repository.due_for_expiry(
+                ttl=job_ttl, kinds=kinds, other_kinds=others, skip=list(failed), limit=_BATCH
+            ):
+                ready = []
+                for job in due:
+                    if await self._run_hook(job):
+                        ready.append(job.id)
+                    else:
+                        failed.add(job.id)
+                expired += len(await repository.expire(ready))
+            failures += len(failed)
+        purged = 0
+        while batch_count := await repository.purge_tombstones(
+            ttl=policy.tombstone_ttl, limit=_BATCH * 10
         ):
-            recovered += len(batch)
-        while batch := await self._jobs.expire_input_deadlines(limit=_BATCH):
-            timed_out += len(batch)
-        if recovered or timed_out:
-            log.info("sweep: %d leases recovered, %d questions timed out", recovered, timed_out)
-        return SweepReport(recovered, timed_out)
+            purged += batch_count
+        return SweepReport(
+            leases_recovered=report.leases_recovered,
+            inputs_timed_out=report.inputs_timed_out,
+            payloads_cleared=cleared,
+            jobs_expired=expired,
+            hook_failures=failures,
+            tombstones_purged=purged,
+        )
+
+    async def _run_hook(self, job: Job) -> bool:
+        hook = self._hooks.get(job.kind)
+        if hook is None:
+            return True
+        try:
+            await hook(job)
+        except Exception:
+            log.exception("on_expire hook for %s (%s) failed; retried next sweep", job.id, job.kind)
+            return False
+        return True
 
     async def run(self) -> None:
         """Sweep forever (until cancelled); a database outage is logged and waited out."""

@@ -67,7 +67,7 @@ from jobkeeper.models import (
     validate_kind,
     validate_progress,
 )
-from jobkeeper.sweeper import Sweeper
+from jobkeeper.sweeper import ExpiryHook, ExpiryHooks, Retention, Sweeper
 
 __all__ = ["JobContext", "Task", "TaskRegistry", "Worker"]
 
@@ -98,6 +98,11 @@ class TaskRegistry:
 
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
+        self.expiry_hooks = ExpiryHooks()
+
+    def on_expire(self, kind: str) -> Callable[[ExpiryHook], ExpiryHook]:
+        """Register an async ``hook(job)`` run before retention deletes a job of ``kind``."""
+        return self.expiry_hooks.on_expire(kind)
 
     def task(self, kind: str) -> Callable[[Any], Any]:
         """Register the decorated function for ``kind`` (async: on the loop; sync: in a thread)."""
@@ -298,6 +303,7 @@ class Worker:
         backoff_max: float = 300.0,
         shutdown_grace: float = 30.0,
         progress_interval: float = 0.5,
+        retention: Retention | None = None,
     ) -> None:
         if concurrency < 1:
             raise InvalidRequest("concurrency", "at least 1")
@@ -326,12 +332,15 @@ class Worker:
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="jobkeeper-job")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._spawned: set[asyncio.Task[None]] = set()
-        # every worker recovers expired leases (anyone's): no janitor to schedule
+        # every worker sweeps (one at a time): expired leases, deadlines and, with a retention
+        # policy, retention with this registry's on_expire hooks; no janitor to schedule
         self._sweeper = Sweeper(
             jobs,
             interval=self._heartbeat_interval,
             backoff_base=backoff_base,
             backoff_max=backoff_max,
+            retention=retention,
+            hooks=tasks.expiry_hooks,
         )
 
     def _spawn(self, work: Awaitable[None]) -> None:

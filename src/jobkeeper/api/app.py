@@ -24,7 +24,7 @@ from jobkeeper.api.problems import install
 from jobkeeper.api.routes import health_router, jobs_router
 from jobkeeper.manager import JobManager
 from jobkeeper.settings import Settings
-from jobkeeper.sweeper import Sweeper
+from jobkeeper.sweeper import ExpiryHooks, Retention, Sweeper
 
 __all__ = ["create_app", "lifespan"]
 
@@ -40,8 +40,12 @@ async def _every(seconds: float, action: Callable[[], object]) -> None:
         action()
 
 
-def lifespan(settings: Settings | None = None) -> Lifespan:
-    """A lifespan that yields ``{"jobkeeper": Services}`` as request state for the routes."""
+def lifespan(settings: Settings | None = None, *, hooks: ExpiryHooks | None = None) -> Lifespan:
+    """A lifespan that yields ``{"jobkeeper": Services}`` as request state for the routes.
+
+    Its sweeper applies retention too; pass the same ``on_expire`` ``hooks`` your workers have
+    (whichever process holds the sweeper lock runs them).
+    """
 
     @asynccontextmanager
     async def run(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -56,6 +60,8 @@ def lifespan(settings: Settings | None = None) -> Lifespan:
             interval=config.sweep_interval,
             backoff_base=config.backoff_base,
             backoff_max=config.backoff_max,
+            retention=Retention.from_settings(config),
+            hooks=hooks,
         )
         background = [
             asyncio.create_task(sweeper.run(), name="jobkeeper-sweeper"),
@@ -76,14 +82,14 @@ def lifespan(settings: Settings | None = None) -> Lifespan:
     return run
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, hooks: ExpiryHooks | None = None) -> FastAPI:
     """The complete jobkeeper HTTP service."""
     config = settings or Settings()
     app = FastAPI(
         title="jobkeeper",
         summary="Durable state for long-running jobs: submit, watch, cancel, answer.",
         version="0.1.0",
-        lifespan=lifespan(config),
+        lifespan=lifespan(config, hooks=hooks),
     )
     install(app)
     app.include_router(jobs_router)

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from jobkeeper.errors import (
     DatabaseUnavailable,
     InvalidAnswer,
+    JobExpired,
     JobkeeperError,
     QueueFull,
 )
@@ -93,6 +94,8 @@ def _domain(request: Request, exc: Exception) -> JSONResponse:
         headers["Retry-After"] = "1"
     elif isinstance(exc, InvalidAnswer):
         extra["errors"] = exc.problems
+    elif isinstance(exc, JobExpired):
+        extra["expired_at"] = exc.expired_at.isoformat().replace("+00:00", "Z")
     field = getattr(exc, "field", None)
     if field is not None:
         extra["field"] = field

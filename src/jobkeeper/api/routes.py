@@ -109,6 +109,18 @@ async def cancel_job(job_id: str, svc: ServicesDep, tenant: TenantDep) -> JSONRe
     return _job_response(await svc.jobs.cancel(job_id, tenant=tenant), 202)
 
 
+@jobs_router.post("/{job_id}/pin", responses={200: _JOB, 400: _PROBLEM, 404: _PROBLEM})
+async def pin_job(job_id: str, svc: ServicesDep, tenant: TenantDep) -> JSONResponse:
+    """Exempt the job from retention (input, job and history are kept)."""
+    return _job_response(await svc.jobs.pin(job_id, tenant=tenant))
+
+
+@jobs_router.post("/{job_id}/unpin", responses={200: _JOB, 400: _PROBLEM, 404: _PROBLEM})
+async def unpin_job(job_id: str, svc: ServicesDep, tenant: TenantDep) -> JSONResponse:
+    """Subject the job to retention again."""
+    return _job_response(await svc.jobs.unpin(job_id, tenant=tenant))
+
+
 @jobs_router.post(
     "/{job_id}/input",
     responses={200: _JOB, 400: _PROBLEM, 404: _PROBLEM, 409: _PROBLEM, 422: _PROBLEM},

@@ -104,6 +104,18 @@ def upgrade() -> None:
         postgresql_where=sa.text("status = 'waiting_input'"),
     )
     op.create_index(
+        "ix_jobs_retention",
+        "jobs",
+        ["finished_at"],
+        postgresql_where=sa.text("finished_at IS NOT NULL AND NOT pinned"),
+    )
+    op.create_index(
+        "ix_jobs_payload_retention",
+        "jobs",
+        ["finished_at"],
+        postgresql_where=sa.text("finished_at IS NOT NULL AND NOT pinned AND payload IS NOT NULL"),
+    )
+    op.create_index(
         "ix_jobs_lease",
         "jobs",
         ["lease_expires_at"],
@@ -153,6 +165,22 @@ def upgrade() -> None:
     )
     op.create_index(op.f("ix_workers_heartbeat_at"), "workers", ["heartbeat_at"])
     op.create_table(
+        "job_tombstones",
+        sa.Column("job_id", sa.Uuid(), nullable=False),
+        sa.Column("tenant", sa.Text(), nullable=False),
+        sa.Column("kind", sa.Text(), nullable=False),
+        sa.Column("idempotency_key", sa.Text(), nullable=True),
+        sa.Column("expired_at", _TZ, server_default=_NOW, nullable=False),
+        sa.PrimaryKeyConstraint("job_id", name=op.f("pk_job_tombstones")),
+    )
+    op.create_index(op.f("ix_job_tombstones_expired_at"), "job_tombstones", ["expired_at"])
+    op.create_index(
+        "ix_job_tombstones_key",
+        "job_tombstones",
+        ["tenant", "idempotency_key"],
+        postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+    )
+    op.create_table(
         "api_keys",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("tenant", sa.Text(), nullable=False),
@@ -168,12 +196,17 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("api_keys")
+    op.drop_index("ix_job_tombstones_key", table_name="job_tombstones")
+    op.drop_index(op.f("ix_job_tombstones_expired_at"), table_name="job_tombstones")
+    op.drop_table("job_tombstones")
     op.drop_index(op.f("ix_workers_heartbeat_at"), table_name="workers")
     op.drop_table("workers")
     op.drop_index(op.f("ix_job_events_txid"), table_name="job_events")
     op.drop_table("job_events")
     op.drop_index("uq_jobs_running_concurrency_key", table_name="jobs")
     op.drop_index("ix_jobs_lease", table_name="jobs")
+    op.drop_index("ix_jobs_retention", table_name="jobs")
+    op.drop_index("ix_jobs_payload_retention", table_name="jobs")
     op.drop_index("ix_jobs_input_deadline", table_name="jobs")
     op.drop_index("ix_jobs_claim", table_name="jobs")
     op.drop_index(op.f("ix_jobs_tenant_status_id"), table_name="jobs")
