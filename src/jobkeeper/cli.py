@@ -7,22 +7,26 @@ never a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
-import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
 import typer
+from prometheus_client import start_http_server
 
 from jobkeeper.api.auth import ApiKeys
 from jobkeeper.errors import JobkeeperError
+from jobkeeper.logs import configure_logging
 from jobkeeper.manager import JobManager
+from jobkeeper.metrics import Metrics
 from jobkeeper.models import validate_tenant
 from jobkeeper.settings import Settings
 from jobkeeper.sweeper import Retention
 from jobkeeper.worker import TaskRegistry, Worker
 
 T = TypeVar("T")
+METRICS_REFRESH_SECONDS = 10.0
 
 __all__ = ["app"]
 
@@ -118,7 +122,8 @@ def serve(
     workers: Annotated[int, typer.Option(help="Server processes (each its own cache).")] = 1,
 ) -> None:
     """Run the HTTP API with uvicorn."""
-    _settings()
+    settings = _settings()
+    configure_logging(settings.log_format, settings.log_level)
     import uvicorn
 
     uvicorn.run(
@@ -127,7 +132,7 @@ def serve(
         host=host,
         port=port,
         workers=workers,
-        log_level="info",
+        log_config=None,  # keep configure_logging's handler
     )
 
 
@@ -138,18 +143,30 @@ def worker(
     kind: Annotated[
         list[str] | None, typer.Option(help="Only these kinds (repeatable); default: all.")
     ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT.")
+    ] = None,
 ) -> None:
     """Run a worker for the tasks in TARGET until SIGTERM/SIGINT (twice: stop at once)."""
     registry = load_registry(target)
     settings = _settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    _run(_work(settings, registry, concurrency, kind))
+    configure_logging(settings.log_format, settings.log_level)
+    _run(_work(settings, registry, concurrency, kind, metrics_port))
 
 
 async def _work(
-    settings: Settings, registry: TaskRegistry, concurrency: int | None, kinds: list[str] | None
+    settings: Settings,
+    registry: TaskRegistry,
+    concurrency: int | None,
+    kinds: list[str] | None,
+    metrics_port: int | None,
 ) -> None:
     async with await JobManager.from_settings(settings) as jobs:
+        refresher = None
+        if metrics_port is not None:
+            metrics = Metrics(jobs)
+            start_http_server(metrics_port, addr="127.0.0.1", registry=metrics.registry)
+            refresher = asyncio.create_task(_refresh(metrics))
         runner = Worker(
             jobs,
             registry,
@@ -162,7 +179,18 @@ async def _work(
             retention=Retention.from_settings(settings),
         )
         runner.install_signal_handlers()
-        await runner.run()
+        try:
+            await runner.run()
+        finally:
+            if refresher is not None:
+                refresher.cancel()
+
+
+async def _refresh(metrics: Metrics) -> None:
+    while True:
+        with contextlib.suppress(JobkeeperError):
+            await metrics.refresh()
+        await asyncio.sleep(METRICS_REFRESH_SECONDS)
 
 
 def main() -> None:

@@ -101,6 +101,7 @@ class JobManager:
         self._max_queued = max_queued
         self._max_queued_per_kind = max_queued_per_kind
         self._retry_after = queue_full_retry_after
+        self._observers: list[Callable[[str, Job], object]] = []
 
     @classmethod
     async def connect(
@@ -265,7 +266,7 @@ class JobManager:
                 new, max_queued=self._max_queued, max_queued_per_kind=self._max_queued_per_kind
             )
             if job is not None:
-                self._cache.store(job, ticket)
+                self._remember((job,), ticket, "submitted")
                 return job, True
             found = None
             if new.idempotency_key is not None:
@@ -299,14 +300,22 @@ class JobManager:
         job_id, tenant = parse_job_id(job_id), validate_tenant(tenant)
         ticket = self._cache.ticket()
         job, _ = await self._repository.cancel(job_id, tenant)
-        self._cache.store(job, ticket)
+        self._remember((job,), ticket, "cancelled")
         return job
 
     # --- for workers: fenced writes (the lease token must match) ------------------------------
 
-    def _remember(self, changed: Iterable[Job], ticket: Ticket) -> None:
+    def _remember(self, changed: Iterable[Job], ticket: Ticket, operation: str) -> None:
+        """Every write of this process ends here: cache the committed rows, tell observers."""
         for job in changed:
             self._cache.store(job, ticket)
+            for observer in self._observers:
+                observer(operation, job)
+
+    def observe(self, observer: Callable[[str, Job], object]) -> None:
+        """Call ``observer(operation, job)`` with every row this process writes (``submitted``,
+        ``claimed``, ``succeeded``, ``failed``, ``cancelled``, ``recovered``, ...) for metrics."""
+        self._observers.append(observer)
 
     async def claim(
         self, worker_id: UUID, *, kinds: Sequence[str] | None, limit: int, lease_seconds: float
@@ -316,7 +325,7 @@ class JobManager:
         leases = await self._repository.claim(
             worker_id, kinds=kinds, limit=limit, lease_seconds=lease_seconds
         )
-        self._remember((lease.job for lease in leases), ticket)
+        self._remember((lease.job for lease in leases), ticket, "claimed")
         return leases
 
     async def renew_leases(
@@ -331,7 +340,7 @@ class JobManager:
         job = await self._repository.progress(
             lease.job.id, lease.job.tenant, progress, token=lease.token
         )
-        self._remember((job,) if job else (), ticket)
+        self._remember((job,) if job else (), ticket, "progress")
         return job
 
     async def mark_succeeded(self, done: Sequence[tuple[Lease, str, Progress | None]]) -> list[Job]:
@@ -341,7 +350,7 @@ class JobManager:
         changed = await self._repository.complete(
             [(lease.job.id, lease.token, result, last) for lease, result, last in done]
         )
-        self._remember(changed, ticket)
+        self._remember(changed, ticket, "succeeded")
         return changed
 
     async def mark_failed(
@@ -365,21 +374,21 @@ class JobManager:
             backoff_base=backoff_base,
             backoff_max=backoff_max,
         )
-        self._remember((job,) if job else (), ticket)
+        self._remember((job,) if job else (), ticket, "failed")
         return job
 
     async def mark_cancelled(self, lease: Lease) -> Job | None:
         """The handler stopped on a cancel request; ``None`` if the lease was lost."""
         ticket = self._cache.ticket()
         job = await self._repository.mark_cancelled(lease.job.id, lease.token)
-        self._remember((job,) if job else (), ticket)
+        self._remember((job,) if job else (), ticket, "cancelled")
         return job
 
     async def release(self, leases: Sequence[Lease]) -> list[Job]:
         """Give leases back so other workers run the jobs (graceful shutdown)."""
         ticket = self._cache.ticket()
         changed = await self._repository.release([(lease.job.id, lease.token) for lease in leases])
-        self._remember(changed, ticket)
+        self._remember(changed, ticket, "released")
         return changed
 
     async def recover_expired(
@@ -390,7 +399,7 @@ class JobManager:
         changed = await self._repository.recover_expired(
             limit=limit, backoff_base=backoff_base, backoff_max=backoff_max
         )
-        self._remember(changed, ticket)
+        self._remember(changed, ticket, "recovered")
         return changed
 
     async def ask(self, lease: Lease, prompt: Mapping[str, Any]) -> Job | None:
@@ -400,21 +409,21 @@ class JobManager:
         job = await self._repository.ask(
             lease.job.id, lease.token, encode_json("prompt", prompt), prompt.get("timeout")
         )
-        self._remember((job,) if job else (), ticket)
+        self._remember((job,) if job else (), ticket, "asked")
         return job
 
     async def checkpoint(self, lease: Lease, key: str, result_json: str) -> Job | None:
         """Keep a side effect's result under ``key``; ``None``: the lease is gone."""
         ticket = self._cache.ticket()
         job = await self._repository.checkpoint(lease.job.id, lease.token, key, result_json)
-        self._remember((job,) if job else (), ticket)
+        self._remember((job,) if job else (), ticket, "checkpoint")
         return job
 
     async def expire_input_deadlines(self, *, limit: int = 100) -> list[Job]:
         """Apply each overdue question's ``on_timeout`` (fail, cancel or default answer)."""
         ticket = self._cache.ticket()
         changed = await self._repository.expire_input_deadlines(limit=limit)
-        self._remember(changed, ticket)
+        self._remember(changed, ticket, "input_timeout")
         return changed
 
     async def pin(self, job_id: UUID | str, *, tenant: str) -> Job:
@@ -431,7 +440,7 @@ class JobManager:
         job = await self._repository.set_pinned(job_id, tenant, pinned)
         if job is None:  # already so (or gone)
             return await self.get(job_id, tenant=tenant, consistency="strong")
-        self._cache.store(job, ticket)
+        self._remember((job,), ticket, "pinned")
         return job
 
     # --- human in the loop -------------------------------------------------------------------
@@ -472,7 +481,7 @@ class JobManager:
             ticket = self._cache.ticket()
             job = await self._repository.answer(job_id, tenant, key, answer_json, answered_by)
             if job is not None:
-                self._cache.store(job, ticket)
+                self._remember((job,), ticket, "answered")
                 return job
             current = await self._repository.get(job_id, tenant)  # lost a race: to whom?
             if current is None:

@@ -711,6 +711,14 @@ _PIN = {
 _SWEEP_LOCK = "SELECT pg_try_advisory_lock(hashtextextended('jobkeeper.sweeper', 0))"
 _SWEEP_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended('jobkeeper.sweeper', 0))"
 
+# Jobs per live status; each count's predicate matches a partial index, so it costs the queue's
+# size, not the table's.
+_QUEUE_DEPTH = _raw(
+    """SELECT (SELECT count(*) FROM jobs WHERE status = 'queued') AS queued,
+       (SELECT count(*) FROM jobs WHERE status = 'running') AS running,
+       (SELECT count(*) FROM jobs WHERE status = 'waiting_input') AS waiting_input"""
+)
+
 _CREATE_KEY = _raw(
     "INSERT INTO api_keys (id, tenant, key_hash, prefix, label) VALUES ($1, $2, $3, $4, $5)",
     "id",
@@ -1179,6 +1187,11 @@ class JobRepository:
             finally:
                 if held:
                     await conn.fetchval(_SWEEP_UNLOCK)
+
+    async def queue_depth(self) -> dict[str, int]:
+        """How many jobs are queued, running and waiting for input (all tenants)."""
+        rows = await self._rows(_QUEUE_DEPTH, {}, read=True)
+        return dict(rows[0])
 
     async def create_api_key(
         self, key_id: UUID, *, tenant: str, key_hash: str, prefix: str, label: str | None

@@ -131,6 +131,10 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='Per-kind overrides as JSON: {"report": {"job_ttl": "90d"}}.',
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Log lines of jobkeeper serve/worker: text or JSON."
+    )
+    log_level: str = Field(default="INFO", description="Logging level.")
     key_cache_ttl: float = Field(
         default=10.0,
         ge=0,

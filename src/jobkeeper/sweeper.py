@@ -116,12 +116,14 @@ class Sweeper:
         backoff_max: float = 300.0,
         retention: Retention | None = None,
         hooks: ExpiryHooks | None = None,
+        on_report: Callable[[SweepReport], object] | None = None,
     ) -> None:
         self._jobs = jobs
         self._interval = interval
         self._backoff = (backoff_base, backoff_max)
         self._retention = retention
         self._hooks = hooks or ExpiryHooks()
+        self._on_report = on_report
 
     async def sweep(self) -> SweepReport:
         """One pass, batch by batch until nothing is left, if no other process is sweeping."""
@@ -141,6 +143,8 @@ class Sweeper:
                 report = await self._retain(self._retention, report)
         if any(value for name, value in asdict(report).items() if name != "swept"):
             log.info("sweep: %s", report)
+        if self._on_report is not None:
+            self._on_report(report)
         return report
 
     async def _retain(self, policy: Retention, report: SweepReport) -> SweepReport:

@@ -56,6 +56,7 @@ from jobkeeper.errors import (
     PermanentFailure,
     Retry,
 )
+from jobkeeper.logs import job_id_var
 from jobkeeper.manager import JobManager
 from jobkeeper.models import (
     Job,
@@ -479,6 +480,7 @@ class Worker:
 
     async def _execute(self, ctx: JobContext, spec: Task | None) -> None:
         job = ctx.job
+        job_id_var.set(str(job.id))  # this task's context: every log line names the job
         if spec is None:
             error = {"code": "unknown_kind", "message": f"no handler for kind {job.kind!r}"}
             await self._record_failure(ctx, error, retryable=False, delay=None)

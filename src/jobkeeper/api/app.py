@@ -23,6 +23,7 @@ from jobkeeper.api.middleware import BodyLimit, RequestContext
 from jobkeeper.api.problems import install
 from jobkeeper.api.routes import health_router, jobs_router
 from jobkeeper.manager import JobManager
+from jobkeeper.metrics import Metrics
 from jobkeeper.settings import Settings
 from jobkeeper.sweeper import ExpiryHooks, Retention, Sweeper
 
@@ -55,6 +56,7 @@ def lifespan(settings: Settings | None = None, *, hooks: ExpiryHooks | None = No
                 "JOBKEEPER_AUTH=disabled: every request is tenant 'default'. Never in production."
             )
         jobs = await JobManager.from_settings(config)
+        metrics = Metrics(jobs)
         sweeper = Sweeper(
             jobs,
             interval=config.sweep_interval,
@@ -62,6 +64,7 @@ def lifespan(settings: Settings | None = None, *, hooks: ExpiryHooks | None = No
             backoff_max=config.backoff_max,
             retention=Retention.from_settings(config),
             hooks=hooks,
+            on_report=metrics.record_sweep,
         )
         background = [
             asyncio.create_task(sweeper.run(), name="jobkeeper-sweeper"),
@@ -71,7 +74,7 @@ def lifespan(settings: Settings | None = None, *, hooks: ExpiryHooks | None = No
         ]
         keys = ApiKeys(jobs.repository, cache_ttl=config.key_cache_ttl)
         try:
-            yield {"jobkeeper": Services(settings=config, jobs=jobs, keys=keys)}
+            yield {"jobkeeper": Services(settings=config, jobs=jobs, keys=keys, metrics=metrics)}
         finally:
             for task in background:
                 task.cancel()

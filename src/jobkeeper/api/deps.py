@@ -9,6 +9,7 @@ from fastapi import Depends, Header, Request
 
 from jobkeeper.api.auth import ApiKeys
 from jobkeeper.manager import JobManager
+from jobkeeper.metrics import Metrics
 from jobkeeper.settings import Settings
 
 __all__ = ["Services", "ServicesDep", "TenantDep", "services", "tenant"]
@@ -23,6 +24,7 @@ class Services:
     settings: Settings
     jobs: JobManager
     keys: ApiKeys
+    metrics: Metrics
 
 
 def services(request: Request) -> Services:

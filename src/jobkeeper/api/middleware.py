@@ -11,6 +11,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobkeeper.api.problems import PROBLEM_JSON, STATUS
+from jobkeeper.logs import request_id_var
 
 __all__ = ["BodyLimit", "RequestContext"]
 
@@ -64,6 +65,7 @@ class RequestContext:
         request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else ""
         request_id = request_id or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
         started = False
 
         async def tagged(message: Message) -> None:
@@ -78,7 +80,7 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, tagged)
-        except Exception:
+        except Exception:  # answered below; re-raised nowhere: this is the last line of defence
             log.exception(
                 "unhandled error in %s %s (request %s)", scope["method"], scope["path"], request_id
             )
@@ -87,6 +89,8 @@ class RequestContext:
                 await _send_problem(
                     send, 500, _body("internal_error", detail, scope, request_id), request_id
                 )
+        finally:
+            request_id_var.reset(token)
 
 
 class BodyLimit:

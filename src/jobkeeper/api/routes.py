@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from jobkeeper.api.deps import ServicesDep, TenantDep
@@ -177,6 +178,13 @@ def _caller(request: Request) -> str:
     authorization = request.headers.get("authorization", "")
     key = authorization.partition(" ")[2].strip()
     return f"api-key:{key[:10]}" if key else "anonymous"
+
+
+@health_router.get("/metrics", response_class=Response)
+async def metrics(svc: ServicesDep) -> Response:
+    """Prometheus metrics of this replica (counters) and of the shared queue (gauges)."""
+    await svc.metrics.refresh()
+    return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @health_router.get("/healthz")
