@@ -9,20 +9,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import asdict
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from prometheus_client import start_http_server
+from sqlalchemy.exc import SQLAlchemyError
 
 from jobkeeper.api.auth import ApiKeys
+from jobkeeper.api.schemas import job_json
 from jobkeeper.errors import JobkeeperError
 from jobkeeper.logs import configure_logging
 from jobkeeper.manager import JobManager
 from jobkeeper.metrics import Metrics
-from jobkeeper.models import validate_tenant
+from jobkeeper.migrate import upgrade
+from jobkeeper.models import Job, JobStatus, validate_tenant
 from jobkeeper.settings import Settings
-from jobkeeper.sweeper import Retention
+from jobkeeper.sweeper import Retention, Sweeper, SweepReport
 from jobkeeper.worker import TaskRegistry, Worker
 
 T = TypeVar("T")
@@ -55,6 +63,8 @@ def load_registry(target: str) -> TaskRegistry:
 
 keys_app = typer.Typer(help="Create, revoke and list API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+jobs_app = typer.Typer(help="Look at and act on jobs.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
 
 
 def _settings() -> Settings:
@@ -113,6 +123,144 @@ def keys_list(tenant: Annotated[str | None, typer.Option()] = None) -> None:
             f"{row['prefix']}  {row['tenant']}  {row['label'] or '-'}  "
             f"created {row['created_at']:%Y-%m-%d %H:%M}{revoked}"
         )
+
+
+@app.command()
+def migrate(
+    sql: Annotated[
+        bool, typer.Option("--sql", help="Print the SQL instead of running it.")
+    ] = False,
+) -> None:
+    """Create or upgrade the schema (Alembic upgrade head)."""
+    settings = Settings()
+    url = settings.database_url or ("postgresql://offline/jobkeeper" if sql else None)
+    if url is None:
+        raise _fail("set JOBKEEPER_DATABASE_URL")
+    try:
+        upgrade(url, sql=sql)
+    except (OSError, SQLAlchemyError) as exc:
+        raise _fail(f"migration failed: {str(exc).splitlines()[0]}") from None
+    if not sql:
+        typer.echo("schema is up to date")
+
+
+@app.command()
+def sweep() -> None:
+    """Run one sweeper pass now (leases, deadlines, retention) and print what it did."""
+    settings = _settings()
+
+    async def once() -> SweepReport:
+        async with await JobManager.from_settings(settings) as jobs:
+            sweeper = Sweeper(
+                jobs,
+                backoff_base=settings.backoff_base,
+                backoff_max=settings.backoff_max,
+                retention=Retention.from_settings(settings),
+            )
+            return await sweeper.sweep()
+
+    report = _run(once())
+    if not report.swept:
+        typer.echo("another process is sweeping right now; nothing done")
+        return
+    for name, value in asdict(report).items():
+        if name != "swept":
+            typer.echo(f"{name.replace('_', ' ')}: {value}")
+
+
+async def _with_jobs(action: Callable[[JobManager], Awaitable[T]]) -> T:
+    async with await JobManager.from_settings(_settings()) as jobs:
+        return await action(jobs)
+
+
+def _show(job: Job) -> None:
+    typer.echo(json.dumps(job_json(job), indent=2, default=str))
+
+
+TenantOption = Annotated[str, typer.Option(help="The tenant that owns the jobs.")]
+
+
+@jobs_app.command("list")
+def jobs_list(
+    tenant: TenantOption,
+    status: Annotated[JobStatus | None, typer.Option(help="Only this status.")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
+) -> None:
+    """The tenant's newest jobs."""
+    page = _run(
+        _with_jobs(lambda jobs: jobs.list(tenant=tenant, status=status, kind=kind, limit=limit))
+    )
+    for job in page.items:
+        typer.echo(
+            f"{job.id}  {job.status.value:<13} {job.kind:<24} {job.created_at:%Y-%m-%d %H:%M:%S}"
+        )
+    if page.next_cursor:
+        typer.echo(f"(more: --limit or the API's cursor {page.next_cursor})")
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str, tenant: TenantOption) -> None:
+    """One job as JSON."""
+    _show(_run(_with_jobs(lambda jobs: jobs.get(job_id, tenant=tenant, consistency="strong"))))
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str, tenant: TenantOption) -> None:
+    """Cancel a job (a running one is asked to stop)."""
+    _show(_run(_with_jobs(lambda jobs: jobs.cancel(job_id, tenant=tenant))))
+
+
+@jobs_app.command("answer")
+def jobs_answer(
+    job_id: str,
+    answer: Annotated[str, typer.Argument(help="The answer as JSON, e.g. '{\"approve\": true}'.")],
+    tenant: TenantOption,
+    question_key: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Answer a job's open question."""
+    try:
+        value = json.loads(answer)
+    except json.JSONDecodeError as exc:
+        raise _fail(f"the answer is not JSON: {exc}", 2) from None
+    _show(
+        _run(
+            _with_jobs(
+                lambda jobs: jobs.answer(
+                    job_id,
+                    tenant=tenant,
+                    answer=value,
+                    answered_by="cli",
+                    question_key=question_key,
+                )
+            )
+        )
+    )
+
+
+@app.command()
+def demo() -> None:
+    """The demo: an embedded Postgres (or JOBKEEPER_DATABASE_URL), the API, a worker and a story."""
+    from jobkeeper.demo import main as run_demo
+
+    run_demo()
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option(help="Short runs (a smoke test).")] = False,
+    write: Annotated[bool, typer.Option(help="Write the results into docs/benchmarks.md.")] = False,
+) -> None:
+    """Run the benchmark suite (benchmarks/ of a source checkout)."""
+    folder = Path.cwd() / "benchmarks"
+    scripts = sorted(folder.glob("bench_*.py"))
+    if not scripts:
+        raise _fail("no benchmarks/ here: run from a jobkeeper source checkout", 2)
+    flags = [flag for flag, on in (("--quick", quick), ("--write", write)) if on]
+    for script in scripts:
+        typer.secho(f"== {script.name}", bold=True)
+        if subprocess.run([sys.executable, str(script), *flags], check=False).returncode:
+            raise _fail(f"{script.name} failed")
 
 
 @app.command()

@@ -9,19 +9,28 @@ restarts) and stops it at the end.
 from __future__ import annotations
 
 import asyncio
+import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import asyncpg
+import httpx
+import uvicorn
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.prompt import Confirm
 
+from jobkeeper.api.app import create_app
+from jobkeeper.api.auth import ApiKeys
 from jobkeeper.embedded import EmbeddedPostgres, default_data_dir
-from jobkeeper.errors import IdempotencyConflict, JobNotFound, PermanentFailure
+from jobkeeper.errors import PermanentFailure
 from jobkeeper.manager import JobManager
 from jobkeeper.migrate import upgrade
 from jobkeeper.settings import Settings, asyncpg_dsn
-from jobkeeper.worker import JobContext, TaskRegistry
+from jobkeeper.worker import JobContext, TaskRegistry, Worker
 
 __all__ = ["main", "tasks"]
 
@@ -109,64 +118,159 @@ async def _ensure_database(server_url: str, name: str) -> None:
         await conn.close()
 
 
-async def story(url: str) -> None:
-    """Submit, replay, read (cache vs database), list, cancel and show a job's history."""
-    async with await JobManager.connect(url, cache_size=1_000) as jobs:
-        earlier = await jobs.list(tenant="demo", limit=500)
-        print(f"\n1. jobs kept from earlier runs of the demo: {len(earlier.items)}")
+DEMO_TENANT = "demo"
 
-        job = await jobs.submit("demo", "convert_pdf", {"file": "loan-1234.pdf"})
-        print(f"2. submitted {job.kind} {job.id}: {job.status}, version {job.version}")
 
-        key = f"upload-{int(time.time())}"
-        first = await jobs.submit("demo", "analyse_loan", {"loan": 1234}, idempotency_key=key)
-        again = await jobs.submit("demo", "analyse_loan", {"loan": 1234}, idempotency_key=key)
-        print(
-            f"3. a retried POST with idempotency key {key!r} returns the same job: "
-            f"{first.id == again.id}"
+async def _serve(app: Any, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.started:
+            return server, task
+        if task.done():
+            task.result()  # raises what stopped it
+        await asyncio.sleep(0.02)
+    raise TimeoutError("the demo API did not start within 30 s")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Story:
+    """The demo's story, told over the HTTP API while a worker runs the jobs."""
+
+    def __init__(self, http: httpx.AsyncClient, base: str, key: str, console: Console) -> None:
+        self.http = http
+        self.base = base
+        self.key = key
+        self.console = console
+
+    async def submit(self, kind: str, payload: dict[str, Any], **options: Any) -> str:
+        response = await self.http.post("/jobs", json={"kind": kind, "payload": payload, **options})
+        response.raise_for_status()
+        return str(response.json()["id"])
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        response = await self.http.get(f"/jobs/{job_id}", headers={"Cache-Control": "no-cache"})
+        response.raise_for_status()
+        found: dict[str, Any] = response.json()
+        return found
+
+    async def until(self, job_id: str, *statuses: str) -> dict[str, Any]:
+        while (job := await self.job(job_id))["status"] not in statuses:
+            await asyncio.sleep(0.1)
+        return job
+
+    async def tell(self) -> None:
+        say = self.console.print
+        say("\n[bold]1. Three jobs with live progress[/] (a worker runs them; we watch over HTTP)")
+        ids = [await self.submit("demo.sleep", {"seconds": 3 + i, "steps": 12}) for i in range(3)]
+        await self.watch_progress(ids)
+
+        say("\n[bold]2. A long job cancelled mid-run[/]")
+        long_job = await self.submit("demo.sleep", {"seconds": 60, "steps": 600})
+        await self.until(long_job, "running")
+        await asyncio.sleep(1.0)
+        started = time.monotonic()
+        await self.http.post(f"/jobs/{long_job}/cancel")
+        job = await self.until(long_job, "cancelled")
+        say(f"   cancelled at {_percent(job)} after {time.monotonic() - started:.2f} s")
+
+        say("\n[bold]3. A job that fails, is retried with backoff, and fails for good[/]")
+        failing = await self.submit("demo.fail", {}, max_attempts=3)
+        job = await self.until(failing, "failed")
+        events = (await self.http.get(f"/jobs/{failing}/events?after=0")).text
+        kinds = [line[7:] for line in events.splitlines() if line.startswith("event: ")]
+        say(f"   attempts {job['attempts']}, error {job['error']['code']}: {' -> '.join(kinds)}")
+
+        say("\n[bold]4. A job that stops to ask a person[/] (no worker slot is held meanwhile)")
+        asking = await self.submit("demo.ask", {"question": "Approve the loan summary for #1234?"})
+        job = await self.until(asking, "waiting_input")
+        say(f"   it asks: [italic]{job['prompt']['text']}[/]  (schema: approve bool, comment str)")
+        say(
+            "   answer it from anywhere, e.g.:\n"
+            f"   curl -X POST {self.base}/jobs/{asking}/input -H 'Authorization: Bearer {self.key}'"
+            " -H 'content-type: application/json' -d '{\"answer\": {\"approve\": true}}'"
         )
+        approve = True
+        if sys.stdin.isatty():
+            approve = Confirm.ask("   approve it now from here?", default=True)
+        else:
+            say("   (not a terminal: answering yes automatically)")
+        await self.http.post(f"/jobs/{asking}/input", json={"answer": {"approve": approve}})
+        job = await self.until(asking, "succeeded", "failed")
+        say(f"   resumed on a worker and {job['status']}: {job['result']}")
+
+    async def watch_progress(self, ids: list[str]) -> None:
+        with Progress(
+            TextColumn("   {task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[status]:<10}"),
+            console=self.console,
+        ) as bars:
+            tasks = {i: bars.add_task(f"job {i[:13]}...", total=1.0, status="queued") for i in ids}
+            while True:
+                jobs = [await self.job(i) for i in ids]
+                for job in jobs:
+                    bars.update(
+                        tasks[job["id"]],
+                        completed=1.0 if job["status"] == "succeeded" else _fraction(job),
+                        status=job["status"],
+                    )
+                if all(job["status"] in ("succeeded", "failed", "cancelled") for job in jobs):
+                    return
+                await asyncio.sleep(0.2)
+
+
+def _fraction(job: dict[str, Any]) -> float:
+    return float(job["progress"]["fraction"] or 0.0)
+
+
+def _percent(job: dict[str, Any]) -> str:
+    return f"{_fraction(job):.0%}"
+
+
+async def run_story(url: str, *, linger: bool) -> None:
+    """Start the API and a worker on ``url``, tell the story, then (``linger``) keep serving."""
+    console = Console()
+    settings = Settings(database_url=url, auth="keys", sweep_interval=1.0)
+    port = _free_port()
+    async with await JobManager.from_settings(settings) as jobs:
+        key = (await ApiKeys(jobs.repository, cache_ttl=0).create(DEMO_TENANT, "demo")).key
+        worker = Worker(jobs, tasks, concurrency=4, backoff_base=0.5, backoff_max=2.0)
+        working = asyncio.create_task(worker.run())
+        server, serving = await _serve(create_app(settings), port)
+        base = f"http://127.0.0.1:{port}"
+        console.print(f"API at [bold]{base}[/] (OpenAPI docs at {base}/docs), worker running")
+        headers = {"Authorization": f"Bearer {key}"}
         try:
-            await jobs.submit("demo", "analyse_loan", {"loan": 9999}, idempotency_key=key)
-        except IdempotencyConflict as exc:
-            print(f"   the same key with another payload is refused: {exc.code}")
-
-        start = time.perf_counter()
-        strong = await jobs.get(job.id, tenant="demo", consistency="strong")
-        db_us = (time.perf_counter() - start) * 1e6
-        start = time.perf_counter()
-        cached = await jobs.get(job.id, tenant="demo")
-        hit_us = (time.perf_counter() - start) * 1e6
-        print(
-            f"4. read from Postgres in {db_us:.0f} µs, from the hot cache in {hit_us:.1f} µs "
-            f"(same version: {strong.version == cached.version})"
-        )
-
-        try:
-            await jobs.get(job.id, tenant="someone-else")
-        except JobNotFound as exc:
-            print(f"5. another tenant asking for it gets {exc.code}, as if it did not exist")
-
-        cancelled = await jobs.cancel(job.id, tenant="demo")
-        print(f"6. cancelled a queued job: {cancelled.status}, version {cancelled.version}")
-
-        history = await jobs.events(job.id, tenant="demo")
-        print("7. its history: " + ", ".join(f"#{e.seq} {e.type}" for e in history))
-
-        page = await jobs.list(tenant="demo", limit=5)
-        print("8. newest jobs of tenant 'demo':")
-        for item in page.items:
-            print(f"   {item.created_at:%H:%M:%S} {item.kind:<13} {item.status:<10} {item.id}")
-        stats = jobs.cache_stats()
-        print(
-            f"9. cache: {stats.size}/{stats.maxsize} entries, {stats.hits} hits, "
-            f"{stats.misses} misses"
-        )
+            async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as http:
+                await Story(http, base, key, console).tell()
+            console.print(
+                f"\n[bold]Done.[/] The API is at {base} (docs: {base}/docs), "
+                f"tenant {DEMO_TENANT!r}, key {key}"
+            )
+            if linger:
+                console.print("Press Ctrl-C to stop.")
+                await asyncio.Event().wait()
+        finally:
+            server.should_exit = True
+            worker.stop()
+            await asyncio.gather(serving, working, return_exceptions=True)
 
 
 def main() -> None:
+    """``make demo``: the story on an embedded (or configured) Postgres; Ctrl-C stops it."""
     with demo_database() as url:
         upgrade(url)
-        asyncio.run(story(url))
+        try:
+            asyncio.run(run_story(url, linger=sys.stdin.isatty()))
+        except KeyboardInterrupt:
+            print("\nstopped")
 
 
 if __name__ == "__main__":
