@@ -162,7 +162,7 @@ class Story:
 
     async def until(self, job_id: str, *statuses: str) -> dict[str, Any]:
         while (job := await self.job(job_id))["status"] not in statuses:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # noqa: ASYNC110 - polls the API as a browser client would
         return job
 
     async def tell(self) -> None:
