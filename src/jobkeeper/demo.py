@@ -161,9 +161,14 @@ class Story:
         return found
 
     async def until(self, job_id: str, *statuses: str) -> dict[str, Any]:
-        while (job := await self.job(job_id))["status"] not in statuses:
-            await asyncio.sleep(0.1)  # noqa: ASYNC110 - polls the API as a browser client would
-        return job
+        """Poll the job over HTTP (as a browser client would) until it reaches a status."""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            job = await self.job(job_id)
+            if job["status"] in statuses:
+                return job
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"job {job_id} did not become {statuses} within 120 s")
 
     async def tell(self) -> None:
         say = self.console.print
