@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -40,6 +41,7 @@ from jobkeeper.models import (
     encode_json,
     optional_text,
     parse_job_id,
+    same_json,
     validate_kind,
     validate_new_job,
     validate_tenant,
@@ -56,13 +58,13 @@ MAX_PAGE = 500
 _SUBMIT_ROUNDS = 3
 
 
-def _answered_with(job: Job, key: str | None, answer_json: str) -> bool:
-    """Whether ``key`` (default: the latest answered question) holds exactly this answer."""
+def _answered_with(job: Job, key: str | None, answer: Any) -> bool:
+    """Whether ``key`` (default: the latest answered question) holds this answer."""
     answers = job.answers or {}
     if key is None and answers:
         key = max(answers, key=lambda k: str(answers[k].get("answered_at")))
     entry = answers.get(key) if key is not None else None
-    return entry is not None and encode_json("answer", entry.get("answer")) == answer_json
+    return entry is not None and same_json(entry.get("answer"), json.loads(answer))
 
 
 def _encode_cursor(job_id: UUID) -> str:
@@ -486,7 +488,7 @@ class JobManager:
             current = await self._repository.get(job_id, tenant)  # lost a race: to whom?
             if current is None:
                 raise await self._repository.missing(job_id, tenant)
-        if _answered_with(current, key, answer_json):
+        if _answered_with(current, key, answer_json):  # a retry of the accepted answer
             return current
         raise NotWaitingForInput(job_id, current.status.value, question_key)
 
@@ -512,10 +514,16 @@ class JobManager:
             last = after
             while True:
                 changed.clear()  # before reading, so a change during the read is not lost
-                for event in await self.events(job_id, tenant=tenant, after=last):
+                history = await self.events(job_id, tenant=tenant, after=last)
+                for event in history:
                     yield event
                     last = event.seq
                     if event.type in TERMINAL_EVENTS:
+                        return
+                if not history:
+                    # resumed at or past the end (an SSE client reconnecting after the last event)
+                    job = await self.get(job_id, tenant=tenant, consistency="strong")
+                    if job.terminal and last >= job.version:
                         return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), self._feed.interval)

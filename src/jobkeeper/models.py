@@ -41,6 +41,7 @@ __all__ = [
     "freeze_json",
     "optional_text",
     "parse_job_id",
+    "same_json",
     "sources_of",
     "validate_kind",
     "validate_new_job",
@@ -404,8 +405,10 @@ def build_prompt(
     if schema is not None:
         if not isinstance(schema, dict):
             raise InvalidRequest("schema", "a JSON Schema object is required")
+        plain: dict[str, Any] = _thaw(schema)  # from a frozen payload: tuples are arrays here
+        schema = plain
         try:
-            jsonschema.Draft202012Validator.check_schema(schema)
+            jsonschema.Draft202012Validator.check_schema(plain)
         except jsonschema.SchemaError as exc:
             raise InvalidRequest("schema", f"not a valid JSON Schema: {exc.message}") from None
     if choices is not None and (not isinstance(choices, list | tuple) or not choices):
@@ -436,8 +439,8 @@ def build_prompt(
 def answer_problems(prompt: Mapping[str, Any], answer: Any) -> list[str]:
     """Why ``answer`` does not fit the question (empty: it fits)."""
     choices = prompt.get("choices")
-    if choices is not None and answer not in choices:
-        return [f"{answer!r} is not one of the choices {list(choices)}"]
+    if choices is not None and not any(same_json(answer, choice) for choice in choices):
+        return [f"{answer!r} is not one of the choices {_thaw(choices)}"]
     schema = prompt.get("schema")
     if schema is None:
         return []
@@ -446,6 +449,20 @@ def answer_problems(prompt: Mapping[str, Any], answer: Any) -> list[str]:
         f"{'/'.join(map(str, error.absolute_path)) or '(answer)'}: {error.message}"
         for error in validator.iter_errors(_thaw(answer))
     ]
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """JSON equality: arrays whether list or tuple, numbers by value (Postgres may rewrite
+    ``1e16`` as ``10000000000000000``), but ``true`` is never ``1``."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
 
 
 def _thaw(value: Any) -> Any:
