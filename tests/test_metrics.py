@@ -1,0 +1,117 @@
+"""Metrics are scraped in Prometheus text and say what happened: a process's writes as counters,
+the shared queue and live workers as gauges."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from jobkeeper.demo import tasks
+from jobkeeper.manager import JobManager
+from jobkeeper.metrics import Metrics
+from jobkeeper.settings import asyncpg_dsn
+from jobkeeper.worker import Worker
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_counters_and_gauges(job_manager: JobManager, tenant: str) -> None:
+    metrics = Metrics(job_manager)
+    ok = await job_manager.submit(tenant, "demo.sleep", {"seconds": 0.05, "steps": 1})
+    bad = await job_manager.submit(tenant, "demo.fail", {"permanent": True})
+    dropped = await job_manager.submit(tenant, "demo.sleep", {"seconds": 60})
+    await job_manager.cancel(dropped.id, tenant=tenant)
+    worker = Worker(job_manager, tasks, kinds=["demo.sleep", "demo.fail"], poll_interval=0.2)
+    running = asyncio.create_task(worker.run())
+    try:
+        deadline = time.monotonic() + 30
+        while not all(
+            [
+                (await job_manager.get(j.id, tenant=tenant, consistency="strong")).terminal
+                for j in (ok, bad)
+            ]
+        ):
+            assert time.monotonic() < deadline, "jobs did not finish"
+            await asyncio.sleep(0.05)
+        await job_manager.get(ok.id, tenant=tenant)  # a cached read
+        await metrics.refresh()
+        found = samples(metrics.render().decode())
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 30)
+    assert found[("jobkeeper_jobs_submitted_total", (("kind", "demo.sleep"),))] >= 2
+    assert (
+        found[("jobkeeper_jobs_finished_total", (("kind", "demo.sleep"), ("outcome", "succeeded")))]
+        >= 1
+    )
+    assert (
+        found[("jobkeeper_jobs_finished_total", (("kind", "demo.fail"), ("outcome", "failed")))]
+        >= 1
+    )
+    assert (
+        found[("jobkeeper_jobs_finished_total", (("kind", "demo.sleep"), ("outcome", "cancelled")))]
+        >= 1
+    )
+    assert found[("jobkeeper_claim_latency_seconds_count", ())] >= 2
+    assert found[("jobkeeper_run_seconds_count", (("kind", "demo.sleep"),))] >= 1
+    assert found[("jobkeeper_listener_connected", ())] == 1
+    assert (
+        found[("jobkeeper_cache_hits_total", ())] + found[("jobkeeper_cache_misses_total", ())] > 0
+    )
+    for status in ("queued", "running", "waiting_input"):
+        assert ("jobkeeper_jobs", (("status", status),)) in found
+    assert found[("jobkeeper_live_workers", ())] >= 1  # it was still registered at refresh
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.timeout(90)
+async def test_a_worker_process_serves_metrics(database_url: str) -> None:
+    port = _free_port()
+    env = {**os.environ, "JOBKEEPER_DATABASE_URL": asyncpg_dsn(database_url)}
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "jobkeeper"),
+        "worker",
+        "jobkeeper.demo:tasks",
+        "--kind",
+        "demo.cpu",
+        "--metrics-port",
+        str(port),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with httpx.AsyncClient() as http:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    response = await http.get(f"http://127.0.0.1:{port}/metrics")
+                    break
+                except httpx.TransportError:
+                    assert proc.returncode is None, "the worker exited"
+                    assert time.monotonic() < deadline, "no metrics endpoint"
+                    await asyncio.sleep(0.1)
+        assert response.status_code == 200
+        assert ("jobkeeper_listener_connected", ()) in samples(response.text)
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)
