@@ -64,6 +64,8 @@ CHANNEL = "jobkeeper_changes"
 # listeners run a catch-up, which finds the same changes in job_events.
 CATCH_UP_HINT = '"catchup"'
 _MAX_PAYLOAD = 7_900
+# an expired job is gone for good: its "version" outranks every real one, so caches drop it
+EXPIRED_VERSION = 2**63 - 1
 _NOW = sa.func.now()
 _CANCELLABLE_AT_ONCE = (JobStatus.QUEUED, JobStatus.WAITING_INPUT)
 
@@ -670,18 +672,19 @@ ORDER BY finished_at LIMIT $5""",
 )
 # Delete jobs (their events go with them) and keep a tombstone of each; replicas are told, as a
 # change to status "expired", so they drop cached copies.
-_EXPIRE = _raw(
-    f"""WITH gone AS (
+_EXPIRED = f"""WITH gone AS (
     DELETE FROM jobs WHERE id = ANY($1::uuid[]) AND {_NOT_PINNED_FINISHED}
     RETURNING id, tenant, kind, idempotency_key, version
 ), kept AS (
     INSERT INTO job_tombstones (job_id, tenant, kind, idempotency_key)
     SELECT id, tenant, kind, idempotency_key FROM gone ON CONFLICT (job_id) DO NOTHING
 ), changed AS (
-    SELECT id, version + 1 AS version, tenant, 'expired' AS status FROM gone
+    SELECT id, {EXPIRED_VERSION} AS version, tenant, 'expired' AS status FROM gone
 )
-SELECT changed.id, {_NOTIFY} AS notified FROM changed""",
-    "ids",
+SELECT changed.id"""
+_EXPIRE = (
+    _raw(f"{_EXPIRED}, {_NOTIFY} AS notified FROM changed", "ids"),
+    _raw(f"{_EXPIRED} FROM changed", "ids"),
 )
 _PURGE_TOMBSTONES = _raw(
     """DELETE FROM job_tombstones WHERE job_id IN (
@@ -702,7 +705,7 @@ _TOMBSTONE_BY_KEY = _raw(
 )
 _PIN = {
     pinned: _with_event(
-        _update({"pinned": sa.literal(pinned)}, jobs.c.pinned.is_not(sa.literal(pinned))),
+        _update({"pinned": sa.literal(pinned)}, jobs.c.pinned != sa.literal(pinned)),
         "pinned" if pinned else "unpinned",
     )
     for pinned in (True, False)
@@ -1170,7 +1173,7 @@ class JobRepository:
         """Delete these finished, unpinned jobs and keep tombstones; returns those deleted."""
         if not job_ids:
             return []
-        rows = await self._rows(_EXPIRE, {"ids": list(job_ids)}, read=False)
+        rows = await self._rows(self._change(_EXPIRE), {"ids": list(job_ids)}, read=False)
         return [r["id"] for r in rows]
 
     async def purge_tombstones(self, *, ttl: float, limit: int) -> int:
@@ -1323,13 +1326,17 @@ class CatchUp:
 # are visible here; later ones may still be running and are read again next time (re-applying an
 # invalidation is harmless). A plain sequence would not do: ids are taken in start order, not
 # commit order, so a slow transaction's events could appear behind a cursor that already passed.
-_CATCH_UP = """
+# Expiries are found in job_tombstones (the expired job's events are deleted with it).
+_CATCH_UP = f"""
 SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon,
-       coalesce(array_agg(c.job_id), '{}') AS ids,
-       coalesce(array_agg(c.version), '{}') AS versions
+       coalesce(array_agg(c.job_id), '{{}}') AS ids,
+       coalesce(array_agg(c.version), '{{}}') AS versions
 FROM (
-    SELECT job_id, max(seq) AS version FROM job_events
-    WHERE txid >= $1 GROUP BY job_id LIMIT $2
+    SELECT job_id, max(version) AS version FROM (
+        SELECT job_id, seq AS version FROM job_events WHERE txid >= $1
+        UNION ALL
+        SELECT job_id, {EXPIRED_VERSION} FROM job_tombstones WHERE txid >= $1
+    ) AS changes GROUP BY job_id LIMIT $2
 ) AS c
 """
 _HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"

@@ -179,8 +179,11 @@ job_tombstones = sa.Table(
     sa.Column("kind", sa.Text(), nullable=False),
     sa.Column("idempotency_key", sa.Text(), nullable=True),
     sa.Column("expired_at", _TZ, nullable=False, server_default=_NOW),
+    # the change feed's catch-up finds expiries here (the job's events are gone)
+    sa.Column("txid", sa.BigInteger(), nullable=False, server_default=CURRENT_TXID),
 )
 sa.Index(None, job_tombstones.c.expired_at)
+sa.Index(None, job_tombstones.c.txid)
 sa.Index(
     "ix_job_tombstones_key",
     job_tombstones.c.tenant,

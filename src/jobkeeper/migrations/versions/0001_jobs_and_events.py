@@ -171,8 +171,15 @@ def upgrade() -> None:
         sa.Column("kind", sa.Text(), nullable=False),
         sa.Column("idempotency_key", sa.Text(), nullable=True),
         sa.Column("expired_at", _TZ, server_default=_NOW, nullable=False),
+        sa.Column(
+            "txid",
+            sa.BigInteger(),
+            server_default=sa.text("(pg_current_xact_id())::text::bigint"),
+            nullable=False,
+        ),
         sa.PrimaryKeyConstraint("job_id", name=op.f("pk_job_tombstones")),
     )
+    op.create_index(op.f("ix_job_tombstones_txid"), "job_tombstones", ["txid"])
     op.create_index(op.f("ix_job_tombstones_expired_at"), "job_tombstones", ["expired_at"])
     op.create_index(
         "ix_job_tombstones_key",
@@ -198,6 +205,7 @@ def downgrade() -> None:
     op.drop_table("api_keys")
     op.drop_index("ix_job_tombstones_key", table_name="job_tombstones")
     op.drop_index(op.f("ix_job_tombstones_expired_at"), table_name="job_tombstones")
+    op.drop_index(op.f("ix_job_tombstones_txid"), table_name="job_tombstones")
     op.drop_table("job_tombstones")
     op.drop_index(op.f("ix_workers_heartbeat_at"), table_name="workers")
     op.drop_table("workers")
