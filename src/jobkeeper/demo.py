@@ -38,8 +38,9 @@ tasks = TaskRegistry()
 
 
 @tasks.task("demo.sleep")
-async def sleep(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+async def sleep(ctx: JobContext, payload: dict[str, Any] | None) -> dict[str, Any]:
     """Sleep ``seconds`` in ``steps`` steps, reporting progress; honours cancel at every step."""
+    payload = payload or {}
     seconds = float(payload.get("seconds", 1.0))
     steps = max(1, int(payload.get("steps", 10)))
     for step in range(steps):
@@ -50,8 +51,9 @@ async def sleep(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 @tasks.task("demo.fail")
-async def fail(ctx: JobContext, payload: dict[str, Any]) -> None:
+async def fail(ctx: JobContext, payload: dict[str, Any] | None) -> None:
     """Always fails (retried until ``max_attempts``); ``{"permanent": true}`` fails at once."""
+    payload = payload or {}
     message = str(payload.get("message", "demo.fail failed, as it always does"))
     if payload.get("permanent"):
         raise PermanentFailure(message)
@@ -67,8 +69,9 @@ APPROVAL = {
 
 
 @tasks.task("demo.ask")
-async def ask(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+async def ask(ctx: JobContext, payload: dict[str, Any] | None) -> dict[str, Any]:
     """Ask a person to approve (``{"approve": bool, "comment": str?}``) and return the answer."""
+    payload = payload or {}
     question = str(payload.get("question", "Approve this loan summary?"))
     timeout = payload.get("timeout")
     answer = await ctx.ask(question, schema=APPROVAL, timeout=timeout)
@@ -76,8 +79,9 @@ async def ask(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 @tasks.task("demo.cpu")
-def cpu(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+def cpu(ctx: JobContext, payload: dict[str, Any] | None) -> dict[str, Any]:
     """A CPU-bound loop in a worker thread (a sync handler); checks for cancel between rounds."""
+    payload = payload or {}
     rounds = max(1, int(payload.get("rounds", 50)))
     size = int(payload.get("size", 200_000))
     total = 0

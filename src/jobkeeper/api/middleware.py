@@ -18,10 +18,6 @@ __all__ = ["BodyLimit", "RequestContext"]
 log = logging.getLogger("jobkeeper.api")
 
 
-class _TooLarge(Exception):
-    pass
-
-
 async def _send_problem(send: Send, status: int, body: dict[str, Any], request_id: str) -> None:
     payload = json.dumps(body).encode()
     await send(
@@ -72,10 +68,10 @@ class RequestContext:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"x-request-id", request_id.encode()),
-                ]
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                    headers.append((b"x-request-id", request_id.encode()))
+                message["headers"] = headers
             await send(message)
 
         try:
@@ -111,19 +107,31 @@ class BodyLimit:
             await self._refuse(scope, send, request_id)
             return
         seen = 0
+        refused = False
 
         async def counted() -> Message:
-            nonlocal seen
+            # Over the limit: answer 413 ourselves and tell the app the client left, so it stops
+            # reading (an exception here would be turned into a 400 by the body parser).
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise _TooLarge
+                refused = True
+                await self._refuse(scope, send, request_id)
+                return {"type": "http.disconnect"}
             return message
 
+        async def unless_refused(message: Message) -> None:
+            if not refused:
+                await send(message)
+
         try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._refuse(scope, send, request_id)
+            await self.app(scope, counted, unless_refused)
+        except Exception:
+            if not refused:
+                raise  # the app's own failure: RequestContext answers it
 
     async def _refuse(self, scope: Scope, send: Send, request_id: str) -> None:
         detail = f"the request body is larger than {self.max_bytes} bytes"

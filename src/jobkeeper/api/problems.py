@@ -121,6 +121,8 @@ def _validation(request: Request, exc: Exception) -> JSONResponse:
 
 def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, UnicodeDecodeError):  # FastAPI's body parser: not UTF-8
+        return problem(request, "validation_error", "the request body is not UTF-8 JSON")
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
     response = problem(request, code, str(exc.detail))
     response.status_code = exc.status_code

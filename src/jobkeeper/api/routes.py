@@ -13,16 +13,23 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from jobkeeper.api.deps import ServicesDep, TenantDep
 from jobkeeper.api.problems import ApiProblem
-from jobkeeper.api.schemas import AnswerIn, JobOut, JobPageOut, SubmitIn, job_json
+from jobkeeper.api.schemas import AnswerIn, JobOut, JobPageOut, SubmitIn, iso, job_json
 from jobkeeper.errors import DatabaseUnavailable
 from jobkeeper.models import JobStatus
 
 __all__ = ["health_router", "jobs_router"]
 
-jobs_router = APIRouter(prefix="/jobs", tags=["jobs"])
+_PROBLEM: dict[str, Any] = {
+    "content": {"application/problem+json": {}},
+    "description": "A problem (RFC 9457).",
+}
+# every jobs route may answer these; declaring 422 here replaces FastAPI's default schema for it
+jobs_router = APIRouter(
+    prefix="/jobs",
+    tags=["jobs"],
+    responses={401: _PROBLEM, 422: _PROBLEM, 503: _PROBLEM},
+)
 health_router = APIRouter(tags=["health"])
-
-_PROBLEM = {"content": {"application/problem+json": {}}, "description": "A problem (RFC 9457)."}
 _JOB = {"model": JobOut}
 SSE_PING_SECONDS = 15
 
@@ -166,7 +173,7 @@ async def job_events(
             data = {
                 "seq": event.seq,
                 "type": event.type,
-                "at": event.at.isoformat(),
+                "at": iso(event.at),
                 "data": event.data,
             }
             yield ServerSentEvent(data=json.dumps(data), event=event.type, id=str(event.seq))

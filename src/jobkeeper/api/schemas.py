@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from jobkeeper.models import MAX_ATTEMPTS, MAX_PRIORITY, Job, JobStatus
 
-__all__ = ["AnswerIn", "JobOut", "JobPageOut", "SubmitIn", "job_json"]
+__all__ = ["AnswerIn", "JobOut", "JobPageOut", "SubmitIn", "iso", "job_json"]
 
 
 class SubmitIn(BaseModel):
@@ -20,7 +20,12 @@ class SubmitIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: str = Field(min_length=1, max_length=128, examples=["convert_pdf"])
+    kind: str = Field(
+        min_length=1,
+        max_length=128,
+        examples=["convert_pdf"],
+        description="Letters, digits and _ . : / - (starting with a letter or digit).",
+    )
     payload: Any = Field(default=None, description="Any JSON value (default: null).")
     priority: int = Field(default=0, ge=0, le=MAX_PRIORITY, description="Higher runs first.")
     concurrency_key: str | None = Field(default=None, min_length=1, max_length=255)
@@ -88,7 +93,8 @@ class JobPageOut(BaseModel):
     next_cursor: str | None
 
 
-def _iso(moment: datetime | None) -> str | None:
+def iso(moment: datetime | None) -> str | None:
+    """UTC ISO-8601 with a ``Z``, as every timestamp of the API."""
     return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
 
@@ -113,9 +119,9 @@ def job_json(job: Job) -> dict[str, Any]:
         "cancel_requested": job.cancel_requested,
         "pinned": job.pinned,
         "version": job.version,
-        "run_after": _iso(job.run_after),
-        "created_at": _iso(job.created_at),
-        "updated_at": _iso(job.updated_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
+        "run_after": iso(job.run_after),
+        "created_at": iso(job.created_at),
+        "updated_at": iso(job.updated_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
     }

@@ -1,0 +1,150 @@
+"""``GET /jobs/{id}/events``: Server-Sent Events that replay history, follow a worker live, end
+after the terminal event, and resume from ``Last-Event-ID`` without gaps or duplicates.
+
+httpx's ASGI transport hands over a response once the app has sent all of it, so a stream that
+returns at all has been closed by the server; live delivery is shown by starting the stream before
+the worker exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from jobkeeper.manager import JobManager
+
+from .support import (
+    DEADLINE,
+    IDLE_KIND,
+    Served,
+    Sse,
+    assert_event_stream,
+    assert_problem,
+    job_status,
+    parse_sse,
+    running_worker,
+)
+
+STREAM_END = 3.0  # a stream with nothing left to send ends at once; this is generous
+
+
+async def stream(client: httpx.AsyncClient, job_id: str, **headers: str) -> list[Sse]:
+    response = await asyncio.wait_for(
+        client.get(f"/jobs/{job_id}/events", headers=headers), DEADLINE
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers.get("x-request-id")
+    return parse_sse(response.text)
+
+
+async def test_events_replay_the_history_of_a_finished_job(api: httpx.AsyncClient) -> None:
+    job = (await api.post("/jobs", json={"kind": IDLE_KIND})).json()
+    assert (await api.post(f"/jobs/{job['id']}/cancel")).status_code == 202
+
+    events = await stream(api, job["id"])
+    assert [e.event for e in events] == ["submitted", "cancelled"]
+    assert_event_stream(events)
+    assert events[0].data["data"] == {"kind": IDLE_KIND}
+    for event in events:
+        assert event.data["at"]
+
+
+async def test_events_follow_a_worker_live_and_end_after_the_terminal_event(
+    served: Served, job_manager: JobManager
+) -> None:
+    api = served.client
+    job = (
+        await api.post(
+            "/jobs", json={"kind": "demo.sleep", "payload": {"seconds": 0.6, "steps": 3}}
+        )
+    ).json()
+    path = f"/jobs/{job['id']}/events"
+    watching = asyncio.create_task(stream(api, job["id"]))
+    try:
+        await asyncio.wait_for(served.response_started(path).wait(), DEADLINE)
+        assert not watching.done()  # the stream is open while the job is only queued
+        async with running_worker(job_manager, ["demo.sleep"]):
+            events = await watching
+    finally:
+        watching.cancel()
+
+    types = [e.event for e in events]
+    assert types[:2] == ["submitted", "claimed"]
+    assert types[-1] == "succeeded"
+    assert "progress" in types
+    assert types.count("succeeded") == 1
+    assert_event_stream(events)
+    final = (await api.get(f"/jobs/{job['id']}", headers={"Cache-Control": "no-cache"})).json()
+    assert final["version"] == len(events)  # every change of the job was streamed
+
+
+async def test_last_event_id_resumes_without_gaps_or_duplicates(
+    api: httpx.AsyncClient, job_manager: JobManager
+) -> None:
+    job = (
+        await api.post(
+            "/jobs", json={"kind": "demo.sleep", "payload": {"seconds": 0.3, "steps": 3}}
+        )
+    ).json()
+    async with running_worker(job_manager, ["demo.sleep"]):
+        await job_status(api, job["id"], ["succeeded"], **{"Cache-Control": "no-cache"})
+    full = await stream(api, job["id"])
+    assert full[-1].event == "succeeded"
+
+    for seen in range(len(full)):
+        resumed = await stream(api, job["id"], **{"Last-Event-ID": str(seen)})
+        assert resumed == full[seen:], seen
+        by_query = parse_sse(
+            (await api.get(f"/jobs/{job['id']}/events", params={"after": seen})).text
+        )
+        assert by_query == full[seen:], seen
+
+
+async def test_a_stream_resumed_before_the_end_delivers_the_rest_live(
+    served: Served, job_manager: JobManager
+) -> None:
+    api = served.client
+    job = (
+        await api.post(
+            "/jobs", json={"kind": "demo.sleep", "payload": {"seconds": 0.4, "steps": 2}}
+        )
+    ).json()
+    watching = asyncio.create_task(stream(api, job["id"], **{"Last-Event-ID": "1"}))
+    try:
+        await asyncio.wait_for(
+            served.response_started(f"/jobs/{job['id']}/events").wait(), DEADLINE
+        )
+        async with running_worker(job_manager, ["demo.sleep"]):
+            rest = await watching
+    finally:
+        watching.cancel()
+    full = await stream(api, job["id"])
+    assert [e.event for e in full[:1]] == ["submitted"]
+    assert rest == full[1:]
+
+
+async def test_resuming_after_the_terminal_event_ends_at_once(api: httpx.AsyncClient) -> None:
+    """What EventSource does when the server closes the stream: reconnect with the last id."""
+    job = (await api.post("/jobs", json={"kind": IDLE_KIND})).json()
+    assert (await api.post(f"/jobs/{job['id']}/cancel")).status_code == 202
+    response = await asyncio.wait_for(
+        api.get(f"/jobs/{job['id']}/events", headers={"Last-Event-ID": "2"}), STREAM_END
+    )
+    assert response.status_code in (200, 204)
+    assert parse_sse(response.text) == []
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5"])
+async def test_a_malformed_last_event_id_is_400(api: httpx.AsyncClient, value: str) -> None:
+    job = (await api.post("/jobs", json={"kind": IDLE_KIND})).json()
+    response = await api.get(f"/jobs/{job['id']}/events", headers={"Last-Event-ID": value})
+    assert_problem(response, 400, "invalid_request")
+
+
+async def test_a_negative_after_is_422(api: httpx.AsyncClient) -> None:
+    job = (await api.post("/jobs", json={"kind": IDLE_KIND})).json()
+    response = await api.get(f"/jobs/{job['id']}/events", params={"after": -1})
+    assert_problem(response, 422, "validation_error")
