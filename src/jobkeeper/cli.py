@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from prometheus_client import start_http_server
+from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from jobkeeper.api.auth import ApiKeys
@@ -67,8 +68,19 @@ jobs_app = typer.Typer(help="Look at and act on jobs.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 
 
+def _read_settings() -> Settings:
+    """``Settings()``, with a bad value reported in one line (exit 2)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"JOBKEEPER_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise _fail(f"invalid setting: {problems}", 2) from None
+
+
 def _settings() -> Settings:
-    settings = Settings()
+    settings = _read_settings()
     if not settings.database_url:
         raise _fail("set JOBKEEPER_DATABASE_URL")
     return settings
@@ -132,7 +144,7 @@ def migrate(
     ] = False,
 ) -> None:
     """Create or upgrade the schema (Alembic upgrade head)."""
-    settings = Settings()
+    settings = _read_settings()
     url = settings.database_url or ("postgresql://offline/jobkeeper" if sql else None)
     if url is None:
         raise _fail("set JOBKEEPER_DATABASE_URL")

@@ -15,6 +15,7 @@ the HTTP layer maps codes to statuses in one place. Messages are for people and 
     ├── QueueFull                   queue_full           backpressure; retry after ``retry_after`` s
     ├── InvalidAnswer               invalid_answer       the answer does not fit the question
     ├── NotWaitingForInput          not_waiting_for_input  no open question (or another one)
+    ├── SchemaMissing               schema_missing       the database was never migrated
     └── DatabaseUnavailable         database_unavailable
 
 Raised by handlers to steer the worker (not errors of jobkeeper itself):
@@ -46,6 +47,7 @@ __all__ = [
     "PermanentFailure",
     "QueueFull",
     "Retry",
+    "SchemaMissing",
     "TenantRequired",
 ]
 
@@ -141,6 +143,15 @@ class IdempotencyConflict(JobkeeperError):
         )
         self.idempotency_key = idempotency_key
         self.job_id = job_id
+
+
+class SchemaMissing(JobkeeperError):
+    """The database has no jobkeeper schema (or an old one): run ``jobkeeper migrate``."""
+
+    code = "schema_missing"
+
+    def __init__(self) -> None:
+        super().__init__("the jobkeeper schema is missing or outdated: run `jobkeeper migrate`")
 
 
 class DatabaseUnavailable(JobkeeperError):

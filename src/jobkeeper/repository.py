@@ -41,6 +41,7 @@ from jobkeeper.errors import (
     JobExpired,
     JobFinished,
     JobNotFound,
+    SchemaMissing,
 )
 from jobkeeper.models import (
     TERMINAL,
@@ -64,6 +65,11 @@ CHANNEL = "jobkeeper_changes"
 # listeners run a catch-up, which finds the same changes in job_events.
 CATCH_UP_HINT = '"catchup"'
 _MAX_PAYLOAD = 7_900
+# every table of the current schema exists (a cheap check at connect)
+_SCHEMA_PRESENT = (
+    "SELECT to_regclass('job_events') IS NOT NULL AND to_regclass('job_tombstones') IS NOT NULL"
+    " AND to_regclass('api_keys') IS NOT NULL AND to_regclass('workers') IS NOT NULL"
+)
 # an expired job is gone for good: its "version" outranks every real one, so caches drop it
 EXPIRED_VERSION = 2**63 - 1
 _NOW = sa.func.now()
@@ -867,9 +873,12 @@ class JobRepository:
     # --- reads -------------------------------------------------------------------------------
 
     async def ping(self) -> None:
-        """Raise ``DatabaseUnavailable`` unless Postgres answers a trivial query."""
+        """Raise ``DatabaseUnavailable`` unless Postgres answers, ``SchemaMissing`` unless the
+        schema (as of the newest table) is there."""
         async with self._driver() as conn:
-            await conn.fetchval("SELECT 1")
+            present = await conn.fetchval(_SCHEMA_PRESENT)
+        if not present:
+            raise SchemaMissing()
 
     async def get(self, job_id: UUID, tenant: str) -> Job | None:
         """The committed job, or ``None`` if it does not exist for this tenant."""

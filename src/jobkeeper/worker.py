@@ -502,7 +502,9 @@ class Worker:
             if ctx._stop_reason == "cancel":
                 await self._record_cancelled(ctx)
         except JobCancelled:
-            if ctx._stop_reason != "lease_lost":
+            # only a real cancel request ends the job cancelled; a lost lease or a shutdown stop
+            # leaves it to its new owner or to the release that follows
+            if ctx._stop_reason not in ("lease_lost", "shutdown"):
                 await self._record_cancelled(ctx)
         except Retry as exc:
             await self._record_failure(ctx, _describe(exc), retryable=True, delay=exc.delay)

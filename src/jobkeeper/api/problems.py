@@ -46,6 +46,7 @@ STATUS: dict[str, int] = {
     "queue_full": 429,
     "internal_error": 500,
     "database_unavailable": 503,
+    "schema_missing": 503,
 }
 _TITLES = {code: code.replace("_", " ").capitalize() for code in STATUS}
 PROBLEM_JSON = "application/problem+json"
