@@ -282,7 +282,7 @@ class JobManager:
             if found is None:
                 if self._max_queued is None and self._max_queued_per_kind is None:
                     continue  # the key's row vanished between the two statements: insert again
-                raise self._queue_full(new)
+                raise await self._queue_full(new)
             job, fingerprint = found
             if fingerprint != new.fingerprint:
                 raise IdempotencyConflict(job.idempotency_key or "", job.id)
@@ -290,11 +290,15 @@ class JobManager:
             return job, False
         raise RuntimeError("idempotent submit kept losing its row; is something deleting jobs?")
 
-    def _queue_full(self, new: NewJob) -> QueueFull:
-        limit = self._max_queued_per_kind or self._max_queued
-        assert limit is not None
-        kind = new.kind if self._max_queued_per_kind else None
-        return QueueFull(new.tenant, limit, self._retry_after, kind)
+    async def _queue_full(self, new: NewJob) -> QueueFull:
+        """Which limit refused the job: the tenant's, unless only the kind's is reached."""
+        if self._max_queued is not None and (
+            self._max_queued_per_kind is None
+            or await self._repository.queued_for(new.tenant) >= self._max_queued
+        ):
+            return QueueFull(new.tenant, self._max_queued, self._retry_after)
+        assert self._max_queued_per_kind is not None
+        return QueueFull(new.tenant, self._max_queued_per_kind, self._retry_after, new.kind)
 
     async def cancel(self, job_id: UUID | str, *, tenant: str) -> Job:
         """Cancel a job: a queued or waiting one becomes ``cancelled`` at once; a running one gets

@@ -728,6 +728,8 @@ _QUEUE_DEPTH = _raw(
        (SELECT count(*) FROM jobs WHERE status = 'waiting_input') AS waiting_input"""
 )
 
+_QUEUED_FOR = _raw("SELECT count(*) FROM jobs WHERE tenant = $1 AND status = 'queued'", "tenant")
+
 _CREATE_KEY = _raw(
     "INSERT INTO api_keys (id, tenant, key_hash, prefix, label) VALUES ($1, $2, $3, $4, $5)",
     "id",
@@ -1199,6 +1201,11 @@ class JobRepository:
             finally:
                 if held:
                     await conn.fetchval(_SWEEP_UNLOCK)
+
+    async def queued_for(self, tenant: str) -> int:
+        """How many of the tenant's jobs are queued."""
+        rows = await self._rows(_QUEUED_FOR, {"tenant": tenant}, read=True)
+        return int(rows[0][0])
 
     async def queue_depth(self) -> dict[str, int]:
         """How many jobs are queued, running and waiting for input (all tenants)."""
