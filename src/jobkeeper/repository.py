@@ -378,10 +378,24 @@ def _text_change(ctes: str, event_type: str, event_data: str, *names: str) -> tu
 
 
 _LEASE = "now() + make_interval(secs => {})"
-# exponential backoff with jitter: base * 2^(attempts-1), capped, times a random 0.5..1
-_BACKOFF = (
-    "least({max}, {base} * power(2, greatest(jobs.attempts - 1, 0))) * (0.5 + random() * 0.5)"
-)
+
+
+def _retry_or_fail(*, retryable: str, delay: str, base: str, cap: str) -> str:
+    """SET clauses for a run that ended without success: cancelled if that was asked; queued
+    again after ``delay`` (NULL: exponential backoff with jitter, base * 2^(attempts-1) capped,
+    times 0.5..1) while ``retryable`` and attempts remain; else failed."""
+    again = f"NOT jobs.cancel_requested AND {retryable} AND jobs.attempts < jobs.max_attempts"
+    backoff = (
+        f"least({cap}, {base} * power(2, greatest(jobs.attempts - 1, 0))) * (0.5 + random() * 0.5)"
+    )
+    return f"""status = CASE WHEN jobs.cancel_requested THEN 'cancelled'
+                      WHEN {again} THEN 'queued' ELSE 'failed' END,
+        run_after = CASE WHEN {again}
+                    THEN now() + make_interval(secs => coalesce({delay}, {backoff}))
+                    ELSE jobs.run_after END,
+        finished_at = CASE WHEN {again} THEN NULL ELSE now() END"""
+
+
 _EVENT_BY_STATUS = (
     "CASE changed.status WHEN 'queued' THEN 'retried' WHEN 'cancelled' THEN 'cancelled'"
     " ELSE 'failed' END"
@@ -462,16 +476,11 @@ _COMPLETE = _text_change(
 _FAIL = _text_change(
     f"""WITH changed AS (
     UPDATE jobs SET
-        status = CASE WHEN jobs.cancel_requested THEN 'cancelled'
-                      WHEN $4::boolean AND jobs.attempts < jobs.max_attempts THEN 'queued'
-                      ELSE 'failed' END,
-        run_after = CASE WHEN NOT jobs.cancel_requested AND $4::boolean
-                          AND jobs.attempts < jobs.max_attempts
-                    THEN now() + make_interval(secs => coalesce($5::float8,
-                         {_BACKOFF.format(max="$7::float8", base="$6::float8")}))
-                    ELSE jobs.run_after END,
-        finished_at = CASE WHEN NOT jobs.cancel_requested AND $4::boolean
-                            AND jobs.attempts < jobs.max_attempts THEN NULL ELSE now() END,
+        {
+        _retry_or_fail(
+            retryable="$4::boolean", delay="$5::float8", base="$6::float8", cap="$7::float8"
+        )
+    },
         error = $3::jsonb, {_CLEAR_LEASE}, {_BUMP}
     WHERE jobs.id = $1::uuid AND jobs.lease_token = $2::uuid AND jobs.status = 'running'
     RETURNING jobs.*
@@ -528,14 +537,7 @@ _RECOVER = _text_change(
     ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED
 ), changed AS (
     UPDATE jobs SET
-        status = CASE WHEN jobs.cancel_requested THEN 'cancelled'
-                      WHEN jobs.attempts < jobs.max_attempts THEN 'queued' ELSE 'failed' END,
-        run_after = CASE WHEN NOT jobs.cancel_requested AND jobs.attempts < jobs.max_attempts
-                    THEN now() + make_interval(secs =>
-                         {_BACKOFF.format(max="$3::float8", base="$2::float8")})
-                    ELSE jobs.run_after END,
-        finished_at = CASE WHEN NOT jobs.cancel_requested AND jobs.attempts < jobs.max_attempts
-                      THEN NULL ELSE now() END,
+        {_retry_or_fail(retryable="true", delay="NULL", base="$2::float8", cap="$3::float8")},
         error = jsonb_build_object('code', 'lease_expired', 'message',
             'the worker stopped renewing its lease (crashed, killed, hung or cut off)'),
         {_CLEAR_LEASE}, {_BUMP}
