@@ -325,6 +325,9 @@ class Worker:
         self._grace = shutdown_grace
         self._progress_interval = progress_interval
         self._running: dict[UUID, _Running] = {}
+        # handlers that returned and only wait for their success to be written: they keep their
+        # lease (heartbeats, shutdown) but no longer a slot, so claims overlap completions
+        self._writing: set[UUID] = set()
         self._wake = asyncio.Event()
         self._stopping = False
         self._stop_now = asyncio.Event()
@@ -408,7 +411,7 @@ class Worker:
     async def _claim_loop(self) -> None:
         failures = 0
         while not self._stopping:
-            free = self._concurrency - len(self._running)
+            free = self._concurrency - len(self._running) + len(self._writing)
             claimed = 0
             if free > 0:
                 try:
@@ -526,8 +529,13 @@ class Worker:
         done: asyncio.Future[Job | None] = asyncio.get_running_loop().create_future()
         self._completions.append((ctx, result_json, done))
         self._completing.set()
-        if await done is None:
-            log.warning("job %s finished but its lease was lost; result discarded", ctx.job.id)
+        self._writing.add(ctx.job.id)
+        self._wake.set()  # its slot is free for the next claim
+        try:
+            if await done is None:
+                log.warning("job %s finished but its lease was lost; result lost", ctx.job.id)
+        finally:
+            self._writing.discard(ctx.job.id)
 
     async def _completion_loop(self) -> None:
         """Write every completion that piled up meanwhile in one statement."""
