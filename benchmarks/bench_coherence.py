@@ -68,6 +68,7 @@ READ_TASKS = 8
 CACHE_SIZE = 10_000
 LAG_TARGET_MS = 10.0
 TARGET_RATE = 1_000  # the rate the lag target applies to
+RATE_TOLERANCE = 0.95  # a run whose writer fell further behind the schedule proves nothing
 WARM_UP_CHANGES = 50
 SETTLE_S = 1.5  # after the writer stops: more than one catch-up interval (1 s by default)
 START_TIMEOUT_S = 60.0
@@ -86,8 +87,8 @@ class Plan:
     memory_reads: int
 
 
-FULL = Plan(10.0, (100, TARGET_RATE), 5.0, 2, 1_000_000, 100_000)
-QUICK = Plan(5.0, (100, TARGET_RATE), 2.0, 1, 100_000, 20_000)
+FULL = Plan(10.0, (100, TARGET_RATE), 5.0, 5, 1_000_000, 100_000)
+QUICK = Plan(5.0, (100, TARGET_RATE), 2.0, 2, 100_000, 20_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,13 +108,18 @@ def quantile(ordered: Sequence[float], q: float) -> float:
 
 
 def rss_mib() -> dict[str, float]:
-    """This process's peak RSS (``ru_maxrss``, KiB on Linux) and current RSS (``VmRSS``)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    current = math.nan
+    """``ru_maxrss`` and, from ``/proc/self/status``, this image's peak (``VmHWM``) and current
+    (``VmRSS``) RSS, in MiB.
+
+    Linux carries the pre-``exec`` peak into ``ru_maxrss``: in a child spawned by a big parent it
+    starts at the parent's RSS. ``VmHWM`` belongs to the process image alone.
+    """
+    sizes = {"ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            current = int(line.split()[1]) / 1024
-    return {"max_rss_mib": peak, "rss_mib": current}
+        name, _, value = line.partition(":")
+        if name in ("VmHWM", "VmRSS"):
+            sizes[name] = int(value.split()[0]) / 1024
+    return sizes
 
 
 # --- the change stream, shared by the paced writer and the throughput phase ------------------
@@ -239,7 +245,9 @@ async def writer_role(args: ChildArgs) -> dict[str, Any]:
     finally:
         await repo.close()
     return {
-        "commits": [[str(ids[c.slot % len(ids)]), c.version, c.returned_ns] for c in calls],
+        "commits": [
+            [str(ids[c.slot % len(ids)]), c.version, c.sent_ns, c.returned_ns] for c in calls
+        ],
         "start_ns": min(c.due_ns for c in calls),
         "slips_ns": sorted(c.sent_ns - c.due_ns for c in calls),
     }
@@ -388,7 +396,8 @@ class LagResult:
     commits: int
     achieved: float
     slip_p99_ms: float
-    lags_ms: tuple[float, ...]  # sorted, over both replicas
+    lags_ms: tuple[float, ...]  # arrival - commit returned, sorted, over both replicas
+    bounds_ms: tuple[float, ...]  # arrival - statement sent: an upper bound of the true lag
     missed: tuple[int, ...]  # per replica
     via_catch_up: tuple[int, ...]
     reconnects: tuple[int, ...]
@@ -405,22 +414,27 @@ def first_arrivals(heard: Iterable[list[Any]]) -> dict[tuple[str, int], tuple[in
 
 
 def lag_result(rate: int, writer: dict[str, Any], replicas: Sequence[dict[str, Any]]) -> LagResult:
-    committed = {(job_id, version): at for job_id, version, at in writer["commits"]}
+    committed = {
+        (job_id, version): (sent, back) for job_id, version, sent, back in writer["commits"]
+    }
     lags: list[float] = []
+    bounds: list[float] = []
     missed, via_catch_up = [], []
     for replica in replicas:
         first = first_arrivals(replica["heard"])
-        seen = [(first[key], at) for key, at in committed.items() if key in first]
-        lags += [(arrived - at) / 1e6 for (arrived, _), at in seen]
+        seen = [(first[key], times) for key, times in committed.items() if key in first]
+        lags += [(arrived - back) / 1e6 for (arrived, _), (_, back) in seen]
+        bounds += [(arrived - sent) / 1e6 for (arrived, _), (sent, _) in seen]
         missed.append(len(committed) - len(seen))
         via_catch_up.append(sum(catch_up for (_, catch_up), _ in seen))
-    last = max(committed.values())
+    last = max(back for _, back in committed.values())
     return LagResult(
         rate=rate,
         commits=len(committed),
         achieved=len(committed) * 1e9 / (last - writer["start_ns"]),
         slip_p99_ms=quantile(writer["slips_ns"], 0.99) / 1e6,
         lags_ms=tuple(sorted(lags)),
+        bounds_ms=tuple(sorted(bounds)),
         missed=tuple(missed),
         via_catch_up=tuple(via_catch_up),
         reconnects=tuple(r["feed"]["reconnects"] for r in replicas),
@@ -623,25 +637,53 @@ def target_lag(results: Results) -> LagResult:
     return next(r for r in results.lags if r.rate == TARGET_RATE)
 
 
-def passed(results: Results) -> bool:
-    lag = target_lag(results)
-    lost = any(sum(r.missed) for r in results.lags)
-    return quantile(lag.lags_ms, 0.99) < LAG_TARGET_MS and not lost
+def checks(results: Results) -> list[tuple[str, bool]]:
+    """Each check's sentence and whether it passed; the run fails if any does."""
+    lag, m = target_lag(results), results.memory
+    p99 = quantile(lag.lags_ms, 0.99)
+    lost = sum(sum(r.missed) for r in results.lags)
+    received, expected = results.notifications
+    return [
+        (
+            f"Target: invalidation lag p99 < {LAG_TARGET_MS:.0f} ms at {TARGET_RATE:,} changes/s: "
+            f"p99 = {p99:,.2f} ms at an achieved {lag.achieved:,.0f} changes/s (at least "
+            f"{RATE_TOLERANCE:.0%} of the target rate required)",
+            p99 < LAG_TARGET_MS and lag.achieved >= RATE_TOLERANCE * TARGET_RATE,
+        ),
+        (f"Changes never heard by a replica: {lost} (expected 0)", lost == 0),
+        (
+            f"Cache bound: largest cache size seen {m.largest_size:,} (limit {CACHE_SIZE:,})",
+            m.largest_size <= CACHE_SIZE,
+        ),
+        (
+            f"Notifications received by the throughput phase's listener: {received:,} "
+            f"(expected {expected:,}, one per notify-on statement)",
+            received == expected,
+        ),
+    ]
+
+
+def _ms(values: Sequence[float], *qs: float) -> str:
+    return " | ".join(f"{quantile(values, q):,.2f}" for q in qs)
+
+
+def _each(values: Iterable[int]) -> str:
+    return " / ".join(f"{v:,}" for v in values)
 
 
 def lag_table(lags: Sequence[LagResult]) -> list[str]:
     rows = [
         "| Target changes/s | Achieved changes/s | Commits | Writer slip p99 ms "
-        "| Lag p50 ms | Lag p99 ms | Lag max ms | Lag min ms | Missed (per replica) "
-        "| Heard only by catch-up | Feed reconnects |",
-        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| Lag p50 ms | Lag p99 ms | Lag max ms | Lag min ms | Bound p50 ms | Bound p99 ms "
+        "| Missed (per replica) | Heard first by catch-up | Feed reconnects |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in lags:
         rows.append(
             f"| {r.rate:,} | {r.achieved:,.0f} | {r.commits:,} | {r.slip_p99_ms:,.2f} "
-            f"| {quantile(r.lags_ms, 0.5):,.2f} | {quantile(r.lags_ms, 0.99):,.2f} "
-            f"| {r.lags_ms[-1]:,.2f} | {r.lags_ms[0]:,.2f} | {' / '.join(map(str, r.missed))} "
-            f"| {' / '.join(map(str, r.via_catch_up))} | {' / '.join(map(str, r.reconnects))} |"
+            f"| {_ms(r.lags_ms, 0.5, 0.99, 1.0)} | {r.lags_ms[0]:,.2f} "
+            f"| {_ms(r.bounds_ms, 0.5, 0.99)} | {_each(r.missed)} | {_each(r.via_catch_up)} "
+            f"| {_each(r.reconnects)} |"
         )
     return rows
 
@@ -662,8 +704,9 @@ def throughput_table(results: Sequence[ThroughputResult]) -> list[str]:
 
 def memory_table(m: MemoryResult) -> list[str]:
     rows = [
-        "| Replica process, stage | Max RSS MiB (`ru_maxrss`) | Current RSS MiB (`VmRSS`) |",
-        "|---|--:|--:|",
+        "| Replica process, stage | Peak RSS MiB (`VmHWM`) | Current RSS MiB (`VmRSS`) "
+        "| `ru_maxrss` MiB (see method) |",
+        "|---|--:|--:|--:|",
     ]
     labels = {
         "imported": "started (jobkeeper imported)",
@@ -672,7 +715,9 @@ def memory_table(m: MemoryResult) -> list[str]:
     }
     for stage, label in labels.items():
         rss = m.stages[stage]
-        rows.append(f"| {label} | {rss['max_rss_mib']:,.1f} | {rss['rss_mib']:,.1f} |")
+        rows.append(
+            f"| {label} | {rss['VmHWM']:,.1f} | {rss['VmRSS']:,.1f} | {rss['ru_maxrss']:,.1f} |"
+        )
     return rows
 
 
@@ -684,34 +729,40 @@ def notify_cost(results: Sequence[ThroughputResult], tasks: int) -> float:
     return 1 - on.per_s / off.per_s
 
 
-def interpretation(results: Results) -> list[str]:
-    lag = target_lag(results)
-    p50, p99 = quantile(lag.lags_ms, 0.5), quantile(lag.lags_ms, 0.99)
-    m = results.memory
-    growth = m.stages["after reads"]["max_rss_mib"] - m.stages["connected"]["max_rss_mib"]
-    lost = sum(sum(r.missed) for r in results.lags)
-    seq_cost = 100 * notify_cost(results.throughput, 1)
-    par_cost = 100 * notify_cost(results.throughput, WRITER_TASKS)
-    return [
-        f"- Target: invalidation lag p99 < {LAG_TARGET_MS:.0f} ms at {TARGET_RATE:,} changes/s: "
-        f"p99 = {p99:,.2f} ms at an achieved {lag.achieved:,.0f} changes/s: "
-        f"{status(p99 < LAG_TARGET_MS)}.",
-        f"- Changes never heard by a replica: {lost} (expected 0): {status(lost == 0)}.",
-        f"- Cache bound: largest cache size seen {m.largest_size:,} (limit {CACHE_SIZE:,}): "
-        f"{status(m.largest_size <= CACHE_SIZE)}.",
-        "",
-        f"**Interpretation.** At {TARGET_RATE:,} changes/s a committed change reaches both other "
-        f"processes' caches {p50:,.2f} ms after the writer sees its commit (median), "
-        f"{p99:,.2f} ms at p99 and {lag.lags_ms[-1]:,.1f} ms at worst, with "
-        f"{sum(lag.via_catch_up)} changes first found by a catch-up rather than a notification. "
-        f"Notifications cost the writer {seq_cost:.0f}% of its throughput sequentially and "
-        f"{par_cost:.0f}% with {WRITER_TASKS} concurrent tasks, where committing writers "
-        "serialise on NOTIFY's database-wide lock. "
-        f"With {m.rows:,} rows in the table, {m.reads:,} reads of distinct jobs grew a "
-        f"replica's peak RSS by {growth:,.1f} MiB over a freshly connected process while its "
-        f"cache stayed at or under {CACHE_SIZE:,} entries: memory follows the cache bound, not "
-        "the table.",
-    ]
+def throughput_sentence(results: Results) -> str:
+    """What notifications cost writers, with the reading the numbers support."""
+    alone, together = (100 * notify_cost(results.throughput, n) for n in (1, WRITER_TASKS))
+    said = (
+        f"Notifications cost the writer {alone:.0f}% of its throughput sequentially and "
+        f"{together:.0f}% with {WRITER_TASKS} concurrent tasks"
+    )
+    if together > alone + 5:
+        reading = (
+            ": more under concurrency, as committing writers queue on NOTIFY's database-wide "
+            "commit lock."
+        )
+    elif min(alone, together) < 0:
+        reading = "; a negative cost means the difference is within this run's noise."
+    else:
+        reading = "."
+    return said + reading
+
+
+def interpretation(results: Results) -> str:
+    lag, m = target_lag(results), results.memory
+    grown = m.stages["after reads"]["VmRSS"] - m.stages["connected"]["VmRSS"]
+    return (
+        f"**Interpretation.** At {TARGET_RATE:,} changes/s the replicas drop a changed entry "
+        f"{quantile(lag.lags_ms, 0.5):,.2f} ms after the writer sees its commit return (median; "
+        "slightly negative when the notification outruns the writer's own return path), "
+        f"{quantile(lag.lags_ms, 0.99):,.2f} ms at p99 and {lag.lags_ms[-1]:,.1f} ms at worst; "
+        f"even measured from when the statement was sent, p99 is "
+        f"{quantile(lag.bounds_ms, 0.99):,.2f} ms. "
+        f"{throughput_sentence(results)} "
+        f"With {m.rows:,} rows in the table, {m.reads:,} reads of distinct jobs grew a replica's "
+        f"RSS by {grown:,.1f} MiB over a freshly connected process, its cache never above "
+        f"{m.largest_size:,} entries: memory follows the cache bound, not the table."
+    )
 
 
 def machine_lines(results: Results, server: str) -> list[str]:
@@ -726,46 +777,48 @@ def machine_lines(results: Results, server: str) -> list[str]:
 
 
 def method_lines(plan: Plan, results: Results) -> list[str]:
-    received, expected = results.notifications
+    m = results.memory
     return [
         "- Real OS processes on one machine: this script (the parent) creates the scratch "
-        "database and the data, and starts each child as `bench_coherence.py --role ...` with the "
+        "database and the data and starts each child as `bench_coherence.py --role ...` with the "
         "same interpreter; children import only jobkeeper. TCP to the server on loopback (a Unix "
         "socket with the embedded server). Every child is killed on the way out.",
         f"- Lag: {STREAM_JOBS} jobs submitted and moved to running. {REPLICAS} replica processes "
         f"each `JobManager.connect(url, cache_size={CACHE_SIZE:,})` (notify mode, catch-up every "
         f"1 s), read all {STREAM_JOBS} jobs into their cache, then `subscribe` a listener. One "
-        f"writer process, `JobRepository.create(url, notify=True)`, {WARM_UP_CHANGES} untimed "
+        f"writer process: `JobRepository.create(url, notify=True)`, {WARM_UP_CHANGES} untimed "
         f"changes, then `repository.progress` from {WRITER_TASKS} tasks on an absolute schedule: "
         "change *i* is due at start + *i*/rate (a late one is sent at once, never skipped; "
-        "slip = sent - due) and goes to job *i* mod "
-        f"{STREAM_JOBS}, so each job is written by one task and its versions arrive in order. "
-        f"{plan.lag_seconds:.0f} s per rate, fresh replicas per rate.",
+        f"slip = sent - due) and goes to job *i* mod {STREAM_JOBS}, so each job is written by "
+        f"one task and its versions arrive in order. {plan.lag_seconds:.0f} s per rate, fresh "
+        "replicas per rate. Achieved rate = commits / (last commit - scheduled start).",
         "- Lag of one change = `time.monotonic_ns()` in the replica's listener when the "
         "`(job, version)` arrives (the manager's cache listener runs just before it, so this is "
         "when the replica stops serving the old version) - `time.monotonic_ns()` in the writer "
         "when `progress` returned (the commit is acknowledged). CLOCK_MONOTONIC is one clock for "
         "all processes. A lag can be slightly negative: Postgres signals listeners at commit, "
-        "before the writer's event loop has resumed. Quantiles are nearest-rank over both "
-        "replicas; the first arrival of each version counts. Missed = committed versions a "
-        f"replica never heard, by notification or catch-up, {SETTLE_S} s after the writer ended.",
+        "before the writer's process has read and decoded the reply. *Bound* = arrival - when "
+        "the statement was sent, which can only overstate the lag (the commit lies between the "
+        "two). Quantiles are nearest-rank over both replicas; the first arrival of each version "
+        "counts. Missed = committed versions a replica never heard, by notification or catch-up, "
+        f"{SETTLE_S} s after the writer ended.",
         f"- Throughput: one process, `JobRepository.create(url, notify=...)` (pool of 10), "
         f"{WARM_UP_CHANGES} untimed changes each, then `progress` as fast as it returns from 1 "
         f"and from {WRITER_TASKS} tasks (each on its own jobs: no row lock is shared) on the same "
         f"{STREAM_JOBS} running jobs; {plan.throughput_seconds:.0f} s per configuration in "
-        f"{plan.throughput_rounds} interleaved rounds (rotating order). Changes/s = changes / "
-        "wall time. The parent holds a LISTEN connection meanwhile, as a replica would; it "
-        f"received {received:,} notifications for {expected:,} notify-on changes (one per "
-        "statement; none with `notify=False`).",
-        f"- Memory: {results.memory.rows:,} rows inserted by one `INSERT ... SELECT "
-        "gen_random_uuid() ... FROM generate_series` (ids sorted before insertion) in "
-        f"{results.memory.insert_s:,.1f} s, then `ANALYZE`. {plan.memory_reads:,} distinct ids "
-        "picked with `ORDER BY random()` go to the replica as a packed file (16 bytes each, so "
-        f"the id list itself costs ~{plan.memory_reads * 16 / MIB:.1f} MiB), which "
-        f"`JobManager.connect(url, cache_size={CACHE_SIZE:,})` and reads each once with `get` "
+        f"{plan.throughput_rounds} interleaved round(s), rotating order. Changes/s = changes / "
+        "wall time. The parent holds a LISTEN connection meanwhile, as a replica would.",
+        f"- Memory: {m.rows:,} rows inserted by one `INSERT ... SELECT gen_random_uuid() ... "
+        f"FROM generate_series` (ids sorted before insertion) in {m.insert_s:,.1f} s, then "
+        f"`ANALYZE`. {plan.memory_reads:,} distinct ids picked with `ORDER BY random()` reach the "
+        f"replica as a packed file (16 bytes each, "
+        f"~{plan.memory_reads * 16 / MIB:.1f} MiB in the process); it "
+        f"`JobManager.connect(url, cache_size={CACHE_SIZE:,})` and reads each id once with `get` "
         f"from {READ_TASKS} tasks (every read a miss that fills the cache and evicts). RSS from "
-        "`resource.getrusage(RUSAGE_SELF).ru_maxrss` (peak) and `/proc/self/status` VmRSS "
-        "(current); cache size sampled every 1,000 reads.",
+        "`/proc/self/status`: `VmHWM` (peak) and `VmRSS` (current); cache size sampled every "
+        "1,000 reads. `resource.getrusage(RUSAGE_SELF).ru_maxrss` is shown too but is not this "
+        "process's own peak: Linux carries the peak RSS of the image before `exec` into it, so "
+        "a child spawned by a large parent starts at the parent's RSS.",
     ]
 
 
@@ -801,9 +854,12 @@ def report(results: Results, plan: Plan, server: str, quick: bool) -> str:
         *memory_table(m),
         "",
         f"Cache after the reads: size {c['size']:,} of {c['maxsize']:,}, {c['misses']:,} misses, "
-        f"{c['hits']:,} hits, {c['evictions']:,} evictions; {m.reads_per_s:,.0f} reads/s.",
+        f"{c['hits']:,} hits, {c['evictions']:,} evictions, {c['refused_stores']:,} refused "
+        f"stores; {m.reads_per_s:,.0f} reads/s.",
         "",
-        *interpretation(results),
+        *(f"- {line}: {status(ok)}." for line, ok in checks(results)),
+        "",
+        interpretation(results),
     ]
     return "\n".join(lines) + "\n"
 
@@ -855,7 +911,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.write:
         write_section(DOC, section)
         sys.stderr.write(f"wrote {DOC}\n")
-    return 0 if passed(results) else 1
+    return 0 if all(ok for _, ok in checks(results)) else 1
 
 
 if __name__ == "__main__":

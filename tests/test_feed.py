@@ -176,7 +176,7 @@ async def test_catch_up_finds_a_slow_transaction_that_commits_after_a_newer_one(
         await slow.fetchval("SELECT pg_current_xact_id()")  # takes its id before the fast one
         await job_manager.cancel(fast_job.id, tenant=tenant)  # commits first, with a later id
 
-        found = await feed.catch_up(cursor, 100)
+        found = await job_manager.repository.catch_up(cursor, 100)
         assert (fast_job.id, 2) in found.changes
         cursor = found.cursor  # cannot pass the slow transaction, which is still running
 
@@ -187,7 +187,7 @@ async def test_catch_up_finds_a_slow_transaction_that_commits_after_a_newer_one(
             )
         )
         await tx.commit()
-        found = await feed.catch_up(cursor, 100)
+        found = await job_manager.repository.catch_up(cursor, 100)
         assert (slow_job.id, 2) in found.changes
     finally:
         await slow.close()
@@ -201,8 +201,8 @@ async def test_catch_up_reports_truncation_beyond_its_limit(
     try:
         cursor = await feed.horizon()
         ids = [(await job_manager.submit(tenant, "feed.test", {})).id for _ in range(3)]
-        assert (await feed.catch_up(cursor, 2)).truncated
-        found = await feed.catch_up(cursor, 10)
+        assert (await job_manager.repository.catch_up(cursor, 2)).truncated
+        found = await job_manager.repository.catch_up(cursor, 10)
         assert not found.truncated
         assert {job_id for job_id, _ in found.changes} >= set(ids)
     finally:

@@ -35,7 +35,7 @@ from jobkeeper.models import Job
 __all__ = ["CacheStats", "JobCache", "Ticket"]
 
 Ticket = int
-_BUCKETS = 4096
+_BUCKETS = 65_536  # a forgotten floor refuses in-flight fills of 1/65,536 of the jobs
 
 
 @dataclass(frozen=True, slots=True)

@@ -191,7 +191,8 @@ class ChangeFeed:
         if conn is None or cursor is None:
             raise DatabaseUnavailable("change feed is not connected")
         started = self._clock()
-        found = await conn.catch_up(cursor, self._max_jobs)
+        await conn.ping()  # the LISTEN connection is alive (the catch-up runs on the pool)
+        found = await self._repository.catch_up(cursor, self._max_jobs)
         if found.truncated:
             self._on_reset()  # more changed jobs than the cache holds: drop everything
         else:

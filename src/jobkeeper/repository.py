@@ -5,10 +5,11 @@ Every change is a single statement in autocommit mode: a conditional
 appends the ``job_events`` row. One statement is one transaction and one round trip, so a change and
 its event commit together or not at all, and no Python code reads a row and then writes it back.
 
-The same statement announces the change on the ``jobkeeper_changes`` channel (``pg_notify`` of one
-JSON array ``[[job_id, version, tenant], ...]`` per statement, so at most one notification per
-transaction) unless the repository was created with ``notify=False`` (poll mode, for poolers).
-The change feed's dedicated connection (``FeedConnection``) listens there and runs the catch-up.
+The same statement announces the change on the ``jobkeeper_changes`` channel (``pg_notify`` of
+one JSON array ``[[job_id, version, tenant, status], ...]`` per statement, so at most one
+notification per transaction) unless the repository was created with ``notify=False`` (poll mode,
+for poolers). The change feed's dedicated connection (``FeedConnection``) listens there; its
+catch-up query runs on the pool (``catch_up``).
 
 Statements are written with SQLAlchemy Core and compiled to SQL text once, at import; they run on
 the asyncpg connection underneath SQLAlchemy's pool. Measured on this project's machine, building
@@ -1215,6 +1216,16 @@ class JobRepository:
         rows = await self._rows(_QUEUED_FOR, {"tenant": tenant}, read=True)
         return int(rows[0][0])
 
+    async def catch_up(self, cursor: int, limit: int) -> CatchUp:
+        """Changes of transactions at or after ``cursor``; at most ``limit`` jobs. Runs on a
+        pooled connection, so the feed's LISTEN connection never waits behind it."""
+        rows = await self._rows(_CATCH_UP_SQL, {"cursor": cursor, "limit": limit + 1}, read=True)
+        row = rows[0]
+        changes = list(zip(row["ids"], row["versions"], strict=True))
+        return CatchUp(
+            changes=changes[:limit], cursor=row["horizon"], truncated=len(changes) > limit
+        )
+
     async def queue_depth(self) -> dict[str, int]:
         """How many jobs are queued, running and waiting for input (all tenants)."""
         rows = await self._rows(_QUEUE_DEPTH, {}, read=True)
@@ -1363,11 +1374,13 @@ FROM (
     ) AS changes GROUP BY job_id LIMIT $2
 ) AS c
 """
+_CATCH_UP_SQL = _raw(_CATCH_UP, "cursor", "limit")
 _HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 
 
 class FeedConnection:
-    """The change feed's own asyncpg connection: notifications in, catch-up queries out."""
+    """The change feed's own asyncpg connection, kept idle so notifications arrive at once (a
+    connection busy with a query holds them back): it only LISTENs and answers health pings."""
 
     def __init__(self, conn: asyncpg.Connection, *, timeout: float) -> None:
         self._conn = conn
@@ -1378,14 +1391,9 @@ class FeedConnection:
         value = await self._conn.fetchval(_HORIZON, timeout=self._timeout)
         return int(value)
 
-    async def catch_up(self, cursor: int, limit: int) -> CatchUp:
-        """Changes of transactions at or after ``cursor``; at most ``limit`` jobs."""
-        row = await self._conn.fetchrow(_CATCH_UP, cursor, limit + 1, timeout=self._timeout)
-        assert row is not None
-        changes = list(zip(row["ids"], row["versions"], strict=True))
-        return CatchUp(
-            changes=changes[:limit], cursor=row["horizon"], truncated=len(changes) > limit
-        )
+    async def ping(self) -> None:
+        """Fail (OSError, TimeoutError, asyncpg errors) unless the connection still answers."""
+        await self._conn.fetchval("SELECT 1", timeout=self._timeout)
 
     def is_closed(self) -> bool:
         return self._conn.is_closed()
