@@ -12,7 +12,6 @@ import random
 import sys
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
 import pytest
@@ -23,7 +22,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from jobkeeper.cache import JobCache, Ticket
 from jobkeeper.errors import JobNotFound
 from jobkeeper.manager import JobManager
-from jobkeeper.models import Job, JobStatus, Progress
+from jobkeeper.models import Job, JobStatus
+from support import make_job
 
 TTL = 10.0
 FLOOR_MAP_MIN = 1024  # JobCache keeps max(2 * maxsize, 1024) floors
@@ -40,33 +40,6 @@ class FakeClock:
         value = self.now
         self.now += self.step
         return value
-
-
-def make_job(*, version: int = 1, id: UUID | None = None, tenant: str = "tenant-a") -> Job:
-    now = datetime.now(UTC)
-    return Job(
-        id=uuid4() if id is None else id,
-        tenant=tenant,
-        kind="cache.test",
-        status=JobStatus.QUEUED,
-        payload={"n": version},
-        result=None,
-        error=None,
-        progress=Progress(),
-        priority=0,
-        attempts=0,
-        max_attempts=3,
-        run_after=now,
-        idempotency_key=None,
-        concurrency_key=None,
-        cancel_requested=False,
-        pinned=False,
-        version=version,
-        created_at=now,
-        updated_at=now,
-        started_at=None,
-        finished_at=None,
-    )
 
 
 @pytest.fixture

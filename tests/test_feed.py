@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from uuid import UUID, uuid4
 
 import asyncpg
-import pytest
 
 from jobkeeper.cache import JobCache
 from jobkeeper.feed import ChangeFeed
@@ -18,30 +13,9 @@ from jobkeeper.manager import JobManager
 from jobkeeper.models import Job, JobStatus, Progress
 from jobkeeper.repository import CHANNEL, JobRepository
 from jobkeeper.settings import asyncpg_dsn
+from support import eventually, make_job, terminate_feeds
 
 DEADLINE = 10.0
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll ``check`` until it is true; fail after a generous deadline (never a fixed sleep)."""
-    end = time.monotonic() + DEADLINE
-    while not await check():
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-async def terminate_feeds(url: str) -> int:
-    """Kill every change-feed backend on the test database, as a network failure would."""
-    conn = await asyncpg.connect(asyncpg_dsn(url))
-    try:
-        killed = await conn.fetch(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE application_name = 'jobkeeper-feed' AND datname = current_database()"
-        )
-    finally:
-        await conn.close()
-    return len(killed)
 
 
 async def running_job(manager: JobManager, tenant: str) -> Job:
@@ -212,12 +186,12 @@ async def test_catch_up_reports_truncation_beyond_its_limit(
 def test_cache_reset_refuses_fills_that_started_before_it() -> None:
     cache = JobCache(10, 60)
     ticket = cache.ticket()
-    job = _job(version=3)
+    job = make_job(version=3)
     assert cache.store(job, ticket)
     cache.reset()
     assert cache.get(job.id) is None
-    assert not cache.store(_job(job_id=job.id, version=4), ticket)  # read before the reset
-    assert cache.store(_job(job_id=job.id, version=4), cache.ticket())
+    assert not cache.store(make_job(id=job.id, version=4), ticket)  # read before the reset
+    assert cache.store(make_job(id=job.id, version=4), cache.ticket())
 
 
 async def test_close_leaves_no_feed_task_or_connection(database_url: str) -> None:
@@ -234,30 +208,3 @@ async def _true(value: bool) -> bool:
 
 def _progress() -> Progress:
     return Progress(0.5, "half")
-
-
-def _job(*, version: int, job_id: UUID | None = None) -> Job:
-    now = datetime.now(UTC)
-    return Job(
-        id=job_id or uuid4(),
-        tenant="t",
-        kind="k",
-        status=JobStatus.QUEUED,
-        payload={},
-        result=None,
-        error=None,
-        progress=Progress(),
-        priority=0,
-        attempts=0,
-        max_attempts=3,
-        run_after=now,
-        idempotency_key=None,
-        concurrency_key=None,
-        cancel_requested=False,
-        pinned=False,
-        version=version,
-        created_at=now,
-        updated_at=now,
-        started_at=None,
-        finished_at=None,
-    )

@@ -31,6 +31,7 @@ from jobkeeper.models import TERMINAL_EVENTS, Job, JobEvent, JobStatus
 from jobkeeper.settings import asyncpg_dsn
 from jobkeeper.sweeper import Sweeper
 from jobkeeper.worker import JobContext, TaskRegistry, Worker
+from support import terminate_feeds
 
 T = TypeVar("T")
 OnTimeout = Literal["fail", "cancel", "default"]
@@ -824,16 +825,3 @@ async def test_watch_after_the_terminal_event_ends(job_manager: JobManager, tena
     rest: list[JobEvent] = []
     await asyncio.wait_for(collect(job_manager, job.id, tenant, rest, after=cancelled.version), 3)
     assert rest == []
-
-
-async def terminate_feeds(url: str) -> int:
-    """Kill every change-feed backend on the test database, as a network failure would."""
-    conn = await asyncpg.connect(asyncpg_dsn(url))
-    try:
-        killed = await conn.fetch(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE application_name = 'jobkeeper-feed' AND datname = current_database()"
-        )
-    finally:
-        await conn.close()
-    return len(killed)

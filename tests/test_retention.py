@@ -39,6 +39,7 @@ from jobkeeper.repository import (
 )
 from jobkeeper.settings import KindRetention, Settings, asyncpg_dsn, parse_duration
 from jobkeeper.sweeper import ExpiryHooks, Retention, Sweeper, SweepReport
+from support import explain, index_names
 
 T = TypeVar("T")
 
@@ -862,20 +863,6 @@ async def test_a_poll_mode_sweeper_sends_no_notification(
 ROWS = 20_000
 
 
-def _index_names(plan: Any) -> set[str]:
-    names: set[str] = set()
-    stack = [plan]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            if "Index Name" in node:
-                names.add(node["Index Name"])
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return names
-
-
 @pytest.fixture(scope="module")
 async def big_tables(database_url: str) -> str:
     """Many finished jobs (with payloads) and tombstones, none of them due, analysed."""
@@ -901,37 +888,23 @@ async def big_tables(database_url: str) -> str:
     return database_url
 
 
-async def _explain(url: str, sql: str, *args: object) -> Any:
-    conn = await asyncpg.connect(asyncpg_dsn(url))
-    try:
-        tx = conn.transaction()
-        await tx.start()
-        try:  # plan only, and roll back regardless: two of these statements write
-            plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)
-        finally:
-            await tx.rollback()
-    finally:
-        await conn.close()
-    return json.loads(plan)
-
-
 @pytest.mark.parametrize(("kinds", "others"), [(None, []), (None, ["kx"]), (["kx"], [])])
 async def test_due_for_expiry_uses_the_partial_retention_index(
     big_tables: str, kinds: list[str] | None, others: list[str]
 ) -> None:
-    plan = await _explain(big_tables, _DUE_FOR_EXPIRY.text, DAY, kinds, others, [], 100)
-    assert "ix_jobs_retention" in _index_names(plan), json.dumps(plan, indent=1)
+    plan = await explain(big_tables, _DUE_FOR_EXPIRY.text, DAY, kinds, others, [], 100)
+    assert "ix_jobs_retention" in index_names(plan), json.dumps(plan, indent=1)
 
 
 async def test_clear_payloads_uses_the_partial_payload_index(big_tables: str) -> None:
     for sql in (_CLEAR_PAYLOADS[0].text, _CLEAR_PAYLOADS[1].text):
-        plan = await _explain(big_tables, sql, DAY, None, [], 100)
-        assert "ix_jobs_payload_retention" in _index_names(plan), json.dumps(plan, indent=1)
+        plan = await explain(big_tables, sql, DAY, None, [], 100)
+        assert "ix_jobs_payload_retention" in index_names(plan), json.dumps(plan, indent=1)
 
 
 async def test_purge_tombstones_uses_the_expiry_index(big_tables: str) -> None:
-    plan = await _explain(big_tables, _PURGE_TOMBSTONES.text, DAY, 1000)
-    assert "ix_job_tombstones_expired_at" in _index_names(plan), json.dumps(plan, indent=1)
+    plan = await explain(big_tables, _PURGE_TOMBSTONES.text, DAY, 1000)
+    assert "ix_job_tombstones_expired_at" in index_names(plan), json.dumps(plan, indent=1)
 
 
 async def test_a_sweep_with_nothing_due_leaves_the_big_tables_alone(

@@ -11,112 +11,35 @@ every process started here is killed and awaited when the test ends.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
-import sys
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 from uuid import UUID
 
 import asyncpg
 import pytest
-import typer
 
-from jobkeeper.cli import app
 from jobkeeper.manager import JobManager
 from jobkeeper.models import Job, JobStatus
 from jobkeeper.settings import asyncpg_dsn
 
+from .support import DEADLINE, Workers, until
+
 T = TypeVar("T")
 
-ROOT = Path(__file__).parents[2]
-JOBKEEPER = Path(sys.executable).parent / "jobkeeper"
 TASKS = "tests.faults.hitl_tasks:tasks"
-DEADLINE = 30.0  # the bound of every wait; the expected times are a few seconds
-POLL = 0.05
-# `jobkeeper worker MODULE:ATTR`, or `jobkeeper MODULE:ATTR` if Typer collapsed a one-command app
-WORKER_COMMAND = (
-    ["worker"] if isinstance(typer.main.get_command(app), typer.core.TyperGroup) else []
-)
-
-
-@dataclass
-class WorkerProcess:
-    proc: asyncio.subprocess.Process
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def tail(self) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return (
-            f"--- {self.log.name} (pid {self.pid}, exit {self.proc.returncode}) ---\n{text[-3000:]}"
-        )
-
-
-class Workers:
-    """Starts worker processes for one test; ``close()`` kills and awaits every one of them."""
-
-    def __init__(self, database_url: str, tmp: Path) -> None:
-        self._database_url = database_url
-        self._tmp = tmp
-        self.prefix = f"hitl-{uuid.uuid4().hex[:10]}"
-        self.started: list[WorkerProcess] = []
-
-    @property
-    def kind(self) -> str:
-        return f"{self.prefix}.approve"
-
-    async def start(self) -> WorkerProcess:
-        log = self._tmp / f"worker-{len(self.started)}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JOBKEEPER_")}
-        env.update(
-            PYTHONPATH=str(ROOT),
-            HITL_KIND_PREFIX=self.prefix,
-            JOBKEEPER_DATABASE_URL=self._database_url,
-            JOBKEEPER_SHUTDOWN_GRACE="5",
-        )
-        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                str(JOBKEEPER),
-                *WORKER_COMMAND,
-                TASKS,
-                "--kind",
-                self.kind,
-                "--concurrency",
-                "2",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=fd,
-                stderr=asyncio.subprocess.STDOUT,
-                env=env,
-                cwd=self._tmp,  # no stray .env file is read
-            )
-        finally:
-            os.close(fd)
-        worker = WorkerProcess(proc, log)
-        self.started.append(worker)
-        return worker
-
-    async def close(self) -> None:
-        for worker in self.started:
-            if worker.proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    worker.proc.kill()
-        for worker in self.started:
-            await asyncio.wait_for(worker.proc.wait(), DEADLINE)
 
 
 @pytest.fixture
 async def workers(database_url: str, tmp_path: Path) -> AsyncIterator[Workers]:
-    started = Workers(database_url, tmp_path)
+    started = Workers(
+        database_url,
+        tmp_path,
+        tasks=TASKS,
+        prefix_var="HITL_KIND_PREFIX",
+        settings={"shutdown_grace": "5"},
+    )
     try:
         yield started
     finally:
@@ -134,29 +57,6 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
-
-
-async def until(
-    what: str,
-    check: Callable[[], Awaitable[T | None]],
-    *,
-    watch: Sequence[WorkerProcess] = (),
-    within: float = DEADLINE,
-) -> T:
-    """Poll ``check`` until it returns something truthy; fail after ``within`` seconds, or as
-    soon as a watched worker exits."""
-    end = time.monotonic() + within
-    while True:
-        value = await check()
-        if value:
-            return value
-        for worker in watch:
-            if worker.proc.returncode is not None:
-                pytest.fail(f"worker exited while waiting for {what}\n{worker.tail()}")
-        if time.monotonic() > end:
-            logs = "\n".join(w.tail() for w in watch)
-            pytest.fail(f"timed out after {within} s waiting for {what}\n{logs}")
-        await asyncio.sleep(POLL)
 
 
 def status_of(
@@ -180,9 +80,9 @@ async def test_a_question_outlives_every_process_and_resumes_elsewhere(
     workers: Workers, db: asyncpg.Connection, database_url: str, tenant: str
 ) -> None:
     # API replica 1 submits and sees the question; worker process 1 runs the job and asks
-    first = await workers.start()
+    first = await workers.start("--kind", workers.kind("approve"), "--concurrency", "2", grace=5.0)
     async with await JobManager.connect(database_url) as api1:
-        job = await api1.submit(tenant, workers.kind, {"question": "Approve loan 1234?"})
+        job = await api1.submit(tenant, workers.kind("approve"), {"question": "Approve loan 1234?"})
         waiting = await until(
             "the job to wait for input",
             status_of(api1, job.id, tenant, JobStatus.WAITING_INPUT),
@@ -212,7 +112,7 @@ async def test_a_question_outlives_every_process_and_resumes_elsewhere(
         assert answered.status is JobStatus.QUEUED and answered.prompt is None
 
     # a brand-new worker process resumes it; yet another replica watches it finish
-    second = await workers.start()
+    second = await workers.start("--kind", workers.kind("approve"), "--concurrency", "2", grace=5.0)
     async with await JobManager.connect(database_url) as api3:
         done = await until(
             "the job to succeed",

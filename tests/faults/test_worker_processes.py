@@ -11,15 +11,12 @@ here is killed and awaited when its test ends.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
@@ -32,135 +29,35 @@ from jobkeeper.models import Job, JobEvent, JobStatus, Lease, Progress
 from jobkeeper.settings import asyncpg_dsn
 from jobkeeper.testing import create_database, drop_database
 
+from .support import DEADLINE, JOBKEEPER, WorkerProcess, Workers, exit_code, until
+
 T = TypeVar("T")
 
-ROOT = Path(__file__).parents[2]
-JOBKEEPER = Path(sys.executable).parent / "jobkeeper"
 TASKS = "tests.faults.fault_tasks:tasks"
 LEASE_SECONDS = 1.5
-DEADLINE = 30.0  # the bound of every wait; the expected times are a few seconds
-POLL = 0.05
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/postgres"
 
 
 # --- processes ---------------------------------------------------------------------------------
 
 
-@dataclass
-class WorkerProcess:
-    proc: asyncio.subprocess.Process
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def tail(self) -> str:
-        return (
-            f"--- {self.log.name} (pid {self.pid}, exit {self.proc.returncode}) ---\n"
-            + (self.output()[-3000:])
-        )
-
-
-def _worker_env(database_url: str, prefix: str, **settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBKEEPER_")}
-    env.update(
-        PYTHONPATH=str(ROOT),
-        FAULT_KIND_PREFIX=prefix,
-        JOBKEEPER_DATABASE_URL=database_url,
-        JOBKEEPER_LEASE_SECONDS=str(LEASE_SECONDS),
-        JOBKEEPER_BACKOFF_BASE="0.05",
-        JOBKEEPER_BACKOFF_MAX="0.2",
-        **{f"JOBKEEPER_{name.upper()}": value for name, value in settings.items()},
-    )
-    return env
-
-
-class Workers:
-    """Starts worker processes for one test; ``close()`` kills and awaits every one of them."""
-
-    def __init__(self, database_url: str, tmp: Path) -> None:
-        self.database_url = database_url
-        self.prefix = f"fault-{uuid.uuid4().hex[:10]}"
-        self._tmp = tmp
-        self.started: list[WorkerProcess] = []
-
-    def kind(self, name: str) -> str:
-        return f"{self.prefix}.{name}"
-
-    async def start(
-        self, *args: str, target: str = TASKS, grace: float = 30.0, **settings: str
-    ) -> WorkerProcess:
-        log = self._tmp / f"worker-{len(self.started)}.log"
-        env = _worker_env(self.database_url, self.prefix, shutdown_grace=str(grace), **settings)
-        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                str(JOBKEEPER),
-                "worker",
-                target,
-                *args,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=fd,
-                stderr=asyncio.subprocess.STDOUT,
-                env=env,
-                cwd=self._tmp,  # no stray .env file is read
-            )
-        finally:
-            os.close(fd)
-        worker = WorkerProcess(proc, log)
-        self.started.append(worker)
-        return worker
-
-    async def close(self) -> None:
-        for worker in self.started:
-            if worker.proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    worker.proc.kill()
-        for worker in self.started:
-            await asyncio.wait_for(worker.proc.wait(), DEADLINE)
-
-
 @pytest.fixture
 async def workers(database_url: str, tmp_path: Path) -> AsyncIterator[Workers]:
-    started = Workers(database_url, tmp_path)
+    started = Workers(
+        database_url,
+        tmp_path,
+        tasks=TASKS,
+        prefix_var="FAULT_KIND_PREFIX",
+        settings={
+            "lease_seconds": str(LEASE_SECONDS),
+            "backoff_base": "0.05",
+            "backoff_max": "0.2",
+        },
+    )
     try:
         yield started
     finally:
         await started.close()
-
-
-async def until(
-    what: str,
-    check: Callable[[], Awaitable[T | None]],
-    *,
-    watch: Sequence[WorkerProcess] = (),
-    within: float = DEADLINE,
-) -> T:
-    """Poll ``check`` until it returns something truthy; fail after ``within`` seconds, or as
-    soon as a watched worker exits."""
-    end = time.monotonic() + within
-    while True:
-        value = await check()
-        if value:
-            return value
-        for worker in watch:
-            if worker.proc.returncode is not None:
-                pytest.fail(f"worker exited while waiting for {what}\n{worker.tail()}")
-        if time.monotonic() > end:
-            logs = "\n".join(w.tail() for w in watch)
-            pytest.fail(f"timed out after {within} s waiting for {what}\n{logs}")
-        await asyncio.sleep(POLL)
-
-
-async def exit_code(worker: WorkerProcess, within: float) -> int:
-    try:
-        return await asyncio.wait_for(worker.proc.wait(), within)
-    except TimeoutError:
-        pytest.fail(f"worker did not exit within {within} s\n{worker.tail()}")
 
 
 async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:

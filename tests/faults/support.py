@@ -1,0 +1,141 @@
+"""The harness of the fault tests: worker processes (`jobkeeper worker`) that are always killed
+and awaited, and waits that poll against a deadline and fail as soon as a watched worker dies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+ROOT = Path(__file__).parents[2]
+JOBKEEPER = Path(sys.executable).parent / "jobkeeper"
+DEADLINE = 30.0  # the bound of every wait; the expected times are a few seconds
+POLL = 0.05
+
+
+@dataclass
+class WorkerProcess:
+    proc: asyncio.subprocess.Process
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def tail(self) -> str:
+        return (
+            f"--- {self.log.name} (pid {self.pid}, exit {self.proc.returncode}) ---\n"
+            + self.output()[-3000:]
+        )
+
+
+class Workers:
+    """Starts worker processes for one test; ``close()`` kills and awaits every one of them.
+
+    Their task module names its kinds after ``$prefix_var`` (a fresh prefix per test), so tests
+    sharing a database never run each other's jobs.
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        tmp: Path,
+        *,
+        tasks: str,
+        prefix_var: str,
+        settings: Mapping[str, str] = {},
+    ) -> None:
+        self.database_url = database_url
+        self.prefix = f"{prefix_var.split('_')[0].lower()}-{uuid.uuid4().hex[:10]}"
+        self._tmp = tmp
+        self._tasks = tasks
+        self._prefix_var = prefix_var
+        self._settings = dict(settings)
+        self.started: list[WorkerProcess] = []
+
+    def kind(self, name: str) -> str:
+        return f"{self.prefix}.{name}"
+
+    async def start(
+        self, *args: str, target: str | None = None, grace: float = 30.0, **settings: str
+    ) -> WorkerProcess:
+        """``jobkeeper worker TARGET ARGS`` with ``JOBKEEPER_<SETTING>`` from ``settings``."""
+        log = self._tmp / f"worker-{len(self.started)}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JOBKEEPER_")}
+        chosen = {**self._settings, "shutdown_grace": str(grace), **settings}
+        env.update(
+            PYTHONPATH=str(ROOT),
+            JOBKEEPER_DATABASE_URL=self.database_url,
+            **{self._prefix_var: self.prefix},
+            **{f"JOBKEEPER_{name.upper()}": value for name, value in chosen.items()},
+        )
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                str(JOBKEEPER),
+                "worker",
+                target or self._tasks,
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=fd,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                cwd=self._tmp,  # no stray .env file is read
+            )
+        finally:
+            os.close(fd)
+        worker = WorkerProcess(proc, log)
+        self.started.append(worker)
+        return worker
+
+    async def close(self) -> None:
+        for worker in self.started:
+            if worker.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.proc.kill()
+        for worker in self.started:
+            await asyncio.wait_for(worker.proc.wait(), DEADLINE)
+
+
+async def until(
+    what: str,
+    check: Callable[[], Awaitable[T | None]],
+    *,
+    watch: Sequence[WorkerProcess] = (),
+    within: float = DEADLINE,
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail after ``within`` seconds, or as
+    soon as a watched worker exits."""
+    end = time.monotonic() + within
+    while True:
+        value = await check()
+        if value:
+            return value
+        for worker in watch:
+            if worker.proc.returncode is not None:
+                pytest.fail(f"worker exited while waiting for {what}\n{worker.tail()}")
+        if time.monotonic() > end:
+            logs = "\n".join(w.tail() for w in watch)
+            pytest.fail(f"timed out after {within} s waiting for {what}\n{logs}")
+        await asyncio.sleep(POLL)
+
+
+async def exit_code(worker: WorkerProcess, within: float) -> int:
+    try:
+        return await asyncio.wait_for(worker.proc.wait(), within)
+    except TimeoutError:
+        pytest.fail(f"worker did not exit within {within} s\n{worker.tail()}")

@@ -1,0 +1,102 @@
+"""Helpers shared by the test modules (not fixtures: those are in jobkeeper.testing)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+import pytest
+
+from jobkeeper.models import Job, JobStatus, Progress
+from jobkeeper.settings import asyncpg_dsn
+
+DEADLINE = 10.0
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], what: str, *, deadline: float = DEADLINE
+) -> None:
+    """Poll ``check`` until it is true; fail after a generous deadline (never a fixed sleep)."""
+    end = time.monotonic() + deadline
+    while not await check():
+        if time.monotonic() > end:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def terminate_feeds(url: str) -> int:
+    """Kill every change-feed backend on the test database, as a network failure would."""
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        killed = await conn.fetch(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'jobkeeper-feed' AND datname = current_database()"
+        )
+    finally:
+        await conn.close()
+    return len(killed)
+
+
+def make_job(*, version: int = 1, id: UUID | None = None, tenant: str = "tenant-a") -> Job:
+    """A ``Job`` value for tests of the cache (no database row behind it)."""
+    now = datetime.now(UTC)
+    return Job(
+        id=uuid4() if id is None else id,
+        tenant=tenant,
+        kind="cache.test",
+        status=JobStatus.QUEUED,
+        payload={"n": version},
+        result=None,
+        error=None,
+        progress=Progress(),
+        priority=0,
+        attempts=0,
+        max_attempts=3,
+        run_after=now,
+        idempotency_key=None,
+        concurrency_key=None,
+        cancel_requested=False,
+        pinned=False,
+        version=version,
+        created_at=now,
+        updated_at=now,
+        started_at=None,
+        finished_at=None,
+    )
+
+
+async def explain(url: str, sql: str, *args: object) -> Any:
+    """The JSON plan of ``sql``, planned inside a transaction that is rolled back (some of the
+    statements write; EXPLAIN without ANALYZE does not run them, and nothing is kept anyway)."""
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)
+        finally:
+            await tx.rollback()
+    finally:
+        await conn.close()
+    return json.loads(plan)
+
+
+def index_names(plan: Any) -> set[str]:
+    """Every index a plan uses."""
+    names: set[str] = set()
+    stack = [plan]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "Index Name" in node:
+                names.add(node["Index Name"])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return names
