@@ -109,7 +109,8 @@ class JobExpired(JobNotFound):
 
     def __init__(self, job_id: UUID, expired_at: datetime) -> None:
         super().__init__(job_id)
-        self.message = f"job {job_id} expired at {expired_at.isoformat()}"
+        moment = expired_at.isoformat().replace("+00:00", "Z")
+        self.message = f"job {job_id} expired at {moment}"
         self.args = (self.message,)
         self.expired_at = expired_at
 

@@ -82,6 +82,7 @@ _LINK_ERRORS = (
     OSError,
     TimeoutError,
     asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,  # "connection is closed": a pooled connection the server dropped
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,

@@ -27,7 +27,7 @@ class Services:
     metrics: Metrics
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:  # async: no threadpool hop per request
     found: Services = request.state.jobkeeper
     return found
 

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobkeeper.errors import (
     DatabaseUnavailable,
+    IdempotencyConflict,
     InvalidAnswer,
     JobExpired,
     JobkeeperError,
@@ -95,6 +96,8 @@ def _domain(request: Request, exc: Exception) -> JSONResponse:
         headers["Retry-After"] = "1"
     elif isinstance(exc, InvalidAnswer):
         extra["errors"] = exc.problems
+    elif isinstance(exc, IdempotencyConflict):
+        extra["job_id"] = str(exc.job_id)
     elif isinstance(exc, JobExpired):
         extra["expired_at"] = exc.expired_at.isoformat().replace("+00:00", "Z")
     field = getattr(exc, "field", None)

@@ -100,7 +100,8 @@ async def get_job(
     job = await svc.jobs.get(job_id, tenant=tenant, consistency="strong" if strong else "cached")
     etag = f'"{job.version}"'
     if if_none_match is not None and (
-        if_none_match.strip() == "*" or etag in (t.strip() for t in if_none_match.split(","))
+        if_none_match.strip() == "*"
+        or etag in (t.strip().removeprefix("W/") for t in if_none_match.split(","))
     ):
         return Response(status_code=304, headers={"ETag": etag})
     return _job_response(job)
@@ -158,7 +159,7 @@ async def job_events(
     tenant: TenantDep,
     last_event_id: Annotated[str | None, Header()] = None,
     after: Annotated[int | None, Query(ge=0)] = None,
-) -> EventSourceResponse:
+) -> Response:
     """The job's events as Server-Sent Events (``id`` = sequence, ``event`` = type, ``data`` =
     JSON), from after ``Last-Event-ID`` (or ``after``), live until the terminal event."""
     start = after or 0
@@ -167,6 +168,9 @@ async def job_events(
             raise ApiProblem("invalid_request", "Last-Event-ID must be an event sequence number")
         start = int(last_event_id)
     job = await svc.jobs.get(job_id, tenant=tenant)  # 400/404 before the stream starts
+    if job.terminal and start >= job.version:
+        # nothing will ever follow: 204 tells EventSource clients to stop reconnecting
+        return Response(status_code=204)
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         async for event in svc.jobs.watch(job.id, tenant=tenant, after=start):
