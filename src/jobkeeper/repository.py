@@ -82,7 +82,10 @@ _LINK_ERRORS = (
     OSError,
     TimeoutError,
     asyncpg.ConnectionDoesNotExistError,
-    asyncpg.InterfaceError,  # "connection is closed": a pooled connection the server dropped
+    # a pooled connection the server dropped: "connection is closed", or a protocol left
+    # mid-operation ("cannot switch to state ...; another operation is in progress")
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
