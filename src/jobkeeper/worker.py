@@ -138,6 +138,7 @@ class JobContext:
         self._stop_reason: _StopReason | None = None
         self._lock = threading.Lock()
         self._pending: Progress | None = None
+        self.latest: Progress | None = None
         self._flush_scheduled = False
         self._last_flush = 0.0
         self.known_version = lease.job.version
@@ -167,6 +168,7 @@ class JobContext:
         report = validate_progress(fraction, message)
         with self._lock:
             self._pending = report
+            self.latest = report  # what the completion records, whatever flushes are in flight
             if self._flush_scheduled:
                 return
             self._flush_scheduled = True
@@ -424,6 +426,10 @@ class Worker:
                     await self._sleep(min(self._poll_interval, 0.1 * 2**failures))
                     continue
                 failures = 0
+                if self._stopping:  # stopped while claiming: give these back untouched
+                    with contextlib.suppress(DatabaseUnavailable):
+                        await self._jobs.release(leases)
+                    break
                 claimed = len(leases)
                 for lease in leases:
                     self._start(lease)
@@ -547,7 +553,7 @@ class Worker:
                 continue
             try:
                 changed = await self._jobs.mark_succeeded(
-                    [(c.lease, r, c._take_progress()) for c, r, _ in batch]
+                    [(c.lease, r, c.latest) for c, r, _ in batch]
                 )
             except Exception as exc:  # the leases expire and recovery runs the jobs again
                 log.error("recording %d completions failed: %s", len(batch), exc)
@@ -656,6 +662,8 @@ class Worker:
                 log.warning("heartbeat failed (%s); leases expire if this lasts", exc)
                 continue
             for job_id, entry in running.items():
+                if entry.ctx.finishing:
+                    continue  # its outcome is being written; nothing to stop
                 if job_id not in held:
                     log.warning("lease on %s lost; stopping its handler", job_id)
                     self._stop_job(entry, "lease_lost")
