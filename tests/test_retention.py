@@ -383,7 +383,7 @@ async def test_an_expired_job_leaves_a_tombstone_and_answers_job_expired(
     assert isinstance(expired, JobNotFound)
     assert expired.code == "job_expired" and expired.job_id == job.id
     assert expired.expired_at == tomb["expired_at"]
-    assert expired.expired_at.isoformat() in expired.message
+    assert expired.expired_at.isoformat().replace("+00:00", "Z") in expired.message
 
     for call in (
         lambda: job_manager.get(job.id, tenant=tenant, consistency="strong"),
