@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from uuid import UUID
 
 from jobkeeper.errors import DatabaseUnavailable, InvalidRequest
@@ -172,9 +172,8 @@ class Sweeper:
             ttl=policy.tombstone_ttl, limit=_BATCH * 10
         ):
             purged += batch_count
-        return SweepReport(
-            leases_recovered=report.leases_recovered,
-            inputs_timed_out=report.inputs_timed_out,
+        return replace(
+            report,
             payloads_cleared=cleared,
             jobs_expired=expired,
             hook_failures=failures,
