@@ -240,7 +240,7 @@ async def _ready_then_wait_for_go() -> None:
 
 async def role_jobkeeper(url: str, concurrency: int) -> None:
     """``jobkeeper worker`` in-process: the same Worker the CLI runs, with default settings."""
-    async with await JobManager.connect(url) as manager:
+    async with await JobManager.connect(url, cache_size=0) as manager:
         worker = Worker(manager, jobkeeper_tasks(), concurrency=concurrency)
         await _ready_then_wait_for_go()
         worker.install_signal_handlers()

@@ -87,16 +87,26 @@ async def explain(url: str, sql: str, *args: object) -> Any:
     return json.loads(plan)
 
 
-def index_names(plan: Any) -> set[str]:
-    """Every index a plan uses."""
-    names: set[str] = set()
+def _plan_values(plan: Any, key: str) -> set[str]:
+    """Every value of ``key`` in the nodes of a JSON plan."""
+    found: set[str] = set()
     stack = [plan]
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
-            if "Index Name" in node:
-                names.add(node["Index Name"])
+            if key in node:
+                found.add(node[key])
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
-    return names
+    return found
+
+
+def index_names(plan: Any) -> set[str]:
+    """Every index a plan uses."""
+    return _plan_values(plan, "Index Name")
+
+
+def node_types(plan: Any) -> set[str]:
+    """Every kind of plan node (``Seq Scan``, ``Merge Append``, ...) in a plan."""
+    return _plan_values(plan, "Node Type")

@@ -675,3 +675,13 @@ async def test_cache_hit_of_another_tenant_is_not_found(
     assert job_manager.cache_stats().size >= 1
     with pytest.raises(JobNotFound):
         await job_manager.get(job.id, tenant=f"{tenant}-other")
+
+
+def test_a_cache_of_size_zero_holds_nothing(clock: FakeClock) -> None:
+    cache = JobCache(0, TTL, timer=clock)
+    job = make_job(version=3)
+    assert not cache.enabled
+    assert cache.store(job, cache.ticket()) is False
+    assert cache.get(job.id) is None
+    assert cache.invalidate(job.id, 4) is False
+    assert cache.stats().size == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from uuid import uuid4
 
 import asyncpg
 
@@ -132,6 +133,29 @@ async def test_one_statement_sends_one_notification_and_poll_mode_sends_none(
         marker = json.loads(await asyncio.wait_for(heard.get(), DEADLINE))
         assert marker[0][2] == tenant and marker[0][0] != str(job.id)
         assert heard.empty()
+    finally:
+        await conn.close()
+
+
+async def test_a_large_batch_is_announced_in_chunks_that_fit_a_notification(
+    job_manager: JobManager, database_url: str
+) -> None:
+    # the longest tenant, in 2-byte characters: a claim of 300 jobs is ~200 KB of entries
+    tenant = "é" * 128
+    submitted = {(await job_manager.submit(tenant, "feed.bulk", {})).id for _ in range(300)}
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        await conn.add_listener(CHANNEL, lambda *args: heard.put_nowait(args[-1]))
+        leases = await job_manager.claim(uuid4(), kinds=["feed.bulk"], limit=300, lease_seconds=60)
+        assert {lease.job.id for lease in leases} == submitted
+        announced: dict[str, tuple[int, str, str]] = {}
+        while len(announced) < len(submitted):
+            payload = await asyncio.wait_for(heard.get(), DEADLINE)
+            assert len(payload.encode()) <= 8000
+            for job_id, version, their_tenant, status in json.loads(payload):  # never the hint
+                announced[job_id] = (version, their_tenant, status)
+        assert announced == {str(lease.job.id): (2, tenant, "running") for lease in leases}
     finally:
         await conn.close()
 

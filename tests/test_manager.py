@@ -513,7 +513,7 @@ async def test_bad_get_and_events_arguments_are_refused(
 
 async def test_connect_refuses_bad_cache_settings(database_url: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
-        await JobManager.connect(database_url, cache_size=0)
+        await JobManager.connect(database_url, cache_size=-1)
     assert caught.value.field == "cache"
     with pytest.raises(InvalidRequest) as caught:
         await JobManager.connect(database_url, cache_ttl=0)
@@ -627,3 +627,30 @@ async def test_cache_counts_a_miss_then_a_hit(
         assert fresh.cleanup_expired() == 0  # nothing is an hour old
         assert fresh.cache_stats().size == 1
         assert fresh.cache_stats().expirations == 0
+
+
+async def test_a_manager_without_cache_reads_postgres_and_still_hears_every_change(
+    job_manager: JobManager, database_url: str, tenant: str
+) -> None:
+    """``cache_size=0`` (what worker processes run): nothing is cached, nothing stale is served,
+    subscribers hear changes, and worker writes report what they changed."""
+    async with await JobManager.connect(database_url, cache_size=0) as bare:
+        heard: asyncio.Queue[tuple[UUID, int, str | None]] = asyncio.Queue()
+        bare.subscribe(lambda job_id, version, status: heard.put_nowait((job_id, version, status)))
+        job = await make_job(job_manager, tenant, kind="bare.job")
+        assert await bare.get(job.id, tenant=tenant) == job
+        await job_manager.cancel(job.id, tenant=tenant)  # written elsewhere: read fresh at once
+        assert (await bare.get(job.id, tenant=tenant)).status == JobStatus.CANCELLED
+        stats = bare.cache_stats()
+        assert (stats.hits, stats.size) == (0, 0)
+        while (change := await asyncio.wait_for(heard.get(), 10.0))[0] != job.id or change[1] < 2:
+            pass
+        assert change == (job.id, 2, "cancelled")
+
+        other = await make_job(job_manager, tenant, kind="bare.job")
+        (lease,) = await bare.claim(uuid4(), kinds=["bare.job"], limit=1, lease_seconds=30.0)
+        assert lease.job.id == other.id
+        assert await bare.mark_succeeded([(lease, '{"n": 1}', None)]) == [other.id]
+        assert await bare.mark_succeeded([(lease, '{"n": 2}', None)]) == []  # lease gone
+        done = await job_manager.get(other.id, tenant=tenant, consistency="strong")
+        assert (done.status, done.result) == (JobStatus.SUCCEEDED, {"n": 1})

@@ -102,8 +102,8 @@ async def succeeded(
     done = await manager.mark_succeeded(
         [(lease, json.dumps({"done": str(lease.job.id)}), None) for lease in leases]
     )
-    by_id = {job.id: job for job in done}
-    return [by_id[job.id] for job in submitted]
+    assert set(done) == {job.id for job in submitted}
+    return [await manager.get(job.id, tenant=tenant, consistency="strong") for job in submitted]
 
 
 async def sweep(

@@ -35,7 +35,7 @@ def test_settings_read_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     ("name", "value"),
     [
         ("JOBKEEPER_DATABASE_URL", "mysql://u@h/db"),
-        ("JOBKEEPER_CACHE_SIZE", "0"),
+        ("JOBKEEPER_CACHE_SIZE", "-1"),
         ("JOBKEEPER_CACHE_TTL", "-1"),
     ],
 )

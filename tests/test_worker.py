@@ -1186,7 +1186,8 @@ async def test_expired_lease_is_recovered_and_the_old_lease_can_write_nothing(
     # while the new lease is held, the old one still changes nothing
     await old_lease_writes_nothing(lease.job.version)
     assert await job_manager.renew_leases([(job.id, lease.token)], 30.0) == {job.id: False}
-    (done,) = await job_manager.mark_succeeded([(lease, '{"ok": true}', None)])
+    assert await job_manager.mark_succeeded([(lease, '{"ok": true}', None)]) == [job.id]
+    done = await fresh(job_manager, job, tenant)
     assert done.status == JobStatus.SUCCEEDED and done.result == {"ok": True}
 
 

@@ -92,15 +92,20 @@ class _Floors(LRUCache[UUID, int]):
 
 
 class JobCache:
-    """Bounded, TTL-limited, version-aware cache of ``Job`` snapshots keyed by job id."""
+    """Bounded, TTL-limited, version-aware cache of ``Job`` snapshots keyed by job id.
+
+    ``maxsize=0`` holds nothing: every ``get`` misses and stores are dropped (worker processes,
+    which read little, skip the bookkeeping on their hot path).
+    """
 
     def __init__(
         self, maxsize: int, ttl: float, *, timer: Callable[[], float] = time.monotonic
     ) -> None:
+        self.enabled = maxsize > 0
         self._lock = threading.Lock()
         self._timer = timer
         self._ttl = ttl
-        self._entries = _Entries(maxsize, ttl, timer, self._evicted, self._expired)
+        self._entries = _Entries(max(maxsize, 1), ttl, timer, self._evicted, self._expired)
         self._hot: dict[UUID, tuple[Job, float]] = {}  # mirrors _entries: (job, expires_at)
         self._floors = _Floors(max(2 * maxsize, 1024), self._forgot)
         self._forgotten_at = [0] * _BUCKETS
@@ -143,6 +148,8 @@ class JobCache:
 
     def store(self, job: Job, ticket: Ticket) -> bool:
         """Store a committed snapshot read or written after ``ticket``; ``False`` if refused."""
+        if not self.enabled:
+            return False
         with self._lock:
             stale = self._forgotten_at[
                 hash(job.id) % _BUCKETS
@@ -162,6 +169,8 @@ class JobCache:
 
     def invalidate(self, job_id: UUID, version: int) -> bool:
         """``version`` was committed elsewhere: drop an older entry; ``True`` if one was dropped."""
+        if not self.enabled:
+            return False
         with self._lock:
             self._raise_floor(job_id, version)
             held = self._hot.get(job_id)  # the authority on what get() may serve

@@ -321,7 +321,8 @@ async def _work(
     kinds: list[str] | None,
     metrics_port: int | None,
 ) -> None:
-    async with await JobManager.from_settings(settings) as jobs:
+    # a worker process serves no cached reads: no cache keeps its hot path to the queue's work
+    async with await JobManager.from_settings(settings, cache_size=0) as jobs:
         refresher = None
         if metrics_port is not None:
             metrics = Metrics(jobs)

@@ -56,6 +56,8 @@ MAX_PAGE = 500
 # An idempotent submit whose winning row vanishes (deleted by retention) between the conflicting
 # insert and the read is retried; more than this many rounds means something is deleting in a loop.
 _SUBMIT_ROUNDS = 3
+# a catch-up lists at most this many changed jobs (more than the cache holds: it is reset instead)
+_MIN_CATCH_UP = 1_000
 
 
 def _answered_with(job: Job, key: str | None, answer: Any) -> bool:
@@ -126,9 +128,10 @@ class JobManager:
         1 s with notify, where it is a safety net, and 0.25 s with poll, where it is the bound).
         ``max_queued`` (per tenant) and ``max_queued_per_kind`` bound the queue: ``submit`` then
         raises ``QueueFull`` with a ``retry_after`` hint of ``queue_full_retry_after`` seconds.
+        ``cache_size=0`` keeps no cache (every read goes to Postgres), as worker processes do.
         """
-        if cache_size < 1 or cache_ttl <= 0:
-            raise InvalidRequest("cache", "cache_size must be >= 1 and cache_ttl > 0")
+        if cache_size < 0 or cache_ttl <= 0:
+            raise InvalidRequest("cache", "cache_size must be >= 0 and cache_ttl > 0")
         if feed_mode not in ("notify", "poll"):
             raise InvalidRequest("feed_mode", "'notify' or 'poll'")
         for name, limit in (
@@ -146,10 +149,11 @@ class JobManager:
             repository,
             mode=feed_mode,
             interval=interval,
-            max_jobs=cache_size,
+            max_jobs=max(cache_size, _MIN_CATCH_UP),
             on_reset=cache.reset,
         )
-        feed.subscribe(lambda job_id, version, _status: cache.invalidate(job_id, version))
+        if cache.enabled:
+            feed.subscribe(lambda job_id, version, _status: cache.invalidate(job_id, version))
         try:
             await repository.ping()
             await feed.start()
@@ -167,13 +171,16 @@ class JobManager:
         )
 
     @classmethod
-    async def from_settings(cls, settings: Settings) -> JobManager:
-        """``connect`` with everything taken from ``Settings`` (``JOBKEEPER_*`` variables)."""
+    async def from_settings(
+        cls, settings: Settings, *, cache_size: int | None = None
+    ) -> JobManager:
+        """``connect`` with everything taken from ``Settings`` (``JOBKEEPER_*`` variables), but
+        ``cache_size`` when given."""
         if not settings.database_url:
             raise InvalidRequest("database_url", "set JOBKEEPER_DATABASE_URL")
         return await cls.connect(
             settings.database_url,
-            cache_size=settings.cache_size,
+            cache_size=settings.cache_size if cache_size is None else cache_size,
             cache_ttl=settings.cache_ttl,
             pool_size=settings.pool_size,
             feed_mode=settings.feed_mode,
@@ -349,15 +356,21 @@ class JobManager:
         self._remember((job,) if job else (), ticket, "progress")
         return job
 
-    async def mark_succeeded(self, done: Sequence[tuple[Lease, str, Progress | None]]) -> list[Job]:
+    async def mark_succeeded(
+        self, done: Sequence[tuple[Lease, str, Progress | None]]
+    ) -> list[UUID]:
         """Record results (JSON text, with a last progress report) of several jobs in one
-        statement; lost leases are skipped."""
+        statement; lost leases are skipped. Returns the ids of the jobs marked succeeded.
+
+        The new rows are read back only for a cache or an observer to keep; a worker process
+        has neither and is spared decoding them."""
+        completions = [(lease.job.id, lease.token, result, last) for lease, result, last in done]
+        if not (self._cache.enabled or self._observers):
+            return await self._repository.complete_ids(completions)
         ticket = self._cache.ticket()
-        changed = await self._repository.complete(
-            [(lease.job.id, lease.token, result, last) for lease, result, last in done]
-        )
+        changed = await self._repository.complete(completions)
         self._remember(changed, ticket, "succeeded")
-        return changed
+        return [job.id for job in changed]
 
     async def mark_failed(
         self,

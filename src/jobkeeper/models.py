@@ -309,6 +309,8 @@ def aware_utc(field: str, value: object) -> datetime:
 
 def encode_json(field: str, value: Any) -> str:
     """Serialise a JSON value (compact, sorted keys); ``InvalidRequest`` naming the field if not."""
+    if value is None:  # what most handlers return
+        return "null"
     try:
         text = json.dumps(
             value, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False

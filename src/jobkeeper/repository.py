@@ -25,7 +25,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 from uuid import UUID
 
 import asyncpg
@@ -63,10 +63,13 @@ from jobkeeper.settings import sqlalchemy_url
 __all__ = ["CHANNEL", "CatchUp", "FeedConnection", "JobRepository"]
 
 CHANNEL = "jobkeeper_changes"
-# Postgres caps a notification payload at 8000 bytes; a longer batch sends this hint instead and
-# listeners run a catch-up, which finds the same changes in job_events.
+# Postgres caps a notification payload at 8000 bytes: a batch goes out in chunks of at most
+# _CHUNK bytes plus one entry (an entry is < 700 bytes: a tenant is <= 128 characters); should an
+# entry not fit after all, the hint goes instead and listeners run a catch-up, which finds the
+# same changes in job_events.
 CATCH_UP_HINT = '"catchup"'
 _MAX_PAYLOAD = 7_900
+_CHUNK = 7_000
 # every table of the current schema exists (a cheap check at connect)
 _SCHEMA_PRESENT = (
     "SELECT to_regclass('job_events') IS NOT NULL AND to_regclass('job_tombstones') IS NOT NULL"
@@ -185,13 +188,17 @@ def _update(changes: Mapping[str, Any], *conditions: sa.ColumnElement[bool]) -> 
     )
 
 
-# Announces every row of the CTE "changed" in one notification (an uncorrelated sub-select runs
-# once): [[job_id, version, tenant, status], ...], or the catch-up hint when that is too long.
-_NOTIFY = f"""(SELECT pg_notify('{CHANNEL}', CASE WHEN length(n.batch) <= {_MAX_PAYLOAD}
-    THEN n.batch ELSE '{CATCH_UP_HINT}' END)
-  FROM (SELECT json_agg(json_build_array(id, version, tenant, status))::text AS batch
-        FROM changed) AS n
-  WHERE n.batch IS NOT NULL)"""
+# Announces every row of the CTE "changed" (an uncorrelated sub-select runs once) in as few
+# notifications as fit, [[job_id, version, tenant, status], ...] each: a running byte count (the
+# entry and json_agg's ", ") puts each entry in a chunk of about _CHUNK bytes.
+_NOTIFY = f"""(SELECT count(pg_notify('{CHANNEL}', CASE WHEN octet_length(n.batch) <= {_MAX_PAYLOAD}
+    THEN n.batch ELSE '{CATCH_UP_HINT}' END))
+  FROM (SELECT json_agg(c.entry ORDER BY c.upto)::text AS batch
+        FROM (SELECT e.entry, sum(octet_length(e.entry::text) + 2) OVER (ROWS UNBOUNDED PRECEDING)
+                AS upto
+              FROM (SELECT json_build_array(id, version, tenant, status) AS entry
+                    FROM changed) AS e) AS c
+        GROUP BY (c.upto - 1) / {_CHUNK}) AS n)"""
 # Appends one event per row of "changed"; its seq is the row's new version.
 _RECORD = """recorded AS (
     INSERT INTO job_events (job_id, seq, type, data, at)
@@ -248,10 +255,13 @@ _KEY_NOT_EXPIRED = ~sa.exists().where(
     job_tombstones.c.tenant == _NEW_JOB["tenant"],
     job_tombstones.c.idempotency_key == _NEW_JOB["idempotency_key"],
 )
+# the partial unique index uq_jobs_tenant_idempotency_key, as ON CONFLICT names it
+_IDEMPOTENCY_KEY = [jobs.c.tenant, jobs.c.idempotency_key]
+_HAS_KEY = jobs.c.idempotency_key.is_not(None)
 _INSERT = _with_event(
     insert(jobs)
     .from_select(list(_NEW_JOB), sa.select(*_NEW_JOB.values()).where(_KEY_NOT_EXPIRED))
-    .on_conflict_do_nothing(index_elements=[jobs.c.tenant, jobs.c.idempotency_key])
+    .on_conflict_do_nothing(index_elements=_IDEMPOTENCY_KEY, index_where=_HAS_KEY)
     .returning(*jobs.c),
     "submitted",
 )
@@ -287,7 +297,7 @@ _INSERT_LIMITED = _with_event(
             ),
         ),
     )
-    .on_conflict_do_nothing(index_elements=[jobs.c.tenant, jobs.c.idempotency_key])
+    .on_conflict_do_nothing(index_elements=_IDEMPOTENCY_KEY, index_where=_HAS_KEY)
     .returning(*jobs.c),
     "submitted",
 )
@@ -324,7 +334,7 @@ _IS_RUNNING = jobs.c.status == sa.literal_column(f"'{JobStatus.RUNNING.value}'")
 _PROGRESS = _with_event(_update(_PROGRESS_VALUES, _IS_RUNNING), "progress")
 # the same, written by the worker holding the lease (and only by it)
 _PROGRESS_FENCED = _with_event(
-    _update(_PROGRESS_VALUES, _IS_RUNNING, jobs.c.lease_token == _p("token", sa.Uuid())),
+    _update(_PROGRESS_VALUES, jobs.c.lease_token == _p("token", sa.Uuid())),
     "progress",
 )
 
@@ -379,10 +389,13 @@ def _raw(text: str, *names: str) -> _Sql:
     return _Sql(text, tuple((name, None) for name in names))
 
 
-def _text_change(ctes: str, event_type: str, event_data: str, *names: str) -> tuple[_Sql, _Sql]:
-    """``ctes`` ends with a CTE named "changed" returning job rows; append the event (and the
-    notification), like ``_with_event`` does for Core statements."""
-    head = f"{ctes}, {_RECORD.format(type=event_type, data=event_data)} SELECT changed.*"
+def _text_change(
+    ctes: str, event_type: str, event_data: str, *names: str, select: str = "changed.*"
+) -> tuple[_Sql, _Sql]:
+    """``ctes`` ends with a CTE named "changed" returning job rows (at least id, version, tenant,
+    status and updated_at); append the event (and the notification), like ``_with_event`` does
+    for Core statements, and return the ``select`` columns of each changed row."""
+    head = f"{ctes}, {_RECORD.format(type=event_type, data=event_data)} SELECT {select}"
     return _raw(f"{head}, {_NOTIFY} AS notified FROM changed", *names), _raw(
         f"{head} FROM changed", *names
     )
@@ -411,6 +424,10 @@ _EVENT_BY_STATUS = (
     "CASE changed.status WHEN 'queued' THEN 'retried' WHEN 'cancelled' THEN 'cancelled'"
     " ELSE 'failed' END"
 )
+# A lease token matches only while its job runs (ck_jobs_lease: a token if and only if running), so
+# fenced writes match on id and token alone, and batches find their rows by id (= ANY, the primary
+# key). Naming the status would invite the planner to read the partial lease index whole: it keeps
+# an entry for every run since the last vacuum.
 _CLEAR_LEASE = "lease_token = NULL, lease_expires_at = NULL, worker_id = NULL"
 _BUMP = "version = jobs.version + 1, updated_at = now()"
 
@@ -452,17 +469,17 @@ _CLAIM = _text_change(
 _HEARTBEAT = _raw(
     f"""UPDATE jobs SET lease_expires_at = {_LEASE.format("$3::float8")}
 FROM unnest($1::uuid[], $2::uuid[]) AS held(id, token)
-WHERE jobs.id = held.id AND jobs.lease_token = held.token AND jobs.status = 'running'
+WHERE jobs.id = ANY($1::uuid[]) AND jobs.id = held.id AND jobs.lease_token = held.token
 RETURNING jobs.id, jobs.cancel_requested""",
     "ids",
     "tokens",
     "lease_seconds",
 )
 
-# Record successes in one statement, with any progress report not yet written; a row whose lease
-# was lost is simply not updated.
-_COMPLETE = _text_change(
-    f"""WITH done AS (
+
+def _complete(returning: str, select: str) -> tuple[_Sql, _Sql]:
+    return _text_change(
+        f"""WITH done AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::float8[], $5::text[])
         AS d(id, token, result, fraction, message)
 ), changed AS (
@@ -470,16 +487,27 @@ _COMPLETE = _text_change(
         progress_fraction = coalesce(done.fraction, jobs.progress_fraction),
         progress_message = coalesce(done.message, jobs.progress_message),
         {_CLEAR_LEASE}, {_BUMP}
-    FROM done WHERE jobs.id = done.id AND jobs.lease_token = done.token AND jobs.status = 'running'
-    RETURNING jobs.*
+    FROM done
+    WHERE jobs.id = ANY($1::uuid[]) AND jobs.id = done.id AND jobs.lease_token = done.token
+    RETURNING {returning}
 )""",
-    "'succeeded'",
-    "'{}'::jsonb",
-    "ids",
-    "tokens",
-    "results",
-    "fractions",
-    "messages",
+        "'succeeded'",
+        "'{}'::jsonb",
+        "ids",
+        "tokens",
+        "results",
+        "fractions",
+        "messages",
+        select=select,
+    )
+
+
+# Record successes in one statement, with any progress report not yet written; a row whose lease
+# was lost is simply not updated. _COMPLETE returns the new rows; _COMPLETE_IDS only the ids, for a
+# worker that keeps no cache (decoding rows it would throw away is most of its work per job).
+_COMPLETE = _complete("jobs.*", "changed.*")
+_COMPLETE_IDS = _complete(
+    "jobs.id, jobs.version, jobs.tenant, jobs.status, jobs.updated_at", "changed.id"
 )
 
 # A handler failed ($3 error): retry after $5 s (NULL: backoff from base $6, cap $7) while $4 says
@@ -493,7 +521,7 @@ _FAIL = _text_change(
         )
     },
         error = $3::jsonb, {_CLEAR_LEASE}, {_BUMP}
-    WHERE jobs.id = $1::uuid AND jobs.lease_token = $2::uuid AND jobs.status = 'running'
+    WHERE jobs.id = $1::uuid AND jobs.lease_token = $2::uuid
     RETURNING jobs.*
 )""",
     _EVENT_BY_STATUS,
@@ -511,7 +539,7 @@ _FAIL = _text_change(
 _CANCELLED = _text_change(
     f"""WITH changed AS (
     UPDATE jobs SET status = 'cancelled', finished_at = now(), {_CLEAR_LEASE}, {_BUMP}
-    WHERE jobs.id = $1::uuid AND jobs.lease_token = $2::uuid AND jobs.status = 'running'
+    WHERE jobs.id = $1::uuid AND jobs.lease_token = $2::uuid
     RETURNING jobs.*
 )""",
     "'cancelled'",
@@ -529,8 +557,8 @@ _RELEASE = _text_change(
         status = CASE WHEN jobs.cancel_requested THEN 'cancelled' ELSE 'queued' END,
         finished_at = CASE WHEN jobs.cancel_requested THEN now() END,
         attempts = greatest(jobs.attempts - 1, 0), run_after = now(), {_CLEAR_LEASE}, {_BUMP}
-    FROM given WHERE jobs.id = given.id AND jobs.lease_token = given.token
-      AND jobs.status = 'running'
+    FROM given
+    WHERE jobs.id = ANY($1::uuid[]) AND jobs.id = given.id AND jobs.lease_token = given.token
     RETURNING jobs.*
 )""",
     "CASE changed.status WHEN 'cancelled' THEN 'cancelled' ELSE 'released' END",
@@ -571,7 +599,7 @@ _ASK = _text_change(
     UPDATE jobs SET status = 'waiting_input', prompt = $3::jsonb,
         input_deadline = now() + make_interval(secs => $4::float8),
         attempts = greatest(jobs.attempts - 1, 0), {_CLEAR_LEASE}, {_BUMP}
-    WHERE jobs.id = $1::uuid AND jobs.lease_token = $2::uuid AND jobs.status = 'running'
+    WHERE jobs.id = $1::uuid AND jobs.lease_token = $2::uuid
       AND NOT jobs.cancel_requested
     RETURNING jobs.*
 )""",
@@ -609,7 +637,7 @@ _CHECKPOINT = _text_change(
     f"""WITH changed AS (
     UPDATE jobs SET checkpoints = jobs.checkpoints || jsonb_build_object($3::text, $4::jsonb),
         {_BUMP}
-    WHERE jobs.id = $1::uuid AND jobs.lease_token = $2::uuid AND jobs.status = 'running'
+    WHERE jobs.id = $1::uuid AND jobs.lease_token = $2::uuid
     RETURNING jobs.*
 )""",
     "'checkpoint'",
@@ -689,8 +717,9 @@ ORDER BY finished_at LIMIT $5""",
     "skip",
     "limit",
 )
-# Delete jobs (their events go with them) and keep a tombstone of each; replicas are told, as a
-# change to status "expired", so they drop cached copies.
+# Delete jobs and keep a tombstone of each; replicas are told, as a change to status "expired", so
+# they drop cached copies. Their events go in a second statement of the same transaction
+# (_EXPIRED_EVENTS), whose fresh snapshot also sees an event committed while the delete waited.
 _EXPIRED = f"""WITH gone AS (
     DELETE FROM jobs WHERE id = ANY($1::uuid[]) AND {_NOT_PINNED_FINISHED}
     RETURNING id, tenant, kind, idempotency_key, version
@@ -705,6 +734,7 @@ _EXPIRE = (
     _raw(f"{_EXPIRED}, {_NOTIFY} AS notified FROM changed", "ids"),
     _raw(f"{_EXPIRED} FROM changed", "ids"),
 )
+_EXPIRED_EVENTS = _raw("DELETE FROM job_events WHERE job_id = ANY($1::uuid[])", "ids")
 _PURGE_TOMBSTONES = _raw(
     """DELETE FROM job_tombstones WHERE job_id IN (
     SELECT job_id FROM job_tombstones
@@ -791,14 +821,39 @@ _LIVE_WORKERS = _raw(
 
 @functools.cache
 def _list_sql(by_status: bool, by_kind: bool, after_cursor: bool) -> _Sql:
-    query = sa.select(jobs).where(jobs.c.tenant == _p("tenant", sa.Text()))
+    """Newest first over ix_jobs_tenant_status_id: one status is one index range; every status is
+    a merge of one range per status (each stops after ``limit`` rows), so no second index on
+    ``(tenant, id)`` has to be kept up to date by every change."""
+    limit = _p("limit", sa.Integer())
+
+    def newest(status: sa.ColumnElement[Any]) -> sa.Select[Any]:
+        query = sa.select(jobs).where(
+            jobs.c.tenant == _p("tenant", sa.Text()), jobs.c.status == status
+        )
+        if by_kind:
+            query = query.where(jobs.c.kind == _p("kind", sa.Text()))
+        if after_cursor:
+            query = query.where(jobs.c.id < _p("before", sa.Uuid()))
+        return query.order_by(jobs.c.id.desc()).limit(limit)
+
     if by_status:
-        query = query.where(jobs.c.status == _p("status", sa.Text()))
-    if by_kind:
-        query = query.where(jobs.c.kind == _p("kind", sa.Text()))
-    if after_cursor:
-        query = query.where(jobs.c.id < _p("before", sa.Uuid()))
-    return _compile(query.order_by(jobs.c.id.desc()).limit(_p("limit", sa.Integer())))
+        return _compile(newest(_p("status", sa.Text())))
+    merged = sa.union_all(*(newest(s) for s in _statuses(list(JobStatus)))).subquery("merged")
+    return _compile(sa.select(merged).order_by(merged.c.id.desc()).limit(limit))
+
+
+# a success to record: (job_id, lease token, result as JSON text, last progress report)
+Completion: TypeAlias = tuple[UUID, UUID, str, Progress | None]
+
+
+def _completions(done: Sequence[Completion]) -> dict[str, list[Any]]:
+    return {
+        "ids": [job_id for job_id, _, _, _ in done],
+        "tokens": [token for _, token, _, _ in done],
+        "results": [result for _, _, result, _ in done],
+        "fractions": [p.fraction if p else None for _, _, _, p in done],
+        "messages": [p.message if p else None for _, _, _, p in done],
+    }
 
 
 class JobRepository:
@@ -1060,17 +1115,16 @@ class JobRepository:
         rows = await self._rows(_HEARTBEAT, params, read=False)
         return {r["id"]: r["cancel_requested"] for r in rows}
 
-    async def complete(self, done: Sequence[tuple[UUID, UUID, str, Progress | None]]) -> list[Job]:
+    async def complete(self, done: Sequence[Completion]) -> list[Job]:
         """Mark jobs succeeded, given ``(job_id, token, result_json, last_progress)``; lost
-        leases are skipped."""
-        params = {
-            "ids": [job_id for job_id, _, _, _ in done],
-            "tokens": [token for _, token, _, _ in done],
-            "results": [result for _, _, result, _ in done],
-            "fractions": [p.fraction if p else None for _, _, _, p in done],
-            "messages": [p.message if p else None for _, _, _, p in done],
-        }
-        return [_to_job(r) for r in await self._rows(self._change(_COMPLETE), params, read=False)]
+        leases are skipped. Returns the new rows."""
+        rows = await self._rows(self._change(_COMPLETE), _completions(done), read=False)
+        return [_to_job(r) for r in rows]
+
+    async def complete_ids(self, done: Sequence[Completion]) -> list[UUID]:
+        """``complete``, returning only the ids of the jobs it marked succeeded."""
+        rows = await self._rows(self._change(_COMPLETE_IDS), _completions(done), read=False)
+        return [r["id"] for r in rows]
 
     async def fail(
         self,
@@ -1197,8 +1251,11 @@ class JobRepository:
         """Delete these finished, unpinned jobs and keep tombstones; returns those deleted."""
         if not job_ids:
             return []
-        rows = await self._rows(self._change(_EXPIRE), {"ids": list(job_ids)}, read=False)
-        return [r["id"] for r in rows]
+        sql = self._change(_EXPIRE)
+        async with self._driver() as conn, conn.transaction():
+            gone = [r["id"] for r in await conn.fetch(sql.text, list(job_ids))]
+            await conn.execute(_EXPIRED_EVENTS.text, gone)
+        return gone
 
     async def purge_tombstones(self, *, ttl: float, limit: int) -> int:
         rows = await self._rows(_PURGE_TOMBSTONES, {"ttl": ttl, "limit": limit}, read=False)

@@ -70,7 +70,11 @@ class Settings(BaseSettings):
         description="Postgres URL (postgresql:// or postgresql+asyncpg://). "
         "Unset: the demo starts an embedded Postgres.",
     )
-    cache_size: int = Field(default=10_000, ge=1, description="Most jobs held in the hot cache.")
+    cache_size: int = Field(
+        default=10_000,
+        ge=0,
+        description="Most jobs held in the hot cache; 0: no cache (`jobkeeper worker` keeps none).",
+    )
     cache_ttl: float = Field(
         default=30.0, gt=0, description="Seconds a cached job may be served before a re-read."
     )

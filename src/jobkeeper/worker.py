@@ -134,7 +134,7 @@ class JobContext:
     def __init__(self, worker: Worker, lease: Lease) -> None:
         self._worker = worker
         self.lease = lease
-        self._cancelled = threading.Event()
+        # set once by the loop, read by handler threads: a plain attribute is enough (the GIL)
         self._stop_reason: _StopReason | None = None
         self._lock = threading.Lock()
         self._pending: Progress | None = None
@@ -155,11 +155,11 @@ class JobContext:
     @property
     def cancelled(self) -> bool:
         """Whether cancellation was requested (or the lease was lost): stop as soon as you can."""
-        return self._cancelled.is_set()
+        return self._stop_reason is not None
 
     def raise_if_cancelled(self) -> None:
         """Raise ``JobCancelled`` once cancellation was requested; call it between work steps."""
-        if self._cancelled.is_set():
+        if self._stop_reason is not None:
             raise JobCancelled(f"job {self.job.id} was cancelled")
 
     def progress(self, fraction: float | None = None, message: str | None = None) -> None:
@@ -269,7 +269,6 @@ class JobContext:
     def _stop(self, reason: _StopReason) -> None:
         if self._stop_reason is None:
             self._stop_reason = reason
-        self._cancelled.set()
 
     def _take_progress(self) -> Progress | None:
         with self._lock:
@@ -333,7 +332,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._stop_now = asyncio.Event()
-        self._completions: list[tuple[JobContext, str, asyncio.Future[Job | None]]] = []
+        self._completions: list[tuple[JobContext, str, asyncio.Future[bool]]] = []
         self._completing = asyncio.Event()
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="jobkeeper-job")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -532,13 +531,13 @@ class Worker:
             error = {"code": "invalid_result", "message": exc.message}
             await self._record_failure(ctx, error, retryable=False, delay=None)
             return
-        done: asyncio.Future[Job | None] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._completions.append((ctx, result_json, done))
         self._completing.set()
         self._writing.add(ctx.job.id)
         self._wake.set()  # its slot is free for the next claim
         try:
-            if await done is None:
+            if not await done:
                 log.warning("job %s finished but its lease was lost; result lost", ctx.job.id)
         finally:
             self._writing.discard(ctx.job.id)
@@ -552,16 +551,15 @@ class Worker:
             if not batch:
                 continue
             try:
-                changed = await self._jobs.mark_succeeded(
-                    [(c.lease, r, c.latest) for c, r, _ in batch]
+                written = set(
+                    await self._jobs.mark_succeeded([(c.lease, r, c.latest) for c, r, _ in batch])
                 )
             except Exception as exc:  # the leases expire and recovery runs the jobs again
                 log.error("recording %d completions failed: %s", len(batch), exc)
-                changed = []
-            written = {job.id: job for job in changed}
+                written = set()
             for ctx, _, done in batch:
                 if not done.done():
-                    done.set_result(written.get(ctx.job.id))
+                    done.set_result(ctx.job.id in written)
 
     async def _record_failure(
         self, ctx: JobContext, error: dict[str, Any], *, retryable: bool, delay: float | None
