@@ -10,7 +10,6 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
-import sqlalchemy as sa
 
 from jobkeeper import (
     DatabaseUnavailable,
@@ -35,9 +34,9 @@ async def make_job(manager: JobManager, tenant: str, **overrides: Any) -> Job:
     return await manager.submit(tenant, args.pop("kind"), args.pop("payload"), **args)
 
 
-async def scalar(manager: JobManager, sql: str, **params: Any) -> Any:
-    async with manager.repository.engine.connect() as conn:
-        return (await conn.execute(sa.text(sql), params)).scalar_one()
+async def scalar(manager: JobManager, sql: str, *params: Any) -> Any:
+    async with manager.repository.connection() as conn:
+        return await conn.fetchval(sql, *params)
 
 
 async def table_counts(manager: JobManager) -> tuple[int, int]:
@@ -131,14 +130,14 @@ async def test_concurrent_idempotent_submits_create_exactly_one_job(
     assert len({j.id for j in jobs}) == 1
     rows = await scalar(
         job_manager,
-        "SELECT count(*) FROM jobs WHERE tenant = :t AND idempotency_key = 'k'",
-        t=tenant,
+        "SELECT count(*) FROM jobs WHERE tenant = $1 AND idempotency_key = 'k'",
+        tenant,
     )
     submitted = await scalar(
         job_manager,
         "SELECT count(*) FROM job_events e JOIN jobs j ON j.id = e.job_id"
-        " WHERE j.tenant = :t AND e.type = 'submitted'",
-        t=tenant,
+        " WHERE j.tenant = $1 AND e.type = 'submitted'",
+        tenant,
     )
     assert (rows, submitted) == (1, 1)
     assert [e.seq for e in await job_manager.events(jobs[0].id, tenant=tenant)] == [1]

@@ -23,7 +23,6 @@ from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
-import sqlalchemy as sa
 
 from jobkeeper.errors import InvalidRequest, JobFinished, PermanentFailure, QueueFull, Retry
 from jobkeeper.manager import JobManager
@@ -154,10 +153,9 @@ def non_progress(types: Sequence[str]) -> list[str]:
     return [t for t in types if t != "progress"]
 
 
-async def sql(manager: JobManager, query: str, **params: Any) -> list[Any]:
-    async with manager.repository.engine.connect() as conn:
-        result = await conn.execute(sa.text(query), params)
-        return list(result.all())
+async def sql(manager: JobManager, query: str, *params: Any) -> list[Any]:
+    async with manager.repository.connection() as conn:
+        return list(await conn.fetch(query, *params))
 
 
 def run_after_delay(event: JobEvent) -> float:
@@ -512,12 +510,12 @@ async def test_one_concurrency_key_never_runs_twice_at_once_across_workers(
         job_manager,
         "SELECT j.id, count(*) FILTER (WHERE e.type = 'succeeded') AS ok,"
         " count(*) FILTER (WHERE e.type = 'claimed') AS claims"
-        " FROM jobs j JOIN job_events e ON e.job_id = j.id WHERE j.tenant = :tenant"
+        " FROM jobs j JOIN job_events e ON e.job_id = j.id WHERE j.tenant = $1"
         " GROUP BY j.id",
-        tenant=tenant,
+        tenant,
     )
     assert len(rows) == 20
-    assert all(row.ok == 1 and row.claims == 1 for row in rows)
+    assert all(row["ok"] == 1 and row["claims"] == 1 for row in rows)
 
 
 async def test_different_concurrency_keys_run_in_parallel(
@@ -591,11 +589,10 @@ async def test_three_workers_run_three_hundred_jobs_exactly_once(
             async def all_succeeded() -> bool:
                 rows = await sql(
                     job_manager,
-                    "SELECT count(*) AS n FROM jobs"
-                    " WHERE tenant = :tenant AND status = 'succeeded'",
-                    tenant=tenant,
+                    "SELECT count(*) AS n FROM jobs WHERE tenant = $1 AND status = 'succeeded'",
+                    tenant,
                 )
-                return int(rows[0].n) == total
+                return int(rows[0]["n"]) == total
 
             await eventually(all_succeeded, f"{total} jobs to succeed", within=60)
 
@@ -605,13 +602,13 @@ async def test_three_workers_run_three_hundred_jobs_exactly_once(
         " count(*) FILTER (WHERE e.type = 'succeeded') AS ok,"
         " count(*) FILTER (WHERE e.type = 'claimed') AS claims,"
         " count(*) FILTER (WHERE e.type IN ('failed', 'cancelled')) AS bad"
-        " FROM jobs j JOIN job_events e ON e.job_id = j.id WHERE j.tenant = :tenant"
+        " FROM jobs j JOIN job_events e ON e.job_id = j.id WHERE j.tenant = $1"
         " GROUP BY j.id, j.status",
-        tenant=tenant,
+        tenant,
     )
     assert len(rows) == total
-    assert all(r.status == "succeeded" and r.ok == 1 and r.claims >= 1 for r in rows)
-    assert all(r.bad == 0 for r in rows)
+    assert all(r["status"] == "succeeded" and r["ok"] == 1 and r["claims"] >= 1 for r in rows)
+    assert all(r["bad"] == 0 for r in rows)
     assert sorted(calls) == list(range(total))
     assert all(count >= 1 for count in calls.values())
 
@@ -843,12 +840,12 @@ async def test_queue_limit_admits_exactly_the_limit_under_concurrent_submits(
 
         rows = await sql(
             job_manager,
-            "SELECT (SELECT count(*) FROM jobs WHERE tenant = :tenant) AS jobs,"
+            "SELECT (SELECT count(*) FROM jobs WHERE tenant = $1) AS jobs,"
             " (SELECT count(*) FROM job_events e JOIN jobs j ON j.id = e.job_id"
-            "  WHERE j.tenant = :tenant) AS events",
-            tenant=tenant,
+            "  WHERE j.tenant = $1) AS events",
+            tenant,
         )
-        assert (rows[0].jobs, rows[0].events) == (20, 20)
+        assert (rows[0]["jobs"], rows[0]["events"]) == (20, 20)
 
         # a replay of an admitted key returns its job even though the queue is full
         first = admitted[0]
@@ -1101,7 +1098,7 @@ async def test_shutdown_never_cancels_a_sync_job_when_the_release_is_slow(
             "SELECT query FROM pg_stat_activity"
             " WHERE datname = current_database() AND wait_event_type = 'Lock'",
         )
-        return [row.query for row in rows]
+        return [row["query"] for row in rows]
 
     async def release_waits() -> bool:
         return any("WITH given AS" in q for q in await waiting_queries())
