@@ -112,6 +112,44 @@ async def test_poll_mode_sees_changes_without_notifications(
         assert replica.feed_status().mode == "poll"
 
 
+async def test_batch_listeners_hear_notified_and_caught_up_changes_with_text_ids(
+    job_manager: JobManager, database_url: str, tenant: str
+) -> None:
+    async with await JobManager.connect(database_url, cache_size=0, feed_interval=0.05) as bare:
+        batches: list[list[tuple[str, int, str | None]]] = []
+        unsubscribe = bare.subscribe_batches(lambda changes: batches.append(list(changes)))
+        job = await job_manager.submit(tenant, "feed.test", {})
+
+        def heard(version: int, status: str | None) -> bool:
+            return any((str(job.id), version, status) in batch for batch in batches)
+
+        async def notified() -> bool:
+            return heard(1, "queued")
+
+        await eventually(notified, "the submit's notification")
+        quiet = JobRepository.create(database_url, notify=False)
+        try:
+            await quiet.cancel(job.id, tenant)  # no notification: only a catch-up finds it
+        finally:
+            await quiet.close()
+
+        async def caught_up() -> bool:
+            return heard(2, None)
+
+        await eventually(caught_up, "the catch-up to report the silent cancel")
+        unsubscribe()
+        seen = len(batches)
+        later: list[str] = []
+        bare.subscribe_batches(lambda changes: later.extend(c[0] for c in changes))
+        marker = await job_manager.submit(tenant, "feed.marker", {})
+
+        async def marker_heard() -> bool:
+            return str(marker.id) in later
+
+        await eventually(marker_heard, "the marker's notification")
+        assert len(batches) == seen  # unsubscribed: nothing more arrived there
+
+
 async def test_one_statement_sends_one_notification_and_poll_mode_sends_none(
     job_manager: JobManager, database_url: str, tenant: str
 ) -> None:

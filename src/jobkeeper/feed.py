@@ -22,7 +22,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 from uuid import UUID
@@ -32,11 +32,15 @@ import asyncpg
 from jobkeeper.errors import DatabaseUnavailable
 from jobkeeper.repository import CATCH_UP_HINT, FeedConnection, JobRepository
 
-__all__ = ["ChangeFeed", "ChangeListener", "FeedMode", "FeedStatus"]
+__all__ = ["BatchListener", "Change", "ChangeFeed", "ChangeListener", "FeedMode", "FeedStatus"]
 
 FeedMode = Literal["notify", "poll"]
 # called with (job_id, version, status); status is None when a catch-up found the change
 ChangeListener = Callable[[UUID, int, str | None], object]
+# the cheap form of a batch of changes: (job id as text, version, status or None), for a listener
+# that cares about few of many changes and should not pay for a UUID per change (a worker)
+Change = tuple[str, int, str | None]
+BatchListener = Callable[[Sequence[Change]], object]
 log = logging.getLogger("jobkeeper.feed")
 
 _LINK_ERRORS = (
@@ -81,6 +85,7 @@ class ChangeFeed:
         self._interval = interval
         self._max_jobs = max_jobs
         self._listeners: list[ChangeListener] = []
+        self._batch_listeners: list[BatchListener] = []
         self._on_reset = on_reset
         self._clock = clock
         # a catch-up older than this no longer vouches: the loop missed two rounds
@@ -97,6 +102,18 @@ class ChangeFeed:
         """Call ``listener`` for every change (in the order subscribed); returns an unsubscribe."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
+
+    def subscribe_batches(self, listener: BatchListener) -> Callable[[], None]:
+        """Call ``listener`` with each batch of changes in their cheap form (``Change``)."""
+        self._batch_listeners.append(listener)
+        return lambda: self._batch_listeners.remove(listener)
+
+    def _batch_changed(self, changes: Sequence[Change]) -> None:
+        for listener in tuple(self._batch_listeners):
+            try:
+                listener(changes)
+            except Exception:
+                log.exception("change listener %r failed", listener)
 
     def _changed(self, job_id: UUID, version: int, status: str | None) -> None:
         for listener in tuple(self._listeners):
@@ -198,6 +215,10 @@ class ChangeFeed:
         else:
             for job_id, version in found.changes:
                 self._changed(job_id, version, None)
+            if self._batch_listeners and found.changes:
+                self._batch_changed(
+                    [(str(job_id), version, None) for job_id, version in found.changes]
+                )
         self._cursor = found.cursor
         self._synced_at = started
         self._catch_ups += 1
@@ -221,8 +242,11 @@ class ChangeFeed:
             self._wake.set()
             return
         try:
-            for job_id, version, _tenant, status in json.loads(payload):
-                self._changed(UUID(job_id), int(version), status)
+            changes = [(i, int(v), s) for i, v, _tenant, s in json.loads(payload)]
+            self._batch_changed(changes)
+            if self._listeners:
+                for job_id, version, status in changes:
+                    self._changed(UUID(job_id), version, status)
         except (ValueError, TypeError) as exc:
             log.warning("ignoring malformed change notification %r: %s", payload[:200], exc)
             self._wake.set()  # a catch-up finds whatever it described

@@ -27,7 +27,7 @@ from jobkeeper.errors import (
     NotWaitingForInput,
     QueueFull,
 )
-from jobkeeper.feed import ChangeFeed, ChangeListener, FeedMode, FeedStatus
+from jobkeeper.feed import BatchListener, ChangeFeed, ChangeListener, FeedMode, FeedStatus
 from jobkeeper.models import (
     TERMINAL_EVENTS,
     Job,
@@ -635,3 +635,9 @@ class JobManager:
         makes (``status`` is ``None`` when the change was found by a catch-up); returns an
         unsubscribe function. Listeners run on the event loop and must not block."""
         return self._feed.subscribe(listener)
+
+    def subscribe_batches(self, listener: BatchListener) -> Callable[[], None]:
+        """Like ``subscribe``, but ``listener(changes)`` gets each batch of changes at once as
+        ``(job_id_text, version, status)`` tuples: the cheap form for a listener that cares about
+        few of many changes (a worker hears every other worker's claims and completions)."""
+        return self._feed.subscribe_batches(listener)

@@ -219,7 +219,8 @@ class JobPage:
 
 @dataclass(frozen=True, slots=True)
 class NewJob:
-    """A validated submission, ready to insert. ``fingerprint`` identifies the request."""
+    """A validated submission, ready to insert. ``fingerprint`` identifies the request (only
+    one with an idempotency key needs it: it tells a replay from a reuse of the key)."""
 
     tenant: str
     kind: str
@@ -230,7 +231,7 @@ class NewJob:
     idempotency_key: str | None
     concurrency_key: str | None
     pinned: bool
-    fingerprint: str
+    fingerprint: str | None
 
 
 MAX_PRIORITY = 32_767
@@ -360,18 +361,11 @@ def validate_new_job(
         raise InvalidRequest("pinned", "a boolean is required")
     idempotency_key = optional_text("idempotency_key", idempotency_key)
     concurrency_key = optional_text("concurrency_key", concurrency_key)
-    request = {
-        "kind": kind,
-        "payload": payload_json,
-        "priority": priority,
-        "max_attempts": max_attempts,
-        "run_after": None if when is None else when.isoformat(),
-        "concurrency_key": concurrency_key,
-        "pinned": pinned,
-    }
-    fingerprint = hashlib.sha256(
-        json.dumps(request, sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()
+    fingerprint = (
+        None
+        if idempotency_key is None
+        else _fingerprint(kind, payload_json, priority, max_attempts, when, concurrency_key, pinned)
+    )
     return NewJob(
         tenant=tenant,
         kind=kind,
@@ -384,6 +378,30 @@ def validate_new_job(
         pinned=pinned,
         fingerprint=fingerprint,
     )
+
+
+def _fingerprint(
+    kind: str,
+    payload_json: str,
+    priority: int,
+    max_attempts: int,
+    when: datetime | None,
+    concurrency_key: str | None,
+    pinned: bool,
+) -> str:
+    """SHA-256 of the request's canonical JSON."""
+    request = {
+        "kind": kind,
+        "payload": payload_json,
+        "priority": priority,
+        "max_attempts": max_attempts,
+        "run_after": None if when is None else when.isoformat(),
+        "concurrency_key": concurrency_key,
+        "pinned": pinned,
+    }
+    return hashlib.sha256(
+        json.dumps(request, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
 
 
 ON_TIMEOUT = ("fail", "cancel", "default")

@@ -1043,7 +1043,7 @@ class JobRepository:
             "max_attempts": new.max_attempts,
             "run_after": new.run_after,
             "idempotency_key": new.idempotency_key,
-            "request_fingerprint": new.fingerprint if new.idempotency_key else None,
+            "request_fingerprint": new.fingerprint,
             "concurrency_key": new.concurrency_key,
             "pinned": new.pinned,
             "event_data": json.dumps({"kind": new.kind}),

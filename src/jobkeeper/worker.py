@@ -56,6 +56,7 @@ from jobkeeper.errors import (
     PermanentFailure,
     Retry,
 )
+from jobkeeper.feed import Change
 from jobkeeper.logs import job_id_var
 from jobkeeper.manager import JobManager
 from jobkeeper.models import (
@@ -326,6 +327,7 @@ class Worker:
         self._grace = shutdown_grace
         self._progress_interval = progress_interval
         self._running: dict[UUID, _Running] = {}
+        self._by_text: dict[str, _Running] = {}  # the same, by id as the change feed spells it
         # handlers that returned and only wait for their success to be written: they keep their
         # lease (heartbeats, shutdown) but no longer a slot, so claims overlap completions
         self._writing: set[UUID] = set()
@@ -367,7 +369,7 @@ class Worker:
             kinds=self._kinds,
             concurrency=self._concurrency,
         )
-        unsubscribe = self._jobs.subscribe(self._on_change)
+        unsubscribe = self._jobs.subscribe_batches(self._on_changes)
         helpers = [
             asyncio.create_task(self._heartbeat_loop(), name="jobkeeper-heartbeat"),
             asyncio.create_task(self._sweeper.run(), name="jobkeeper-sweeper"),
@@ -443,12 +445,20 @@ class Worker:
             await asyncio.wait_for(self._wake.wait(), seconds)
         self._wake.clear()
 
-    def _on_change(self, job_id: UUID, version: int, status: str | None) -> None:
-        if status in ("queued", None):
-            self._wake.set()  # maybe claimable work
-        running = self._running.get(job_id)
-        if running is None or running.ctx.finishing or version <= running.ctx.known_version:
-            return  # not ours, our own final write echoing back, or already seen
+    def _on_changes(self, changes: Sequence[Change]) -> None:
+        """Every change any process commits: a few wake this worker or concern its jobs."""
+        by_text = self._by_text
+        for job_id, version, status in changes:
+            if status is None or status == "queued":
+                self._wake.set()  # maybe claimable work
+            if by_text:
+                running = by_text.get(job_id)
+                if running is not None:
+                    self._on_change(running, version, status)
+
+    def _on_change(self, running: _Running, version: int, status: str | None) -> None:
+        if running.ctx.finishing or version <= running.ctx.known_version:
+            return  # our own final write echoing back, or already seen
         if status not in ("running", None):
             running.ctx.known_version = version
             self._stop_job(running, "lease_lost")  # recovered, released or finished elsewhere
@@ -478,12 +488,15 @@ class Worker:
     def _start(self, lease: Lease) -> None:
         ctx = JobContext(self, lease)
         spec = self._tasks.get(lease.job.kind)
-        task = asyncio.create_task(self._execute(ctx, spec), name=f"jobkeeper-job-{lease.job.id}")
-        self._running[lease.job.id] = _Running(ctx, task, spec is not None and spec.is_async)
-        task.add_done_callback(functools.partial(self._finished, lease.job.id))
+        text = str(lease.job.id)
+        task = asyncio.create_task(self._execute(ctx, spec), name=f"jobkeeper-job-{text}")
+        running = _Running(ctx, task, spec is not None and spec.is_async)
+        self._running[lease.job.id] = self._by_text[text] = running
+        task.add_done_callback(functools.partial(self._finished, lease.job.id, text))
 
-    def _finished(self, job_id: UUID, _task: asyncio.Task[None]) -> None:
+    def _finished(self, job_id: UUID, text: str, _task: asyncio.Task[None]) -> None:
         self._running.pop(job_id, None)
+        self._by_text.pop(text, None)
         self._wake.set()  # a slot is free
 
     async def _execute(self, ctx: JobContext, spec: Task | None) -> None:
