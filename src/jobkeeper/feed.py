@@ -225,8 +225,11 @@ class ChangeFeed:
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake early when a notification asks for a catch-up or the link drops."""
+        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that arrives as the
+        # event is set (stop() does both), and the task would then wait forever
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
         self._wake.clear()
 
     async def _drop_connection(self) -> None:

@@ -543,7 +543,8 @@ class JobManager:
                     if job.terminal and last >= job.version:
                         return
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), self._feed.interval)
+                    async with asyncio.timeout(self._feed.interval):  # see ChangeFeed._sleep
+                        await changed.wait()
         finally:
             unsubscribe()
 

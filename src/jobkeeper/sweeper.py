@@ -198,4 +198,6 @@ class Sweeper:
                 await self.sweep()
             except DatabaseUnavailable as exc:
                 log.warning("sweep failed: %s", exc)
+            except Exception:  # a bug in one pass must not end sweeping (nor the worker)
+                log.exception("sweep failed unexpectedly")
             await asyncio.sleep(self._interval)

@@ -441,8 +441,11 @@ class Worker:
 
     async def _sleep(self, seconds: float) -> None:
         """Wait for a wake-up (new work, a free slot, stop) or ``seconds``."""
+        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that arrives as the
+        # event is set (stop() does both), and the task would then wait forever
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
         self._wake.clear()
 
     def _on_changes(self, changes: Sequence[Change]) -> None:
