@@ -1139,6 +1139,9 @@ def configurations(
         "jk1uv": WorkerSpec(
             jk, f"1 process, concurrency {c}, uvloop", 1, "jobkeeper", jk_args, uvloop=True
         ),
+        "jk4uv": WorkerSpec(
+            jk, f"4 processes, concurrency {c} each, uvloop", 4, "jobkeeper", jk_args, uvloop=True
+        ),
         "pgq10": WorkerSpec(
             pgq,
             f"1 process, batch {PGQ_DEFAULT_BATCH} (default), uvloop",

@@ -71,15 +71,24 @@ def make_job(*, version: int = 1, id: UUID | None = None, tenant: str = "tenant-
     )
 
 
-async def explain(url: str, sql: str, *args: object) -> Any:
-    """The JSON plan of ``sql``, planned inside a transaction that is rolled back (some of the
-    statements write; EXPLAIN without ANALYZE does not run them, and nothing is kept anyway)."""
-    conn = await asyncpg.connect(asyncpg_dsn(url))
+async def explain(url: str, sql: str) -> Any:
+    """The JSON plan of ``sql`` as jobkeeper runs it: a generic plan (its pool sets
+    ``plan_cache_mode = force_generic_plan``), so no parameter values are needed. Planned inside a
+    transaction that is rolled back (some statements write; EXPLAIN does not run them anyway)."""
+    conn = await asyncpg.connect(
+        asyncpg_dsn(url), server_settings={"plan_cache_mode": "force_generic_plan"}
+    )
     try:
         tx = conn.transaction()
         await tx.start()
         try:
-            plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)
+            await conn.execute(f"PREPARE planned AS {sql}")
+            count = await conn.fetchval(
+                "SELECT cardinality(parameter_types) FROM pg_prepared_statements"
+                " WHERE name = 'planned'"
+            )
+            nulls = ", ".join(["NULL"] * count)
+            plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE planned({nulls})")
         finally:
             await tx.rollback()
     finally:
@@ -87,26 +96,31 @@ async def explain(url: str, sql: str, *args: object) -> Any:
     return json.loads(plan)
 
 
-def _plan_values(plan: Any, key: str) -> set[str]:
-    """Every value of ``key`` in the nodes of a JSON plan."""
-    found: set[str] = set()
+def plan_nodes(plan: Any) -> list[dict[str, Any]]:
+    """Every node of a JSON plan."""
+    nodes: list[dict[str, Any]] = []
     stack = [plan]
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
-            if key in node:
-                found.add(node[key])
+            if "Node Type" in node:
+                nodes.append(node)
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
-    return found
+    return nodes
 
 
 def index_names(plan: Any) -> set[str]:
     """Every index a plan uses."""
-    return _plan_values(plan, "Index Name")
+    return {node["Index Name"] for node in plan_nodes(plan) if "Index Name" in node}
 
 
 def node_types(plan: Any) -> set[str]:
     """Every kind of plan node (``Seq Scan``, ``Merge Append``, ...) in a plan."""
-    return _plan_values(plan, "Node Type")
+    return {node["Node Type"] for node in plan_nodes(plan)}
+
+
+def seq_scanned(plan: Any) -> set[str]:
+    """The tables a plan reads whole."""
+    return {node["Relation Name"] for node in plan_nodes(plan) if node["Node Type"] == "Seq Scan"}

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 from uuid import uuid4
 
 import asyncpg
+import pytest
 
+from jobkeeper import repository
 from jobkeeper.cache import JobCache
 from jobkeeper.feed import ChangeFeed
 from jobkeeper.manager import JobManager
@@ -116,15 +119,17 @@ async def test_batch_listeners_hear_notified_and_caught_up_changes_with_text_ids
     job_manager: JobManager, database_url: str, tenant: str
 ) -> None:
     async with await JobManager.connect(database_url, cache_size=0, feed_interval=0.05) as bare:
-        batches: list[list[tuple[str, int, str | None]]] = []
-        unsubscribe = bare.subscribe_batches(lambda changes: batches.append(list(changes)))
+        batches: list[list[tuple[Any, ...]]] = []
+        unsubscribe = bare.subscribe_batches(
+            lambda changes: batches.append([tuple(change) for change in changes])
+        )
         job = await job_manager.submit(tenant, "feed.test", {})
 
-        def heard(version: int, status: str | None) -> bool:
-            return any((str(job.id), version, status) in batch for batch in batches)
+        def heard(version: int, tenant_: str | None, status: str | None) -> bool:
+            return any((str(job.id), version, tenant_, status) in batch for batch in batches)
 
         async def notified() -> bool:
-            return heard(1, "queued")
+            return heard(1, tenant, "queued")
 
         await eventually(notified, "the submit's notification")
         quiet = JobRepository.create(database_url, notify=False)
@@ -134,7 +139,7 @@ async def test_batch_listeners_hear_notified_and_caught_up_changes_with_text_ids
             await quiet.close()
 
         async def caught_up() -> bool:
-            return heard(2, None)
+            return heard(2, None, None)
 
         await eventually(caught_up, "the catch-up to report the silent cancel")
         unsubscribe()
@@ -148,6 +153,26 @@ async def test_batch_listeners_hear_notified_and_caught_up_changes_with_text_ids
 
         await eventually(marker_heard, "the marker's notification")
         assert len(batches) == seen  # unsubscribed: nothing more arrived there
+
+
+async def test_a_change_whose_notification_fails_is_committed_and_found_by_the_catch_up(
+    job_manager: JobManager, database_url: str, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Changes are announced right after their commit; if that fails (here: the statement is
+    broken; in life, the connection drops in between), the write still stands and reports
+    success, and every feed finds the change by its catch-up."""
+    async with await JobManager.connect(database_url, feed_interval=0.05) as replica:
+        job = await job_manager.submit(tenant, "feed.test", {})
+        assert (await replica.get(job.id, tenant=tenant)).version == 1
+        monkeypatch.setattr(repository, "_ANNOUNCE", "SELECT 1 / 0")
+        cancelled = await job_manager.cancel(job.id, tenant=tenant)
+        assert cancelled.status == JobStatus.CANCELLED
+        monkeypatch.undo()
+
+        async def replica_sees_it() -> bool:
+            return (await replica.get(job.id, tenant=tenant)).version == 2
+
+        await eventually(replica_sees_it, "the catch-up to find the unannounced cancel")
 
 
 async def test_one_statement_sends_one_notification_and_poll_mode_sends_none(

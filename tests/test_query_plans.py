@@ -7,11 +7,58 @@ import json
 import asyncpg
 import pytest
 
-from jobkeeper.repository import _CLAIM, _COMPLETE, _HEARTBEAT, _RECOVER, _RELEASE, _list_sql
+from jobkeeper import repository as r
+from jobkeeper.manager import JobManager
+from jobkeeper.models import JobStatus
+from jobkeeper.repository import (
+    _CLAIM,
+    _COMPLETE,
+    _COMPLETE_IDS,
+    _HEARTBEAT,
+    _RECOVER,
+    _RELEASE,
+    _list_sql,
+    _transition_sql,
+)
 from jobkeeper.settings import asyncpg_dsn
-from support import explain, index_names, node_types
+from support import explain, index_names, node_types, seq_scanned
 
 ROWS = 20_000
+# every statement that reads or writes jobs, by name
+JOB_STATEMENTS = {
+    **{
+        name: getattr(r, name).text
+        for name in (
+            "_GET",
+            "_BY_KEY",
+            "_EVENTS",
+            "_INSERT",
+            "_INSERT_LIMITED",
+            "_CANCEL",
+            "_PROGRESS",
+            "_PROGRESS_FENCED",
+            "_CLAIM",
+            "_COMPLETE",
+            "_COMPLETE_IDS",
+            "_HEARTBEAT",
+            "_FAIL",
+            "_CANCELLED",
+            "_RELEASE",
+            "_ASK",
+            "_ANSWER",
+            "_CHECKPOINT",
+            "_TOMBSTONE",
+            "_RECOVER",
+            "_INPUT_TIMEOUTS",
+            "_CLEAR_PAYLOADS",
+            "_DUE_FOR_EXPIRY",
+            "_EXPIRE",
+            "_QUEUED_FOR",
+        )
+    },
+    **{f"transition to {s.value}": _transition_sql(s).text for s in JobStatus},
+    **{f"pin {p}": r._PIN[p].text for p in (True, False)},
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,54 +82,52 @@ async def big_table(database_url: str) -> str:
 
 
 async def test_claim_uses_the_partial_queue_index(big_table: str) -> None:
-    plan = await explain(
-        big_table, _CLAIM[1].text, "00000000-0000-0000-0000-000000000000", None, 10, 30.0
-    )
+    plan = await explain(big_table, _CLAIM.text)
     assert "ix_jobs_claim" in index_names(plan), json.dumps(plan, indent=1)
 
 
 async def test_lease_recovery_uses_the_partial_lease_index(big_table: str) -> None:
-    plan = await explain(big_table, _RECOVER[1].text, 100, 1.0, 300.0)
+    plan = await explain(big_table, _RECOVER.text)
     assert "ix_jobs_lease" in index_names(plan), json.dumps(plan, indent=1)
 
 
 async def test_listing_every_status_merges_index_ranges_without_sorting_the_table(
     big_table: str,
 ) -> None:
-    sql = _list_sql(by_status=False, by_kind=False, after_cursor=False)
-    plan = await explain(big_table, sql.text, *sql.args({"tenant": "plans", "limit": 51}))
+    plan = await explain(
+        big_table, _list_sql(by_status=False, by_kind=False, after_cursor=False).text
+    )
     assert "ix_jobs_tenant_status_id" in index_names(plan), json.dumps(plan, indent=1)
     assert "Merge Append" in node_types(plan), json.dumps(plan, indent=1)
     assert "Seq Scan" not in node_types(plan), json.dumps(plan, indent=1)
 
 
 async def test_listing_one_status_reads_one_index_range(big_table: str) -> None:
-    sql = _list_sql(by_status=True, by_kind=True, after_cursor=True)
-    params = {
-        "tenant": "plans",
-        "status": "queued",
-        "kind": "k",
-        "before": "ffffffff-ffff-ffff-ffff-ffffffffffff",
-        "limit": 51,
-    }
-    plan = await explain(big_table, sql.text, *sql.args(params))
+    plan = await explain(big_table, _list_sql(by_status=True, by_kind=True, after_cursor=True).text)
     assert "ix_jobs_tenant_status_id" in index_names(plan), json.dumps(plan, indent=1)
     assert "Seq Scan" not in node_types(plan), json.dumps(plan, indent=1)
 
 
 @pytest.mark.parametrize(
-    ("name", "sql", "extra"),
-    [
-        ("complete", _COMPLETE[1].text, (["null"], [None], [None])),
-        ("heartbeat", _HEARTBEAT.text, (30.0,)),
-        ("release", _RELEASE[1].text, ()),
-    ],
+    "sql", [_COMPLETE.text, _COMPLETE_IDS.text, _HEARTBEAT.text, _RELEASE.text]
 )
 async def test_batch_writes_of_a_worker_find_their_jobs_by_primary_key(
-    big_table: str, name: str, sql: str, extra: tuple[object, ...]
+    big_table: str, sql: str
 ) -> None:
     # the lease index keeps an entry for every run until vacuum: reading it whole per batch made
     # completions slower with every job drained
-    job = "00000000-0000-0000-0000-000000000001"
-    plan = await explain(big_table, sql, [job], [job], *extra)
+    plan = await explain(big_table, sql)
     assert index_names(plan) == {"pk_jobs"}, json.dumps(plan, indent=1)
+
+
+@pytest.mark.parametrize("name", sorted(JOB_STATEMENTS))
+async def test_no_statement_reads_the_jobs_table_whole(big_table: str, name: str) -> None:
+    """Statements run as generic plans (planned once per connection, whatever the values): each
+    must still find its rows through an index."""
+    plan = await explain(big_table, JOB_STATEMENTS[name])
+    assert "jobs" not in seq_scanned(plan), json.dumps(plan, indent=1)
+
+
+async def test_the_pool_plans_each_statement_once(job_manager: JobManager) -> None:
+    async with job_manager.repository.connection() as conn:
+        assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"

@@ -5,11 +5,16 @@ Every change is a single statement in autocommit mode: a conditional
 appends the ``job_events`` row. One statement is one transaction and one round trip, so a change and
 its event commit together or not at all, and no Python code reads a row and then writes it back.
 
-The same statement announces the change on the ``jobkeeper_changes`` channel (``pg_notify`` of
-a JSON array ``[[job_id, version, tenant, status], ...]``: one per statement, or one per ~7 KB
-chunk of a large batch) unless the repository was created with ``notify=False`` (poll mode,
-for poolers). The change feed's dedicated connection (``FeedConnection``) listens there; its
-catch-up query runs on the pool (``catch_up``).
+Right after the commit, on the same connection, the change is announced on the
+``jobkeeper_changes`` channel (``pg_notify`` of a JSON array ``[[job_id, version, tenant,
+status], ...]``: one per statement, or one per ~7 KB chunk of a large batch) by a transaction of
+its own, committed asynchronously (``_ANNOUNCE``), unless the repository was created with
+``notify=False`` (poll mode, for poolers). Not in the writing statement: Postgres serialises
+committing transactions that notify on one database-wide lock, held through the commit's WAL flush,
+so durable commits that notify run one at a time; a notification-only transaction that does not
+wait for the flush holds it for microseconds. A process that dies between the two leaves a change
+unannounced, which the catch-up finds (``docs/consistency.md``). The change feed's dedicated
+connection (``FeedConnection``) listens there; its catch-up query runs on the pool (``catch_up``).
 
 Statements are written with SQLAlchemy Core and compiled to SQL text once, at import; they run on
 an asyncpg pool (see ``JobRepository``). Measured on this project's machine, building
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -62,6 +68,7 @@ from jobkeeper.settings import asyncpg_dsn
 __all__ = ["CHANNEL", "CatchUp", "FeedConnection", "JobRepository"]
 
 CHANNEL = "jobkeeper_changes"
+log = logging.getLogger("jobkeeper.repository")
 # Postgres caps a notification payload at 8000 bytes: a batch goes out in chunks of at most
 # _CHUNK bytes plus one entry (an entry is < 700 bytes: a tenant is <= 128 characters); should an
 # entry not fit after all, the hint goes instead and listeners run a catch-up, which finds the
@@ -187,16 +194,20 @@ def _update(changes: Mapping[str, Any], *conditions: sa.ColumnElement[bool]) -> 
     )
 
 
-# Announces every row of the CTE "changed" (an uncorrelated sub-select runs once) in as few
+# Announces committed changes, given as arrays of ids, versions, tenants and statuses, in as few
 # notifications as fit, [[job_id, version, tenant, status], ...] each: a running byte count (the
-# entry and json_agg's ", ") puts each entry in a chunk of about _CHUNK bytes.
-_NOTIFY = f"""(SELECT count(pg_notify('{CHANNEL}', CASE WHEN octet_length(n.batch) <= {_MAX_PAYLOAD}
+# entry and json_agg's ", ") puts each entry in a chunk of about _CHUNK bytes. Its transaction
+# commits without waiting for the WAL flush (set_config(..., true) lasts until that commit): only
+# notifications are lost if the server crashes, and listeners then reconnect and catch up anyway.
+_ANNOUNCE = f"""SELECT set_config('synchronous_commit', 'off', true),
+  (SELECT count(pg_notify('{CHANNEL}', CASE WHEN octet_length(n.batch) <= {_MAX_PAYLOAD}
     THEN n.batch ELSE '{CATCH_UP_HINT}' END))
   FROM (SELECT json_agg(c.entry ORDER BY c.upto)::text AS batch
         FROM (SELECT e.entry, sum(octet_length(e.entry::text) + 2) OVER (ROWS UNBOUNDED PRECEDING)
                 AS upto
               FROM (SELECT json_build_array(id, version, tenant, status) AS entry
-                    FROM changed) AS e) AS c
+                    FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[])
+                        AS changed (id, version, tenant, status)) AS e) AS c
         GROUP BY (c.upto - 1) / {_CHUNK}) AS n)"""
 # Appends one event per row of "changed"; its seq is the row's new version.
 _RECORD = """recorded AS (
@@ -208,12 +219,11 @@ _RECORD = """recorded AS (
 def _with_event(
     statement: sa.Update | sa.Insert,
     event_type: str | Callable[[sa.CTE], sa.ColumnElement[str]],
-) -> tuple[_Sql, _Sql]:
+) -> _Sql:
     """Wrap a ``RETURNING`` write in a CTE that appends its event; select the changed row.
 
     The event's ``seq`` is the job's new ``version``: one change, one version, one event. Its data
-    is the ``event_data`` parameter (JSON text). Returns the statement with and without the
-    notification (see the module docstring).
+    is the ``event_data`` parameter (JSON text).
     """
     changed = statement.cte("changed")
     kind = sa.literal(event_type, sa.Text()) if isinstance(event_type, str) else event_type(changed)
@@ -231,9 +241,7 @@ def _with_event(
         )
         .cte("recorded")
     )
-    quiet = sa.select(changed).add_cte(record)
-    loud = quiet.add_columns(sa.literal_column(_NOTIFY).label("notified"))
-    return _compile(loud), _compile(quiet)
+    return _compile(sa.select(changed).add_cte(record))
 
 
 _NEW_JOB: dict[str, sa.ColumnElement[Any]] = {
@@ -303,7 +311,7 @@ _INSERT_LIMITED = _with_event(
 
 
 @functools.cache
-def _transition_sql(target: JobStatus) -> tuple[_Sql, _Sql]:
+def _transition_sql(target: JobStatus) -> _Sql:
     changes: dict[str, Any] = {"status": sa.literal_column(f"'{target.value}'")}
     if target in TERMINAL:
         changes["finished_at"] = _NOW
@@ -390,14 +398,12 @@ def _raw(text: str, *names: str) -> _Sql:
 
 def _text_change(
     ctes: str, event_type: str, event_data: str, *names: str, select: str = "changed.*"
-) -> tuple[_Sql, _Sql]:
+) -> _Sql:
     """``ctes`` ends with a CTE named "changed" returning job rows (at least id, version, tenant,
-    status and updated_at); append the event (and the notification), like ``_with_event`` does
-    for Core statements, and return the ``select`` columns of each changed row."""
+    status and updated_at); append the event, like ``_with_event`` does for Core statements, and
+    return the ``select`` columns (at least id, version, tenant and status) of each changed row."""
     head = f"{ctes}, {_RECORD.format(type=event_type, data=event_data)} SELECT {select}"
-    return _raw(f"{head}, {_NOTIFY} AS notified FROM changed", *names), _raw(
-        f"{head} FROM changed", *names
-    )
+    return _raw(f"{head} FROM changed", *names)
 
 
 _LEASE = "now() + make_interval(secs => {})"
@@ -452,7 +458,7 @@ _CLAIM = _text_change(
     UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1,
         lease_token = gen_random_uuid(), lease_expires_at = {_LEASE.format("$4::float8")},
         worker_id = $1::uuid, started_at = coalesce(jobs.started_at, now()), {_BUMP}
-    FROM chosen WHERE jobs.id = chosen.id
+    WHERE jobs.id = ANY(ARRAY(SELECT id FROM chosen))
     RETURNING jobs.*
 )""",
     "'claimed'",
@@ -476,7 +482,7 @@ RETURNING jobs.id, jobs.cancel_requested""",
 )
 
 
-def _complete(returning: str, select: str) -> tuple[_Sql, _Sql]:
+def _complete(returning: str, select: str) -> _Sql:
     return _text_change(
         f"""WITH done AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::float8[], $5::text[])
@@ -506,7 +512,8 @@ def _complete(returning: str, select: str) -> tuple[_Sql, _Sql]:
 # worker that keeps no cache (decoding rows it would throw away is most of its work per job).
 _COMPLETE = _complete("jobs.*", "changed.*")
 _COMPLETE_IDS = _complete(
-    "jobs.id, jobs.version, jobs.tenant, jobs.status, jobs.updated_at", "changed.id"
+    "jobs.id, jobs.version, jobs.tenant, jobs.status, jobs.updated_at",
+    "changed.id, changed.version, changed.tenant, changed.status",
 )
 
 # A handler failed ($3 error): retry after $5 s (NULL: backoff from base $6, cap $7) while $4 says
@@ -728,11 +735,8 @@ _EXPIRED = f"""WITH gone AS (
 ), changed AS (
     SELECT id, {EXPIRED_VERSION} AS version, tenant, 'expired' AS status FROM gone
 )
-SELECT changed.id"""
-_EXPIRE = (
-    _raw(f"{_EXPIRED}, {_NOTIFY} AS notified FROM changed", "ids"),
-    _raw(f"{_EXPIRED} FROM changed", "ids"),
-)
+SELECT changed.* FROM changed"""
+_EXPIRE = _raw(_EXPIRED, "ids")
 _EXPIRED_EVENTS = _raw("DELETE FROM job_events WHERE job_id = ANY($1::uuid[])", "ids")
 _PURGE_TOMBSTONES = _raw(
     """DELETE FROM job_tombstones WHERE job_id IN (
@@ -878,9 +882,10 @@ class JobRepository:
     """Postgres access for jobs: ``JobRepository.create(url)``, then ``close()`` when done.
 
     Statements are SQLAlchemy Core compiled once at import (or named SQL) and run on an asyncpg
-    pool in autocommit. The pool is asyncpg's, not SQLAlchemy's: checking a connection out and in
-    cost about 100 µs of CPU through SQLAlchemy's async engine against about 40 µs here, more
-    than the statement itself for a submit (docs/architecture.md).
+    pool in autocommit, as prepared statements with generic plans. The pool is asyncpg's, not
+    SQLAlchemy's: checking a connection out and in cost about 100 µs of CPU through SQLAlchemy's
+    async engine against about 40 µs here, more than the statement itself for a submit
+    (docs/architecture.md).
     """
 
     def __init__(
@@ -896,7 +901,13 @@ class JobRepository:
             init=_set_codecs,
             reset=_keep_as_is,
             timeout=connect_timeout,
-            server_settings={"application_name": "jobkeeper"},
+            server_settings={
+                "application_name": "jobkeeper",
+                # every statement is prepared once per connection and planned once: left to
+                # choose, Postgres re-planned the claim on every call (~0.5 ms, more than running
+                # it for a small batch). tests/test_query_plans.py checks each generic plan.
+                "plan_cache_mode": "force_generic_plan",
+            },
         )
         self._pool_ready = False
         self._pool_lock = asyncio.Lock()
@@ -970,8 +981,35 @@ class JobRepository:
         rows = await self._rows(sql, params, read=read)
         return _to_job(rows[0]) if rows else None
 
-    def _change(self, sql: tuple[_Sql, _Sql]) -> _Sql:
-        return sql[0] if self._notify else sql[1]
+    async def _write(self, sql: _Sql, params: Mapping[str, Any]) -> list[Any]:
+        """Run one change and announce what it changed (each row: id, version, tenant, status)."""
+        async with self.connection() as conn:
+            rows = list(await conn.fetch(sql.text, *sql.args(params)))
+            await self._announce(conn, rows)
+        return rows
+
+    async def _write_one(self, sql: _Sql, params: Mapping[str, Any]) -> Job | None:
+        rows = await self._write(sql, params)
+        return _to_job(rows[0]) if rows else None
+
+    async def _announce(self, conn: _Pooled, rows: Sequence[Any]) -> None:
+        """Notify listeners of committed changes (see the module docstring). A failure is only
+        logged: the change is committed, and the feed's catch-up finds it without the notice."""
+        if not rows or not self._notify:
+            return
+        try:
+            await conn.execute(
+                _ANNOUNCE,
+                [r["id"] for r in rows],
+                [r["version"] for r in rows],
+                [r["tenant"] for r in rows],
+                [r["status"] for r in rows],
+            )
+        except _LINK_ERRORS as exc:
+            conn.terminate()  # the pool replaces it
+            log.warning("change notification not sent (%s); listeners catch up", exc)
+        except asyncpg.PostgresError as exc:
+            log.warning("change notification not sent (%s); listeners catch up", exc)
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -1051,11 +1089,12 @@ class JobRepository:
             "max_queued_per_kind": max_queued_per_kind,
         }
         if max_queued is None and max_queued_per_kind is None:
-            return await self._one(self._change(_INSERT), params, read=False)
-        sql = self._change(_INSERT_LIMITED)
-        async with self.connection() as conn, conn.transaction():
-            await conn.execute(_QUEUE_LOCK.text, new.tenant)
-            rows = await conn.fetch(sql.text, *sql.args(params))
+            return await self._write_one(_INSERT, params)
+        async with self.connection() as conn:
+            async with conn.transaction():
+                await conn.execute(_QUEUE_LOCK.text, new.tenant)
+                rows = await conn.fetch(_INSERT_LIMITED.text, *_INSERT_LIMITED.args(params))
+            await self._announce(conn, rows)
         return _to_job(rows[0]) if rows else None
 
     async def transition(
@@ -1081,7 +1120,7 @@ class JobRepository:
             "event_data": json.dumps({"status": target.value, **(data or {})}),
             "lease_seconds": lease_seconds,
         }
-        job = await self._one(self._change(_transition_sql(target)), params, read=False)
+        job = await self._write_one(_transition_sql(target), params)
         if job is None:
             await self._raise_refusal(job_id, tenant, target.value)
         assert job is not None
@@ -1105,7 +1144,7 @@ class JobRepository:
             "event_data": json.dumps(data),
         }
         sql = _PROGRESS if token is None else _PROGRESS_FENCED
-        job = await self._one(self._change(sql), params, read=False)
+        job = await self._write_one(sql, params)
         if job is None and token is None:
             await self._raise_refusal(job_id, tenant, "progress")
         return job
@@ -1124,7 +1163,7 @@ class JobRepository:
         }
         for attempt in (1, 2, 3):
             try:
-                rows = await self._rows(self._change(_CLAIM), params, read=False)
+                rows = await self._write(_CLAIM, params)
             except asyncpg.UniqueViolationError:
                 # two batches took jobs of one concurrency key at the same moment; the index
                 # refused the second, which claimed nothing: try again
@@ -1151,12 +1190,12 @@ class JobRepository:
     async def complete(self, done: Sequence[Completion]) -> list[Job]:
         """Mark jobs succeeded, given ``(job_id, token, result_json, last_progress)``; lost
         leases are skipped. Returns the new rows."""
-        rows = await self._rows(self._change(_COMPLETE), _completions(done), read=False)
+        rows = await self._write(_COMPLETE, _completions(done))
         return [_to_job(r) for r in rows]
 
     async def complete_ids(self, done: Sequence[Completion]) -> list[UUID]:
         """``complete``, returning only the ids of the jobs it marked succeeded."""
-        rows = await self._rows(self._change(_COMPLETE_IDS), _completions(done), read=False)
+        rows = await self._write(_COMPLETE_IDS, _completions(done))
         return [r["id"] for r in rows]
 
     async def fail(
@@ -1181,33 +1220,33 @@ class JobRepository:
             "backoff_base": backoff_base,
             "backoff_max": backoff_max,
         }
-        return await self._one(self._change(_FAIL), params, read=False)
+        return await self._write_one(_FAIL, params)
 
     async def mark_cancelled(self, job_id: UUID, token: UUID) -> Job | None:
         """The handler stopped on a cancel request. ``None``: the lease was lost."""
         params = {"job_id": job_id, "token": token}
-        return await self._one(self._change(_CANCELLED), params, read=False)
+        return await self._write_one(_CANCELLED, params)
 
     async def release(self, leases: Sequence[tuple[UUID, UUID]]) -> list[Job]:
         """Give leases back (graceful shutdown): the jobs are queued again, attempt not counted."""
         if not leases:
             return []
         params = {"ids": [i for i, _ in leases], "tokens": [t for _, t in leases]}
-        return [_to_job(r) for r in await self._rows(self._change(_RELEASE), params, read=False)]
+        return [_to_job(r) for r in await self._write(_RELEASE, params)]
 
     async def recover_expired(
         self, *, limit: int, backoff_base: float, backoff_max: float
     ) -> list[Job]:
         """Re-queue (or fail with ``lease_expired``) up to ``limit`` jobs whose lease expired."""
         params = {"limit": limit, "backoff_base": backoff_base, "backoff_max": backoff_max}
-        return [_to_job(r) for r in await self._rows(self._change(_RECOVER), params, read=False)]
+        return [_to_job(r) for r in await self._write(_RECOVER, params)]
 
     async def ask(
         self, job_id: UUID, token: UUID, prompt_json: str, answer_within: float | None
     ) -> Job | None:
         """Park a running job until a person answers; ``None``: lease lost or cancel requested."""
         params = {"job_id": job_id, "token": token, "prompt": prompt_json, "timeout": answer_within}
-        return await self._one(self._change(_ASK), params, read=False)
+        return await self._write_one(_ASK, params)
 
     async def answer(
         self, job_id: UUID, tenant: str, key: str, answer_json: str, answered_by: str | None
@@ -1220,16 +1259,16 @@ class JobRepository:
             "answer": answer_json,
             "answered_by": answered_by,
         }
-        return await self._one(self._change(_ANSWER), params, read=False)
+        return await self._write_one(_ANSWER, params)
 
     async def checkpoint(self, job_id: UUID, token: UUID, key: str, result_json: str) -> Job | None:
         """Keep a side effect's result; ``None``: the lease was lost."""
         params = {"job_id": job_id, "token": token, "key": key, "result": result_json}
-        return await self._one(self._change(_CHECKPOINT), params, read=False)
+        return await self._write_one(_CHECKPOINT, params)
 
     async def expire_input_deadlines(self, *, limit: int) -> list[Job]:
         """Apply ``on_timeout`` to up to ``limit`` jobs whose question's deadline passed."""
-        rows = await self._rows(self._change(_INPUT_TIMEOUTS), {"limit": limit}, read=False)
+        rows = await self._write(_INPUT_TIMEOUTS, {"limit": limit})
         return [_to_job(r) for r in rows]
 
     # --- retention ---------------------------------------------------------------------------
@@ -1248,7 +1287,7 @@ class JobRepository:
     async def set_pinned(self, job_id: UUID, tenant: str, pinned: bool) -> Job | None:
         """Pin (exempt from retention) or unpin; ``None`` if it already was."""
         params = {"job_id": job_id, "tenant": tenant, "event_data": "{}"}
-        return await self._one(self._change(_PIN[pinned]), params, read=False)
+        return await self._write_one(_PIN[pinned], params)
 
     async def clear_payloads(
         self, *, ttl: float, kinds: Sequence[str] | None, other_kinds: Sequence[str], limit: int
@@ -1259,7 +1298,7 @@ class JobRepository:
             "other_kinds": list(other_kinds),
             "limit": limit,
         }
-        rows = await self._rows(self._change(_CLEAR_PAYLOADS), params, read=False)
+        rows = await self._write(_CLEAR_PAYLOADS, params)
         return [_to_job(r) for r in rows]
 
     async def due_for_expiry(
@@ -1284,10 +1323,12 @@ class JobRepository:
         """Delete these finished, unpinned jobs and keep tombstones; returns those deleted."""
         if not job_ids:
             return []
-        sql = self._change(_EXPIRE)
-        async with self.connection() as conn, conn.transaction():
-            gone = [r["id"] for r in await conn.fetch(sql.text, list(job_ids))]
-            await conn.execute(_EXPIRED_EVENTS.text, gone)
+        async with self.connection() as conn:
+            async with conn.transaction():
+                rows = await conn.fetch(_EXPIRE.text, list(job_ids))
+                gone = [r["id"] for r in rows]
+                await conn.execute(_EXPIRED_EVENTS.text, gone)
+            await self._announce(conn, rows)
         return gone
 
     async def purge_tombstones(self, *, ttl: float, limit: int) -> int:
@@ -1397,7 +1438,7 @@ class JobRepository:
         is already flagged changes nothing). Raises ``JobNotFound`` or ``JobFinished``.
         """
         params = {"job_id": job_id, "tenant": tenant, "event_data": "{}"}
-        job = await self._one(self._change(_CANCEL), params, read=False)
+        job = await self._write_one(_CANCEL, params)
         if job is not None:
             return job, True
         current = await self.get(job_id, tenant)

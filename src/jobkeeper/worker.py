@@ -36,6 +36,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import operator
 import os
 import signal
 import socket
@@ -78,6 +79,7 @@ log = logging.getLogger("jobkeeper.worker")
 AsyncHandler: TypeAlias = Callable[["JobContext", Any], Awaitable[Any]]
 SyncHandler: TypeAlias = Callable[["JobContext", Any], Any]
 _TRACEBACK_LIMIT = 8_000  # characters of traceback kept with a failure
+_ID, _STATUS = operator.itemgetter(0), operator.itemgetter(3)  # of a change feed Change
 _StopReason = Literal["cancel", "lease_lost", "shutdown"]
 
 
@@ -449,13 +451,14 @@ class Worker:
         self._wake.clear()
 
     def _on_changes(self, changes: Sequence[Change]) -> None:
-        """Every change any process commits: a few wake this worker or concern its jobs."""
-        by_text = self._by_text
-        for job_id, version, status in changes:
-            if status is None or status == "queued":
-                self._wake.set()  # maybe claimable work
-            if by_text:
-                running = by_text.get(job_id)
+        """Every change any process commits: wake up for claimable work, and look at changes to
+        this worker's own jobs. Most are neither, so both tests run in C (set operations)."""
+        statuses = set(map(_STATUS, changes))
+        if "queued" in statuses or None in statuses:
+            self._wake.set()  # maybe claimable work (None: found by a catch-up, status unknown)
+        if self._by_text and not self._by_text.keys().isdisjoint(map(_ID, changes)):
+            for job_id, version, _tenant, status in changes:
+                running = self._by_text.get(job_id)
                 if running is not None:
                     self._on_change(running, version, status)
 
