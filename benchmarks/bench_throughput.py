@@ -1139,6 +1139,9 @@ def configurations(
         "jk1uv": WorkerSpec(
             jk, f"1 process, concurrency {c}, uvloop", 1, "jobkeeper", jk_args, uvloop=True
         ),
+        "jk2uv": WorkerSpec(
+            jk, f"2 processes, concurrency {c} each, uvloop", 2, "jobkeeper", jk_args, uvloop=True
+        ),
         "jk4uv": WorkerSpec(
             jk, f"4 processes, concurrency {c} each, uvloop", 4, "jobkeeper", jk_args, uvloop=True
         ),
@@ -1155,6 +1158,9 @@ def configurations(
             pgq, f"1 process, batch {b}, uvloop", 1, "pgqueuer", pgq_best, uvloop=True
         ),
         "pgq1aio": WorkerSpec(pgq, f"1 process, batch {b}, asyncio loop", 1, "pgqueuer", pgq_best),
+        "pgq2": WorkerSpec(
+            pgq, f"2 processes, batch {b}, uvloop", 2, "pgqueuer", pgq_best, uvloop=True
+        ),
         "pgq4": WorkerSpec(
             pgq, f"4 processes, batch {b}, uvloop", 4, "pgqueuer", pgq_best, uvloop=True
         ),

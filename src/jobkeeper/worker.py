@@ -330,14 +330,15 @@ class Worker:
         self._progress_interval = progress_interval
         self._running: dict[UUID, _Running] = {}
         self._by_text: dict[str, _Running] = {}  # the same, by id as the change feed spells it
-        # handlers that returned and only wait for their success to be written: they keep their
-        # lease (heartbeats, shutdown) but no longer a slot, so claims overlap completions
-        self._writing: set[UUID] = set()
         self._wake = asyncio.Event()
         self._stopping = False
         self._stop_now = asyncio.Event()
-        self._completions: list[tuple[JobContext, str, asyncio.Future[bool]]] = []
+        # successes waiting to be written (their handlers are done and their slots free, so the
+        # next claim overlaps the write); _written is set while none is pending or being written
+        self._completions: list[tuple[JobContext, str]] = []
         self._completing = asyncio.Event()
+        self._written = asyncio.Event()
+        self._written.set()
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="jobkeeper-job")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._spawned: set[asyncio.Task[None]] = set()
@@ -416,7 +417,7 @@ class Worker:
     async def _claim_loop(self) -> None:
         failures = 0
         while not self._stopping:
-            free = self._concurrency - len(self._running) + len(self._writing)
+            free = self._concurrency - len(self._running)
             claimed = 0
             if free > 0:
                 try:
@@ -550,16 +551,9 @@ class Worker:
             error = {"code": "invalid_result", "message": exc.message}
             await self._record_failure(ctx, error, retryable=False, delay=None)
             return
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._completions.append((ctx, result_json, done))
+        self._completions.append((ctx, result_json))
+        self._written.clear()
         self._completing.set()
-        self._writing.add(ctx.job.id)
-        self._wake.set()  # its slot is free for the next claim
-        try:
-            if not await done:
-                log.warning("job %s finished but its lease was lost; result lost", ctx.job.id)
-        finally:
-            self._writing.discard(ctx.job.id)
 
     async def _completion_loop(self) -> None:
         """Write every completion that piled up meanwhile in one statement."""
@@ -567,18 +561,22 @@ class Worker:
             await self._completing.wait()
             self._completing.clear()
             batch, self._completions = self._completions, []
-            if not batch:
-                continue
-            try:
-                written = set(
-                    await self._jobs.mark_succeeded([(c.lease, r, c.latest) for c, r, _ in batch])
-                )
-            except Exception as exc:  # the leases expire and recovery runs the jobs again
-                log.error("recording %d completions failed: %s", len(batch), exc)
-                written = set()
-            for ctx, _, done in batch:
-                if not done.done():
-                    done.set_result(ctx.job.id in written)
+            if batch:
+                await self._write_completions(batch)
+            if not self._completions:
+                self._written.set()
+
+    async def _write_completions(self, batch: Sequence[tuple[JobContext, str]]) -> None:
+        try:
+            written = set(
+                await self._jobs.mark_succeeded([(c.lease, r, c.latest) for c, r in batch])
+            )
+        except Exception as exc:  # the leases expire and recovery runs the jobs again
+            log.error("recording %d completions failed: %s", len(batch), exc)
+            return
+        for ctx, _ in batch:
+            if ctx.job.id not in written:
+                log.warning("job %s finished but its lease was lost; result lost", ctx.job.id)
 
     async def _record_failure(
         self, ctx: JobContext, error: dict[str, Any], *, retryable: bool, delay: float | None
@@ -698,6 +696,7 @@ class Worker:
             stop_now.cancel()
             waiting.cancel()
         leftovers = list(self._running.values())
+        await self._written.wait()  # successes already recorded by handlers go out first
         if not leftovers:
             return
         for running in leftovers:
