@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jobkeeper import repository
 from jobkeeper.cache import JobCache
 from jobkeeper.feed import ChangeFeed
 from jobkeeper.manager import JobManager
 from jobkeeper.models import Job, JobStatus, Progress
-from jobkeeper.repository import CHANNEL, JobRepository
+from jobkeeper.repository import CATCH_UP_HINT, CHANNEL, JobRepository, _notification_payloads
 from jobkeeper.settings import asyncpg_dsn
 from support import eventually, make_job, terminate_feeds
 
@@ -118,7 +121,7 @@ async def test_poll_mode_sees_changes_without_notifications(
 async def test_batch_listeners_hear_notified_and_caught_up_changes_with_text_ids(
     job_manager: JobManager, database_url: str, tenant: str
 ) -> None:
-    async with await JobManager.connect(database_url, cache_size=0, feed_interval=0.05) as bare:
+    async with await JobManager.connect(database_url, feed_interval=0.05) as bare:
         batches: list[list[tuple[Any, ...]]] = []
         unsubscribe = bare.subscribe_batches(
             lambda changes: batches.append([tuple(change) for change in changes])
@@ -173,6 +176,33 @@ async def test_a_change_whose_notification_fails_is_committed_and_found_by_the_c
             return (await replica.get(job.id, tenant=tenant)).version == 2
 
         await eventually(replica_sees_it, "the catch-up to find the unannounced cancel")
+
+
+async def test_a_manager_without_cache_hears_notifications_and_runs_no_catch_up(
+    job_manager: JobManager, database_url: str, tenant: str
+) -> None:
+    """A worker process's manager keeps no cache, so the catch-up (a read of every event since
+    the last one) would repair nothing: it only checks its connection."""
+    async with await JobManager.connect(database_url, cache_size=0, feed_interval=0.05) as bare:
+        heard: list[str] = []
+        bare.subscribe_batches(lambda changes: heard.extend(c[0] for c in changes))
+        job = await job_manager.submit(tenant, "feed.test", {})
+
+        async def notified() -> bool:
+            return str(job.id) in heard and bare.feed_status().seconds_since_sync is not None
+
+        await eventually(notified, "the submit's notification")
+        since = time.monotonic()
+
+        async def checked_again() -> bool:  # a periodic check ran after the notification
+            ago = bare.feed_status().seconds_since_sync
+            return ago is not None and time.monotonic() - ago > since
+
+        await eventually(checked_again, "a periodic connection check")
+        status = bare.feed_status()
+        assert status.catch_ups == 0 and status.connected and status.notifications >= 1
+    async with await JobManager.connect(database_url, cache_size=0, feed_mode="poll") as polling:
+        assert polling.feed_status().catch_ups >= 1  # in poll mode it is the only path
 
 
 async def test_one_statement_sends_one_notification_and_poll_mode_sends_none(
@@ -297,3 +327,24 @@ async def _true(value: bool) -> bool:
 
 def _progress() -> Progress:
     return Progress(0.5, "half")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.uuids(), st.integers(1, 2**63 - 1), st.text(min_size=1, max_size=128)),
+        max_size=400,
+    )
+)
+def test_notification_payloads_carry_every_change_within_the_size_limit(
+    changes: list[tuple[UUID, int, str]],
+) -> None:
+    batch = [(job_id, version, tenant, "running") for job_id, version, tenant in changes]
+    payloads = _notification_payloads(batch) if batch else []
+    assert all(len(p.encode()) <= 8000 for p in payloads)
+    entries = [entry for p in payloads for entry in json.loads(p)]
+    assert entries == [[str(i), v, t, s] for i, v, t, s in batch]
+
+
+def test_a_change_too_large_for_any_payload_becomes_the_catch_up_hint() -> None:
+    assert _notification_payloads([(uuid4(), 1, "x" * 8000, "queued")]) == [CATCH_UP_HINT]

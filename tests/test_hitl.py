@@ -460,6 +460,11 @@ async def test_answers_are_validated_and_refusals_change_nothing(
     assert never_asked.value.status == "queued"
     with pytest.raises(JobNotFound):
         await job_manager.answer(uuid4(), tenant=tenant, answer="anything")
+    # another tenant's job is not found, whatever the answer (even one that cannot be stored)
+    with pytest.raises(JobNotFound):
+        await job_manager.answer(queued.id, tenant=f"{tenant}-other", answer="nul \x00")
+    with pytest.raises(InvalidAnswer):
+        await job_manager.answer(queued.id, tenant=tenant, answer="nul \x00")
 
 
 async def test_a_choice_that_is_an_array_can_be_chosen(

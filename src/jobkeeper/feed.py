@@ -81,8 +81,13 @@ class ChangeFeed:
         max_jobs: int,
         on_reset: Callable[[], object],
         clock: Callable[[], float] = time.monotonic,
+        catch_up: bool = True,
     ) -> None:
         self._repository = repository
+        # without a cache to repair (notify mode, a worker process), listeners hear notifications
+        # only; each has its own fallback (a worker polls, watch() re-reads), and the catch-up
+        # query, which reads every event since the last, is not run for nobody
+        self._catches_up = catch_up or mode == "poll"
         self._mode: FeedMode = mode
         self._interval = interval
         self._max_jobs = max_jobs
@@ -211,6 +216,9 @@ class ChangeFeed:
             raise DatabaseUnavailable("change feed is not connected")
         started = self._clock()
         await conn.ping()  # the LISTEN connection is alive (the catch-up runs on the pool)
+        if not self._catches_up:
+            self._synced_at = started
+            return
         found = await self._repository.catch_up(cursor, self._max_jobs)
         if found.truncated:
             self._on_reset()  # more changed jobs than the cache holds: drop everything

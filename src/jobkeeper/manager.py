@@ -151,6 +151,7 @@ class JobManager:
             interval=interval,
             max_jobs=max(cache_size, _MIN_CATCH_UP),
             on_reset=cache.reset,
+            catch_up=cache.enabled,
         )
         if cache.enabled:
             feed.subscribe(lambda job_id, version, _status: cache.invalidate(job_id, version))
@@ -484,13 +485,13 @@ class JobManager:
         job_id, tenant = parse_job_id(job_id), validate_tenant(tenant)
         answered_by = optional_text("answered_by", answered_by)
         question_key = optional_text("question_key", question_key)
+        current = await self._repository.get(job_id, tenant)
+        if current is None:  # before judging the answer: another tenant's job is simply not found
+            raise await self._repository.missing(job_id, tenant)
         try:
             answer_json = encode_json("answer", answer)
         except InvalidRequest as exc:
             raise InvalidAnswer(job_id, [exc.message]) from None
-        current = await self._repository.get(job_id, tenant)
-        if current is None:
-            raise await self._repository.missing(job_id, tenant)
         key = question_key
         if current.status is JobStatus.WAITING_INPUT and key in (None, current.prompt["key"]):
             key = current.prompt["key"]
@@ -634,7 +635,9 @@ class JobManager:
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
         """Call ``listener(job_id, version, status)`` for every committed change any process
         makes (``status`` is ``None`` when the change was found by a catch-up); returns an
-        unsubscribe function. Listeners run on the event loop and must not block."""
+        unsubscribe function. Listeners run on the event loop and must not block. A manager
+        without a cache (``cache_size=0``) in notify mode runs no catch-ups: its listeners hear
+        notifications only, so a change announced while its feed was reconnecting is missed."""
         return self._feed.subscribe(listener)
 
     def subscribe_batches(self, listener: BatchListener) -> Callable[[], None]:

@@ -25,6 +25,7 @@ for the statement itself (docs/architecture.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -69,13 +70,11 @@ __all__ = ["CHANNEL", "CatchUp", "FeedConnection", "JobRepository"]
 
 CHANNEL = "jobkeeper_changes"
 log = logging.getLogger("jobkeeper.repository")
-# Postgres caps a notification payload at 8000 bytes: a batch goes out in chunks of at most
-# _CHUNK bytes plus one entry (an entry is < 700 bytes: a tenant is <= 128 characters); should an
-# entry not fit after all, the hint goes instead and listeners run a catch-up, which finds the
-# same changes in job_events.
+# Postgres caps a notification payload at 8000 bytes: a batch goes out in as many payloads as it
+# takes (_notification_payloads); should one change not fit alone, this hint goes instead and
+# listeners run a catch-up, which finds the same changes in job_events.
 CATCH_UP_HINT = '"catchup"'
 _MAX_PAYLOAD = 7_900
-_CHUNK = 7_000
 # every table of the current schema exists (a cheap check at connect)
 _SCHEMA_PRESENT = (
     "SELECT to_regclass('job_events') IS NOT NULL AND to_regclass('job_tombstones') IS NOT NULL"
@@ -194,21 +193,26 @@ def _update(changes: Mapping[str, Any], *conditions: sa.ColumnElement[bool]) -> 
     )
 
 
-# Announces committed changes, given as arrays of ids, versions, tenants and statuses, in as few
-# notifications as fit, [[job_id, version, tenant, status], ...] each: a running byte count (the
-# entry and json_agg's ", ") puts each entry in a chunk of about _CHUNK bytes. Its transaction
-# commits without waiting for the WAL flush (set_config(..., true) lasts until that commit): only
-# notifications are lost if the server crashes, and listeners then reconnect and catch up anyway.
+# Sends notifications (one per payload in $1). Its transaction commits without waiting for the
+# WAL flush (set_config(..., true) lasts until that commit): only notifications are lost if the
+# server crashes, and listeners then reconnect and catch up anyway.
 _ANNOUNCE = f"""SELECT set_config('synchronous_commit', 'off', true),
-  (SELECT count(pg_notify('{CHANNEL}', CASE WHEN octet_length(n.batch) <= {_MAX_PAYLOAD}
-    THEN n.batch ELSE '{CATCH_UP_HINT}' END))
-  FROM (SELECT json_agg(c.entry ORDER BY c.upto)::text AS batch
-        FROM (SELECT e.entry, sum(octet_length(e.entry::text) + 2) OVER (ROWS UNBOUNDED PRECEDING)
-                AS upto
-              FROM (SELECT json_build_array(id, version, tenant, status) AS entry
-                    FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[])
-                        AS changed (id, version, tenant, status)) AS e) AS c
-        GROUP BY (c.upto - 1) / {_CHUNK}) AS n)"""
+  (SELECT count(pg_notify('{CHANNEL}', payload)) FROM unnest($1::text[]) AS payload)"""
+
+
+def _notification_payloads(changes: Sequence[tuple[UUID, int, str, str]]) -> list[str]:
+    """``[[job_id, version, tenant, status], ...]`` of ``changes`` as JSON, in as few payloads
+    as fit Postgres's 8,000-byte limit (built here: in SQL it cost Postgres a few µs per change).
+    A change that cannot fit alone becomes the catch-up hint."""
+    text = json.dumps([[str(i), v, t, s] for i, v, t, s in changes], ensure_ascii=False)
+    if len(text.encode()) <= _MAX_PAYLOAD:
+        return [text]
+    if len(changes) == 1:
+        return [CATCH_UP_HINT]
+    half = len(changes) // 2
+    return _notification_payloads(changes[:half]) + _notification_payloads(changes[half:])
+
+
 # Appends one event per row of "changed"; its seq is the row's new version.
 _RECORD = """recorded AS (
     INSERT INTO job_events (job_id, seq, type, data, at)
@@ -431,8 +435,8 @@ _EVENT_BY_STATUS = (
 )
 # A lease token matches only while its job runs (ck_jobs_lease: a token if and only if running), so
 # fenced writes match on id and token alone, and batches find their rows by id (= ANY, the primary
-# key). Naming the status would invite the planner to read the partial lease index whole: it keeps
-# an entry for every run since the last vacuum.
+# key). Naming the status would invite the planner to read the running jobs' index range whole,
+# which keeps an entry for every run since the last vacuum.
 _CLEAR_LEASE = "lease_token = NULL, lease_expires_at = NULL, worker_id = NULL"
 _BUMP = "version = jobs.version + 1, updated_at = now()"
 
@@ -824,7 +828,7 @@ _LIVE_WORKERS = _raw(
 
 @functools.cache
 def _list_sql(by_status: bool, by_kind: bool, after_cursor: bool) -> _Sql:
-    """Newest first over ix_jobs_tenant_status_id: one status is one index range; every status is
+    """Newest first over ix_jobs_status_tenant_id: one status is one index range; every status is
     a merge of one range per status (each stops after ``limit`` rows), so no second index on
     ``(tenant, id)`` has to be kept up to date by every change."""
     limit = _p("limit", sa.Integer())
@@ -911,6 +915,11 @@ class JobRepository:
         )
         self._pool_ready = False
         self._pool_lock = asyncio.Lock()
+        # committed changes whose notification is not sent yet: (id, version, tenant, status)
+        self._unannounced: list[tuple[UUID, int, str, str]] = []
+        self._announcing = asyncio.Event()
+        self._announcer: asyncio.Task[None] | None = None
+        self._closing = False
 
     @classmethod
     def create(
@@ -925,7 +934,17 @@ class JobRepository:
         )
 
     async def close(self) -> None:
-        """Close every pooled connection (waiting briefly for those in use)."""
+        """Send the notifications still queued, then close every pooled connection (waiting
+        briefly for those in use)."""
+        self._closing = True
+        if self._announcer is not None:
+            self._announcing.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._announcer), self._connect_timeout)
+            self._announcer.cancel()
+            self._announcer = None
+        if self._pool_ready:
+            await self._send_announcements()  # what queued while the last batch was sent
         if not self._pool_ready:
             return
         try:
@@ -985,31 +1004,42 @@ class JobRepository:
         """Run one change and announce what it changed (each row: id, version, tenant, status)."""
         async with self.connection() as conn:
             rows = list(await conn.fetch(sql.text, *sql.args(params)))
-            await self._announce(conn, rows)
+        self._announce(rows)
         return rows
 
     async def _write_one(self, sql: _Sql, params: Mapping[str, Any]) -> Job | None:
         rows = await self._write(sql, params)
         return _to_job(rows[0]) if rows else None
 
-    async def _announce(self, conn: _Pooled, rows: Sequence[Any]) -> None:
-        """Notify listeners of committed changes (see the module docstring). A failure is only
-        logged: the change is committed, and the feed's catch-up finds it without the notice."""
+    def _announce(self, rows: Sequence[Any]) -> None:
+        """Queue the notification of committed changes (see the module docstring); the announcer
+        task sends what queued up meanwhile in one statement, off the writer's path."""
         if not rows or not self._notify:
             return
+        self._unannounced.extend((r["id"], r["version"], r["tenant"], r["status"]) for r in rows)
+        if self._announcer is None or self._announcer.done():
+            self._announcer = asyncio.create_task(self._announce_loop(), name="jobkeeper-announce")
+        self._announcing.set()
+
+    async def _announce_loop(self) -> None:
+        while not self._closing:
+            await self._announcing.wait()
+            self._announcing.clear()
+            await self._send_announcements()
+
+    async def _send_announcements(self) -> None:
+        """Send every queued notification. A failure is only logged: the changes are committed,
+        and every feed's catch-up finds them without the notice."""
+        batch, self._unannounced = self._unannounced, []
+        if not batch:
+            return
         try:
-            await conn.execute(
-                _ANNOUNCE,
-                [r["id"] for r in rows],
-                [r["version"] for r in rows],
-                [r["tenant"] for r in rows],
-                [r["status"] for r in rows],
+            async with self.connection() as conn:
+                await conn.execute(_ANNOUNCE, _notification_payloads(batch))
+        except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
+            log.warning(
+                "%d change notifications not sent (%s); listeners catch up", len(batch), exc
             )
-        except _LINK_ERRORS as exc:
-            conn.terminate()  # the pool replaces it
-            log.warning("change notification not sent (%s); listeners catch up", exc)
-        except asyncpg.PostgresError as exc:
-            log.warning("change notification not sent (%s); listeners catch up", exc)
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -1090,11 +1120,10 @@ class JobRepository:
         }
         if max_queued is None and max_queued_per_kind is None:
             return await self._write_one(_INSERT, params)
-        async with self.connection() as conn:
-            async with conn.transaction():
-                await conn.execute(_QUEUE_LOCK.text, new.tenant)
-                rows = await conn.fetch(_INSERT_LIMITED.text, *_INSERT_LIMITED.args(params))
-            await self._announce(conn, rows)
+        async with self.connection() as conn, conn.transaction():
+            await conn.execute(_QUEUE_LOCK.text, new.tenant)
+            rows = await conn.fetch(_INSERT_LIMITED.text, *_INSERT_LIMITED.args(params))
+        self._announce(rows)
         return _to_job(rows[0]) if rows else None
 
     async def transition(
@@ -1323,12 +1352,11 @@ class JobRepository:
         """Delete these finished, unpinned jobs and keep tombstones; returns those deleted."""
         if not job_ids:
             return []
-        async with self.connection() as conn:
-            async with conn.transaction():
-                rows = await conn.fetch(_EXPIRE.text, list(job_ids))
-                gone = [r["id"] for r in rows]
-                await conn.execute(_EXPIRED_EVENTS.text, gone)
-            await self._announce(conn, rows)
+        async with self.connection() as conn, conn.transaction():
+            rows = await conn.fetch(_EXPIRE.text, list(job_ids))
+            gone = [r["id"] for r in rows]
+            await conn.execute(_EXPIRED_EVENTS.text, gone)
+        self._announce(rows)
         return gone
 
     async def purge_tombstones(self, *, ttl: float, limit: int) -> int:

@@ -91,8 +91,9 @@ sa.Index(
     postgresql_where=jobs.c.idempotency_key.is_not(None),
 )
 # keyset listing, newest first (UUIDv7 ids sort by creation time); a listing of every status merges
-# one scan per status (JobRepository.list_jobs)
-sa.Index(None, jobs.c.tenant, jobs.c.status, jobs.c.id)
+# one scan per status (JobRepository.list_jobs). Lease recovery reads the running jobs here too:
+# they are few (at most the workers' slots), so no index of their own is kept up to date per claim.
+sa.Index(None, jobs.c.status, jobs.c.tenant, jobs.c.id)
 # the claim: queued jobs in priority order (partial, so it holds only the queue)
 sa.Index(
     "ix_jobs_claim",
@@ -121,8 +122,6 @@ sa.Index(
         jobs.c.finished_at.is_not(None), ~jobs.c.pinned, jobs.c.payload.is_not(None)
     ),
 )
-# lease recovery: running jobs by lease expiry
-sa.Index("ix_jobs_lease", jobs.c.lease_expires_at, postgresql_where=jobs.c.status == "running")
 # at most one running job per (tenant, concurrency key), whatever the number of workers
 sa.Index(
     "uq_jobs_running_concurrency_key",

@@ -2,9 +2,11 @@
 
 Every status change of a job inserts a new entry into each index of ``jobs`` (a status change is
 never a HOT update) and appends an event. This revision removes what the hot path paid for without
-need: the idempotency index holds only jobs that have a key, the ``(tenant, id)`` listing index
-goes (``(tenant, status, id)`` serves listings, see ``JobRepository.list_jobs``), and events lose
-their foreign key (retention deletes a job's events itself), so no trigger runs per event.
+need: the idempotency index holds only jobs that have a key; the two listing indexes ``(tenant,
+id)`` and ``(tenant, status, id)`` become one ``(status, tenant, id)``, which serves listings (see
+``JobRepository.list_jobs``) and lease recovery (running jobs are few), so the partial lease index
+goes too; and events lose their foreign key (retention deletes a job's events itself), so no
+trigger runs per event.
 
 Revision ID: 0002
 Revises: 0001
@@ -34,11 +36,22 @@ def upgrade() -> None:
         unique=True,
         postgresql_where=sa.text("idempotency_key IS NOT NULL"),
     )
+    op.create_index("ix_jobs_status_tenant_id", "jobs", ["status", "tenant", "id"])
     op.drop_index("ix_jobs_tenant_id", table_name="jobs")
+    op.drop_index("ix_jobs_tenant_status_id", table_name="jobs")
+    op.drop_index("ix_jobs_lease", table_name="jobs")
 
 
 def downgrade() -> None:
+    op.create_index(
+        "ix_jobs_lease",
+        "jobs",
+        ["lease_expires_at"],
+        postgresql_where=sa.text("status = 'running'"),
+    )
+    op.create_index("ix_jobs_tenant_status_id", "jobs", ["tenant", "status", "id"])
     op.create_index("ix_jobs_tenant_id", "jobs", ["tenant", "id"])
+    op.drop_index("ix_jobs_status_tenant_id", table_name="jobs")
     op.drop_index("uq_jobs_tenant_idempotency_key", table_name="jobs")
     op.create_unique_constraint(
         "uq_jobs_tenant_idempotency_key", "jobs", ["tenant", "idempotency_key"]
