@@ -628,23 +628,33 @@ async def test_cache_counts_a_miss_then_a_hit(
         assert fresh.cache_stats().expirations == 0
 
 
-async def test_a_manager_without_cache_reads_postgres_and_still_hears_every_change(
+async def test_a_manager_without_cache_reads_postgres_and_hears_the_changes_workers_act_on(
     job_manager: JobManager, database_url: str, tenant: str
 ) -> None:
     """``cache_size=0`` (what worker processes run): nothing is cached, nothing stale is served,
-    subscribers hear changes, and worker writes report what they changed."""
+    subscribers hear new work and cancel requests (not every change), and worker writes report
+    what they changed."""
     async with await JobManager.connect(database_url, cache_size=0) as bare:
         heard: asyncio.Queue[tuple[UUID, int, str | None]] = asyncio.Queue()
         bare.subscribe(lambda job_id, version, status: heard.put_nowait((job_id, version, status)))
+
+        async def next_heard() -> tuple[UUID, int, str | None]:
+            return await asyncio.wait_for(heard.get(), 10.0)
+
         job = await make_job(job_manager, tenant, kind="bare.job")
+        assert await next_heard() == (job.id, 1, "queued")  # new work
         assert await bare.get(job.id, tenant=tenant) == job
         await job_manager.cancel(job.id, tenant=tenant)  # written elsewhere: read fresh at once
         assert (await bare.get(job.id, tenant=tenant)).status == JobStatus.CANCELLED
         stats = bare.cache_stats()
         assert (stats.hits, stats.size) == (0, 0)
-        while (change := await asyncio.wait_for(heard.get(), 10.0))[0] != job.id or change[1] < 2:
-            pass
-        assert change == (job.id, 2, "cancelled")
+
+        running = await make_job(job_manager, tenant, kind="bare.run")
+        (lease,) = await job_manager.claim(uuid4(), kinds=["bare.run"], limit=1, lease_seconds=30)
+        await job_manager.cancel(running.id, tenant=tenant)  # a cancel request: a worker acts
+        assert await next_heard() == (running.id, 1, "queued")  # not the cancel of `job` before
+        assert await next_heard() == (running.id, 3, "running")  # not the claim (version 2)
+        assert lease.job.version == 2
 
         other = await make_job(job_manager, tenant, kind="bare.job")
         (lease,) = await bare.claim(uuid4(), kinds=["bare.job"], limit=1, lease_seconds=30.0)

@@ -30,7 +30,7 @@ from uuid import UUID
 import asyncpg
 
 from jobkeeper.errors import DatabaseUnavailable
-from jobkeeper.repository import CATCH_UP_HINT, FeedConnection, JobRepository
+from jobkeeper.repository import CATCH_UP_HINT, CHANNEL, FeedConnection, JobRepository
 
 __all__ = ["BatchListener", "Change", "ChangeFeed", "ChangeListener", "FeedMode", "FeedStatus"]
 
@@ -82,8 +82,10 @@ class ChangeFeed:
         on_reset: Callable[[], object],
         clock: Callable[[], float] = time.monotonic,
         catch_up: bool = True,
+        channel: str = CHANNEL,
     ) -> None:
         self._repository = repository
+        self._channel = channel
         # without a cache to repair (notify mode, a worker process), listeners hear notifications
         # only; each has its own fallback (a worker polls, watch() re-reads), and the catch-up
         # query, which reads every event since the last, is not run for nobody
@@ -203,7 +205,9 @@ class ChangeFeed:
 
     async def _connect(self) -> None:
         listen = self._on_payload if self._mode == "notify" else None
-        self._conn = await self._repository.open_feed(listen=listen, on_lost=self._on_lost)
+        self._conn = await self._repository.open_feed(
+            listen=listen, on_lost=self._on_lost, channel=self._channel
+        )
         if self._cursor is None:
             # the cache starts empty, so history before this point is not needed
             self._cursor = await self._conn.horizon()

@@ -46,7 +46,7 @@ from jobkeeper.models import (
     validate_new_job,
     validate_tenant,
 )
-from jobkeeper.repository import JobRepository
+from jobkeeper.repository import CHANNEL, WORK_CHANNEL, JobRepository
 from jobkeeper.settings import Settings
 
 __all__ = ["Consistency", "JobManager"]
@@ -152,6 +152,8 @@ class JobManager:
             max_jobs=max(cache_size, _MIN_CATCH_UP),
             on_reset=cache.reset,
             catch_up=cache.enabled,
+            # with no cache to keep in step, only the changes workers act on are heard
+            channel=CHANNEL if cache.enabled else WORK_CHANNEL,
         )
         if cache.enabled:
             feed.subscribe(lambda job_id, version, _status: cache.invalidate(job_id, version))
@@ -635,9 +637,11 @@ class JobManager:
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
         """Call ``listener(job_id, version, status)`` for every committed change any process
         makes (``status`` is ``None`` when the change was found by a catch-up); returns an
-        unsubscribe function. Listeners run on the event loop and must not block. A manager
-        without a cache (``cache_size=0``) in notify mode runs no catch-ups: its listeners hear
-        notifications only, so a change announced while its feed was reconnecting is missed."""
+        unsubscribe function. Listeners run on the event loop and must not block.
+
+        A manager without a cache (``cache_size=0``, as worker processes run) hears only the
+        changes workers act on: jobs queued and cancel requests for running jobs; in notify mode
+        it runs no catch-ups, so one announced while its feed was reconnecting is missed."""
         return self._feed.subscribe(listener)
 
     def subscribe_batches(self, listener: BatchListener) -> Callable[[], None]:

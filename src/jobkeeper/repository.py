@@ -5,10 +5,11 @@ Every change is a single statement in autocommit mode: a conditional
 appends the ``job_events`` row. One statement is one transaction and one round trip, so a change and
 its event commit together or not at all, and no Python code reads a row and then writes it back.
 
-Right after the commit, on the same connection, the change is announced on the
-``jobkeeper_changes`` channel (``pg_notify`` of a JSON array ``[[job_id, version, tenant,
-status], ...]``: one per statement, or one per ~7 KB chunk of a large batch) by a transaction of
-its own, committed asynchronously (``_ANNOUNCE``), unless the repository was created with
+Right after the commit, the change is announced on the ``jobkeeper_changes`` channel
+(``pg_notify`` of JSON arrays ``[[job_id, version, tenant, status], ...]`` under the 8,000-byte
+cap), and the changes workers act on also on ``jobkeeper_work``, by the repository's announcer
+task, which sends what concurrent writes committed meanwhile in one transaction of its own,
+committed asynchronously (``_ANNOUNCE``), unless the repository was created with
 ``notify=False`` (poll mode, for poolers). Not in the writing statement: Postgres serialises
 committing transactions that notify on one database-wide lock, held through the commit's WAL flush,
 so durable commits that notify run one at a time; a notification-only transaction that does not
@@ -66,9 +67,13 @@ from jobkeeper.models import (
 from jobkeeper.schema import job_events, job_tombstones, jobs
 from jobkeeper.settings import asyncpg_dsn
 
-__all__ = ["CHANNEL", "CatchUp", "FeedConnection", "JobRepository"]
+__all__ = ["CHANNEL", "WORK_CHANNEL", "CatchUp", "FeedConnection", "JobRepository"]
 
-CHANNEL = "jobkeeper_changes"
+CHANNEL = "jobkeeper_changes"  # every change: what caches follow
+# the changes workers act on, also sent here: a job queued (new work) and a cancel request for a
+# running job; a worker process listens only here, so it does not parse every claim and
+# completion of every other worker (in a drain, that was a third of a worker's CPU)
+WORK_CHANNEL = "jobkeeper_work"
 log = logging.getLogger("jobkeeper.repository")
 # Postgres caps a notification payload at 8000 bytes: a batch goes out in as many payloads as it
 # takes (_notification_payloads); should one change not fit alone, this hint goes instead and
@@ -111,12 +116,15 @@ def _loads(text: str) -> Any:
     return freeze_json(json.loads(text))
 
 
+_STATUS = {status.value: status for status in JobStatus}  # a dict lookup, not Enum.__call__
+
+
 def _to_job(row: asyncpg.Record) -> Job:
     return Job(
         id=row["id"],
         tenant=row["tenant"],
         kind=row["kind"],
-        status=JobStatus(row["status"]),
+        status=_STATUS[row["status"]],
         payload=row["payload"],
         result=row["result"],
         error=row["error"],
@@ -193,11 +201,12 @@ def _update(changes: Mapping[str, Any], *conditions: sa.ColumnElement[bool]) -> 
     )
 
 
-# Sends notifications (one per payload in $1). Its transaction commits without waiting for the
-# WAL flush (set_config(..., true) lasts until that commit): only notifications are lost if the
-# server crashes, and listeners then reconnect and catch up anyway.
+# Sends notifications: each payload of $1 on CHANNEL, of $2 on WORK_CHANNEL. Its transaction
+# commits without waiting for the WAL flush (set_config(..., true) lasts until that commit): only
+# notifications are lost if the server crashes, and listeners then reconnect and catch up anyway.
 _ANNOUNCE = f"""SELECT set_config('synchronous_commit', 'off', true),
-  (SELECT count(pg_notify('{CHANNEL}', payload)) FROM unnest($1::text[]) AS payload)"""
+  (SELECT count(pg_notify('{CHANNEL}', payload)) FROM unnest($1::text[]) AS payload),
+  (SELECT count(pg_notify('{WORK_CHANNEL}', payload)) FROM unnest($2::text[]) AS payload)"""
 
 
 def _notification_payloads(changes: Sequence[tuple[UUID, int, str, str]]) -> list[str]:
@@ -917,6 +926,7 @@ class JobRepository:
         self._pool_lock = asyncio.Lock()
         # committed changes whose notification is not sent yet: (id, version, tenant, status)
         self._unannounced: list[tuple[UUID, int, str, str]] = []
+        self._unannounced_work: list[tuple[UUID, int, str, str]] = []  # also for WORK_CHANNEL
         self._announcing = asyncio.Event()
         self._announcer: asyncio.Task[None] | None = None
         self._closing = False
@@ -1017,6 +1027,11 @@ class JobRepository:
         if not rows or not self._notify:
             return
         self._unannounced.extend((r["id"], r["version"], r["tenant"], r["status"]) for r in rows)
+        self._unannounced_work.extend(
+            (r["id"], r["version"], r["tenant"], r["status"])
+            for r in rows
+            if r["status"] == "queued" or (r["status"] == "running" and r.get("cancel_requested"))
+        )
         if self._announcer is None or self._announcer.done():
             self._announcer = asyncio.create_task(self._announce_loop(), name="jobkeeper-announce")
         self._announcing.set()
@@ -1031,11 +1046,16 @@ class JobRepository:
         """Send every queued notification. A failure is only logged: the changes are committed,
         and every feed's catch-up finds them without the notice."""
         batch, self._unannounced = self._unannounced, []
+        work, self._unannounced_work = self._unannounced_work, []
         if not batch:
             return
         try:
             async with self.connection() as conn:
-                await conn.execute(_ANNOUNCE, _notification_payloads(batch))
+                await conn.execute(
+                    _ANNOUNCE,
+                    _notification_payloads(batch),
+                    _notification_payloads(work) if work else [],
+                )
         except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
             log.warning(
                 "%d change notifications not sent (%s); listeners catch up", len(batch), exc
@@ -1487,11 +1507,15 @@ class JobRepository:
     # --- the change feed ---------------------------------------------------------------------
 
     async def open_feed(
-        self, *, listen: Callable[[str], None] | None, on_lost: Callable[[], None]
+        self,
+        *,
+        listen: Callable[[str], None] | None,
+        on_lost: Callable[[], None],
+        channel: str = CHANNEL,
     ) -> FeedConnection:
         """A dedicated connection (outside the pool) for the change feed.
 
-        ``listen`` receives every payload on ``CHANNEL`` (``None``: poll mode, no LISTEN);
+        ``listen`` receives every payload on ``channel`` (``None``: poll mode, no LISTEN);
         ``on_lost`` is called once if the connection dies.
         """
         try:
@@ -1505,7 +1529,7 @@ class JobRepository:
         feed = FeedConnection(conn, timeout=self._connect_timeout)
         conn.add_termination_listener(lambda _: on_lost())
         if listen is not None:
-            await conn.add_listener(CHANNEL, lambda *args: listen(args[-1]))
+            await conn.add_listener(channel, lambda *args: listen(args[-1]))
         return feed
 
 

@@ -44,7 +44,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
@@ -146,8 +146,10 @@ class JobContext:
         self._last_flush = 0.0
         self.known_version = lease.job.version
         self.finishing = False  # its outcome is being written: feed echoes are expected
-        self._answers: dict[str, Any] = dict(lease.job.answers or {})
-        self._checkpoints: dict[str, Any] = dict(lease.job.checkpoints or {})
+        self._answers: Mapping[str, Any] = lease.job.answers or {}
+        self._checkpoints: dict[str, Any] = (
+            dict(lease.job.checkpoints) if lease.job.checkpoints else {}
+        )
         self._asked = 0
 
     @property
@@ -496,7 +498,7 @@ class Worker:
         ctx = JobContext(self, lease)
         spec = self._tasks.get(lease.job.kind)
         text = str(lease.job.id)
-        task = asyncio.create_task(self._execute(ctx, spec), name=f"jobkeeper-job-{text}")
+        task = asyncio.create_task(self._execute(ctx, spec, text), name=f"jobkeeper-job-{text}")
         running = _Running(ctx, task, spec is not None and spec.is_async)
         self._running[lease.job.id] = self._by_text[text] = running
         task.add_done_callback(functools.partial(self._finished, lease.job.id, text))
@@ -506,9 +508,9 @@ class Worker:
         self._by_text.pop(text, None)
         self._wake.set()  # a slot is free
 
-    async def _execute(self, ctx: JobContext, spec: Task | None) -> None:
+    async def _execute(self, ctx: JobContext, spec: Task | None, job_text: str) -> None:
         job = ctx.job
-        job_id_var.set(str(job.id))  # this task's context: every log line names the job
+        job_id_var.set(job_text)  # this task's context: every log line names the job
         if spec is None:
             error = {"code": "unknown_kind", "message": f"no handler for kind {job.kind!r}"}
             await self._record_failure(ctx, error, retryable=False, delay=None)
