@@ -1410,8 +1410,8 @@ def interpretation(results: Results) -> str:
         text.append(
             f"In the profiled worker, starting and running the handler tasks takes "
             f"{100 * tasks / prof.total:.0f}% of the busy time, turning claimed rows into `Job` "
-            f"snapshots {100 * decode / prof.total:.0f}%, and hearing the change feed (every "
-            f"process's claims and completions) {100 * feed / prof.total:.0f}%."
+            f"snapshots {100 * decode / prof.total:.0f}%, and hearing the change feed (a worker "
+            f"listens to new work and cancel requests only) {100 * feed / prof.total:.0f}%."
         )
     text.append(
         f"With {PRODUCERS} producers submitting while the workers run, jobkeeper completes "
@@ -1472,7 +1472,7 @@ def _method(plan: Plan) -> list[str]:
         "completions return whole rows) and, alternating, through a `JobRepository(notify="
         "False)`. CPU = this thread's CPU time during the call (`thread_time_ns`).",
         f"- Submit + work: {PRODUCERS} producer tasks in the parent process submit one job per "
-        "call as fast as they can while the workers run (1 and 4 processes, configured as in "
+        "call as fast as they can while the workers run (1, 2 and 4 processes, configured as in "
         f"the drain); after {plan.mixed_warmup:.1f} s of warm-up, jobs submitted "
         f"and jobs succeeded are counted over {plan.mixed_seconds:.0f} s. Backlog = submitted - "
         "succeeded at the end. Client CPU = the parent's process time plus the workers' CPU.",
