@@ -137,6 +137,7 @@ class JobContext:
     def __init__(self, worker: Worker, lease: Lease) -> None:
         self._worker = worker
         self.lease = lease
+        self._job_text = str(lease.job.id)  # the id as logs and the change feed spell it
         # set once by the loop, read by handler threads: a plain attribute is enough (the GIL)
         self._stop_reason: _StopReason | None = None
         self._lock = threading.Lock()
@@ -330,8 +331,7 @@ class Worker:
         self._backoff = (backoff_base, backoff_max)
         self._grace = shutdown_grace
         self._progress_interval = progress_interval
-        self._running: dict[UUID, _Running] = {}
-        self._by_text: dict[str, _Running] = {}  # the same, by id as the change feed spells it
+        self._running: dict[str, _Running] = {}  # by job id as text, as the change feed spells it
         self._wake = asyncio.Event()
         self._stopping = False
         self._stop_now = asyncio.Event()
@@ -412,7 +412,7 @@ class Worker:
 
     @property
     def running_jobs(self) -> tuple[UUID, ...]:
-        return tuple(self._running)
+        return tuple(r.ctx.job.id for r in self._running.values())
 
     # --- claiming ----------------------------------------------------------------------------
 
@@ -459,9 +459,9 @@ class Worker:
         statuses = set(map(_STATUS, changes))
         if "queued" in statuses or None in statuses:
             self._wake.set()  # maybe claimable work (None: found by a catch-up, status unknown)
-        if self._by_text and not self._by_text.keys().isdisjoint(map(_ID, changes)):
+        if self._running and not self._running.keys().isdisjoint(map(_ID, changes)):
             for job_id, version, _tenant, status in changes:
-                running = self._by_text.get(job_id)
+                running = self._running.get(job_id)
                 if running is not None:
                     self._on_change(running, version, status)
 
@@ -497,20 +497,18 @@ class Worker:
     def _start(self, lease: Lease) -> None:
         ctx = JobContext(self, lease)
         spec = self._tasks.get(lease.job.kind)
-        text = str(lease.job.id)
-        task = asyncio.create_task(self._execute(ctx, spec, text), name=f"jobkeeper-job-{text}")
-        running = _Running(ctx, task, spec is not None and spec.is_async)
-        self._running[lease.job.id] = self._by_text[text] = running
-        task.add_done_callback(functools.partial(self._finished, lease.job.id, text))
+        text = ctx._job_text
+        task = asyncio.create_task(self._execute(ctx, spec), name=f"jobkeeper-job-{text}")
+        self._running[text] = _Running(ctx, task, spec is not None and spec.is_async)
+        task.add_done_callback(functools.partial(self._finished, text))
 
-    def _finished(self, job_id: UUID, text: str, _task: asyncio.Task[None]) -> None:
-        self._running.pop(job_id, None)
-        self._by_text.pop(text, None)
+    def _finished(self, job_text: str, _task: asyncio.Task[None]) -> None:
+        self._running.pop(job_text, None)
         self._wake.set()  # a slot is free
 
-    async def _execute(self, ctx: JobContext, spec: Task | None, job_text: str) -> None:
+    async def _execute(self, ctx: JobContext, spec: Task | None) -> None:
         job = ctx.job
-        job_id_var.set(job_text)  # this task's context: every log line names the job
+        job_id_var.set(ctx._job_text)  # this task's context: every log line names the job
         if spec is None:
             error = {"code": "unknown_kind", "message": f"no handler for kind {job.kind!r}"}
             await self._record_failure(ctx, error, retryable=False, delay=None)
@@ -647,7 +645,7 @@ class Worker:
 
     async def _flush_progress(self, ctx: JobContext) -> None:
         report = ctx._take_progress()
-        if report is None or ctx.job.id not in self._running:
+        if report is None or ctx._job_text not in self._running:
             return
         ctx._last_flush = time.monotonic()
         try:
@@ -656,7 +654,7 @@ class Worker:
             log.warning("progress of %s not recorded: %s", ctx.job.id, exc)
             return
         if job is None:
-            running = self._running.get(ctx.job.id)
+            running = self._running.get(ctx._job_text)
             if running is not None:
                 self._stop_job(running, "lease_lost")
         else:
@@ -668,17 +666,17 @@ class Worker:
         repository = self._jobs.repository
         while True:
             await asyncio.sleep(self._heartbeat_interval)
-            running = dict(self._running)
+            running = list(self._running.values())
             try:
                 held = await self._jobs.renew_leases(
-                    [(job_id, r.ctx.lease.token) for job_id, r in running.items()],
-                    self._lease_seconds,
+                    [(r.ctx.job.id, r.ctx.lease.token) for r in running], self._lease_seconds
                 )
                 await repository.worker_heartbeat(self.id)
             except DatabaseUnavailable as exc:
                 log.warning("heartbeat failed (%s); leases expire if this lasts", exc)
                 continue
-            for job_id, entry in running.items():
+            for entry in running:
+                job_id = entry.ctx.job.id
                 if entry.ctx.finishing:
                     continue  # its outcome is being written; nothing to stop
                 if job_id not in held:
