@@ -40,7 +40,7 @@ ChangeListener = Callable[[UUID, int, str | None], object]
 # The cheap form of a change, as the notification carries it: [job id as text, version, tenant,
 # status] (tenant and status None when a catch-up found it). A batch of these goes to a listener
 # that cares about few of many changes, unparsed any further, so it can pick out its own with
-# C-level set operations instead of a Python step per change (a worker hears every other worker).
+# C-level set operations instead of a Python step per change (a worker hears the work of all).
 Change = Sequence[Any]
 BatchListener = Callable[[Sequence[Change]], object]
 log = logging.getLogger("jobkeeper.feed")
@@ -87,8 +87,8 @@ class ChangeFeed:
         self._repository = repository
         self._channel = channel
         # without a cache to repair (notify mode, a worker process), listeners hear notifications
-        # only; each has its own fallback (a worker polls, watch() re-reads), and the catch-up
-        # query, which reads every event since the last, is not run for nobody
+        # only; each has its own fallback (a worker polls, watch() re-reads), so the catch-up
+        # query, which reads every event since the last, would serve nobody
         self._catches_up = catch_up or mode == "poll"
         self._mode: FeedMode = mode
         self._interval = interval
