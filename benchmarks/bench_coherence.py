@@ -2,8 +2,8 @@
 
 One run, one scratch database, real OS processes. The server is ``JOBKEEPER_DATABASE_URL`` when
 set (its user must be allowed to ``CREATE DATABASE``), else an embedded Postgres (pgserver); the
-scratch database is created, migrated and dropped like ``bench_read_path.py`` does (its helpers are
-reused), even on error. Three phases:
+scratch database is created, migrated and dropped (``common.scratch``), even on error. Three
+phases:
 
 1. **Invalidation lag**: a writer process commits ``repository.progress`` changes on an absolute
    schedule (100 and 1,000 changes/s); two replica processes (``JobManager``, notify mode) record
@@ -19,9 +19,9 @@ reused), even on error. Three phases:
     .venv/bin/python benchmarks/bench_coherence.py --quick    # smoke run, small counts
 
 The same file is each child process (``--role replica|writer|throughput|memory``); children import
-only jobkeeper, never the harness, so a replica's memory is a replica's. Every loop is bounded in
-time and count, and every child is killed on the way out. Exits with status 1 when the lag target
-is missed or a change is lost.
+only jobkeeper, never the harness (importing ``common.py`` loads nothing more), so a replica's
+memory is a replica's. Every loop is bounded in time and count, and every child is killed on the
+way out. Exits with status 1 when the lag target is missed or a change is lost.
 """
 
 from __future__ import annotations
@@ -31,9 +31,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import math
 import os
-import re
 import resource
 import sys
 import tempfile
@@ -48,15 +46,13 @@ from uuid import UUID
 
 import asyncpg
 
+from common import arguments, load_average, machine, nearest_rank, postgres_server, publish, scratch
 from jobkeeper.manager import JobManager
 from jobkeeper.models import JobStatus, Progress
 from jobkeeper.repository import CHANNEL, JobRepository
 from jobkeeper.settings import asyncpg_dsn
 
 SCRIPT = Path(__file__).resolve()
-DOC = SCRIPT.parent.parent / "docs" / "benchmarks.md"
-START_MARKER = "<!-- bench_coherence:start -->"
-END_MARKER = "<!-- bench_coherence:end -->"
 CHILD_URL_ENV = "BENCH_COHERENCE_URL"  # children get the URL here, not on their command line
 
 STREAM_TENANT = "bench-stream"
@@ -100,11 +96,6 @@ class ChildArgs:
     rate: int = 0
     tasks: int = 1
     rounds: int = 1
-
-
-def quantile(ordered: Sequence[float], q: float) -> float:
-    """Nearest-rank quantile of sorted values."""
-    return ordered[min(len(ordered), max(1, math.ceil(q * len(ordered)))) - 1]
 
 
 def rss_mib() -> dict[str, float]:
@@ -432,7 +423,7 @@ def lag_result(rate: int, writer: dict[str, Any], replicas: Sequence[dict[str, A
         rate=rate,
         commits=len(committed),
         achieved=len(committed) * 1e9 / (last - writer["start_ns"]),
-        slip_p99_ms=quantile(writer["slips_ns"], 0.99) / 1e6,
+        slip_p99_ms=nearest_rank(writer["slips_ns"], 0.99) / 1e6,
         lags_ms=tuple(sorted(lags)),
         bounds_ms=tuple(sorted(bounds)),
         missed=tuple(missed),
@@ -517,8 +508,8 @@ async def throughput_phase(
                 tasks=config["tasks"],
                 changes=len(latencies),
                 per_s=len(latencies) * 1e9 / config["wall_ns"],
-                p50_ms=quantile(latencies, 0.50) / 1e6,
-                p99_ms=quantile(latencies, 0.99) / 1e6,
+                p50_ms=nearest_rank(latencies, 0.50) / 1e6,
+                p99_ms=nearest_rank(latencies, 0.99) / 1e6,
             )
         )
     results.sort(key=lambda r: (r.tasks, not r.notify))
@@ -608,11 +599,9 @@ async def seed_stream(url: str, ids_file: Path) -> None:
 
 
 async def run(server_url: str, plan: Plan) -> Results:
-    from bench_read_path import scratch_database  # the harness stays out of the children
-
     load_before = os.getloadavg()
     async with AsyncExitStack() as stack:
-        url = await stack.enter_async_context(scratch_database(server_url))
+        url = await stack.enter_async_context(scratch(server_url, "coherence"))
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-coh-")))
         admin = await asyncpg.connect(asyncpg_dsn(url))
         stack.push_async_callback(admin.close)
@@ -641,7 +630,7 @@ def target_lag(results: Results) -> LagResult:
 def checks(results: Results) -> list[tuple[str, bool]]:
     """Each check's sentence and whether it passed; the run fails if any does."""
     lag, m = target_lag(results), results.memory
-    p99 = quantile(lag.lags_ms, 0.99)
+    p99 = nearest_rank(lag.lags_ms, 0.99)
     lost = sum(sum(r.missed) for r in results.lags)
     received, expected = results.notifications
     return [
@@ -665,7 +654,7 @@ def checks(results: Results) -> list[tuple[str, bool]]:
 
 
 def _ms(values: Sequence[float], *qs: float) -> str:
-    return " | ".join(f"{quantile(values, q):,.2f}" for q in qs)
+    return " | ".join(f"{nearest_rank(values, q):,.2f}" for q in qs)
 
 
 def _each(values: Iterable[int]) -> str:
@@ -754,11 +743,11 @@ def interpretation(results: Results) -> str:
     grown = m.stages["after reads"]["VmRSS"] - m.stages["connected"]["VmRSS"]
     return (
         f"**Interpretation.** At {TARGET_RATE:,} changes/s the replicas drop a changed entry "
-        f"{quantile(lag.lags_ms, 0.5):,.2f} ms after the writer sees its commit return (median; "
-        "the notification is sent right after the commit, by the writer's announcer task), "
-        f"{quantile(lag.lags_ms, 0.99):,.2f} ms at p99 and {lag.lags_ms[-1]:,.1f} ms at worst; "
-        f"even measured from when the statement was sent, p99 is "
-        f"{quantile(lag.bounds_ms, 0.99):,.2f} ms. "
+        f"{nearest_rank(lag.lags_ms, 0.5):,.2f} ms after the writer sees its commit return "
+        "(median; the notification is sent right after the commit, by the writer's announcer "
+        f"task), {nearest_rank(lag.lags_ms, 0.99):,.2f} ms at p99 and {lag.lags_ms[-1]:,.1f} ms "
+        "at worst; even measured from when the statement was sent, p99 is "
+        f"{nearest_rank(lag.bounds_ms, 0.99):,.2f} ms. "
         f"{throughput_sentence(results)} "
         f"With {m.rows:,} rows in the table, {m.reads:,} reads of distinct jobs grew a replica's "
         f"RSS by {grown:,.1f} MiB over a freshly connected process, its cache never above "
@@ -767,13 +756,9 @@ def interpretation(results: Results) -> str:
 
 
 def machine_lines(results: Results, server: str) -> list[str]:
-    from bench_read_path import machine
-
-    (a1, a5, a15), (b1, b5, b15) = results.load
     return [
         *machine(server, results.postgres),
-        f"Load average (1/5/15 min): {a1:.2f}/{a5:.2f}/{a15:.2f} at the start, "
-        f"{b1:.2f}/{b5:.2f}/{b15:.2f} at the end (other work may share the machine)",
+        f"{load_average(*results.load)} (other work may share the machine)",
     ]
 
 
@@ -866,30 +851,11 @@ def report(results: Results, plan: Plan, server: str, quick: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _line(marker: str) -> re.Pattern[str]:
-    return re.compile(rf"^{re.escape(marker)}[ \t]*$", re.MULTILINE)
-
-
-def write_section(doc: Path, section: str) -> None:
-    """Replace what lies between this benchmark's markers in ``doc``; append them if missing."""
-    block = f"{START_MARKER}\n{section}{END_MARKER}"
-    text = doc.read_text()
-    start = _line(START_MARKER).search(text)
-    end = None if start is None else _line(END_MARKER).search(text, start.end())
-    if start is None or end is None:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    else:
-        text = text[: start.start()] + block + text[end.end() :]
-    doc.write_text(text)
-
-
 # --- entry point ---------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--write", action="store_true", help=f"update {DOC.name} between markers")
-    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
+    parser = arguments(__doc__, "small counts: a smoke run")
     parser.add_argument("--role", choices=sorted(ROLES), help=argparse.SUPPRESS)
     parser.add_argument("--config", default="{}", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -899,20 +865,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.role:
         return run_child(args.role, args.config)
-    from bench_read_path import start_server
-
     plan = QUICK if args.quick else FULL
-    server = start_server()
-    try:
+    with postgres_server() as server:
         results = asyncio.run(run(server.url, plan))
-    finally:
-        if server.embedded is not None:
-            server.embedded.stop()
     section = report(results, plan, server.description, args.quick)
-    print(section)
-    if args.write:
-        write_section(DOC, section)
-        sys.stderr.write(f"wrote {DOC}\n")
+    publish("bench_coherence", section, write=args.write)
     return 0 if all(ok for _, ok in checks(results)) else 1
 
 

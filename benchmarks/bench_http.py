@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import re
 import shutil
@@ -43,12 +42,19 @@ from pathlib import Path
 import asyncpg
 import httpx
 
+from common import (
+    arguments,
+    load_average,
+    machine,
+    nearest_rank,
+    postgres_server,
+    proc_cpu,
+    publish,
+    scratch,
+)
 from jobkeeper.settings import asyncpg_dsn
 
 SCRIPT = str(Path(__file__).resolve())
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-START_MARKER = "<!-- bench_http:start -->"
-END_MARKER = "<!-- bench_http:end -->"
 
 HOST = "127.0.0.1"  # loopback only
 TENANT = "bench"
@@ -206,11 +212,6 @@ class ApiServer:
     proc: asyncio.subprocess.Process
     base: str
     log: Path
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU of the server process so far (``/proc/<pid>/stat``)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def start_api(url: str, workdir: Path) -> ApiServer:
@@ -431,9 +432,7 @@ async def loadgen(
     latencies.sort()
 
     def pct(q: float) -> float:
-        if not latencies:
-            return 0.0
-        return latencies[min(len(latencies), max(1, math.ceil(q * len(latencies)))) - 1] / 1000
+        return nearest_rank(latencies, q) / 1000 if latencies else 0.0
 
     return {
         "requests": len(latencies),
@@ -524,9 +523,9 @@ async def measure(
     out = workdir / "load-result.json"
     warm = await run_load(generator, server.base, load, connections, plan.warmup_s, out)
     before = await cache_count(server)
-    cpu = server.cpu_seconds()
+    cpu = proc_cpu(server.proc.pid)
     run = await run_load(generator, server.base, load, connections, plan.duration_s, out)
-    cpu = server.cpu_seconds() - cpu
+    cpu = proc_cpu(server.proc.pid) - cpu
     after = await cache_count(server)
     counted = None if before is None or after is None else after - before
     row = Row(load.name, connections, run, cpu, counted, warm.requests + run.requests)
@@ -572,12 +571,10 @@ class Results:
 
 
 async def run(server_url: str, plan: Plan, generator: str) -> Results:
-    from bench_read_path import scratch_database  # the harness shared by the benchmarks
-
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench_http_") as tmp:
         workdir = Path(tmp)
-        async with scratch_database(server_url) as url:
+        async with scratch(server_url, "http") as url:
             admin = await asyncpg.connect(asyncpg_dsn(server_url))
             try:
                 key = await create_key(url, workdir)
@@ -649,9 +646,6 @@ def _generator(results: Results) -> str:
 
 
 def machine_lines(results: Results, server: str) -> list[str]:
-    from bench_read_path import machine
-
-    (a1, a5, a15), (b1, b5, b15) = results.load
     parser = "httptools" if _version("httptools") != "not installed" else "h11"
     loop = "uvloop" if _version("uvloop") != "not installed" else "asyncio"
     return [
@@ -659,8 +653,7 @@ def machine_lines(results: Results, server: str) -> list[str]:
         f"HTTP: uvicorn {_version('uvicorn')} (`loop=auto`: {loop}, `http=auto`: {parser}), "
         f"FastAPI {_version('fastapi')}, Starlette {_version('starlette')}, "
         f"sse-starlette {_version('sse-starlette')}; load generator: {_generator(results)}",
-        f"Load average (1/5/15 min): {a1:.2f}/{a5:.2f}/{a15:.2f} at the start, "
-        f"{b1:.2f}/{b5:.2f}/{b15:.2f} at the end (other work may share the machine)",
+        f"{load_average(*results.load)} (other work may share the machine)",
     ]
 
 
@@ -822,32 +815,11 @@ def report(plan: Plan, results: Results, server: str, quick: bool) -> tuple[str,
     return "\n".join(lines) + "\n", ok
 
 
-def _line(marker: str) -> re.Pattern[str]:
-    """``marker`` alone on a line."""
-    return re.compile(rf"^{re.escape(marker)}[ \t]*$", re.MULTILINE)
-
-
-def write_section(doc: Path, section: str) -> None:
-    """Replace the lines from the start marker to the end marker in ``doc`` (each alone on its
-    line); append both at the end if missing. Nothing else in the file changes."""
-    block = f"{START_MARKER}\n{section}{END_MARKER}"
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    start = _line(START_MARKER).search(text)
-    end = None if start is None else _line(END_MARKER).search(text, start.end())
-    if start is None or end is None:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    else:
-        text = text[: start.start()] + block + text[end.end() :]
-    doc.write_text(text)
-
-
 # --- entry point ---------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--write", action="store_true", help=f"update {DOC.name} between markers")
-    parser.add_argument("--quick", action="store_true", help="short loads: a ~30 s smoke run")
+    parser = arguments(__doc__, "short loads: a ~30 s smoke run")
     parser.add_argument(
         "--loadgen",
         choices=("auto", "wrk", "python"),
@@ -865,8 +837,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.role == "loadgen":
         return loadgen_main(args.loadgen_args)
-    from bench_read_path import start_server  # the harness shared by the benchmarks
-
     generator = args.loadgen
     if generator == "auto":
         generator = "wrk" if shutil.which("wrk") else "python"
@@ -874,17 +844,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("wrk is not installed (apt-get install wrk), or use --loadgen python\n")
         return 2
     plan = QUICK if args.quick else FULL
-    server = start_server()
-    try:
+    with postgres_server() as server:
         results = asyncio.run(run(server.url, plan, generator))
-    finally:
-        if server.embedded is not None:
-            server.embedded.stop()
     section, ok = report(plan, results, server.description, args.quick)
-    print(section)
-    if args.write:
-        write_section(DOC, section)
-        sys.stderr.write(f"wrote {DOC}\n")
+    publish("bench_http", section, write=args.write)
     return 0 if ok else 1
 
 

@@ -21,20 +21,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import math
-import os
-import platform
-import re
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.metadata import version as package_version
-from pathlib import Path
-from urllib.parse import urlsplit
 from uuid import UUID
 
 import asyncpg
@@ -42,19 +34,12 @@ import sqlalchemy as sa
 from cachetools import TTLCache
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from common import arguments, machine, nearest_rank, postgres_server, publish, scratch
 from jobkeeper.cache import CacheStats
-from jobkeeper.embedded import EmbeddedPostgres, default_data_dir
 from jobkeeper.manager import JobManager
-from jobkeeper.migrate import upgrade
 from jobkeeper.models import Job
 from jobkeeper.schema import jobs
 from jobkeeper.settings import asyncpg_dsn, sqlalchemy_url
-from jobkeeper.testing import create_database, drop_database
-
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-START_MARKER = "<!-- bench_read_path:start -->"
-END_MARKER = "<!-- bench_read_path:end -->"
-URL_ENV = "JOBKEEPER_DATABASE_URL"
 
 TENANT = "bench"
 KIND = "bench.job"
@@ -155,8 +140,7 @@ class Result:
 
     def quantile_us(self, q: float) -> float:
         """Nearest-rank quantile in microseconds."""
-        rank = min(self.calls, max(1, math.ceil(q * self.calls)))
-        return self.samples[rank - 1] / 1000
+        return nearest_rank(self.samples, q) / 1000
 
     @property
     def p50_us(self) -> float:
@@ -366,22 +350,10 @@ async def bench_submits(ctx: Context) -> list[Result]:
     )
 
 
-@asynccontextmanager
-async def scratch_database(server_url: str) -> AsyncIterator[str]:
-    """A fresh database migrated to head; dropped on the way out, even on error."""
-    name = f"jobkeeper_bench_{uuid.uuid4().hex[:12]}"
-    url = await create_database(server_url, name)
-    try:
-        await asyncio.to_thread(upgrade, url)
-        yield url
-    finally:
-        await drop_database(server_url, name)
-
-
 async def run(server_url: str, server: str, plan: Plan, quick: bool) -> tuple[str, bool]:
     """Set up, measure everything, tear down; the markdown section and whether targets pass."""
     async with AsyncExitStack() as stack:
-        url = await stack.enter_async_context(scratch_database(server_url))
+        url = await stack.enter_async_context(scratch(server_url, "read_path"))
         manager = await JobManager.connect(
             url, cache_ttl=CACHE_TTL, pool_size=max(16, plan.concurrency)
         )
@@ -402,40 +374,6 @@ async def run(server_url: str, server: str, plan: Plan, quick: bool) -> tuple[st
 
 
 # --- the report --------------------------------------------------------------------------------
-
-
-def _meminfo_gib() -> str:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return f"{int(line.split()[1]) / 1024**2:.1f} GiB"
-    except OSError:
-        pass
-    return "unknown"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown model"
-
-
-def machine(server: str, postgres: str) -> list[str]:
-    versions = ", ".join(
-        f"{name} {package_version(name)}" for name in ("SQLAlchemy", "asyncpg", "cachetools")
-    )
-    return [
-        f"CPU: {platform.processor() or platform.machine()} ({_cpu_model()}), "
-        f"{os.cpu_count()} logical CPUs; memory: {_meminfo_gib()}",
-        f"Python {platform.python_version()} ({platform.python_implementation()}, "
-        f"{platform.system()} {platform.release()}); {versions}",
-        f"Postgres: {postgres}",
-        f"Server: {server}",
-    ]
 
 
 def _row(r: Result) -> str:
@@ -540,66 +478,19 @@ def report(
     return "\n".join(lines) + "\n"
 
 
-def _line(marker: str) -> re.Pattern[str]:
-    """``marker`` alone on a line."""
-    return re.compile(rf"^{re.escape(marker)}[ \t]*$", re.MULTILINE)
-
-
-def write_section(doc: Path, section: str) -> None:
-    """Replace the lines from the start marker to the end marker in ``doc`` (each alone on its
-    line, so prose that mentions them is left alone); append both if missing."""
-    block = f"{START_MARKER}\n{section}{END_MARKER}"
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    start = _line(START_MARKER).search(text)
-    end = None if start is None else _line(END_MARKER).search(text, start.end())
-    if start is None or end is None:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    else:
-        text = text[: start.start()] + block + text[end.end() :]
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text)
-
-
 # --- entry point -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Server:
-    url: str
-    description: str
-    embedded: EmbeddedPostgres | None
-
-
-def start_server() -> Server:
-    configured = os.environ.get(URL_ENV)
-    if configured:
-        parts = urlsplit(asyncpg_dsn(configured))
-        where = f"{parts.hostname or 'local socket'}:{parts.port or 5432}"
-        return Server(configured, f"configured (`{URL_ENV}`, {where})", None)
-    embedded = EmbeddedPostgres(default_data_dir("bench-pg"))
-    return Server(embedded.url(), "embedded (pgserver, Unix socket)", embedded)
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--write", action="store_true", help=f"update {DOC.name} between markers")
-    parser.add_argument("--quick", action="store_true", help="small counts: a ~10 s smoke run")
-    return parser.parse_args(argv)
+    return arguments(__doc__, "small counts: a ~10 s smoke run").parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     plan = QUICK if args.quick else FULL
-    server = start_server()
-    try:
+    with postgres_server() as server:
         section, passed = asyncio.run(run(server.url, server.description, plan, args.quick))
-    finally:
-        if server.embedded is not None:
-            server.embedded.stop()
-    print(section)
-    if args.write:
-        write_section(DOC, section)
-        sys.stderr.write(f"wrote {DOC}\n")
+    publish("bench_read_path", section, write=args.write)
     return 0 if passed else 1
 
 

@@ -34,9 +34,7 @@ import json
 import logging
 import math
 import os
-import platform
 import pstats
-import re
 import signal
 import sys
 import tempfile
@@ -46,28 +44,29 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 from uuid import UUID
 
 import asyncpg
 from uuid_utils.compat import uuid7
 
-from jobkeeper.embedded import EmbeddedPostgres, default_data_dir
+from common import (
+    arguments,
+    load_average,
+    machine,
+    nearest_rank,
+    postgres_server,
+    proc_cpu,
+    publish,
+    scratch,
+)
 from jobkeeper.manager import JobManager
-from jobkeeper.migrate import upgrade
 from jobkeeper.models import JobStatus
 from jobkeeper.repository import JobRepository
 from jobkeeper.settings import asyncpg_dsn
-from jobkeeper.testing import create_database, drop_database
 from jobkeeper.worker import JobContext, TaskRegistry, Worker
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-START_MARKER = "<!-- bench_throughput:start -->"
-END_MARKER = "<!-- bench_throughput:end -->"
-URL_ENV = "JOBKEEPER_DATABASE_URL"
 SCRIPT = Path(__file__).resolve()
 
 TENANT = "bench"
@@ -87,7 +86,7 @@ STOP_TIMEOUT = 5.0
 
 TARGET_CLAIM_P50_MS = 5.0
 TARGET_CANCEL_MS = 2_000.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+PACKAGES = ("jobkeeper", "asyncpg", "SQLAlchemy", "pgqueuer", "procrastinate", "psycopg")
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,19 +153,7 @@ def progress(message: str) -> None:
 
 def quantile(samples: Sequence[float], q: float) -> float:
     """Nearest-rank quantile of unsorted samples (nan when empty)."""
-    if not samples:
-        return math.nan
-    ordered = sorted(samples)
-    return ordered[min(len(ordered), max(1, math.ceil(q * len(ordered)))) - 1]
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) used so far by process ``pid``; 0.0 if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return nearest_rank(sorted(samples), q) if samples else math.nan
 
 
 async def backend_pids(conn: asyncpg.Connection) -> list[int]:
@@ -1096,18 +1083,7 @@ def read_profile(path: Path, run: Drain) -> Profile:
     )
 
 
-# --- scratch databases and the run ---------------------------------------------------------------
-
-
-@asynccontextmanager
-async def scratch(server_url: str, label: str) -> AsyncIterator[str]:
-    """A fresh database; dropped on the way out, even on error."""
-    name = f"jobkeeper_bench_{label}_{uuid.uuid4().hex[:8]}"
-    url = await create_database(server_url, name)
-    try:
-        yield url
-    finally:
-        await drop_database(server_url, name)
+# --- the run -----------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -1181,9 +1157,8 @@ async def run(server_url: str, plan: Plan, logs: Path) -> Results:
     began = time.monotonic()
     async with AsyncExitStack() as stack:
         jk_url = await stack.enter_async_context(scratch(server_url, "jk"))
-        pgq_url = await stack.enter_async_context(scratch(server_url, "pgq"))
-        proc_url = await stack.enter_async_context(scratch(server_url, "proc"))
-        await asyncio.to_thread(upgrade, jk_url)
+        pgq_url = await stack.enter_async_context(scratch(server_url, "pgq", migrate=False))
+        proc_url = await stack.enter_async_context(scratch(server_url, "proc", migrate=False))
         admins = []
         for url in (jk_url, pgq_url, proc_url):
             conn = await asyncpg.connect(asyncpg_dsn(url))
@@ -1284,42 +1259,12 @@ async def run(server_url: str, plan: Plan, logs: Path) -> Results:
 # --- the report --------------------------------------------------------------------------------
 
 
-def _meminfo_gib() -> str:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return f"{int(line.split()[1]) / 1024**2:.1f} GiB"
-    except OSError:
-        pass
-    return "unknown"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown model"
-
-
-def machine(server: str, results: Results) -> list[str]:
-    versions = ", ".join(
-        f"{name} {package_version(name)}"
-        for name in ("jobkeeper", "asyncpg", "SQLAlchemy", "pgqueuer", "procrastinate", "psycopg")
-    )
-    ls, le = results.load_start, results.load_end
+def machine_lines(server: str, results: Results) -> list[str]:
+    load = load_average(results.load_start, results.load_end)
     return [
-        f"CPU: {platform.machine()} ({_cpu_model()}), {os.cpu_count()} logical CPUs; "
-        f"memory: {_meminfo_gib()}",
-        f"Python {platform.python_version()} ({platform.python_implementation()}, "
-        f"{platform.system()} {platform.release()}); {versions}",
-        f"Postgres: {results.postgres}",
-        f"Server: {server}",
-        f"Load average (1/5/15 min): {ls[0]:.2f}/{ls[1]:.2f}/{ls[2]:.2f} at the start, "
-        f"{le[0]:.2f}/{le[1]:.2f}/{le[2]:.2f} at the end; the machine is shared with other "
-        "work, and the workers, the parent and Postgres all share its CPUs",
+        *machine(server, results.postgres, PACKAGES),
+        f"{load}; the machine is shared with other work, and the workers, the parent and Postgres "
+        "all share its CPUs",
     ]
 
 
@@ -1600,7 +1545,7 @@ def report(results: Results, plan: Plan, server: str, quick: bool) -> tuple[str,
         "",
         "**Machine**",
         "",
-        *(f"- {line}" for line in machine(server, results)),
+        *(f"- {line}" for line in machine_lines(server, results)),
         "",
         "**Method**",
         "",
@@ -1616,30 +1561,11 @@ def report(results: Results, plan: Plan, server: str, quick: bool) -> tuple[str,
     return "\n".join(lines) + "\n", passed
 
 
-def _line(marker: str) -> re.Pattern[str]:
-    return re.compile(rf"^{re.escape(marker)}[ \t]*$", re.MULTILINE)
-
-
-def write_section(doc: Path, section: str) -> None:
-    """Replace the lines between the markers (each alone on its line); append both if missing."""
-    block = f"{START_MARKER}\n{section}{END_MARKER}"
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    start = _line(START_MARKER).search(text)
-    end = None if start is None else _line(END_MARKER).search(text, start.end())
-    if start is None or end is None:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    else:
-        text = text[: start.start()] + block + text[end.end() :]
-    doc.write_text(text)
-
-
 # --- entry point -------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--write", action="store_true", help=f"update {DOC.name} between markers")
-    parser.add_argument("--quick", action="store_true", help="small counts: a < 90 s smoke run")
+    parser = arguments(__doc__, "small counts: a < 90 s smoke run")
     # worker processes (internal)
     parser.add_argument("--role", choices=("jobkeeper", "pgqueuer", "procrastinate"))
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -1656,28 +1582,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.role:
         return run_role(args)
     plan = QUICK if args.quick else FULL
-    configured = os.environ.get(URL_ENV)
-    embedded: EmbeddedPostgres | None = None
-    if configured:
-        parts = urlsplit(asyncpg_dsn(configured))
-        server_url = configured
-        server = (
-            f"configured (`{URL_ENV}`, {parts.hostname or 'local socket'}:{parts.port or 5432})"
-        )
-    else:
-        embedded = EmbeddedPostgres(default_data_dir("bench-pg"))
-        server_url, server = embedded.url(), "embedded (pgserver, Unix socket)"
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench_throughput_") as tmp:
-            results = asyncio.run(run(server_url, plan, Path(tmp)))
-    finally:
-        if embedded is not None:
-            embedded.stop()
-    section, passed = report(results, plan, server, args.quick)
-    print(section)
-    if args.write:
-        write_section(DOC, section)
-        sys.stderr.write(f"wrote {DOC}\n")
+    with (
+        postgres_server() as server,
+        tempfile.TemporaryDirectory(prefix="bench_throughput_") as tmp,
+    ):
+        results = asyncio.run(run(server.url, plan, Path(tmp)))
+    section, passed = report(results, plan, server.description, args.quick)
+    publish("bench_throughput", section, write=args.write)
     return 0 if passed else 1
 
 
