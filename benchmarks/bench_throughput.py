@@ -172,16 +172,27 @@ class CpuMeter:
     conn: asyncpg.Connection
     start_workers: float = 0.0
     start_backends: dict[int, float] = field(default_factory=dict)
+    # the last CPU reading of every backend seen, kept once it is gone: a worker may open
+    # connections after the start and close them before the stop (procrastinate's does both)
+    seen_backends: dict[int, float] = field(default_factory=dict)
 
     async def start(self) -> None:
         self.start_workers = sum(proc_cpu(p) for p in self.workers)
         self.start_backends = {p: proc_cpu(p) for p in await backend_pids(self.conn)}
+        self.seen_backends = dict(self.start_backends)
+
+    async def sample(self) -> None:
+        """Read the backends connected now; call it while the workers run."""
+        for pid in await backend_pids(self.conn):
+            self.seen_backends[pid] = max(self.seen_backends.get(pid, 0.0), proc_cpu(pid))
 
     async def stop(self) -> tuple[float, float]:
         """(worker CPU s, Postgres backend CPU s) since ``start``; call before workers exit."""
         workers = sum(proc_cpu(p) for p in self.workers) - self.start_workers
-        pids = set(self.start_backends) | set(await backend_pids(self.conn))
-        backends = sum(proc_cpu(p) - self.start_backends.get(p, 0.0) for p in pids)
+        await self.sample()
+        backends = sum(
+            cpu - self.start_backends.get(pid, 0.0) for pid, cpu in self.seen_backends.items()
+        )
         return workers, backends
 
 
@@ -739,6 +750,7 @@ async def drain(spec: WorkerSpec, plan: Plan, logs: Path, *, jobs: int | None = 
             if not await system.pending():
                 finished = True
                 break
+            await meter.sample()
             await asyncio.sleep(POLL)
         seconds = time.monotonic() - start
         worker_cpu, postgres_cpu = await meter.stop()
@@ -1401,7 +1413,8 @@ def _method(plan: Plan) -> list[str]:
         f"order; jobs/s = jobs / seconds summed over the rounds; at most "
         f"{plan.drain_timeout:.0f} s per drain. Worker CPU = user + system time of the worker "
         "processes (`/proc/<pid>/stat`); Postgres CPU = the same for the backends connected to "
-        "that system's database (WAL writer, checkpointer and autovacuum not included).",
+        "that system's database, read at every poll so that connections opened and closed "
+        "during the drain count too (WAL writer, checkpointer and autovacuum not included).",
         f"- jobkeeper workers: `Worker(await JobManager.connect(url, cache_size=0), tasks, "
         f"concurrency={JK_CONCURRENCY})`, otherwise default settings (what `jobkeeper worker` "
         "runs: a worker process keeps no cache), and an async no-op handler; on the standard "
