@@ -18,7 +18,7 @@ from jobkeeper.cache import JobCache
 from jobkeeper.feed import ChangeFeed
 from jobkeeper.manager import JobManager
 from jobkeeper.models import Job, JobStatus, Progress
-from jobkeeper.repository import CATCH_UP_HINT, CHANNEL, JobRepository, _notification_payloads
+from jobkeeper.repository import CHANNEL, JobRepository, _notification_payloads
 from jobkeeper.settings import asyncpg_dsn
 from support import eventually, make_job, terminate_feeds
 
@@ -128,11 +128,11 @@ async def test_batch_listeners_hear_notified_and_caught_up_changes_with_text_ids
         )
         job = await job_manager.submit(tenant, "feed.test", {})
 
-        def heard(version: int, tenant_: str | None, status: str | None) -> bool:
-            return any((str(job.id), version, tenant_, status) in batch for batch in batches)
+        def heard(version: int, status: str | None) -> bool:
+            return any((str(job.id), version, status) in batch for batch in batches)
 
         async def notified() -> bool:
-            return heard(1, tenant, "queued")
+            return heard(1, "queued")
 
         await eventually(notified, "the submit's notification")
         quiet = JobRepository.create(database_url, notify=False)
@@ -142,7 +142,7 @@ async def test_batch_listeners_hear_notified_and_caught_up_changes_with_text_ids
             await quiet.close()
 
         async def caught_up() -> bool:
-            return heard(2, None, None)
+            return heard(2, None)
 
         await eventually(caught_up, "the catch-up to report the silent cancel")
         unsubscribe()
@@ -214,7 +214,7 @@ async def test_one_statement_sends_one_notification_and_poll_mode_sends_none(
         await conn.add_listener(CHANNEL, lambda *args: heard.put_nowait(args[-1]))
         job = await job_manager.submit(tenant, "feed.test", {})
         payload = json.loads(await asyncio.wait_for(heard.get(), DEADLINE))
-        assert payload == [[str(job.id), 1, tenant, "queued"]]
+        assert payload == [[str(job.id), 1, "queued"]]
 
         quiet = JobRepository.create(database_url, notify=False)
         try:
@@ -224,7 +224,7 @@ async def test_one_statement_sends_one_notification_and_poll_mode_sends_none(
         # a marker write through the notifying repository: the queue holds it and nothing before
         await job_manager.submit(tenant, "feed.marker", {})
         marker = json.loads(await asyncio.wait_for(heard.get(), DEADLINE))
-        assert marker[0][2] == tenant and marker[0][0] != str(job.id)
+        assert marker[0][2] == "queued" and marker[0][0] != str(job.id)
         assert heard.empty()
     finally:
         await conn.close()
@@ -233,7 +233,7 @@ async def test_one_statement_sends_one_notification_and_poll_mode_sends_none(
 async def test_a_large_batch_is_announced_in_chunks_that_fit_a_notification(
     job_manager: JobManager, database_url: str
 ) -> None:
-    # the longest tenant, in 2-byte characters: a claim of 300 jobs is ~200 KB of entries
+    # the longest tenant, in 2-byte characters (notifications do not carry it)
     tenant = "é" * 128
     submitted = {(await job_manager.submit(tenant, "feed.bulk", {})).id for _ in range(300)}
     heard: asyncio.Queue[str] = asyncio.Queue()
@@ -242,13 +242,13 @@ async def test_a_large_batch_is_announced_in_chunks_that_fit_a_notification(
         await conn.add_listener(CHANNEL, lambda *args: heard.put_nowait(args[-1]))
         leases = await job_manager.claim(uuid4(), kinds=["feed.bulk"], limit=300, lease_seconds=60)
         assert {lease.job.id for lease in leases} == submitted
-        announced: dict[str, tuple[int, str, str]] = {}
+        announced: dict[str, tuple[int, str]] = {}
         while len(announced) < len(submitted):
             payload = await asyncio.wait_for(heard.get(), DEADLINE)
             assert len(payload.encode()) <= 8000
-            for job_id, version, their_tenant, status in json.loads(payload):  # never the hint
-                announced[job_id] = (version, their_tenant, status)
-        assert announced == {str(lease.job.id): (2, tenant, "running") for lease in leases}
+            for job_id, version, status in json.loads(payload):
+                announced[job_id] = (version, status)
+        assert announced == {str(lease.job.id): (2, "running") for lease in leases}
     finally:
         await conn.close()
 
@@ -332,19 +332,19 @@ def _progress() -> Progress:
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.uuids(), st.integers(1, 2**63 - 1), st.text(min_size=1, max_size=128)),
+        st.tuples(
+            st.uuids(),
+            st.integers(1, 2**63 - 1),
+            st.sampled_from([*(status.value for status in JobStatus), "expired"]),
+        ),
         max_size=400,
     )
 )
 def test_notification_payloads_carry_every_change_within_the_size_limit(
     changes: list[tuple[UUID, int, str]],
 ) -> None:
-    batch = [(job_id, version, tenant, "running") for job_id, version, tenant in changes]
-    payloads = _notification_payloads(batch) if batch else []
+    payloads = _notification_payloads(changes)
     assert all(len(p.encode()) <= 8000 for p in payloads)
+    assert len(payloads) == -(-len(changes) // 90)  # as few as the fixed chunk allows
     entries = [entry for p in payloads for entry in json.loads(p)]
-    assert entries == [[str(i), v, t, s] for i, v, t, s in batch]
-
-
-def test_a_change_too_large_for_any_payload_becomes_the_catch_up_hint() -> None:
-    assert _notification_payloads([(uuid4(), 1, "x" * 8000, "queued")]) == [CATCH_UP_HINT]
+    assert entries == [[str(i), v, s] for i, v, s in changes]

@@ -30,15 +30,15 @@ from uuid import UUID
 import asyncpg
 
 from jobkeeper.errors import DatabaseUnavailable
-from jobkeeper.repository import CATCH_UP_HINT, CHANNEL, FeedConnection, JobRepository
+from jobkeeper.repository import CHANNEL, FeedConnection, JobRepository
 
 __all__ = ["BatchListener", "Change", "ChangeFeed", "ChangeListener", "FeedMode", "FeedStatus"]
 
 FeedMode = Literal["notify", "poll"]
 # called with (job_id, version, status); status is None when a catch-up found the change
 ChangeListener = Callable[[UUID, int, str | None], object]
-# The cheap form of a change, as the notification carries it: [job id as text, version, tenant,
-# status] (tenant and status None when a catch-up found it). A batch of these goes to a listener
+# The cheap form of a change, as the notification carries it: [job id as text, version, status]
+# (status None when a catch-up found it). A batch of these goes to a listener
 # that cares about few of many changes, unparsed any further, so it can pick out its own with
 # C-level set operations instead of a Python step per change (a worker hears the work of all).
 Change = Sequence[Any]
@@ -231,7 +231,7 @@ class ChangeFeed:
                 self._changed(job_id, version, None)
             if self._batch_listeners and found.changes:
                 self._batch_changed(
-                    [(str(job_id), version, None, None) for job_id, version in found.changes]
+                    [(str(job_id), version, None) for job_id, version in found.changes]
                 )
         self._cursor = found.cursor
         self._synced_at = started
@@ -255,16 +255,13 @@ class ChangeFeed:
 
     def _on_payload(self, payload: str) -> None:
         self._notifications += 1
-        if payload == CATCH_UP_HINT:
-            self._wake.set()
-            return
         try:
             changes = json.loads(payload)
             if not isinstance(changes, list):
                 raise TypeError("not a list")
             self._batch_changed(changes)
             if self._listeners:
-                for job_id, version, _tenant, status in changes:
+                for job_id, version, status in changes:
                     self._changed(UUID(job_id), int(version), status)
         except (ValueError, TypeError) as exc:
             log.warning("ignoring malformed change notification %r: %s", payload[:200], exc)

@@ -646,7 +646,7 @@ class JobManager:
 
     def subscribe_batches(self, listener: BatchListener) -> Callable[[], None]:
         """Like ``subscribe``, but ``listener(changes)`` gets each batch of changes at once, each
-        ``[job_id_text, version, tenant, status]`` as notified (tenant and status ``None`` when a
-        catch-up found it): the cheap form for a listener that cares about few of many changes (a
+        ``[job_id_text, version, status]`` as notified (status ``None`` when a catch-up found
+        it): the cheap form for a listener that cares about few of many changes (a
         worker hears every other worker's claims and completions)."""
         return self._feed.subscribe_batches(listener)

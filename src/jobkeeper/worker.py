@@ -79,7 +79,7 @@ log = logging.getLogger("jobkeeper.worker")
 AsyncHandler: TypeAlias = Callable[["JobContext", Any], Awaitable[Any]]
 SyncHandler: TypeAlias = Callable[["JobContext", Any], Any]
 _TRACEBACK_LIMIT = 8_000  # characters of traceback kept with a failure
-_ID, _STATUS = operator.itemgetter(0), operator.itemgetter(3)  # of a change feed Change
+_ID, _STATUS = operator.itemgetter(0), operator.itemgetter(2)  # of a change feed Change
 _StopReason = Literal["cancel", "lease_lost", "shutdown"]
 
 
@@ -460,7 +460,7 @@ class Worker:
         if "queued" in statuses or None in statuses:
             self._wake.set()  # maybe claimable work (None: found by a catch-up, status unknown)
         if self._running and not self._running.keys().isdisjoint(map(_ID, changes)):
-            for job_id, version, _tenant, status in changes:
+            for job_id, version, status in changes:
                 running = self._running.get(job_id)
                 if running is not None:
                     self._on_change(running, version, status)
