@@ -561,29 +561,54 @@ async def time_calls(
     return Enqueue(system, method, tasks, per_call, n * per_call, seconds, tuple(durations))
 
 
+async def enqueue_rows(
+    system: str,
+    plan: Plan,
+    single: tuple[str, Callable[[int], Awaitable[object]]],
+    batched: tuple[str, Callable[[int], Awaitable[object]]] | None = None,
+) -> list[Enqueue]:
+    """One system's enqueue rows: its one-job call sequentially and from ``PRODUCERS`` tasks,
+    and its batch call (``plan.batch`` jobs per call) sequentially when it has one."""
+    name, call = single
+    out = [
+        await time_calls(
+            system,
+            f"{name}, sequential",
+            call,
+            plan.enqueue_single // plan.rounds,
+            limit_s=plan.enqueue_timeout,
+        ),
+        await time_calls(
+            system,
+            f"{name}, {PRODUCERS} tasks",
+            call,
+            plan.enqueue_concurrent // plan.rounds,
+            tasks=PRODUCERS,
+            limit_s=plan.enqueue_timeout,
+        ),
+    ]
+    if batched is not None:
+        name, call = batched
+        out.append(
+            await time_calls(
+                system,
+                f"{name}, sequential",
+                call,
+                plan.enqueue_batched // plan.batch // plan.rounds,
+                per_call=plan.batch,
+                limit_s=plan.enqueue_timeout,
+            )
+        )
+    return out
+
+
 async def enqueue_jobkeeper(sys_: JobkeeperSystem, plan: Plan) -> list[Enqueue]:
     async with await JobManager.connect(sys_.url, pool_size=PRODUCERS) as manager:
 
         def submit(i: int) -> Awaitable[object]:
             return manager.submit(TENANT, NOOP, {"n": i})
 
-        out = [
-            await time_calls(
-                "jobkeeper",
-                "`JobManager.submit`, sequential",
-                submit,
-                plan.enqueue_single // plan.rounds,
-                limit_s=plan.enqueue_timeout,
-            ),
-            await time_calls(
-                "jobkeeper",
-                f"`JobManager.submit`, {PRODUCERS} tasks",
-                submit,
-                plan.enqueue_concurrent // plan.rounds,
-                tasks=PRODUCERS,
-                limit_s=plan.enqueue_timeout,
-            ),
-        ]
+        out = await enqueue_rows("jobkeeper", plan, ("`JobManager.submit`", submit))
     await sys_.reset()
     return out
 
@@ -606,31 +631,12 @@ async def enqueue_pgqueuer(sys_: PgqueuerSystem, plan: Plan) -> list[Enqueue]:
                 [0] * plan.batch,
             )
 
-        out = [
-            await time_calls(
-                "pgqueuer",
-                "`Queries.enqueue`, one job, sequential",
-                single,
-                plan.enqueue_single // plan.rounds,
-                limit_s=plan.enqueue_timeout,
-            ),
-            await time_calls(
-                "pgqueuer",
-                f"`Queries.enqueue`, one job, {PRODUCERS} tasks",
-                single,
-                plan.enqueue_concurrent // plan.rounds,
-                tasks=PRODUCERS,
-                limit_s=plan.enqueue_timeout,
-            ),
-            await time_calls(
-                "pgqueuer",
-                f"`Queries.enqueue`, lists of {plan.batch}, sequential",
-                batched,
-                plan.enqueue_batched // plan.batch // plan.rounds,
-                per_call=plan.batch,
-                limit_s=plan.enqueue_timeout,
-            ),
-        ]
+        out = await enqueue_rows(
+            "pgqueuer",
+            plan,
+            ("`Queries.enqueue`, one job", single),
+            (f"`Queries.enqueue`, lists of {plan.batch}", batched),
+        )
     finally:
         await pool.close()
     await sys_.reset()
@@ -648,31 +654,12 @@ async def enqueue_procrastinate(sys_: ProcrastinateSystem, plan: Plan) -> list[E
             *({"n": i * plan.batch + k} for k in range(plan.batch))
         )
 
-    out = [
-        await time_calls(
-            "procrastinate",
-            "`defer_async`, sequential",
-            single,
-            plan.enqueue_single // plan.rounds,
-            limit_s=plan.enqueue_timeout,
-        ),
-        await time_calls(
-            "procrastinate",
-            f"`defer_async`, {PRODUCERS} tasks",
-            single,
-            plan.enqueue_concurrent // plan.rounds,
-            tasks=PRODUCERS,
-            limit_s=plan.enqueue_timeout,
-        ),
-        await time_calls(
-            "procrastinate",
-            f"`batch_defer_async`, {plan.batch} per call, sequential",
-            batched,
-            plan.enqueue_batched // plan.batch // plan.rounds,
-            per_call=plan.batch,
-            limit_s=plan.enqueue_timeout,
-        ),
-    ]
+    out = await enqueue_rows(
+        "procrastinate",
+        plan,
+        ("`defer_async`", single),
+        (f"`batch_defer_async`, {plan.batch} per call", batched),
+    )
     await sys_.reset()
     return out
 

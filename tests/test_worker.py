@@ -1032,17 +1032,24 @@ async def test_a_second_stop_releases_at_once(
         worker.stop()
         await asyncio.wait_for(task, STOP_TIMEOUT)  # far less than the 600 s grace
 
-    released = await fresh(job_manager, job, tenant)
+    await assert_released(job_manager, job, tenant)
+
+
+async def assert_released(manager: JobManager, job: Job, tenant: str) -> None:
+    """The job went back to the queue by release: the attempt does not count."""
+    released = await fresh(manager, job, tenant)
     assert released.status == JobStatus.QUEUED and released.attempts == 0
-    assert await types_of(job_manager, job, tenant) == ["submitted", "claimed", "released"]
+    assert await types_of(manager, job, tenant) == ["submitted", "claimed", "released"]
 
 
-async def test_shutdown_releases_a_sync_job_even_if_it_then_raises_job_cancelled(
-    job_manager: JobManager, tenant: str, kind: str
-) -> None:
-    started = threading.Event()
-    proceed = threading.Event()
-    exited = threading.Event()
+def polling_until_cancelled(
+    kind: str,
+    started: threading.Event,
+    exited: threading.Event,
+    proceed: threading.Event | None = None,
+) -> TaskRegistry:
+    """A sync handler that checks ``ctx.cancelled`` until it is set (at most 30 s), waits for
+    ``proceed`` if given, then stops the documented way: ``ctx.raise_if_cancelled()``."""
     tasks = TaskRegistry()
 
     @tasks.task(kind)
@@ -1052,10 +1059,20 @@ async def test_shutdown_releases_a_sync_job_even_if_it_then_raises_job_cancelled
             end = time.monotonic() + 30
             while not ctx.cancelled and time.monotonic() < end:
                 time.sleep(0.01)
-            proceed.wait(DEADLINE)
+            if proceed is not None:
+                proceed.wait(DEADLINE)
             ctx.raise_if_cancelled()
         finally:
             exited.set()
+
+    return tasks
+
+
+async def test_shutdown_releases_a_sync_job_even_if_it_then_raises_job_cancelled(
+    job_manager: JobManager, tenant: str, kind: str
+) -> None:
+    started, proceed, exited = threading.Event(), threading.Event(), threading.Event()
+    tasks = polling_until_cancelled(kind, started, exited, proceed)
 
     worker = make_worker(job_manager, tasks, [kind], shutdown_grace=0.3)
     async with running(worker) as (task,):
@@ -1067,9 +1084,7 @@ async def test_shutdown_releases_a_sync_job_even_if_it_then_raises_job_cancelled
         await asyncio.wait_for(task, STOP_TIMEOUT)
 
     assert exited.is_set()
-    released = await fresh(job_manager, job, tenant)
-    assert released.status == JobStatus.QUEUED and released.attempts == 0
-    assert await types_of(job_manager, job, tenant) == ["submitted", "claimed", "released"]
+    await assert_released(job_manager, job, tenant)
 
 
 async def test_shutdown_never_cancels_a_sync_job_when_the_release_is_slow(
@@ -1077,20 +1092,8 @@ async def test_shutdown_never_cancels_a_sync_job_when_the_release_is_slow(
 ) -> None:
     """A shutdown stop makes a sync handler raise ``JobCancelled``; that must not be recorded
     as a cancel, even when it reaches Postgres before the release does (or the release fails)."""
-    started = threading.Event()
-    exited = threading.Event()
-    tasks = TaskRegistry()
-
-    @tasks.task(kind)
-    def polls(ctx: JobContext, payload: Any) -> None:
-        started.set()
-        try:
-            end = time.monotonic() + 30
-            while not ctx.cancelled and time.monotonic() < end:
-                time.sleep(0.01)
-            ctx.raise_if_cancelled()  # the documented way for a sync handler to stop
-        finally:
-            exited.set()
+    started, exited = threading.Event(), threading.Event()
+    tasks = polling_until_cancelled(kind, started, exited)
 
     async def waiting_queries() -> list[str]:
         rows = await sql(
