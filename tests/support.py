@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -17,6 +18,12 @@ from jobkeeper.models import Job, JobStatus, Progress
 from jobkeeper.settings import asyncpg_dsn
 
 DEADLINE = 10.0
+T = TypeVar("T")
+# waiting on a lock, in one of jobkeeper's pooled connections of this database
+_WAITING_ON_LOCK = (
+    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+    " AND application_name = 'jobkeeper' AND wait_event_type = 'Lock'"
+)
 
 
 async def eventually(
@@ -124,3 +131,26 @@ def node_types(plan: Any) -> set[str]:
 def seq_scanned(plan: Any) -> set[str]:
     """The tables a plan reads whole."""
     return {node["Relation Name"] for node in plan_nodes(plan) if node["Node Type"] == "Seq Scan"}
+
+
+async def terminate_waiting(admin: asyncpg.Connection) -> int:
+    """Terminate every jobkeeper backend that waits on a lock; how many there were."""
+    rows = await admin.fetch(f"SELECT pg_terminate_backend(pid) FROM ({_WAITING_ON_LOCK}) AS w")
+    return len(rows)
+
+
+async def killed_while_waiting(admin: asyncpg.Connection, work: Awaitable[T]) -> T:
+    """Run ``work``, terminating its backend each time it waits on a lock, until it ends."""
+    task = asyncio.ensure_future(work)
+    killed = 0
+    try:
+        async with asyncio.timeout(DEADLINE):
+            while not task.done():
+                killed += await terminate_waiting(admin)
+                await asyncio.wait({task}, timeout=0.02)
+        assert killed, "the statement never waited on the lock"
+        return task.result()
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task

@@ -874,6 +874,18 @@ async def _keep_as_is(conn: asyncpg.Connection) -> None:
 
 
 _Pooled: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+
+
+def _discard(conn: _Pooled) -> None:
+    """Close a pooled connection whose link failed, whatever state asyncpg left it in.
+
+    When the server ends a backend mid-statement, asyncpg sees the connection lost and hands its
+    holder back to the pool itself; the proxy is then detached and every method on it, even
+    ``terminate()``, raises ``InterfaceError`` ("released back to the pool"). Nothing is left to
+    close then, so that error is the sign the job is already done.
+    """
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
 # a success to record: (job_id, lease token, result as JSON text, last progress report)
 Completion: TypeAlias = tuple[UUID, UUID, str, Progress | None]
 
@@ -986,7 +998,7 @@ class JobRepository:
         try:
             yield conn
         except _LINK_ERRORS as exc:
-            conn.terminate()
+            _discard(conn)
             await self._pool.expire_connections()
             raise DatabaseUnavailable(f"database unreachable: {exc}") from exc
         finally:

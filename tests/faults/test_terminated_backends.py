@@ -1,0 +1,192 @@
+"""Backends terminated mid-statement (``pg_terminate_backend``), as a failover, a pooler or an
+administrator does: every statement path turns that into ``DatabaseUnavailable`` (a 503 over
+HTTP), and a worker process keeps claiming and renewing its leases through it.
+
+asyncpg hands a connection whose server went away back to its pool on its own, so the repository
+must not touch it afterwards: before the fix, closing it raised ``InterfaceError`` ("released
+back to the pool"), which escaped as a raw error, killed worker loops and stopped heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from uuid import uuid4
+
+import asyncpg
+import pytest
+
+from jobkeeper.errors import DatabaseUnavailable
+from jobkeeper.manager import JobManager
+from jobkeeper.settings import asyncpg_dsn
+from support import killed_while_waiting, terminate_waiting
+
+from .support import Workers, until
+
+TASKS = "tests.faults.fault_tasks:tasks"
+
+
+@pytest.fixture
+async def admin(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def locker(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A second connection that holds locks in an open transaction for the test."""
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def test_a_statement_whose_backend_is_terminated_raises_database_unavailable(
+    job_manager: JobManager, admin: asyncpg.Connection
+) -> None:
+    repository = job_manager.repository
+
+    async def sleep() -> None:
+        async with repository.connection() as conn:
+            await conn.fetchval("SELECT pg_sleep(30)")
+
+    task = asyncio.ensure_future(sleep())
+    await until(
+        "the sleeping backend",
+        lambda: admin.fetchval(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query = 'SELECT pg_sleep(30)'"
+        ),
+    )
+    with pytest.raises(DatabaseUnavailable):
+        await asyncio.wait_for(task, 30)
+    await repository.ping()  # the pool recovered
+
+
+async def test_a_claim_behind_a_table_lock_whose_backend_is_terminated_raises_database_unavailable(
+    job_manager: JobManager, tenant: str, admin: asyncpg.Connection, locker: asyncpg.Connection
+) -> None:
+    kind = f"claim-{uuid4().hex[:8]}"
+    job = await job_manager.submit(tenant, kind, {})
+    async with locker.transaction():
+        await locker.execute("LOCK TABLE jobs IN EXCLUSIVE MODE")
+        claim = job_manager.claim(uuid4(), kinds=[kind], limit=1, lease_seconds=30)
+        with pytest.raises(DatabaseUnavailable):
+            await killed_while_waiting(admin, claim)
+    leases = await job_manager.claim(uuid4(), kinds=[kind], limit=1, lease_seconds=30)
+    assert [lease.job.id for lease in leases] == [job.id]
+
+
+async def test_a_heartbeat_behind_a_row_lock_whose_backend_is_killed_raises_database_unavailable(
+    job_manager: JobManager, tenant: str, admin: asyncpg.Connection, locker: asyncpg.Connection
+) -> None:
+    kind = f"beat-{uuid4().hex[:8]}"
+    job = await job_manager.submit(tenant, kind, {})
+    [lease] = await job_manager.claim(uuid4(), kinds=[kind], limit=1, lease_seconds=30)
+    held = [(lease.job.id, lease.token)]
+    async with locker.transaction():
+        await locker.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", job.id)
+        with pytest.raises(DatabaseUnavailable):
+            await killed_while_waiting(admin, job_manager.renew_leases(held, 30))
+    assert await job_manager.renew_leases(held, 30) == {job.id: False}
+
+
+@pytest.fixture
+async def workers(database_url: str, tmp_path: Path) -> AsyncIterator[Workers]:
+    # a lease of 3 s is renewed every second: a heartbeat that is killed once and then succeeds
+    # keeps the lease, one that dies for good lets it expire
+    started = Workers(
+        database_url,
+        tmp_path,
+        tasks=TASKS,
+        prefix_var="FAULT_KIND_PREFIX",
+        settings={"lease_seconds": "3", "poll_interval": "0.1"},
+    )
+    try:
+        yield started
+    finally:
+        await started.close()
+
+
+@pytest.fixture
+async def starts_table(admin: asyncpg.Connection) -> None:
+    await admin.execute(
+        "CREATE TABLE IF NOT EXISTS fault_starts (job_id uuid NOT NULL, n int NOT NULL,"
+        " attempt int NOT NULL, pid int NOT NULL, at timestamptz NOT NULL"
+        " DEFAULT clock_timestamp())"
+    )
+
+
+@pytest.mark.timeout(90)
+async def test_a_worker_survives_its_claims_being_terminated(
+    job_manager: JobManager,
+    tenant: str,
+    admin: asyncpg.Connection,
+    locker: asyncpg.Connection,
+    workers: Workers,
+    starts_table: None,
+) -> None:
+    worker = await workers.start()
+    await until("the worker to register", lambda: admin.fetchval("SELECT count(*) FROM workers"))
+    async with locker.transaction():
+        await locker.execute("LOCK TABLE jobs IN EXCLUSIVE MODE")
+        killed = 0
+        for _ in range(3):  # one claim after another, each terminated while it waits
+            killed += await until("a claim waiting on the lock", lambda: terminate_waiting(admin))
+        assert killed >= 3
+    job = await job_manager.submit(tenant, workers.kind("slow"), {"seconds": [0.1]})
+
+    async def succeeded() -> bool:
+        current = await job_manager.get(job.id, tenant=tenant, consistency="strong")
+        return current.status == "succeeded"
+
+    await until("the job to succeed on the same worker", succeeded, watch=[worker])
+    assert worker.proc.returncode is None
+    assert "Traceback" not in worker.output()
+
+
+@pytest.mark.timeout(90)
+async def test_a_worker_keeps_its_lease_when_a_heartbeat_is_terminated(
+    job_manager: JobManager,
+    tenant: str,
+    admin: asyncpg.Connection,
+    locker: asyncpg.Connection,
+    workers: Workers,
+    starts_table: None,
+) -> None:
+    worker = await workers.start()
+    job = await job_manager.submit(tenant, workers.kind("slow"), {"seconds": [6]})
+    await until(
+        "the handler to start",
+        lambda: admin.fetchval("SELECT count(*) FROM fault_starts WHERE job_id = $1", job.id),
+        watch=[worker],
+    )
+    async with locker.transaction():
+        await locker.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", job.id)
+        # the heartbeat (and progress writes) now wait on the row: terminate them
+        await until("a heartbeat waiting on the row", lambda: terminate_waiting(admin))
+    renewed_before = await admin.fetchval("SELECT lease_expires_at FROM jobs WHERE id = $1", job.id)
+
+    async def renewed() -> bool:
+        now = await admin.fetchval("SELECT lease_expires_at FROM jobs WHERE id = $1", job.id)
+        return now is not None and now > renewed_before
+
+    await until("a later heartbeat to renew the lease", renewed, watch=[worker])
+
+    async def finished() -> bool:
+        current = await job_manager.get(job.id, tenant=tenant, consistency="strong")
+        return current.terminal
+
+    await until("the job to finish", finished, watch=[worker])
+    done = await job_manager.get(job.id, tenant=tenant, consistency="strong")
+    assert done.status == "succeeded"
+    assert done.attempts == 1
+    runs = await admin.fetchval("SELECT count(*) FROM fault_starts WHERE job_id = $1", job.id)
+    assert runs == 1, "the job ran again: its lease was not renewed after the terminated heartbeat"
+    assert worker.proc.returncode is None
+    assert "Task exception was never retrieved" not in worker.output()
