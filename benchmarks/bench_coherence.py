@@ -47,8 +47,9 @@ from uuid import UUID
 import asyncpg
 
 from common import arguments, load_average, machine, nearest_rank, postgres_server, publish, scratch
+from jobkeeper.domain.status import JobStatus
+from jobkeeper.domain.values import Progress
 from jobkeeper.manager import JobManager
-from jobkeeper.models import JobStatus, Progress
 from jobkeeper.repository import CHANNEL, JobRepository
 from jobkeeper.settings import asyncpg_dsn
 

@@ -36,8 +36,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from common import arguments, machine, nearest_rank, postgres_server, publish, scratch
 from jobkeeper.cache import CacheStats
+from jobkeeper.domain.values import Job
 from jobkeeper.manager import JobManager
-from jobkeeper.models import Job
 from jobkeeper.schema import jobs
 from jobkeeper.settings import asyncpg_dsn, sqlalchemy_url
 

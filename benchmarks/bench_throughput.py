@@ -61,8 +61,8 @@ from common import (
     publish,
     scratch,
 )
+from jobkeeper.domain.status import JobStatus
 from jobkeeper.manager import JobManager
-from jobkeeper.models import JobStatus
 from jobkeeper.repository import JobRepository
 from jobkeeper.settings import asyncpg_dsn
 from jobkeeper.worker import JobContext, TaskRegistry, Worker
@@ -1030,7 +1030,7 @@ _CUMULATIVE = (
     ("worker.py", "_execute"),
     ("worker.py", "_on_changes"),
     ("feed.py", "_on_payload"),
-    ("models.py", "freeze_json"),
+    ("values.py", "freeze_json"),
 )
 
 

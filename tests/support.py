@@ -14,7 +14,8 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
-from jobkeeper.models import Job, JobStatus, Progress
+from jobkeeper.domain.status import JobStatus
+from jobkeeper.domain.values import Job, Progress
 from jobkeeper.settings import asyncpg_dsn
 
 DEADLINE = 10.0

@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from jobkeeper.cache import JobCache, Ticket
+from jobkeeper.domain.status import JobStatus
+from jobkeeper.domain.values import Job
 from jobkeeper.errors import JobNotFound
 from jobkeeper.manager import JobManager
-from jobkeeper.models import Job, JobStatus
 from support import make_job
 
 TTL = 10.0

@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 
 from jobkeeper import repository
 from jobkeeper.cache import JobCache
+from jobkeeper.domain.status import JobStatus
+from jobkeeper.domain.values import Job, Progress
 from jobkeeper.feed import ChangeFeed
 from jobkeeper.manager import JobManager
-from jobkeeper.models import Job, JobStatus, Progress
 from jobkeeper.repository import CHANNEL, JobRepository, _notification_payloads
 from jobkeeper.settings import asyncpg_dsn
 from support import eventually, make_job, terminate_feeds

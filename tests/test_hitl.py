@@ -25,9 +25,10 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
+from jobkeeper.domain.status import TERMINAL_EVENTS, JobStatus
+from jobkeeper.domain.values import Job, JobEvent
 from jobkeeper.errors import InvalidAnswer, JobFinished, JobNotFound, NotWaitingForInput
 from jobkeeper.manager import JobManager
-from jobkeeper.models import TERMINAL_EVENTS, Job, JobEvent, JobStatus
 from jobkeeper.settings import asyncpg_dsn
 from jobkeeper.sweeper import Sweeper
 from jobkeeper.worker import JobContext, TaskRegistry, Worker

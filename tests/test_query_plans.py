@@ -8,8 +8,8 @@ import asyncpg
 import pytest
 
 from jobkeeper import repository as r
+from jobkeeper.domain.status import JobStatus
 from jobkeeper.manager import JobManager
-from jobkeeper.models import JobStatus
 from jobkeeper.repository import (
     _CLAIM,
     _COMPLETE,

@@ -20,7 +20,7 @@ from jobkeeper import (
     JobNotFound,
     JobStatus,
 )
-from jobkeeper.models import TERMINAL, TRANSITIONS, can_transition
+from jobkeeper.domain.status import TERMINAL, TRANSITIONS, can_transition
 from jobkeeper.repository import JobRepository
 
 

@@ -27,9 +27,10 @@ from starlette.types import Receive, Scope, Send
 
 from jobkeeper.api.app import create_app
 from jobkeeper.api.auth import ApiKeys
+from jobkeeper.domain.status import JobStatus
+from jobkeeper.domain.values import Job
 from jobkeeper.errors import InvalidRequest, JobExpired, JobNotFound
 from jobkeeper.manager import JobManager
-from jobkeeper.models import Job, JobStatus
 from jobkeeper.repository import (
     _CLEAR_PAYLOADS,
     _DUE_FOR_EXPIRY,

@@ -24,9 +24,10 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
+from jobkeeper.domain.status import JobStatus
+from jobkeeper.domain.values import Job, JobEvent, Lease, Progress
 from jobkeeper.errors import InvalidRequest, JobFinished, PermanentFailure, QueueFull, Retry
 from jobkeeper.manager import JobManager
-from jobkeeper.models import Job, JobEvent, JobStatus, Lease, Progress
 from jobkeeper.settings import asyncpg_dsn
 from jobkeeper.worker import JobContext, TaskRegistry, Worker
 

@@ -4,6 +4,8 @@ Postgres is the source of truth; ``JobManager`` puts a bounded, version-aware ho
 """
 
 from jobkeeper.cache import CacheStats
+from jobkeeper.domain.status import JobStatus
+from jobkeeper.domain.values import Job, JobEvent, JobPage, Lease, Progress, WorkerInfo
 from jobkeeper.errors import (
     DatabaseUnavailable,
     IdempotencyConflict,
@@ -21,7 +23,6 @@ from jobkeeper.errors import (
 )
 from jobkeeper.feed import FeedStatus
 from jobkeeper.manager import JobManager
-from jobkeeper.models import Job, JobEvent, JobPage, JobStatus, Lease, Progress, WorkerInfo
 from jobkeeper.settings import Settings
 from jobkeeper.worker import JobContext, TaskRegistry, Worker
 

@@ -30,7 +30,7 @@ from uuid import UUID
 
 from cachetools import LRUCache, TTLCache
 
-from jobkeeper.models import Job
+from jobkeeper.domain.values import Job
 
 __all__ = ["CacheStats", "JobCache", "Ticket"]
 

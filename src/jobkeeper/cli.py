@@ -24,12 +24,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from jobkeeper.api.auth import ApiKeys
 from jobkeeper.api.schemas import job_json
+from jobkeeper.domain.status import JobStatus
+from jobkeeper.domain.validate import validate_tenant
+from jobkeeper.domain.values import Job
 from jobkeeper.errors import JobkeeperError
 from jobkeeper.logs import configure_logging
 from jobkeeper.manager import JobManager
 from jobkeeper.metrics import Metrics
 from jobkeeper.migrate import upgrade
-from jobkeeper.models import Job, JobStatus, validate_tenant
 from jobkeeper.settings import Settings
 from jobkeeper.sweeper import Retention, Sweeper, SweepReport
 from jobkeeper.worker import TaskRegistry, Worker

@@ -19,6 +19,17 @@ from typing import Any, Literal, Self
 from uuid import UUID
 
 from jobkeeper.cache import CacheStats, JobCache, Ticket
+from jobkeeper.domain.questions import answer_problems, same_json
+from jobkeeper.domain.status import TERMINAL_EVENTS, JobStatus
+from jobkeeper.domain.validate import (
+    encode_json,
+    optional_text,
+    parse_job_id,
+    validate_kind,
+    validate_new_job,
+    validate_tenant,
+)
+from jobkeeper.domain.values import Job, JobEvent, JobPage, Lease, NewJob, Progress
 from jobkeeper.errors import (
     IdempotencyConflict,
     InvalidAnswer,
@@ -28,24 +39,6 @@ from jobkeeper.errors import (
     QueueFull,
 )
 from jobkeeper.feed import BatchListener, ChangeFeed, ChangeListener, FeedMode, FeedStatus
-from jobkeeper.models import (
-    TERMINAL_EVENTS,
-    Job,
-    JobEvent,
-    JobPage,
-    JobStatus,
-    Lease,
-    NewJob,
-    Progress,
-    answer_problems,
-    encode_json,
-    optional_text,
-    parse_job_id,
-    same_json,
-    validate_kind,
-    validate_new_job,
-    validate_tenant,
-)
 from jobkeeper.repository import CHANNEL, WORK_CHANNEL, JobRepository
 from jobkeeper.settings import Settings
 

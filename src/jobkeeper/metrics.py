@@ -13,8 +13,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from jobkeeper.domain.status import TERMINAL, JobStatus
+from jobkeeper.domain.values import Job
 from jobkeeper.manager import JobManager
-from jobkeeper.models import TERMINAL, Job, JobStatus
 from jobkeeper.sweeper import SweepReport
 
 __all__ = ["Metrics"]

@@ -43,6 +43,17 @@ from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 from uuid_utils.compat import uuid7
 
+from jobkeeper.domain.status import TERMINAL, JobStatus, sources_of
+from jobkeeper.domain.values import (
+    FrozenDict,
+    Job,
+    JobEvent,
+    Lease,
+    NewJob,
+    Progress,
+    WorkerInfo,
+    freeze_json,
+)
 from jobkeeper.errors import (
     DatabaseUnavailable,
     InvalidTransition,
@@ -50,19 +61,6 @@ from jobkeeper.errors import (
     JobFinished,
     JobNotFound,
     SchemaMissing,
-)
-from jobkeeper.models import (
-    TERMINAL,
-    FrozenDict,
-    Job,
-    JobEvent,
-    JobStatus,
-    Lease,
-    NewJob,
-    Progress,
-    WorkerInfo,
-    freeze_json,
-    sources_of,
 )
 from jobkeeper.schema import job_events, job_tombstones, jobs
 from jobkeeper.settings import asyncpg_dsn
@@ -886,6 +884,8 @@ def _discard(conn: _Pooled) -> None:
     """
     with contextlib.suppress(asyncpg.InterfaceError):
         conn.terminate()
+
+
 # a success to record: (job_id, lease token, result as JSON text, last progress report)
 Completion: TypeAlias = tuple[UUID, UUID, str, Progress | None]
 
@@ -1167,7 +1167,7 @@ class JobRepository:
     ) -> Job:
         """Move a job to ``target`` if the transition table allows it from its current status.
 
-        The allowed sources come from ``models.TRANSITIONS``; the check and the write are one
+        The allowed sources come from ``domain.status.TRANSITIONS``; the check and the write are one
         statement, so a concurrent change can never be overwritten. Raises ``JobNotFound``,
         ``JobFinished`` (already terminal) or ``InvalidTransition``.
         """

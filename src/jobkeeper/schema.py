@@ -10,7 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
-from jobkeeper.models import MAX_ATTEMPTS, MAX_PRIORITY, JobStatus
+from jobkeeper.domain.status import JobStatus
+from jobkeeper.domain.validate import MAX_ATTEMPTS, MAX_PRIORITY
 
 __all__ = ["api_keys", "job_events", "job_tombstones", "jobs", "metadata", "workers"]
 

@@ -22,9 +22,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from uuid import UUID
 
+from jobkeeper.domain.validate import validate_kind
+from jobkeeper.domain.values import Job
 from jobkeeper.errors import DatabaseUnavailable, InvalidRequest
 from jobkeeper.manager import JobManager
-from jobkeeper.models import Job, validate_kind
 from jobkeeper.settings import KindRetention, Settings
 
 __all__ = ["ExpiryHooks", "Retention", "SweepReport", "Sweeper"]

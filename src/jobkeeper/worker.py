@@ -50,6 +50,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 from uuid import UUID
 
+from jobkeeper.domain.questions import build_prompt
+from jobkeeper.domain.validate import encode_json, optional_text, validate_kind, validate_progress
+from jobkeeper.domain.values import Job, Lease, Progress
 from jobkeeper.errors import (
     DatabaseUnavailable,
     InvalidRequest,
@@ -60,16 +63,6 @@ from jobkeeper.errors import (
 from jobkeeper.feed import Change
 from jobkeeper.logs import job_id_var
 from jobkeeper.manager import JobManager
-from jobkeeper.models import (
-    Job,
-    Lease,
-    Progress,
-    build_prompt,
-    encode_json,
-    optional_text,
-    validate_kind,
-    validate_progress,
-)
 from jobkeeper.sweeper import ExpiryHook, ExpiryHooks, Retention, Sweeper
 
 __all__ = ["JobContext", "Task", "TaskRegistry", "Worker"]

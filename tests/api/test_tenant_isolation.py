@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobkeeper.api.auth import ApiKeys
+from jobkeeper.domain.questions import build_prompt
+from jobkeeper.domain.status import JobStatus
 from jobkeeper.manager import JobManager
-from jobkeeper.models import JobStatus, build_prompt
 
 from .support import Served, assert_problem, bearer
 

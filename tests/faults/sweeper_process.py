@@ -25,8 +25,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from jobkeeper.domain.values import Job
 from jobkeeper.manager import JobManager
-from jobkeeper.models import Job
 from jobkeeper.sweeper import ExpiryHooks, Retention, Sweeper
 
 DAY = 86_400.0

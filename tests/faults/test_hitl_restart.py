@@ -20,8 +20,9 @@ from uuid import UUID
 import asyncpg
 import pytest
 
+from jobkeeper.domain.status import JobStatus
+from jobkeeper.domain.values import Job
 from jobkeeper.manager import JobManager
-from jobkeeper.models import Job, JobStatus
 from jobkeeper.settings import asyncpg_dsn
 
 from .support import DEADLINE, Workers, until

@@ -24,8 +24,9 @@ from uuid import UUID
 import asyncpg
 import pytest
 
+from jobkeeper.domain.status import JobStatus
+from jobkeeper.domain.values import Job, JobEvent, Lease, Progress
 from jobkeeper.manager import JobManager
-from jobkeeper.models import Job, JobEvent, JobStatus, Lease, Progress
 from jobkeeper.settings import asyncpg_dsn
 from jobkeeper.testing import create_database, drop_database
 

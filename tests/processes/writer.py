@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Literal, cast
 from uuid import UUID
 
+from jobkeeper.domain.status import JobStatus
+from jobkeeper.domain.values import Progress
 from jobkeeper.manager import JobManager
-from jobkeeper.models import JobStatus, Progress
 
 
 async def write(

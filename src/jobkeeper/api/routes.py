@@ -14,8 +14,8 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from jobkeeper.api.deps import ServicesDep, TenantDep
 from jobkeeper.api.problems import ApiProblem
 from jobkeeper.api.schemas import AnswerIn, JobOut, JobPageOut, SubmitIn, iso, job_json
+from jobkeeper.domain.status import JobStatus
 from jobkeeper.errors import DatabaseUnavailable
-from jobkeeper.models import JobStatus
 
 __all__ = ["health_router", "jobs_router"]
 

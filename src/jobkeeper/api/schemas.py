@@ -10,7 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobkeeper.models import MAX_ATTEMPTS, MAX_PRIORITY, Job, JobStatus
+from jobkeeper.domain.status import JobStatus
+from jobkeeper.domain.validate import MAX_ATTEMPTS, MAX_PRIORITY
+from jobkeeper.domain.values import Job
 
 __all__ = ["AnswerIn", "JobOut", "JobPageOut", "SubmitIn", "iso", "job_json"]
 

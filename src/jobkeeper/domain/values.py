@@ -1,0 +1,159 @@
+"""Immutable values: a job, its history, a lease, a page, a validated submission.
+
+A ``Job`` is a frozen snapshot of one committed row. Its JSON fields (payload, result, error) are
+deep-frozen (``FrozenDict`` and tuples), so a job handed out by the cache cannot be mutated by one
+caller under another's feet, yet it still serialises with ``json.dumps`` as plain JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NoReturn
+from uuid import UUID
+
+from jobkeeper.domain.status import TERMINAL, JobStatus
+
+__all__ = [
+    "FrozenDict",
+    "Job",
+    "JobEvent",
+    "JobPage",
+    "Lease",
+    "NewJob",
+    "Progress",
+    "WorkerInfo",
+    "freeze_json",
+]
+
+
+class FrozenDict(dict[str, Any]):
+    """A ``dict`` that refuses mutation; ``json.dumps`` still sees a plain JSON object."""
+
+    __slots__ = ()
+
+    def _readonly(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("job snapshots are immutable; copy with dict(...) to change one")
+
+    __setitem__ = _readonly
+    __delitem__ = _readonly
+    __ior__ = _readonly
+    clear = _readonly
+    pop = _readonly
+    popitem = _readonly
+    setdefault = _readonly
+    update = _readonly
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items())))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenDict, (dict(self),))
+
+
+def freeze_json(value: Any) -> Any:
+    """Deep-freeze a JSON value: objects become ``FrozenDict``, arrays become tuples."""
+    if isinstance(value, dict):
+        return FrozenDict({k: freeze_json(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(freeze_json(v) for v in value)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far a running job got: a fraction in [0, 1] and a short message, both optional."""
+
+    fraction: float | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One committed version of a job. Newer versions have a larger ``version``."""
+
+    id: UUID
+    tenant: str
+    kind: str
+    status: JobStatus
+    payload: Any
+    result: Any
+    error: Any
+    progress: Progress
+    priority: int
+    attempts: int
+    max_attempts: int
+    run_after: datetime
+    idempotency_key: str | None
+    concurrency_key: str | None
+    cancel_requested: bool
+    pinned: bool
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    prompt: Any = None  # the open question while waiting_input, else None
+    answers: Any = field(default_factory=lambda: FrozenDict())  # key -> answer, who, when
+    checkpoints: Any = field(default_factory=lambda: FrozenDict())  # key -> stored result
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the job reached succeeded, failed or cancelled."""
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A claimed job and the token that fences every write of the worker holding it."""
+
+    job: Job
+    token: UUID
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A live worker process, as recorded in the ``workers`` table."""
+
+    id: UUID
+    host: str
+    pid: int
+    kinds: tuple[str, ...] | None
+    concurrency: int
+    started_at: datetime
+    heartbeat_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One entry of a job's history. ``seq`` equals the job's ``version`` after the change."""
+
+    seq: int
+    type: str
+    data: Any
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    """One page of a listing, newest first; pass ``next_cursor`` back for the next page."""
+
+    items: tuple[Job, ...]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A validated submission, ready to insert. ``fingerprint`` identifies the request (only
+    one with an idempotency key needs it: it tells a replay from a reuse of the key)."""
+
+    tenant: str
+    kind: str
+    payload_json: str
+    priority: int
+    max_attempts: int
+    run_after: datetime | None
+    idempotency_key: str | None
+    concurrency_key: str | None
+    pinned: bool
+    fingerprint: str | None
