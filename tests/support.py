@@ -95,8 +95,8 @@ async def explain(url: str, sql: str) -> Any:
                 "SELECT cardinality(parameter_types) FROM pg_prepared_statements"
                 " WHERE name = 'planned'"
             )
-            nulls = ", ".join(["NULL"] * count)
-            plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE planned({nulls})")
+            nulls = f"({', '.join(['NULL'] * count)})" if count else ""
+            plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE planned{nulls}")
         finally:
             await tx.rollback()
     finally:

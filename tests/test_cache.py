@@ -24,6 +24,7 @@ from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.values import Job
 from jobkeeper.errors import JobNotFound
 from jobkeeper.manager import JobManager
+from jobkeeper.testing import data_layer
 from support import make_job
 
 TTL = 10.0
@@ -623,7 +624,7 @@ async def test_read_finishing_after_a_stored_cancel_is_refused(
         await JobManager.connect(database_url) as submitter,
         await JobManager.connect(database_url, feed_mode="poll", feed_interval=60.0) as manager,
     ):
-        repository = manager.repository
+        repository = data_layer(manager).jobs
         real_get = repository.get
         read_done = asyncio.Event()
         release = asyncio.Event()

@@ -13,14 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobkeeper import repository
 from jobkeeper.cache import JobCache
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.values import Job, Progress
 from jobkeeper.feed import ChangeFeed
 from jobkeeper.manager import JobManager
-from jobkeeper.repository import CHANNEL, JobRepository, _notification_payloads
+from jobkeeper.postgres import CHANNEL, Postgres, notify
+from jobkeeper.postgres.notify import CANCEL_REQUESTED, catch_up, encode, open_feed
 from jobkeeper.settings import asyncpg_dsn
+from jobkeeper.testing import data_layer
 from support import eventually, make_job, terminate_feeds
 
 DEADLINE = 10.0
@@ -28,7 +29,9 @@ DEADLINE = 10.0
 
 async def running_job(manager: JobManager, tenant: str) -> Job:
     job = await manager.submit(tenant, "feed.test", {})
-    return await manager.repository.transition(job.id, tenant, JobStatus.RUNNING, event="claimed")
+    return await data_layer(manager).jobs.transition(
+        job.id, tenant, JobStatus.RUNNING, event="claimed"
+    )
 
 
 async def test_a_change_on_one_manager_reaches_another(
@@ -56,10 +59,10 @@ async def test_lost_notifications_are_applied_by_the_catch_up_after_reconnect(
         reconnects = replica.feed_status().reconnects
 
         # three changes whose notifications never arrive (a writer that sends none)
-        silent = JobRepository.create(database_url, notify=False)
+        silent = Postgres.create(database_url, notify=False)
         try:
             for _ in range(3):
-                await silent.progress(job.id, tenant, _progress())
+                await silent.jobs.progress(job.id, tenant, _progress())
         finally:
             await silent.close()
         assert (await replica.get(job.id, tenant=tenant)).version == 2  # lost, as promised
@@ -78,10 +81,10 @@ async def test_cache_is_bypassed_while_the_feed_cannot_vouch(
     job_manager: JobManager, database_url: str, tenant: str
 ) -> None:
     now = [0.0]
-    repository = JobRepository.create(database_url, notify=False)
+    postgres = Postgres.create(database_url, notify=False)
     cache = JobCache(100, 3600)
     feed = ChangeFeed(
-        repository,
+        postgres.database,
         mode="poll",
         interval=3600,  # no catch-up during the test: only the clock decides
         max_jobs=100,
@@ -90,7 +93,7 @@ async def test_cache_is_bypassed_while_the_feed_cannot_vouch(
     )
     feed.subscribe(lambda job_id, version, _status: cache.invalidate(job_id, version))
     await feed.start()
-    async with JobManager(repository, cache, feed) as replica:
+    async with JobManager(postgres, cache, feed) as replica:
         job = await job_manager.submit(tenant, "feed.test", {})
         assert (await replica.get(job.id, tenant=tenant)).version == 1
         await job_manager.cancel(job.id, tenant=tenant)
@@ -136,9 +139,9 @@ async def test_batch_listeners_hear_notified_and_caught_up_changes_with_text_ids
             return heard(1, "queued")
 
         await eventually(notified, "the submit's notification")
-        quiet = JobRepository.create(database_url, notify=False)
+        quiet = Postgres.create(database_url, notify=False)
         try:
-            await quiet.cancel(job.id, tenant)  # no notification: only a catch-up finds it
+            await quiet.jobs.cancel(job.id, tenant)  # no notification: only a catch-up finds it
         finally:
             await quiet.close()
 
@@ -168,7 +171,7 @@ async def test_a_change_whose_notification_fails_is_committed_and_found_by_the_c
     async with await JobManager.connect(database_url, feed_interval=0.05) as replica:
         job = await job_manager.submit(tenant, "feed.test", {})
         assert (await replica.get(job.id, tenant=tenant)).version == 1
-        monkeypatch.setattr(repository, "_ANNOUNCE", "SELECT 1 / 0")
+        monkeypatch.setattr(notify, "_ANNOUNCE", "SELECT 1 / 0")
         cancelled = await job_manager.cancel(job.id, tenant=tenant)
         assert cancelled.status == JobStatus.CANCELLED
         monkeypatch.undo()
@@ -182,9 +185,9 @@ async def test_a_change_whose_notification_fails_is_committed_and_found_by_the_c
 async def test_a_manager_without_cache_hears_notifications_and_runs_no_catch_up(
     job_manager: JobManager, database_url: str, tenant: str
 ) -> None:
-    """A worker process's manager keeps no cache, so the catch-up (a read of every event since
-    the last one) would repair nothing: it only checks its connection."""
-    async with await JobManager.connect(database_url, cache_size=0, feed_interval=0.05) as bare:
+    """A worker process's manager (role "worker") keeps no cache, so the catch-up (a read of
+    every event since the last one) would repair nothing: it only checks its connection."""
+    async with await JobManager.connect(database_url, role="worker", feed_interval=0.05) as bare:
         heard: list[str] = []
         bare.subscribe_batches(lambda changes: heard.extend(c[0] for c in changes))
         job = await job_manager.submit(tenant, "feed.test", {})
@@ -202,7 +205,7 @@ async def test_a_manager_without_cache_hears_notifications_and_runs_no_catch_up(
         await eventually(checked_again, "a periodic connection check")
         status = bare.feed_status()
         assert status.catch_ups == 0 and status.connected and status.notifications >= 1
-    async with await JobManager.connect(database_url, cache_size=0, feed_mode="poll") as polling:
+    async with await JobManager.connect(database_url, role="worker", feed_mode="poll") as polling:
         assert polling.feed_status().catch_ups >= 1  # in poll mode it is the only path
 
 
@@ -217,9 +220,9 @@ async def test_one_statement_sends_one_notification_and_poll_mode_sends_none(
         payload = json.loads(await asyncio.wait_for(heard.get(), DEADLINE))
         assert payload == [[str(job.id), 1, "queued"]]
 
-        quiet = JobRepository.create(database_url, notify=False)
+        quiet = Postgres.create(database_url, notify=False)
         try:
-            await quiet.cancel(job.id, tenant)
+            await quiet.jobs.cancel(job.id, tenant)
         finally:
             await quiet.close()
         # a marker write through the notifying repository: the queue holds it and nothing before
@@ -259,7 +262,7 @@ async def test_catch_up_finds_a_slow_transaction_that_commits_after_a_newer_one(
 ) -> None:
     slow_job = await job_manager.submit(tenant, "feed.test", {})
     fast_job = await job_manager.submit(tenant, "feed.test", {})
-    feed = await job_manager.repository.open_feed(listen=None, on_lost=lambda: None)
+    feed = await open_feed(data_layer(job_manager).database, listen=None, on_lost=lambda: None)
     slow = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         cursor = await feed.horizon()
@@ -268,7 +271,7 @@ async def test_catch_up_finds_a_slow_transaction_that_commits_after_a_newer_one(
         await slow.fetchval("SELECT pg_current_xact_id()")  # takes its id before the fast one
         await job_manager.cancel(fast_job.id, tenant=tenant)  # commits first, with a later id
 
-        found = await job_manager.repository.catch_up(cursor, 100)
+        found = await catch_up(data_layer(job_manager).database, cursor, 100)
         assert (fast_job.id, 2) in found.changes
         cursor = found.cursor  # cannot pass the slow transaction, which is still running
 
@@ -279,7 +282,7 @@ async def test_catch_up_finds_a_slow_transaction_that_commits_after_a_newer_one(
             )
         )
         await tx.commit()
-        found = await job_manager.repository.catch_up(cursor, 100)
+        found = await catch_up(data_layer(job_manager).database, cursor, 100)
         assert (slow_job.id, 2) in found.changes
     finally:
         await slow.close()
@@ -289,14 +292,14 @@ async def test_catch_up_finds_a_slow_transaction_that_commits_after_a_newer_one(
 async def test_catch_up_reports_truncation_beyond_its_limit(
     job_manager: JobManager, tenant: str
 ) -> None:
-    feed = await job_manager.repository.open_feed(listen=None, on_lost=lambda: None)
+    feed = await open_feed(data_layer(job_manager).database, listen=None, on_lost=lambda: None)
     try:
         cursor = await feed.horizon()
         ids = [(await job_manager.submit(tenant, "feed.test", {})).id for _ in range(3)]
-        assert (await job_manager.repository.catch_up(cursor, 2)).truncated
+        assert (await catch_up(data_layer(job_manager).database, cursor, 2)).truncated
         # the horizon is cluster-wide: an open transaction anywhere can make the catch-up reach
         # back to earlier tests' changes, so "large enough" is far above these three
-        found = await job_manager.repository.catch_up(cursor, 100_000)
+        found = await catch_up(data_layer(job_manager).database, cursor, 100_000)
         assert not found.truncated
         assert {job_id for job_id, _ in found.changes} >= set(ids)
     finally:
@@ -336,7 +339,7 @@ def _progress() -> Progress:
         st.tuples(
             st.uuids(),
             st.integers(1, 2**63 - 1),
-            st.sampled_from([*(status.value for status in JobStatus), "expired"]),
+            st.sampled_from([*(status.value for status in JobStatus), "expired", CANCEL_REQUESTED]),
         ),
         max_size=400,
     )
@@ -344,7 +347,7 @@ def _progress() -> Progress:
 def test_notification_payloads_carry_every_change_within_the_size_limit(
     changes: list[tuple[UUID, int, str]],
 ) -> None:
-    payloads = _notification_payloads(changes)
+    payloads = encode(changes)
     assert all(len(p.encode()) <= 8000 for p in payloads)
     assert len(payloads) == -(-len(changes) // 90)  # as few as the fixed chunk allows
     entries = [entry for p in payloads for entry in json.loads(p)]

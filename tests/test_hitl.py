@@ -28,9 +28,9 @@ import pytest
 from jobkeeper.domain.status import TERMINAL_EVENTS, JobStatus
 from jobkeeper.domain.values import Job, JobEvent
 from jobkeeper.errors import InvalidAnswer, JobFinished, JobNotFound, NotWaitingForInput
+from jobkeeper.maintenance import Sweeper
 from jobkeeper.manager import JobManager
 from jobkeeper.settings import asyncpg_dsn
-from jobkeeper.sweeper import Sweeper
 from jobkeeper.worker import JobContext, TaskRegistry, Worker
 from support import terminate_feeds
 

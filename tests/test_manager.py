@@ -23,6 +23,7 @@ from jobkeeper import (
     JobStatus,
     TenantRequired,
 )
+from jobkeeper.testing import data_layer
 
 PAYLOAD: dict[str, Any] = {"name": "report", "tags": ["a", "b"], "opts": {"depth": [1, {"x": 2}]}}
 
@@ -35,7 +36,7 @@ async def make_job(manager: JobManager, tenant: str, **overrides: Any) -> Job:
 
 
 async def scalar(manager: JobManager, sql: str, *params: Any) -> Any:
-    async with manager.repository.connection() as conn:
+    async with data_layer(manager).database.connection() as conn:
         return await conn.fetchval(sql, *params)
 
 
@@ -48,7 +49,7 @@ async def table_counts(manager: JobManager) -> tuple[int, int]:
 
 async def move(manager: JobManager, job: Job, *targets: JobStatus) -> Job:
     for target in targets:
-        job = await manager.repository.transition(job.id, job.tenant, target, event="test")
+        job = await data_layer(manager).jobs.transition(job.id, job.tenant, target, event="test")
     return job
 
 
@@ -631,10 +632,10 @@ async def test_cache_counts_a_miss_then_a_hit(
 async def test_a_manager_without_cache_reads_postgres_and_hears_the_changes_workers_act_on(
     job_manager: JobManager, database_url: str, tenant: str
 ) -> None:
-    """``cache_size=0`` (what worker processes run): nothing is cached, nothing stale is served,
+    """``role="worker"`` (what worker processes run): nothing is cached, nothing stale is served,
     subscribers hear new work and cancel requests (not every change), and worker writes report
     what they changed."""
-    async with await JobManager.connect(database_url, cache_size=0) as bare:
+    async with await JobManager.connect(database_url, role="worker") as bare:
         heard: asyncio.Queue[tuple[UUID, int, str | None]] = asyncio.Queue()
         bare.subscribe(lambda job_id, version, status: heard.put_nowait((job_id, version, status)))
 
@@ -653,7 +654,7 @@ async def test_a_manager_without_cache_reads_postgres_and_hears_the_changes_work
         (lease,) = await job_manager.claim(uuid4(), kinds=["bare.run"], limit=1, lease_seconds=30)
         await job_manager.cancel(running.id, tenant=tenant)  # a cancel request: a worker acts
         assert await next_heard() == (running.id, 1, "queued")  # not the cancel of `job` before
-        assert await next_heard() == (running.id, 3, "running")  # not the claim (version 2)
+        assert await next_heard() == (running.id, 3, "cancel_requested")  # not the claim (v2)
         assert lease.job.version == 2
 
         other = await make_job(job_manager, tenant, kind="bare.job")

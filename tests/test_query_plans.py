@@ -3,62 +3,44 @@
 from __future__ import annotations
 
 import json
+import re
 
 import asyncpg
 import pytest
 
-from jobkeeper import repository as r
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.manager import JobManager
-from jobkeeper.repository import (
+from jobkeeper.postgres import jobs, leases, notify, retention
+from jobkeeper.postgres.compile import Sql
+from jobkeeper.postgres.jobs import _list_sql, _transition_sql
+from jobkeeper.postgres.leases import (
     _CLAIM,
     _COMPLETE,
     _COMPLETE_IDS,
     _HEARTBEAT,
     _RECOVER,
     _RELEASE,
-    _list_sql,
-    _transition_sql,
 )
 from jobkeeper.settings import asyncpg_dsn
+from jobkeeper.testing import data_layer
 from support import explain, index_names, node_types, seq_scanned
 
 ROWS = 20_000
-# every statement that reads or writes jobs, by name
+# every statement that reads or writes jobs, by module and name (found, so none is forgotten)
 JOB_STATEMENTS = {
     **{
-        name: getattr(r, name).text
-        for name in (
-            "_GET",
-            "_BY_KEY",
-            "_EVENTS",
-            "_INSERT",
-            "_INSERT_LIMITED",
-            "_CANCEL",
-            "_PROGRESS",
-            "_PROGRESS_FENCED",
-            "_CLAIM",
-            "_COMPLETE",
-            "_COMPLETE_IDS",
-            "_HEARTBEAT",
-            "_FAIL",
-            "_CANCELLED",
-            "_RELEASE",
-            "_ASK",
-            "_ANSWER",
-            "_CHECKPOINT",
-            "_TOMBSTONE",
-            "_RECOVER",
-            "_INPUT_TIMEOUTS",
-            "_CLEAR_PAYLOADS",
-            "_DUE_FOR_EXPIRY",
-            "_EXPIRE",
-            "_QUEUED_FOR",
-        )
+        f"{module.__name__.rsplit('.', 1)[1]}.{name}": value.text
+        for module in (jobs, leases, notify, retention)
+        for name, value in vars(module).items()
+        if isinstance(value, Sql) and re.search(r"\bjobs\b", value.text)
     },
     **{f"transition to {s.value}": _transition_sql(s).text for s in JobStatus},
-    **{f"pin {p}": r._PIN[p].text for p in (True, False)},
+    **{f"pin {p}": jobs._PIN[p].text for p in (True, False)},
 }
+
+
+def test_every_statement_is_checked() -> None:
+    assert len(JOB_STATEMENTS) >= 30, sorted(JOB_STATEMENTS)
 
 
 @pytest.fixture(scope="module")
@@ -129,5 +111,5 @@ async def test_no_statement_reads_the_jobs_table_whole(big_table: str, name: str
 
 
 async def test_the_pool_plans_each_statement_once(job_manager: JobManager) -> None:
-    async with job_manager.repository.connection() as conn:
+    async with data_layer(job_manager).database.connection() as conn:
         assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"

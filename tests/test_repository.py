@@ -1,4 +1,5 @@
-"""JobRepository against a real Postgres: the transition table, its refusals, and event history."""
+"""The data layer's job statements against a real Postgres: the transition table, its refusals,
+and event history."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from jobkeeper import (
     JobStatus,
 )
 from jobkeeper.domain.status import TERMINAL, TRANSITIONS, can_transition
-from jobkeeper.repository import JobRepository
+from jobkeeper.postgres.jobs import JobStatements
+from jobkeeper.testing import data_layer
 
 
 async def make_job(manager: JobManager, tenant: str, **overrides: Any) -> Job:
@@ -44,13 +46,13 @@ def path_to(target: JobStatus) -> list[JobStatus]:
     return paths[target]
 
 
-async def fetch(repo: JobRepository, job_id: UUID, tenant: str) -> Job:
+async def fetch(repo: JobStatements, job_id: UUID, tenant: str) -> Job:
     job = await repo.get(job_id, tenant)
     assert job is not None
     return job
 
 
-async def step(repo: JobRepository, job: Job, target: JobStatus, event: str) -> Job:
+async def step(repo: JobStatements, job: Job, target: JobStatus, event: str) -> Job:
     """A transition that must succeed: one version, one event with ``seq == version``."""
     before = await repo.events(job.id, job.tenant)
     moved = await repo.transition(job.id, job.tenant, target, event=event)
@@ -89,7 +91,7 @@ def test_every_status_is_reachable_from_queued() -> None:
 async def test_transition_matrix(
     job_manager: JobManager, tenant: str, source: JobStatus, target: JobStatus
 ) -> None:
-    repo = job_manager.repository
+    repo = data_layer(job_manager).jobs
     job = await make_job(job_manager, tenant)
     for status in path_to(source):
         job = await step(repo, job, status, event=f"to_{status.value}")
@@ -116,16 +118,18 @@ async def test_transition_matrix(
 async def test_transition_of_missing_job_is_not_found(job_manager: JobManager, tenant: str) -> None:
     missing = uuid4()
     with pytest.raises(JobNotFound) as caught:
-        await job_manager.repository.transition(missing, tenant, JobStatus.RUNNING, event="test")
+        await data_layer(job_manager).jobs.transition(
+            missing, tenant, JobStatus.RUNNING, event="test"
+        )
     assert caught.value.job_id == missing
     assert caught.value.code == "job_not_found"
-    assert await job_manager.repository.get(missing, tenant) is None
+    assert await data_layer(job_manager).jobs.get(missing, tenant) is None
 
 
 async def test_transition_of_other_tenants_job_is_not_found_and_changes_nothing(
     job_manager: JobManager, tenant: str
 ) -> None:
-    repo = job_manager.repository
+    repo = data_layer(job_manager).jobs
     job = await make_job(job_manager, tenant)
     events_before = await repo.events(job.id, tenant)
     for target in JobStatus:
@@ -140,7 +144,7 @@ async def test_transition_of_other_tenants_job_is_not_found_and_changes_nothing(
 async def test_concurrent_transitions_have_exactly_one_winner(
     job_manager: JobManager, tenant: str
 ) -> None:
-    repo = job_manager.repository
+    repo = data_layer(job_manager).jobs
     job = await make_job(job_manager, tenant)
     outcomes = await asyncio.gather(
         *(repo.transition(job.id, tenant, JobStatus.RUNNING, event="claimed") for _ in range(20)),
@@ -155,7 +159,7 @@ async def test_concurrent_transitions_have_exactly_one_winner(
 
 
 async def test_events_after_returns_only_later_events(job_manager: JobManager, tenant: str) -> None:
-    repo = job_manager.repository
+    repo = data_layer(job_manager).jobs
     job = await make_job(job_manager, tenant)
     job = await step(repo, job, JobStatus.RUNNING, event="started")
     job = await step(repo, job, JobStatus.SUCCEEDED, event="done")
@@ -172,7 +176,7 @@ def _assert_utc(value: datetime | None, what: str) -> None:
 
 
 async def test_all_returned_datetimes_are_aware_utc(job_manager: JobManager, tenant: str) -> None:
-    repo = job_manager.repository
+    repo = data_layer(job_manager).jobs
     tokyo = timezone(timedelta(hours=9))
     job = await make_job(
         job_manager, tenant, run_after=datetime(2030, 1, 1, 9, tzinfo=tokyo), idempotency_key="k"

@@ -30,16 +30,11 @@ from jobkeeper.api.auth import ApiKeys
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.values import Job
 from jobkeeper.errors import InvalidRequest, JobExpired, JobNotFound
+from jobkeeper.maintenance import ExpiryHooks, Retention, Sweeper, SweepReport
 from jobkeeper.manager import JobManager
-from jobkeeper.repository import (
-    _CLEAR_PAYLOADS,
-    _DUE_FOR_EXPIRY,
-    _PURGE_TOMBSTONES,
-    CHANNEL,
-    EXPIRED_VERSION,
-)
+from jobkeeper.postgres import CHANNEL, EXPIRED_VERSION
+from jobkeeper.postgres.retention import _CLEAR_PAYLOADS, _DUE_FOR_EXPIRY, _PURGE_TOMBSTONES
 from jobkeeper.settings import KindRetention, Settings, asyncpg_dsn, parse_duration
-from jobkeeper.sweeper import ExpiryHooks, Retention, Sweeper, SweepReport
 from support import explain, index_names
 
 T = TypeVar("T")
@@ -760,7 +755,7 @@ async def test_http_expired_job_is_a_404_problem_with_expired_at(
     job_manager: JobManager, database_url: str, tenant: str, db: asyncpg.Connection
 ) -> None:
     [job] = await succeeded(job_manager, tenant, _kind(), [{"h": 1}])
-    key = (await ApiKeys(job_manager.repository).create(tenant)).key
+    key = (await ApiKeys(job_manager).create(tenant)).key
     async with http_client(database_url, key) as client:
         assert (await client.get(f"/jobs/{job.id}")).status_code == 200
         await backdate(db, [job.id])
@@ -792,7 +787,7 @@ async def test_http_expired_job_is_a_404_problem_with_expired_at(
 
 async def test_http_pin_and_unpin(job_manager: JobManager, database_url: str, tenant: str) -> None:
     [job] = await succeeded(job_manager, tenant, _kind(), [{"h": 1}])
-    key = (await ApiKeys(job_manager.repository).create(tenant)).key
+    key = (await ApiKeys(job_manager).create(tenant)).key
     async with http_client(database_url, key) as client:
         pinned = await client.post(f"/jobs/{job.id}/pin")
         assert pinned.status_code == 200, pinned.text

@@ -29,6 +29,7 @@ from jobkeeper.domain.values import Job, JobEvent, Lease, Progress
 from jobkeeper.errors import InvalidRequest, JobFinished, PermanentFailure, QueueFull, Retry
 from jobkeeper.manager import JobManager
 from jobkeeper.settings import asyncpg_dsn
+from jobkeeper.testing import data_layer
 from jobkeeper.worker import JobContext, TaskRegistry, Worker
 
 DEADLINE = 15.0
@@ -155,7 +156,7 @@ def non_progress(types: Sequence[str]) -> list[str]:
 
 
 async def sql(manager: JobManager, query: str, *params: Any) -> list[Any]:
-    async with manager.repository.connection() as conn:
+    async with data_layer(manager).database.connection() as conn:
         return list(await conn.fetch(query, *params))
 
 
@@ -1299,11 +1300,11 @@ async def test_a_running_worker_is_registered_and_gone_after_stop(
     worker = make_worker(job_manager, tasks, [kind], concurrency=3)
 
     async def registered() -> bool:
-        return any(w.id == worker.id for w in await job_manager.repository.live_workers(60))
+        return any(w.id == worker.id for w in await job_manager.workers.live(60))
 
     async with running(worker) as (task,):
         await eventually(registered, "the worker to register")
-        (info,) = [w for w in await job_manager.repository.live_workers(60) if w.id == worker.id]
+        (info,) = [w for w in await job_manager.workers.live(60) if w.id == worker.id]
         assert info.pid == os.getpid() and info.host == socket.gethostname()
         assert info.kinds == (kind,) and info.concurrency == 3
         assert info.heartbeat_at >= info.started_at

@@ -29,11 +29,11 @@ from jobkeeper.domain.validate import validate_tenant
 from jobkeeper.domain.values import Job
 from jobkeeper.errors import JobkeeperError
 from jobkeeper.logs import configure_logging
+from jobkeeper.maintenance import Retention, Sweeper, SweepReport
 from jobkeeper.manager import JobManager
 from jobkeeper.metrics import Metrics
 from jobkeeper.migrate import upgrade
 from jobkeeper.settings import Settings
-from jobkeeper.sweeper import Retention, Sweeper, SweepReport
 from jobkeeper.worker import TaskRegistry, Worker
 
 T = TypeVar("T")
@@ -98,7 +98,7 @@ def _run(work: Coroutine[Any, Any, T]) -> T:
 
 async def _with_keys(action: Callable[[ApiKeys], Awaitable[T]]) -> T:
     async with await JobManager.from_settings(_settings()) as jobs:
-        return await action(ApiKeys(jobs.repository, cache_ttl=0))
+        return await action(ApiKeys(jobs, cache_ttl=0))
 
 
 @keys_app.command("create")
@@ -165,13 +165,7 @@ def sweep() -> None:
 
     async def once() -> SweepReport:
         async with await JobManager.from_settings(settings) as jobs:
-            sweeper = Sweeper(
-                jobs,
-                backoff_base=settings.backoff_base,
-                backoff_max=settings.backoff_max,
-                retention=Retention.from_settings(settings),
-            )
-            return await sweeper.sweep()
+            return await Sweeper.from_settings(jobs, settings).sweep()
 
     report = _run(once())
     if not report.swept:
@@ -323,8 +317,7 @@ async def _work(
     kinds: list[str] | None,
     metrics_port: int | None,
 ) -> None:
-    # a worker process serves no cached reads: no cache keeps its hot path to the queue's work
-    async with await JobManager.from_settings(settings, cache_size=0) as jobs:
+    async with await JobManager.from_settings(settings, role="worker") as jobs:
         refresher = None
         if metrics_port is not None:
             metrics = Metrics(jobs)

@@ -249,7 +249,7 @@ async def run_story(url: str, *, linger: bool) -> None:
     settings = Settings(database_url=url, auth="keys", sweep_interval=1.0)
     port = _free_port()
     async with await JobManager.from_settings(settings) as jobs:
-        key = (await ApiKeys(jobs.repository, cache_ttl=0).create(DEMO_TENANT, "demo")).key
+        key = (await ApiKeys(jobs, cache_ttl=0).create(DEMO_TENANT, "demo")).key
         worker = Worker(jobs, tasks, concurrency=4, backoff_base=0.5, backoff_max=2.0)
         working = asyncio.create_task(worker.run())
         server, serving = await _serve(create_app(settings), port)

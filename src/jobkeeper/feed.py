@@ -2,10 +2,11 @@
 
 Two paths, one rule (a change is applied as ``invalidate(job_id, version)``, which is idempotent):
 
-* **notify** (default): writers ``pg_notify`` in the same statement as each change; one dedicated
-  connection per process LISTENs, so changes arrive about a millisecond after commit.
+* **notify** (default): each writing process announces its changes right after they commit
+  (``postgres/notify.py`` owns the wire format); one dedicated connection per process LISTENs,
+  so changes arrive about a millisecond after commit.
 * **catch-up**: a query over ``job_events`` past a commit-order-safe cursor (see
-  ``repository._CATCH_UP``). It runs after every (re)connect, so changes committed while the
+  ``postgres/notify.py``). It runs after every (re)connect, so changes committed while the
   listener was away are never lost, and every ``interval`` seconds as a safety net and health
   check. In **poll** mode (for transaction-mode poolers, where LISTEN does not work) it is the
   only path, and writers send no notifications.
@@ -18,40 +19,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 from uuid import UUID
 
 import asyncpg
 
 from jobkeeper.errors import DatabaseUnavailable
-from jobkeeper.repository import CHANNEL, FeedConnection, JobRepository
+from jobkeeper.postgres import CHANNEL, Change, FeedConnection
+from jobkeeper.postgres.notify import catch_up, decode, open_feed
+from jobkeeper.postgres.pool import LINK_ERRORS, Database
 
 __all__ = ["BatchListener", "Change", "ChangeFeed", "ChangeListener", "FeedMode", "FeedStatus"]
 
 FeedMode = Literal["notify", "poll"]
 # called with (job_id, version, status); status is None when a catch-up found the change
 ChangeListener = Callable[[UUID, int, str | None], object]
-# The cheap form of a change, as the notification carries it: [job id as text, version, status]
-# (status None when a catch-up found it). A batch of these goes to a listener
-# that cares about few of many changes, unparsed any further, so it can pick out its own with
-# C-level set operations instead of a Python step per change (a worker hears the work of all).
-Change = Sequence[Any]
+# called with each batch of changes as notified (``Change``, job ids as text): the cheap form for
+# a listener that cares about few of many changes, which picks out its own with set operations
 BatchListener = Callable[[Sequence[Change]], object]
 log = logging.getLogger("jobkeeper.feed")
 
-_LINK_ERRORS = (
-    DatabaseUnavailable,
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-)
+# what ends a connection, or a round of the loop, without being a bug
+_LOST = (*LINK_ERRORS, DatabaseUnavailable, asyncpg.PostgresError)
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 5.0
 
@@ -74,7 +68,7 @@ class ChangeFeed:
 
     def __init__(
         self,
-        repository: JobRepository,
+        database: Database,
         *,
         mode: FeedMode,
         interval: float,
@@ -84,7 +78,7 @@ class ChangeFeed:
         catch_up: bool = True,
         channel: str = CHANNEL,
     ) -> None:
-        self._repository = repository
+        self._database = database
         self._channel = channel
         # without a cache to repair (notify mode, a worker process), listeners hear notifications
         # only; each has its own fallback (a worker polls, watch() re-reads), so the catch-up
@@ -185,7 +179,7 @@ class ChangeFeed:
                 await self._sleep(self._interval)
                 if self._conn is not None and not self._conn.is_closed():
                     await self._catch_up()
-            except _LINK_ERRORS as exc:
+            except _LOST as exc:
                 failures += 1
                 self._lost(exc, failures)
             except Exception as exc:  # a bug must not end the feed: the cache is bypassed meanwhile
@@ -205,8 +199,8 @@ class ChangeFeed:
 
     async def _connect(self) -> None:
         listen = self._on_payload if self._mode == "notify" else None
-        self._conn = await self._repository.open_feed(
-            listen=listen, on_lost=self._on_lost, channel=self._channel
+        self._conn = await open_feed(
+            self._database, listen=listen, on_lost=self._on_lost, channel=self._channel
         )
         if self._cursor is None:
             # the cache starts empty, so history before this point is not needed
@@ -223,7 +217,7 @@ class ChangeFeed:
         if not self._catches_up:
             self._synced_at = started
             return
-        found = await self._repository.catch_up(cursor, self._max_jobs)
+        found = await catch_up(self._database, cursor, self._max_jobs)
         if found.truncated:
             self._on_reset()  # more changed jobs than the cache holds: drop everything
         else:
@@ -231,7 +225,7 @@ class ChangeFeed:
                 self._changed(job_id, version, None)
             if self._batch_listeners and found.changes:
                 self._batch_changed(
-                    [(str(job_id), version, None) for job_id, version in found.changes]
+                    [Change(str(job_id), version, None) for job_id, version in found.changes]
                 )
         self._cursor = found.cursor
         self._synced_at = started
@@ -256,16 +250,17 @@ class ChangeFeed:
     def _on_payload(self, payload: str) -> None:
         self._notifications += 1
         try:
-            changes = json.loads(payload)
-            if not isinstance(changes, list):
-                raise TypeError("not a list")
-            self._batch_changed(changes)
-            if self._listeners:
-                for job_id, version, status in changes:
-                    self._changed(UUID(job_id), int(version), status)
-        except (ValueError, TypeError) as exc:
+            changes = decode(payload)
+            parsed = (
+                [(UUID(c.job_id), c.version, c.status) for c in changes] if self._listeners else []
+            )
+        except ValueError as exc:
             log.warning("ignoring malformed change notification %r: %s", payload[:200], exc)
             self._wake.set()  # a catch-up finds whatever it described
+            return
+        self._batch_changed(changes)
+        for job_id, version, status in parsed:
+            self._changed(job_id, version, status)
 
     def _on_lost(self) -> None:
         self._synced_at = None

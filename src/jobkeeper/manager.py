@@ -1,4 +1,4 @@
-"""``JobManager``: the facade over the Postgres repository and the hot cache.
+"""``JobManager``: the facade over Postgres and the hot cache, and the one way into the data layer.
 
 Writes commit to Postgres first and then store the committed row in the cache; reads try the cache,
 fall back to Postgres and warm the cache. Every argument is validated before any I/O, so bad input
@@ -12,10 +12,10 @@ import base64
 import binascii
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar
 from uuid import UUID
 
 from jobkeeper.cache import CacheStats, JobCache, Ticket
@@ -39,12 +39,18 @@ from jobkeeper.errors import (
     QueueFull,
 )
 from jobkeeper.feed import BatchListener, ChangeFeed, ChangeListener, FeedMode, FeedStatus
-from jobkeeper.repository import CHANNEL, WORK_CHANNEL, JobRepository
+from jobkeeper.postgres import CHANNEL, EXPIRED_VERSION, WORK_CHANNEL, Postgres
+from jobkeeper.postgres.keys import KeyStatements
+from jobkeeper.postgres.workers import WorkerStatements
 from jobkeeper.settings import Settings
 
-__all__ = ["Consistency", "JobManager"]
+__all__ = ["Consistency", "JobManager", "Role"]
 
 Consistency = Literal["cached", "strong"]
+# an API process keeps a cache in step with every change; a worker process keeps none and hears
+# only the changes workers act on (new work, cancel requests)
+Role = Literal["api", "worker"]
+_Written = TypeVar("_Written", Job | None, list[Job])
 MAX_PAGE = 500
 # An idempotent submit whose winning row vanishes (deleted by retention) between the conflicting
 # insert and the read is retried; more than this many rounds means something is deleting in a loop.
@@ -84,7 +90,7 @@ class JobManager:
 
     def __init__(
         self,
-        repository: JobRepository,
+        postgres: Postgres,
         cache: JobCache,
         feed: ChangeFeed,
         *,
@@ -92,7 +98,7 @@ class JobManager:
         max_queued_per_kind: int | None = None,
         queue_full_retry_after: float = 5.0,
     ) -> None:
-        self._repository = repository
+        self._pg = postgres
         self._cache = cache
         self._feed = feed
         self._max_queued = max_queued
@@ -105,6 +111,7 @@ class JobManager:
         cls,
         database_url: str,
         *,
+        role: Role = "api",
         cache_size: int = 10_000,
         cache_ttl: float = 30.0,
         pool_size: int = 10,
@@ -121,8 +128,12 @@ class JobManager:
         1 s with notify, where it is a safety net, and 0.25 s with poll, where it is the bound).
         ``max_queued`` (per tenant) and ``max_queued_per_kind`` bound the queue: ``submit`` then
         raises ``QueueFull`` with a ``retry_after`` hint of ``queue_full_retry_after`` seconds.
-        ``cache_size=0`` keeps no cache (every read goes to Postgres), as worker processes do.
+        ``role="worker"`` (what ``jobkeeper worker`` runs) keeps no cache and hears only the
+        changes workers act on; ``cache_size=0`` keeps no cache in an API process (every read
+        goes to Postgres).
         """
+        if role not in ("api", "worker"):
+            raise InvalidRequest("role", "'api' or 'worker'")
         if cache_size < 0 or cache_ttl <= 0:
             raise InvalidRequest("cache", "cache_size must be >= 0 and cache_ttl > 0")
         if feed_mode not in ("notify", "poll"):
@@ -134,31 +145,28 @@ class JobManager:
             if limit is not None and limit < 1:
                 raise InvalidRequest(name, "a positive integer or None")
         interval = feed_interval or (1.0 if feed_mode == "notify" else 0.25)
-        repository = JobRepository.create(
-            database_url, pool_size=pool_size, notify=feed_mode == "notify"
-        )
-        cache = JobCache(cache_size, cache_ttl)
+        postgres = Postgres.create(database_url, pool_size=pool_size, notify=feed_mode == "notify")
+        cache = JobCache(cache_size if role == "api" else 0, cache_ttl)
         feed = ChangeFeed(
-            repository,
+            postgres.database,
             mode=feed_mode,
             interval=interval,
             max_jobs=max(cache_size, _MIN_CATCH_UP),
             on_reset=cache.reset,
-            catch_up=cache.enabled,
-            # with no cache to keep in step, only the changes workers act on are heard
-            channel=CHANNEL if cache.enabled else WORK_CHANNEL,
+            catch_up=role == "api",
+            channel=CHANNEL if role == "api" else WORK_CHANNEL,
         )
         if cache.enabled:
             feed.subscribe(lambda job_id, version, _status: cache.invalidate(job_id, version))
         try:
-            await repository.ping()
+            await postgres.ping()
             await feed.start()
         except BaseException:
             await feed.close()
-            await repository.close()
+            await postgres.close()
             raise
         return cls(
-            repository,
+            postgres,
             cache,
             feed,
             max_queued=max_queued,
@@ -167,16 +175,14 @@ class JobManager:
         )
 
     @classmethod
-    async def from_settings(
-        cls, settings: Settings, *, cache_size: int | None = None
-    ) -> JobManager:
-        """``connect`` with everything taken from ``Settings`` (``JOBKEEPER_*`` variables), but
-        ``cache_size`` when given."""
+    async def from_settings(cls, settings: Settings, *, role: Role = "api") -> JobManager:
+        """``connect`` with everything taken from ``Settings`` (``JOBKEEPER_*`` variables)."""
         if not settings.database_url:
             raise InvalidRequest("database_url", "set JOBKEEPER_DATABASE_URL")
         return await cls.connect(
             settings.database_url,
-            cache_size=settings.cache_size if cache_size is None else cache_size,
+            role=role,
+            cache_size=settings.cache_size,
             cache_ttl=settings.cache_ttl,
             pool_size=settings.pool_size,
             feed_mode=settings.feed_mode,
@@ -200,11 +206,28 @@ class JobManager:
     async def close(self) -> None:
         """Stop the change feed and close every database connection of this manager."""
         await self._feed.close()
-        await self._repository.close()
+        await self._pg.close()
+
+    # --- services that do not touch jobs -----------------------------------------------------
 
     @property
-    def repository(self) -> JobRepository:
-        return self._repository
+    def keys(self) -> KeyStatements:
+        """API keys (stored by hash): ``create``, ``tenant_for``, ``revoke``, ``list``."""
+        return self._pg.keys
+
+    @property
+    def workers(self) -> WorkerStatements:
+        """The registry of worker processes: ``register``, ``heartbeat``, ``unregister``,
+        ``live``, ``prune``."""
+        return self._pg.workers
+
+    async def ping(self) -> None:
+        """``DatabaseUnavailable`` unless Postgres answers, ``SchemaMissing`` without the schema."""
+        await self._pg.ping()
+
+    async def queue_depth(self) -> dict[str, int]:
+        """How many jobs are queued, running and waiting for input (all tenants)."""
+        return await self._pg.jobs.queue_depth()
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -267,7 +290,7 @@ class JobManager:
         )
         for _ in range(_SUBMIT_ROUNDS):
             ticket = self._cache.ticket()
-            job = await self._repository.insert(
+            job = await self._pg.jobs.insert(
                 new, max_queued=self._max_queued, max_queued_per_kind=self._max_queued_per_kind
             )
             if job is not None:
@@ -275,11 +298,9 @@ class JobManager:
                 return job, True
             found = None
             if new.idempotency_key is not None:
-                found = await self._repository.find_by_idempotency_key(
-                    new.tenant, new.idempotency_key
-                )
+                found = await self._pg.jobs.find_by_idempotency_key(new.tenant, new.idempotency_key)
                 if found is None:
-                    expired = await self._repository.expired_key(new.tenant, new.idempotency_key)
+                    expired = await self._pg.jobs.expired_key(new.tenant, new.idempotency_key)
                     if expired is not None:
                         raise expired
             if found is None:
@@ -297,7 +318,7 @@ class JobManager:
         """Which limit refused the job: the tenant's, unless only the kind's is reached."""
         if self._max_queued is not None and (
             self._max_queued_per_kind is None
-            or await self._repository.queued_for(new.tenant) >= self._max_queued
+            or await self._pg.jobs.queued_for(new.tenant) >= self._max_queued
         ):
             return QueueFull(new.tenant, self._max_queued, self._retry_after)
         assert self._max_queued_per_kind is not None
@@ -308,11 +329,22 @@ class JobManager:
         ``cancel_requested`` so its worker stops it. Raises ``JobFinished`` if already terminal."""
         job_id, tenant = parse_job_id(job_id), validate_tenant(tenant)
         ticket = self._cache.ticket()
-        job, _ = await self._repository.cancel(job_id, tenant)
+        job, _ = await self._pg.jobs.cancel(job_id, tenant)
         self._remember((job,), ticket, "cancelled")
         return job
 
     # --- for workers: fenced writes (the lease token must match) ------------------------------
+
+    async def _recorded(self, operation: str, write: Awaitable[_Written]) -> _Written:
+        """Run ``write`` (not started yet) with a cache ticket taken before it, then remember
+        what it changed: the one path of every job write that returns rows."""
+        ticket = self._cache.ticket()
+        result = await write
+        if isinstance(result, list):
+            self._remember(result, ticket, operation)
+        elif result is not None:
+            self._remember((result,), ticket, operation)
+        return result
 
     def _remember(self, changed: Iterable[Job], ticket: Ticket, operation: str) -> None:
         """Every write of this process ends here: cache the committed rows, tell observers."""
@@ -331,26 +363,21 @@ class JobManager:
     ) -> list[Lease]:
         """Claim up to ``limit`` runnable jobs (``FOR UPDATE SKIP LOCKED``), each with a lease."""
         ticket = self._cache.ticket()
-        leases = await self._repository.claim(
+        leases = await self._pg.leases.claim(
             worker_id, kinds=kinds, limit=limit, lease_seconds=lease_seconds
         )
-        self._remember((lease.job for lease in leases), ticket, "claimed")
+        self._remember([lease.job for lease in leases], ticket, "claimed")
         return leases
 
     async def renew_leases(
         self, leases: Sequence[tuple[UUID, UUID]], lease_seconds: float
     ) -> dict[UUID, bool]:
         """Extend held leases; ``{job_id: cancel_requested}`` for those still held."""
-        return await self._repository.heartbeat(leases, lease_seconds)
+        return await self._pg.leases.heartbeat(leases, lease_seconds)
 
     async def report_progress(self, lease: Lease, progress: Progress) -> Job | None:
         """A worker's progress report; ``None`` if it no longer holds the lease."""
-        ticket = self._cache.ticket()
-        job = await self._repository.progress(
-            lease.job.id, lease.job.tenant, progress, token=lease.token
-        )
-        self._remember((job,) if job else (), ticket, "progress")
-        return job
+        return await self._recorded("progress", self._pg.leases.progress(lease, progress))
 
     async def mark_succeeded(
         self, done: Sequence[tuple[Lease, str, Progress | None]]
@@ -362,10 +389,8 @@ class JobManager:
         has neither and is spared decoding them."""
         completions = [(lease.job.id, lease.token, result, last) for lease, result, last in done]
         if not (self._cache.enabled or self._observers):
-            return await self._repository.complete_ids(completions)
-        ticket = self._cache.ticket()
-        changed = await self._repository.complete(completions)
-        self._remember(changed, ticket, "succeeded")
+            return await self._pg.leases.complete_ids(completions)
+        changed = await self._recorded("succeeded", self._pg.leases.complete(completions))
         return [job.id for job in changed]
 
     async def mark_failed(
@@ -379,67 +404,96 @@ class JobManager:
         backoff_max: float,
     ) -> Job | None:
         """Record a failure: retried with backoff, failed, or cancelled if that was asked."""
-        ticket = self._cache.ticket()
-        job = await self._repository.fail(
-            lease.job.id,
-            lease.token,
+        failed = self._pg.leases.fail(
+            lease,
             error=error,
             retryable=retryable,
             delay=delay,
             backoff_base=backoff_base,
             backoff_max=backoff_max,
         )
-        self._remember((job,) if job else (), ticket, "failed")
-        return job
+        return await self._recorded("failed", failed)
 
     async def mark_cancelled(self, lease: Lease) -> Job | None:
         """The handler stopped on a cancel request; ``None`` if the lease was lost."""
-        ticket = self._cache.ticket()
-        job = await self._repository.mark_cancelled(lease.job.id, lease.token)
-        self._remember((job,) if job else (), ticket, "cancelled")
-        return job
+        return await self._recorded("cancelled", self._pg.leases.mark_cancelled(lease))
 
     async def release(self, leases: Sequence[Lease]) -> list[Job]:
         """Give leases back so other workers run the jobs (graceful shutdown)."""
-        ticket = self._cache.ticket()
-        changed = await self._repository.release([(lease.job.id, lease.token) for lease in leases])
-        self._remember(changed, ticket, "released")
-        return changed
+        return await self._recorded("released", self._pg.leases.release(leases))
 
     async def recover_expired(
         self, *, limit: int = 100, backoff_base: float = 1.0, backoff_max: float = 300.0
     ) -> list[Job]:
         """Re-queue or fail jobs whose lease expired (a dead or cut-off worker's jobs)."""
-        ticket = self._cache.ticket()
-        changed = await self._repository.recover_expired(
+        recovered = self._pg.leases.recover_expired(
             limit=limit, backoff_base=backoff_base, backoff_max=backoff_max
         )
-        self._remember(changed, ticket, "recovered")
-        return changed
+        return await self._recorded("recovered", recovered)
 
     async def ask(self, lease: Lease, prompt: Mapping[str, Any]) -> Job | None:
         """Park the job until a person answers (a worker's ``ctx.ask``); ``None``: the lease is
         gone or cancel was requested."""
-        ticket = self._cache.ticket()
-        job = await self._repository.ask(
-            lease.job.id, lease.token, encode_json("prompt", prompt), prompt.get("timeout")
-        )
-        self._remember((job,) if job else (), ticket, "asked")
-        return job
+        asked = self._pg.leases.ask(lease, encode_json("prompt", prompt), prompt.get("timeout"))
+        return await self._recorded("asked", asked)
 
     async def checkpoint(self, lease: Lease, key: str, result_json: str) -> Job | None:
         """Keep a side effect's result under ``key``; ``None``: the lease is gone."""
-        ticket = self._cache.ticket()
-        job = await self._repository.checkpoint(lease.job.id, lease.token, key, result_json)
-        self._remember((job,) if job else (), ticket, "checkpoint")
-        return job
+        kept = self._pg.leases.checkpoint(lease, key, result_json)
+        return await self._recorded("checkpoint", kept)
 
     async def expire_input_deadlines(self, *, limit: int = 100) -> list[Job]:
         """Apply each overdue question's ``on_timeout`` (fail, cancel or default answer)."""
-        ticket = self._cache.ticket()
-        changed = await self._repository.expire_input_deadlines(limit=limit)
-        self._remember(changed, ticket, "input_timeout")
-        return changed
+        return await self._recorded(
+            "input_timeout", self._pg.jobs.expire_input_deadlines(limit=limit)
+        )
+
+    # --- retention (the sweeper's) -------------------------------------------------------------
+
+    def sweep_lock(self) -> contextlib.AbstractAsyncContextManager[bool]:
+        """Hold the sweeper lock for the block if no other process does; yields whether held."""
+        return self._pg.retention.sweep_lock()
+
+    async def clear_payloads(
+        self, *, ttl: float, kinds: Sequence[str] | None, other_kinds: Sequence[str], limit: int
+    ) -> list[Job]:
+        """Clear the input of up to ``limit`` unpinned jobs finished ``ttl`` seconds ago (of
+        ``kinds``, or of any kind but ``other_kinds``)."""
+        cleared = self._pg.retention.clear_payloads(
+            ttl=ttl, kinds=kinds, other_kinds=other_kinds, limit=limit
+        )
+        return await self._recorded("payload_cleared", cleared)
+
+    async def due_for_expiry(
+        self,
+        *,
+        ttl: float,
+        kinds: Sequence[str] | None,
+        other_kinds: Sequence[str],
+        skip: Sequence[UUID],
+        limit: int,
+    ) -> list[Job]:
+        """Up to ``limit`` unpinned jobs finished ``ttl`` seconds ago, oldest first, not ``skip``
+        (jobs whose hooks failed this pass)."""
+        return await self._pg.retention.due_for_expiry(
+            ttl=ttl, kinds=kinds, other_kinds=other_kinds, skip=skip, limit=limit
+        )
+
+    async def expire(self, due: Sequence[Job]) -> list[UUID]:
+        """Delete these jobs (finished and unpinned still) with their history, keeping tombstones;
+        returns the ids deleted. This process's cache drops them at once, other processes' caches
+        when the change feed tells them, and observers hear ``expired``."""
+        gone = set(await self._pg.retention.expire([job.id for job in due]))
+        for job in due:
+            if job.id in gone:
+                self._cache.invalidate(job.id, EXPIRED_VERSION)
+                for observer in self._observers:
+                    observer("expired", job)
+        return [job.id for job in due if job.id in gone]
+
+    async def purge_tombstones(self, *, ttl: float, limit: int) -> int:
+        """Forget up to ``limit`` jobs expired ``ttl`` seconds ago (their ids answer not found)."""
+        return await self._pg.retention.purge_tombstones(ttl=ttl, limit=limit)
 
     async def pin(self, job_id: UUID | str, *, tenant: str) -> Job:
         """Exempt the job from retention (its input, row and history are kept)."""
@@ -451,11 +505,9 @@ class JobManager:
 
     async def _set_pinned(self, job_id: UUID | str, tenant: str, pinned: bool) -> Job:
         job_id, tenant = parse_job_id(job_id), validate_tenant(tenant)
-        ticket = self._cache.ticket()
-        job = await self._repository.set_pinned(job_id, tenant, pinned)
+        job = await self._recorded("pinned", self._pg.jobs.set_pinned(job_id, tenant, pinned))
         if job is None:  # already so (or gone)
             return await self.get(job_id, tenant=tenant, consistency="strong")
-        self._remember((job,), ticket, "pinned")
         return job
 
     # --- human in the loop -------------------------------------------------------------------
@@ -480,9 +532,9 @@ class JobManager:
         job_id, tenant = parse_job_id(job_id), validate_tenant(tenant)
         answered_by = optional_text("answered_by", answered_by)
         question_key = optional_text("question_key", question_key)
-        current = await self._repository.get(job_id, tenant)
+        current = await self._pg.jobs.get(job_id, tenant)
         if current is None:  # before judging the answer: another tenant's job is simply not found
-            raise await self._repository.missing(job_id, tenant)
+            raise await self._pg.jobs.missing(job_id, tenant)
         try:
             answer_json = encode_json("answer", answer)
         except InvalidRequest as exc:
@@ -493,14 +545,13 @@ class JobManager:
             problems = answer_problems(current.prompt, answer)
             if problems:
                 raise InvalidAnswer(job_id, problems)
-            ticket = self._cache.ticket()
-            job = await self._repository.answer(job_id, tenant, key, answer_json, answered_by)
+            answered = self._pg.jobs.answer(job_id, tenant, key, answer_json, answered_by)
+            job = await self._recorded("answered", answered)
             if job is not None:
-                self._remember((job,), ticket, "answered")
                 return job
-            current = await self._repository.get(job_id, tenant)  # lost a race: to whom?
+            current = await self._pg.jobs.get(job_id, tenant)  # lost a race: to whom?
             if current is None:
-                raise await self._repository.missing(job_id, tenant)
+                raise await self._pg.jobs.missing(job_id, tenant)
         if _answered_with(current, key, answer_json):  # a retry of the accepted answer
             return current
         raise NotWaitingForInput(job_id, current.status.value, question_key)
@@ -564,9 +615,9 @@ class JobManager:
         elif consistency not in ("cached", "strong"):
             raise InvalidRequest("consistency", "'cached' or 'strong'")
         ticket = self._cache.ticket()
-        job = await self._repository.get(job_id, tenant)
+        job = await self._pg.jobs.get(job_id, tenant)
         if job is None:
-            raise await self._repository.missing(job_id, tenant)
+            raise await self._pg.jobs.missing(job_id, tenant)
         self._cache.store(job, ticket)
         return job
 
@@ -592,7 +643,7 @@ class JobManager:
             raise InvalidRequest("limit", f"an integer from 1 to {MAX_PAGE} is required")
         before = None if cursor is None else _decode_cursor(cursor)
         ticket = self._cache.ticket()
-        rows = await self._repository.list_jobs(
+        rows = await self._pg.jobs.list_jobs(
             tenant, status=status, kind=kind, limit=limit + 1, before=before
         )
         items = tuple(rows[:limit])
@@ -608,7 +659,7 @@ class JobManager:
         job_id, tenant = parse_job_id(job_id), validate_tenant(tenant)
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise InvalidRequest("after", "a non-negative integer is required")
-        history = await self._repository.events(job_id, tenant, after=after)
+        history = await self._pg.jobs.events(job_id, tenant, after=after)
         if not history:
             await self.get(job_id, tenant=tenant)  # raises JobNotFound for a missing job
         return tuple(history)

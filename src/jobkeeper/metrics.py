@@ -15,8 +15,8 @@ from prometheus_client.registry import Collector
 
 from jobkeeper.domain.status import TERMINAL, JobStatus
 from jobkeeper.domain.values import Job
+from jobkeeper.maintenance import SweepReport
 from jobkeeper.manager import JobManager
-from jobkeeper.sweeper import SweepReport
 
 __all__ = ["Metrics"]
 
@@ -56,7 +56,7 @@ class Metrics:
         self.swept = Counter(
             "jobkeeper_sweeper_actions_total",
             "What the sweeper did: leases recovered, questions timed out, payloads cleared, "
-            "jobs expired, hook failures, tombstones purged.",
+            "jobs expired, hook failures, tombstones purged, workers pruned.",
             ["action"],
             registry=self.registry,
         )
@@ -85,6 +85,7 @@ class Metrics:
             "jobs_expired",
             "hook_failures",
             "tombstones_purged",
+            "workers_pruned",
         ):
             count = getattr(report, action)
             if count:
@@ -92,8 +93,8 @@ class Metrics:
 
     async def refresh(self) -> None:
         """Read the shared gauges (queue depth, live workers) from Postgres."""
-        self._depth = await self._jobs.repository.queue_depth()
-        self._live_workers = len(await self._jobs.repository.live_workers(LIVE_WORKER_SECONDS))
+        self._depth = await self._jobs.queue_depth()
+        self._live_workers = len(await self._jobs.workers.live(LIVE_WORKER_SECONDS))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

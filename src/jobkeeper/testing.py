@@ -25,10 +25,12 @@ import pytest
 from jobkeeper.embedded import EmbeddedPostgres, default_data_dir
 from jobkeeper.manager import JobManager
 from jobkeeper.migrate import upgrade
+from jobkeeper.postgres import Postgres
 from jobkeeper.settings import asyncpg_dsn
 
 __all__ = [
     "create_database",
+    "data_layer",
     "database_url",
     "drop_database",
     "job_manager",
@@ -54,6 +56,13 @@ def _migrations_hash() -> str:
         if entry.name.endswith(".py"):
             digest.update(entry.name.encode() + entry.read_bytes())
     return digest.hexdigest()[:12]
+
+
+def data_layer(manager: JobManager) -> Postgres:
+    """The manager's own data layer, for tests that reach under the facade: ad-hoc SQL on its
+    pool (``.database.connection()``), forcing a status (``.jobs.transition``), or wrapping a
+    statement to hold it back. Applications never need it."""
+    return manager._pg
 
 
 async def _admin(url: str) -> asyncpg.Connection:

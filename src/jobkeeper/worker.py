@@ -62,8 +62,8 @@ from jobkeeper.errors import (
 )
 from jobkeeper.feed import Change
 from jobkeeper.logs import job_id_var
+from jobkeeper.maintenance import ExpiryHook, ExpiryHooks, Retention, Sweeper
 from jobkeeper.manager import JobManager
-from jobkeeper.sweeper import ExpiryHook, ExpiryHooks, Retention, Sweeper
 
 __all__ = ["JobContext", "Task", "TaskRegistry", "Worker"]
 
@@ -359,8 +359,7 @@ class Worker:
     async def run(self) -> None:
         """Work until ``stop()``; then drain, release leftover leases and deregister."""
         self._loop = asyncio.get_running_loop()
-        repository = self._jobs.repository
-        await repository.register_worker(
+        await self._jobs.workers.register(
             self.id,
             host=socket.gethostname(),
             pid=os.getpid(),
@@ -387,7 +386,7 @@ class Worker:
             await asyncio.gather(*side, return_exceptions=True)
             self._executor.shutdown(wait=False, cancel_futures=True)
             with contextlib.suppress(DatabaseUnavailable):
-                await repository.unregister_worker(self.id)
+                await self._jobs.workers.unregister(self.id)
             log.info("worker %s stopped", self.id)
 
     def stop(self) -> None:
@@ -656,7 +655,6 @@ class Worker:
     # --- leases ------------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        repository = self._jobs.repository
         while True:
             await asyncio.sleep(self._heartbeat_interval)
             running = list(self._running.values())
@@ -664,7 +662,7 @@ class Worker:
                 held = await self._jobs.renew_leases(
                     [(r.ctx.job.id, r.ctx.lease.token) for r in running], self._lease_seconds
                 )
-                await repository.worker_heartbeat(self.id)
+                await self._jobs.workers.heartbeat(self.id)
             except DatabaseUnavailable as exc:
                 log.warning("heartbeat failed (%s); leases expire if this lasts", exc)
                 continue

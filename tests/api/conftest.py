@@ -32,7 +32,7 @@ async def shared_app(database_url: str) -> AsyncIterator[Served]:
 @pytest.fixture
 async def api_key(job_manager: JobManager, tenant: str) -> str:
     """A fresh API key of this test's tenant."""
-    return (await ApiKeys(job_manager.repository).create(tenant)).key
+    return (await ApiKeys(job_manager).create(tenant)).key
 
 
 @pytest.fixture

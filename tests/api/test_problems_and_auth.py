@@ -122,7 +122,7 @@ async def test_requests_without_a_valid_key_are_401(
 async def test_a_revoked_key_is_401(
     database_url: str, job_manager: JobManager, tenant: str
 ) -> None:
-    keys = ApiKeys(job_manager.repository)
+    keys = ApiKeys(job_manager)
     revoked, used_then_revoked = await keys.create(tenant), await keys.create(tenant)
     assert await keys.revoke(revoked.prefix)
     app = create_app(make_settings(database_url, key_cache_ttl=0))

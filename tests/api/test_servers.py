@@ -76,7 +76,7 @@ async def status_on(
 async def test_one_server_process_smoke(
     processes: Processes, job_manager: JobManager, tenant: str
 ) -> None:
-    key = (await ApiKeys(job_manager.repository).create(tenant)).key
+    key = (await ApiKeys(job_manager).create(tenant)).key
     base = await processes.serve("api")
     async with client(base, key) as http:
         submitted = await http.post("/jobs", json={"kind": IDLE_KIND, "payload": {"n": 1}})
@@ -108,7 +108,7 @@ async def test_one_server_process_smoke(
 async def test_events_stream_live_over_tcp_and_resume_after_a_hang_up(
     processes: Processes, job_manager: JobManager, tenant: str
 ) -> None:
-    key = (await ApiKeys(job_manager.repository).create(tenant)).key
+    key = (await ApiKeys(job_manager).create(tenant)).key
     base = await processes.serve("api")
     async with client(base, key) as http:
         job = (
@@ -138,7 +138,7 @@ async def test_events_stream_live_over_tcp_and_resume_after_a_hang_up(
 async def test_two_replicas_and_a_worker_process_share_one_database(
     processes: Processes, job_manager: JobManager, tenant: str
 ) -> None:
-    key = (await ApiKeys(job_manager.repository).create(tenant)).key
+    key = (await ApiKeys(job_manager).create(tenant)).key
     processes.start(
         "worker", "worker", "jobkeeper.demo:tasks", "--kind", "demo.sleep", "--kind", "demo.ask"
     )

@@ -93,7 +93,7 @@ async def test_a_tenant_sees_nothing_of_another_tenants_job(
 ) -> None:
     tenant_a = f"iso-{uuid.uuid4().hex[:10]}"
     tenant_b = NEAR_MISSES[near_miss](tenant_a)
-    keys = ApiKeys(job_manager.repository)
+    keys = ApiKeys(job_manager)
     key_a, key_b = await keys.create(tenant_a), await keys.create(tenant_b)
     job_id = await make_job(job_manager, tenant_b, state)
     before = await job_manager.get(job_id, tenant=tenant_b, consistency="strong")

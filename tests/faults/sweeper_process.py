@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from jobkeeper.domain.values import Job
+from jobkeeper.maintenance import ExpiryHooks, Retention, Sweeper
 from jobkeeper.manager import JobManager
-from jobkeeper.sweeper import ExpiryHooks, Retention, Sweeper
 
 DAY = 86_400.0
 RETENTION = Retention(payload_ttl=DAY, job_ttl=DAY, tombstone_ttl=DAY)
@@ -45,7 +45,7 @@ async def loop(url: str, kind: str, seconds: float, go: Path, ready: Path) -> di
             hooked.append(str(job.id))
 
         window: list[int] = []
-        take_lock = manager.repository.sweep_lock
+        take_lock = manager.sweep_lock
 
         @asynccontextmanager
         async def observed_lock() -> AsyncIterator[bool]:
@@ -58,7 +58,7 @@ async def loop(url: str, kind: str, seconds: float, go: Path, ready: Path) -> di
                     if held:
                         window.append(time.monotonic_ns())
 
-        manager.repository.sweep_lock = observed_lock  # type: ignore[method-assign]
+        manager.sweep_lock = observed_lock  # type: ignore[method-assign]
         sweeper = Sweeper(manager, retention=RETENTION, hooks=hooks)
         await asyncio.to_thread(ready.write_text, "ready")
         give_up = time.monotonic() + WAIT_FOR_GO
@@ -88,7 +88,7 @@ async def once(url: str) -> dict[str, Any]:
 
 async def hold(url: str, ready: Path) -> None:
     manager = await JobManager.connect(url, pool_size=2)
-    async with manager, manager.repository.sweep_lock() as held:
+    async with manager, manager.sweep_lock() as held:
         await asyncio.to_thread(ready.write_text, json.dumps({"held": held}))
         await asyncio.sleep(300)  # until killed
 

@@ -24,9 +24,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from jobkeeper.maintenance import Sweeper
 from jobkeeper.manager import JobManager
 from jobkeeper.settings import asyncpg_dsn
-from jobkeeper.sweeper import Sweeper
 
 ROOT = Path(__file__).parents[2]
 SCRIPT = Path(__file__).with_name("sweeper_process.py")
@@ -199,7 +199,7 @@ async def test_concurrent_processes_never_sweep_at_the_same_time(
 async def test_a_held_lock_makes_another_process_skip_its_sweep(
     job_manager: JobManager, database_url: str, processes: Processes
 ) -> None:
-    async with job_manager.repository.sweep_lock() as held:
+    async with job_manager.sweep_lock() as held:
         assert held
         report = await sweep_once(processes)
         assert report["swept"] is False
@@ -220,7 +220,7 @@ async def test_a_killed_holder_frees_the_lock(
     sweeper = Sweeper(job_manager)
     assert (await sweeper.sweep()).swept is False
     assert await advisory_locks(database_url) == 1
-    async with job_manager.repository.sweep_lock() as held:
+    async with job_manager.sweep_lock() as held:
         assert not held
 
     holder.send_signal(signal.SIGKILL)

@@ -20,6 +20,7 @@ import pytest
 from jobkeeper.errors import DatabaseUnavailable
 from jobkeeper.manager import JobManager
 from jobkeeper.settings import asyncpg_dsn
+from jobkeeper.testing import data_layer
 from support import killed_while_waiting, terminate_waiting
 
 from .support import Workers, until
@@ -49,10 +50,10 @@ async def locker(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 async def test_a_statement_whose_backend_is_terminated_raises_database_unavailable(
     job_manager: JobManager, admin: asyncpg.Connection
 ) -> None:
-    repository = job_manager.repository
+    postgres = data_layer(job_manager)
 
     async def sleep() -> None:
-        async with repository.connection() as conn:
+        async with postgres.database.connection() as conn:
             await conn.fetchval("SELECT pg_sleep(30)")
 
     task = asyncio.ensure_future(sleep())
@@ -65,7 +66,7 @@ async def test_a_statement_whose_backend_is_terminated_raises_database_unavailab
     )
     with pytest.raises(DatabaseUnavailable):
         await asyncio.wait_for(task, 30)
-    await repository.ping()  # the pool recovered
+    await postgres.ping()  # the pool recovered
 
 
 async def test_a_claim_behind_a_table_lock_whose_backend_is_terminated_raises_database_unavailable(

@@ -18,6 +18,7 @@ from uuid import UUID
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.values import Progress
 from jobkeeper.manager import JobManager
+from jobkeeper.testing import data_layer
 
 
 async def write(
@@ -26,7 +27,7 @@ async def write(
     feed_mode = cast(Literal["notify", "poll"], mode)
     commits: list[tuple[int, int, int]] = []
     async with await JobManager.connect(url, feed_mode=feed_mode) as jobs:
-        repo = jobs.repository
+        repo = data_layer(jobs).jobs
         for i, job_id in enumerate(ids):
             job = await repo.transition(job_id, tenant, JobStatus.RUNNING, event="claimed")
             commits.append((i, job.version, time.monotonic_ns()))

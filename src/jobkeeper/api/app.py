@@ -22,10 +22,10 @@ from jobkeeper.api.deps import Services
 from jobkeeper.api.middleware import BodyLimit, RequestContext
 from jobkeeper.api.problems import install
 from jobkeeper.api.routes import health_router, jobs_router
+from jobkeeper.maintenance import ExpiryHooks, Sweeper
 from jobkeeper.manager import JobManager
 from jobkeeper.metrics import Metrics
 from jobkeeper.settings import Settings
-from jobkeeper.sweeper import ExpiryHooks, Retention, Sweeper
 
 __all__ = ["create_app", "lifespan"]
 
@@ -57,22 +57,14 @@ def lifespan(settings: Settings | None = None, *, hooks: ExpiryHooks | None = No
             )
         jobs = await JobManager.from_settings(config)
         metrics = Metrics(jobs)
-        sweeper = Sweeper(
-            jobs,
-            interval=config.sweep_interval,
-            backoff_base=config.backoff_base,
-            backoff_max=config.backoff_max,
-            retention=Retention.from_settings(config),
-            hooks=hooks,
-            on_report=metrics.record_sweep,
-        )
+        sweeper = Sweeper.from_settings(jobs, config, hooks=hooks, on_report=metrics.record_sweep)
         background = [
             asyncio.create_task(sweeper.run(), name="jobkeeper-sweeper"),
             asyncio.create_task(
                 _every(CACHE_CLEANUP_SECONDS, jobs.cleanup_expired), name="jobkeeper-cache-cleanup"
             ),
         ]
-        keys = ApiKeys(jobs.repository, cache_ttl=config.key_cache_ttl)
+        keys = ApiKeys(jobs, cache_ttl=config.key_cache_ttl)
         try:
             yield {"jobkeeper": Services(settings=config, jobs=jobs, keys=keys, metrics=metrics)}
         finally:

@@ -17,7 +17,7 @@ from typing import Any
 from cachetools import TTLCache
 
 from jobkeeper.api.problems import ApiProblem
-from jobkeeper.repository import JobRepository
+from jobkeeper.manager import JobManager
 
 __all__ = ["ApiKeys", "NewKey", "hash_key"]
 
@@ -41,8 +41,8 @@ class NewKey:
 class ApiKeys:
     """Creates, revokes and verifies API keys."""
 
-    def __init__(self, repository: JobRepository, *, cache_ttl: float = 10.0) -> None:
-        self._repository = repository
+    def __init__(self, jobs: JobManager, *, cache_ttl: float = 10.0) -> None:
+        self._store = jobs.keys
         self._verified: TTLCache[str, str] | None = (
             TTLCache(maxsize=10_000, ttl=cache_ttl, timer=time.monotonic) if cache_ttl > 0 else None
         )
@@ -50,16 +50,16 @@ class ApiKeys:
     async def create(self, tenant: str, label: str | None = None) -> NewKey:
         key = "jk_" + secrets.token_urlsafe(32)
         new = NewKey(uuid.uuid4(), tenant, key, key[:_PREFIX_CHARS])
-        await self._repository.create_api_key(
+        await self._store.create(
             new.id, tenant=tenant, key_hash=hash_key(key), prefix=new.prefix, label=label
         )
         return new
 
     async def revoke(self, prefix: str) -> bool:
-        return await self._repository.revoke_api_key(prefix)
+        return await self._store.revoke(prefix)
 
     async def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
-        return await self._repository.list_api_keys(tenant)
+        return await self._store.list(tenant)
 
     async def tenant_of(self, authorization: str | None) -> str:
         """The tenant of a ``Bearer`` key; ``ApiProblem("unauthorized")`` otherwise."""
@@ -71,7 +71,7 @@ class ApiKeys:
             tenant = self._verified.get(digest)
             if tenant is not None:
                 return tenant
-        tenant = await self._repository.tenant_for_key(digest)
+        tenant = await self._store.tenant_for(digest)
         if tenant is None:
             raise ApiProblem("unauthorized", "unknown or revoked API key")
         if self._verified is not None:

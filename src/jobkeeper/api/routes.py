@@ -209,7 +209,7 @@ async def readyz(svc: ServicesDep) -> JSONResponse:
     """Ready when Postgres answers and the change feed vouches for the cache."""
     feed = svc.jobs.feed_status()
     try:
-        await svc.jobs.repository.ping()
+        await svc.jobs.ping()
         database = True
     except DatabaseUnavailable:
         database = False

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 
 __all__ = [
+    "OPERATIONS",
     "TERMINAL",
     "TERMINAL_EVENTS",
     "TRANSITIONS",
     "JobStatus",
+    "Operation",
     "can_transition",
     "sources_of",
 ]
@@ -69,3 +72,43 @@ def sources_of(target: JobStatus) -> frozenset[JobStatus]:
 
 # the events after which a job changes no more (an expired job is gone)
 TERMINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled", "expired"})
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """What one status-changing statement may do: the statuses it starts from and those it may
+    leave the job in (several where the outcome is decided in SQL, such as retry or fail)."""
+
+    sources: frozenset[JobStatus]
+    targets: frozenset[JobStatus]
+
+
+def _op(sources: set[JobStatus], targets: set[JobStatus]) -> Operation:
+    return Operation(frozenset(sources), frozenset(targets))
+
+
+_Q, _R, _W = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.WAITING_INPUT
+_S, _F, _C = JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
+
+# Every statement that changes a job's status, by name. The SQL takes its status conditions and
+# targets from here (postgres/compile.py), and tests/test_operations.py runs each statement from
+# every status and checks what it did against this table and TRANSITIONS. Fenced writes (by lease
+# token) start from ``running`` only: a token exists only while a job runs (ck_jobs_lease).
+OPERATIONS: Mapping[str, Operation] = {
+    "submit": _op(set(), {_Q}),
+    "claim": _op({_Q}, {_R}),
+    "succeed": _op({_R}, {_S}),
+    # retried, failed, or cancelled when that was requested meanwhile
+    "fail": _op({_R}, {_Q, _F, _C}),
+    "stop_cancelled": _op({_R}, {_C}),
+    # graceful shutdown gives leases back (a cancel request wins)
+    "release": _op({_R}, {_Q, _C}),
+    # lease expired: retried, or failed with lease_expired (a cancel request wins)
+    "recover": _op({_R}, {_Q, _F, _C}),
+    "ask": _op({_R}, {_W}),
+    "answer": _op({_W}, {_Q}),
+    # on_timeout: fail, cancel, or resume with the default answer
+    "input_timeout": _op({_W}, {_F, _C, _Q}),
+    # queued and waiting jobs end at once; a running one is flagged and keeps running
+    "cancel": _op({_Q, _W, _R}, {_C, _R}),
+}

@@ -1,4 +1,5 @@
-"""The sweeper: periodic upkeep that exactly one process runs at a time.
+"""Maintenance: the sweeper, periodic upkeep that exactly one process runs at a time, and the
+retention policy it applies, both built from ``Settings`` here.
 
 One pass, under a session advisory lock (so it dies with a crashed holder and needs no cleanup):
 
@@ -7,7 +8,9 @@ One pass, under a session advisory lock (so it dies with a crashed holder and ne
 * retention: the input of jobs finished ``payload_ttl`` ago is cleared; jobs finished ``job_ttl``
   ago are deleted with their history, after their kind's ``on_expire`` hook ran, leaving a
   tombstone so they answer ``job_expired``; tombstones older than ``tombstone_ttl`` are purged.
-  Pinned jobs are exempt. Policies can differ per kind.
+  Pinned jobs are exempt. Policies can differ per kind;
+* the worker registry: workers silent for ``forget_workers_after`` seconds are forgotten (their
+  jobs were recovered through lease expiry long before).
 
 Everything runs in small batches (short transactions, bounded locks) and scans only partial
 indexes of what is due, so a pass costs what expired, not the table size. A failing hook keeps its
@@ -30,7 +33,7 @@ from jobkeeper.settings import KindRetention, Settings
 
 __all__ = ["ExpiryHooks", "Retention", "SweepReport", "Sweeper"]
 
-log = logging.getLogger("jobkeeper.sweeper")
+log = logging.getLogger("jobkeeper.maintenance")
 _BATCH = 100
 ExpiryHook = Callable[[Job], Awaitable[None]]
 
@@ -100,12 +103,13 @@ class SweepReport:
     jobs_expired: int = 0
     hook_failures: int = 0
     tombstones_purged: int = 0
+    workers_pruned: int = 0
 
 
 class Sweeper:
     """Runs ``sweep()`` every ``interval`` seconds with ``run()``, or once on demand.
 
-    ``retention=None`` skips retention (lease recovery and deadlines only).
+    ``retention=None`` skips retention (lease recovery, deadlines and the worker registry only).
     """
 
     def __init__(
@@ -118,6 +122,7 @@ class Sweeper:
         retention: Retention | None = None,
         hooks: ExpiryHooks | None = None,
         on_report: Callable[[SweepReport], object] | None = None,
+        forget_workers_after: float = 600.0,
     ) -> None:
         self._jobs = jobs
         self._interval = interval
@@ -125,10 +130,33 @@ class Sweeper:
         self._retention = retention
         self._hooks = hooks or ExpiryHooks()
         self._on_report = on_report
+        self._forget_workers_after = forget_workers_after
+
+    @classmethod
+    def from_settings(
+        cls,
+        jobs: JobManager,
+        settings: Settings,
+        *,
+        interval: float | None = None,
+        hooks: ExpiryHooks | None = None,
+        on_report: Callable[[SweepReport], object] | None = None,
+    ) -> Sweeper:
+        """The sweeper ``settings`` describe (retention included), every ``interval`` seconds
+        (default: ``settings.sweep_interval``)."""
+        return cls(
+            jobs,
+            interval=settings.sweep_interval if interval is None else interval,
+            backoff_base=settings.backoff_base,
+            backoff_max=settings.backoff_max,
+            retention=Retention.from_settings(settings),
+            hooks=hooks,
+            on_report=on_report,
+        )
 
     async def sweep(self) -> SweepReport:
         """One pass, batch by batch until nothing is left, if no other process is sweeping."""
-        async with self._jobs.repository.sweep_lock() as held:
+        async with self._jobs.sweep_lock() as held:
             if not held:
                 return SweepReport(swept=False)
             base, cap = self._backoff
@@ -139,7 +167,10 @@ class Sweeper:
                 recovered += len(batch)
             while batch := await self._jobs.expire_input_deadlines(limit=_BATCH):
                 timed_out += len(batch)
-            report = SweepReport(leases_recovered=recovered, inputs_timed_out=timed_out)
+            pruned = await self._jobs.workers.prune(self._forget_workers_after)
+            report = SweepReport(
+                leases_recovered=recovered, inputs_timed_out=timed_out, workers_pruned=pruned
+            )
             if self._retention is not None:
                 report = await self._retain(self._retention, report)
         if any(value for name, value in asdict(report).items() if name != "swept"):
@@ -149,27 +180,27 @@ class Sweeper:
         return report
 
     async def _retain(self, policy: Retention, report: SweepReport) -> SweepReport:
-        repository = self._jobs.repository
+        jobs = self._jobs
         cleared = expired = failures = 0
         for kinds, others, payload_ttl, job_ttl in policy.groups():
-            while batch := await repository.clear_payloads(
+            while batch := await jobs.clear_payloads(
                 ttl=payload_ttl, kinds=kinds, other_kinds=others, limit=_BATCH
             ):
                 cleared += len(batch)
             failed: set[UUID] = set()
-            while due := await repository.due_for_expiry(
+            while due := await jobs.due_for_expiry(
                 ttl=job_ttl, kinds=kinds, other_kinds=others, skip=list(failed), limit=_BATCH
             ):
                 ready = []
                 for job in due:
                     if await self._run_hook(job):
-                        ready.append(job.id)
+                        ready.append(job)
                     else:
                         failed.add(job.id)
-                expired += len(await repository.expire(ready))
+                expired += len(await jobs.expire(ready))
             failures += len(failed)
         purged = 0
-        while batch_count := await repository.purge_tombstones(
+        while batch_count := await jobs.purge_tombstones(
             ttl=policy.tombstone_ttl, limit=_BATCH * 10
         ):
             purged += batch_count

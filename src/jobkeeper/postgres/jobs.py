@@ -1,0 +1,492 @@
+"""Statements on jobs that are not a worker's: submit, reads, listings, history, cancel, answers,
+input deadlines, pins, queue counts, and what a missing job was."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from uuid_utils.compat import uuid7
+
+from jobkeeper.domain.status import TERMINAL, JobStatus, sources_of
+from jobkeeper.domain.values import Job, JobEvent, NewJob, Progress
+from jobkeeper.errors import InvalidTransition, JobExpired, JobFinished, JobNotFound
+from jobkeeper.postgres.compile import (
+    NOW,
+    THIS_JOB,
+    Sql,
+    changed_by,
+    compile_statement,
+    param,
+    raw,
+    sources,
+    status_literals,
+    target,
+    update_job,
+    with_event,
+)
+from jobkeeper.postgres.pool import Database, to_job
+from jobkeeper.schema import job_events, job_tombstones, jobs
+
+__all__ = ["JobStatements"]
+
+_Q, _R, _W, _C = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.WAITING_INPUT, JobStatus.CANCELLED
+
+_NEW_JOB: dict[str, sa.ColumnElement[Any]] = {
+    "id": param("id", sa.Uuid()),
+    "tenant": param("tenant", sa.Text()),
+    "kind": param("kind", sa.Text()),
+    "payload": sa.cast(param("payload", sa.Text()), jobs.c.payload.type),
+    "priority": param("priority", sa.Integer()),
+    "max_attempts": param("max_attempts", sa.Integer()),
+    "run_after": sa.func.coalesce(param("run_after", sa.DateTime(timezone=True)), NOW),
+    "idempotency_key": param("idempotency_key", sa.Text()),
+    "request_fingerprint": param("request_fingerprint", sa.Text()),
+    "concurrency_key": param("concurrency_key", sa.Text()),
+    "pinned": param("pinned", sa.Boolean()),
+}
+# the key of an expired job stays refused while its tombstone lives
+_KEY_NOT_EXPIRED = ~sa.exists().where(
+    job_tombstones.c.tenant == _NEW_JOB["tenant"],
+    job_tombstones.c.idempotency_key == _NEW_JOB["idempotency_key"],
+)
+# the partial unique index uq_jobs_tenant_idempotency_key, as ON CONFLICT names it
+_IDEMPOTENCY_KEY = [jobs.c.tenant, jobs.c.idempotency_key]
+_HAS_KEY = jobs.c.idempotency_key.is_not(None)
+_SUBMITTED = "'submitted'", "jsonb_build_object('kind', changed.kind)"
+
+
+def _insert(*conditions: sa.ColumnElement[bool]) -> Sql:
+    return with_event(
+        changed_by(
+            insert(jobs)
+            .from_select(list(_NEW_JOB), sa.select(*_NEW_JOB.values()).where(*conditions))
+            .on_conflict_do_nothing(index_elements=_IDEMPOTENCY_KEY, index_where=_HAS_KEY)
+            .returning(*jobs.c)
+        ),
+        *_SUBMITTED,
+    )
+
+
+def _queued(*conditions: sa.ColumnElement[bool]) -> sa.ScalarSelect[int]:
+    return (
+        sa.select(sa.func.count())
+        .select_from(jobs)
+        .where(jobs.c.status == sa.literal_column(f"'{_Q.value}'"), *conditions)
+        .scalar_subquery()
+    )
+
+
+def _under(limit: sa.BindParameter[Any], count: sa.ScalarSelect[int]) -> sa.ColumnElement[bool]:
+    # CASE, not OR: the count runs only when that limit is set
+    return sa.case((limit.is_(None), sa.true()), else_=count < limit)
+
+
+_INSERT = _insert(_KEY_NOT_EXPIRED)
+# The same insert, admitted only while the tenant's queue (and the kind's) is under its limit.
+# Run after _QUEUE_LOCK in one transaction: the lock serialises submits of one tenant, and this
+# statement's snapshot, taken after the lock, counts every job admitted before it.
+_INSERT_LIMITED = _insert(
+    _KEY_NOT_EXPIRED,
+    _under(param("max_queued", sa.Integer()), _queued(jobs.c.tenant == _NEW_JOB["tenant"])),
+    _under(
+        param("max_queued_per_kind", sa.Integer()),
+        _queued(jobs.c.tenant == _NEW_JOB["tenant"], jobs.c.kind == _NEW_JOB["kind"]),
+    ),
+)
+_QUEUE_LOCK = raw(
+    "SELECT pg_advisory_xact_lock(hashtextextended('jobkeeper.queue:' || $1, 0))", "tenant"
+)
+
+
+@functools.cache
+def _transition_sql(target_status: JobStatus) -> Sql:
+    changes: dict[str, Any] = {"status": sa.literal_column(f"'{target_status.value}'")}
+    if target_status in TERMINAL:
+        changes["finished_at"] = NOW
+    if target_status is _R:
+        # a lease for whoever moved it (the status/lease CHECK requires one); workers use claim()
+        changes["started_at"] = sa.func.coalesce(jobs.c.started_at, NOW)
+        changes["lease_token"] = sa.func.gen_random_uuid()
+        changes["lease_expires_at"] = NOW + sa.func.make_interval(
+            0, 0, 0, 0, 0, 0, param("lease_seconds", sa.Double())
+        )
+    else:
+        changes.update(lease_token=None, lease_expires_at=None, worker_id=None)
+    if target_status is _W:
+        # a bare question for whoever moved it (the status/prompt CHECK requires one)
+        changes["prompt"] = sa.cast(sa.literal_column("""'{"key": "manual"}'"""), JSONB)
+    else:
+        changes.update(prompt=None, input_deadline=None)
+    condition = jobs.c.status.in_(status_literals(sorted(sources_of(target_status))))
+    return with_event(
+        changed_by(update_job(changes, condition)), "{event_type}", "{event_data}::jsonb"
+    )
+
+
+# progress reported from outside a worker (no lease): a running job only
+_PROGRESS = with_event(
+    changed_by(
+        update_job(
+            {
+                "progress_fraction": param("fraction", sa.Double()),
+                "progress_message": param("message", sa.Text()),
+            },
+            jobs.c.status == sa.literal_column(f"'{_R.value}'"),
+        )
+    ),
+    "'progress'",
+    "{event_data}::jsonb",
+)
+
+_AT_ONCE = jobs.c.status.in_(status_literals((_Q, _W)))
+_CANCEL = with_event(
+    changed_by(
+        update_job(
+            {
+                "status": sa.case(
+                    (_AT_ONCE, sa.literal_column(target("cancel", _C))), else_=jobs.c.status
+                ),
+                "finished_at": sa.case((_AT_ONCE, NOW), else_=jobs.c.finished_at),
+                "cancel_requested": sa.true(),
+                # a running job has no question (CHECK), so this only clears a waiting job's
+                "prompt": None,
+                "input_deadline": None,
+            },
+            sa.or_(
+                _AT_ONCE,
+                sa.and_(
+                    jobs.c.status == sa.literal_column(target("cancel", _R)),
+                    ~jobs.c.cancel_requested,
+                ),
+            ),
+        )
+    ),
+    "CASE changed.status WHEN 'cancelled' THEN 'cancelled' ELSE 'cancel_requested' END",
+    "jsonb_build_object()",
+)
+
+_GET = compile_statement(sa.select(jobs).where(*THIS_JOB))
+_BY_KEY = compile_statement(
+    sa.select(jobs).where(
+        jobs.c.tenant == param("tenant", sa.Text()),
+        jobs.c.idempotency_key == param("idempotency_key", sa.Text()),
+    )
+)
+_EVENTS = compile_statement(
+    sa.select(job_events.c.seq, job_events.c.type, job_events.c.data, job_events.c.at)
+    .join(jobs, jobs.c.id == job_events.c.job_id)
+    .where(
+        job_events.c.job_id == param("job_id", sa.Uuid()),
+        jobs.c.tenant == param("tenant", sa.Text()),
+    )
+    .where(job_events.c.seq > param("after", sa.BigInteger()))
+    .order_by(job_events.c.seq)
+)
+
+
+@functools.cache
+def _list_sql(by_status: bool, by_kind: bool, after_cursor: bool) -> Sql:
+    """Newest first over ix_jobs_status_tenant_id: one status is one index range; every status is
+    a merge of one range per status (each stops after ``limit`` rows), so no second index on
+    ``(tenant, id)`` has to be kept up to date by every change."""
+    limit = param("limit", sa.Integer())
+
+    def newest(status: sa.ColumnElement[Any]) -> sa.Select[Any]:
+        query = sa.select(jobs).where(
+            jobs.c.tenant == param("tenant", sa.Text()), jobs.c.status == status
+        )
+        if by_kind:
+            query = query.where(jobs.c.kind == param("kind", sa.Text()))
+        if after_cursor:
+            query = query.where(jobs.c.id < param("before", sa.Uuid()))
+        return query.order_by(jobs.c.id.desc()).limit(limit)
+
+    if by_status:
+        return compile_statement(newest(param("status", sa.Text())))
+    merged = sa.union_all(*(newest(s) for s in status_literals(list(JobStatus)))).subquery("merged")
+    return compile_statement(sa.select(merged).order_by(merged.c.id.desc()).limit(limit))
+
+
+_BUMP = "version = jobs.version + 1, updated_at = now()"
+
+# A person answers question $3 ($4: the answer as JSON, $5: who): stored with the job's answers,
+# and the job is queued again for any worker to resume. Only the question still open is answered.
+_ANSWER = with_event(
+    raw(
+        f"""WITH changed AS (
+    UPDATE jobs SET status = {target("answer", _Q)}, run_after = now(), prompt = NULL,
+        input_deadline = NULL,
+        answers = jobs.answers || jsonb_build_object($3::text, jsonb_build_object(
+            'answer', $4::jsonb, 'answered_by', $5::text, 'answered_at', now())),
+        {_BUMP}
+    WHERE jobs.id = $1::uuid AND jobs.tenant = $2::text AND jobs.status IN ({sources("answer")})
+      AND jobs.prompt ->> 'key' = $3::text
+    RETURNING jobs.*
+)""",
+        "job_id",
+        "tenant",
+        "key",
+        "answer",
+        "answered_by",
+    ),
+    "'answered'",
+    "jsonb_build_object('key', $3::text, 'answered_by', $5::text)",
+)
+
+# Input deadlines (run by sweepers): what the question's on_timeout says: fail with code
+# input_timeout (the default), cancel, or resume with its default answer.
+_INPUT_TIMEOUTS = with_event(
+    raw(
+        f"""WITH due AS (
+    SELECT id FROM jobs WHERE status IN ({sources("input_timeout")}) AND input_deadline < now()
+    ORDER BY input_deadline LIMIT $1 FOR UPDATE SKIP LOCKED
+), changed AS (
+    UPDATE jobs SET
+        status = CASE jobs.prompt ->> 'on_timeout'
+                 WHEN 'cancel' THEN {target("input_timeout", _C)}
+                 WHEN 'default' THEN {target("input_timeout", _Q)}
+                 ELSE {target("input_timeout", JobStatus.FAILED)} END,
+        answers = CASE WHEN jobs.prompt ->> 'on_timeout' = 'default'
+                  THEN jobs.answers || jsonb_build_object(jobs.prompt ->> 'key', jsonb_build_object(
+                      'answer', jobs.prompt -> 'default', 'answered_by', NULL,
+                      'answered_at', now(), 'timed_out', true))
+                  ELSE jobs.answers END,
+        error = CASE WHEN coalesce(jobs.prompt ->> 'on_timeout', 'fail') = 'fail'
+                THEN jsonb_build_object('code', 'input_timeout', 'message',
+                    'no answer to question ' || (jobs.prompt ->> 'key') || ' before its deadline')
+                ELSE jobs.error END,
+        finished_at = CASE WHEN jobs.prompt ->> 'on_timeout' = 'default' THEN NULL ELSE now() END,
+        run_after = now(), prompt = NULL, input_deadline = NULL, {_BUMP}
+    FROM due WHERE jobs.id = due.id AND jobs.status IN ({sources("input_timeout")})
+      AND jobs.input_deadline < now()
+    RETURNING jobs.*
+)""",
+        "limit",
+    ),
+    "CASE changed.status WHEN 'queued' THEN 'answered' WHEN 'cancelled' THEN 'cancelled'"
+    " ELSE 'failed' END",
+    "jsonb_build_object('timed_out', true, 'error', changed.error)",
+)
+
+_PIN = {
+    pinned: with_event(
+        changed_by(update_job({"pinned": sa.literal(pinned)}, jobs.c.pinned != sa.literal(pinned))),
+        "'pinned'" if pinned else "'unpinned'",
+        "jsonb_build_object()",
+    )
+    for pinned in (True, False)
+}
+
+_QUEUED_FOR = raw("SELECT count(*) FROM jobs WHERE tenant = $1 AND status = 'queued'", "tenant")
+# Jobs per live status; each count's predicate matches a partial index, so it costs the queue's
+# size, not the table's.
+_QUEUE_DEPTH = raw(
+    """SELECT (SELECT count(*) FROM jobs WHERE status = 'queued') AS queued,
+       (SELECT count(*) FROM jobs WHERE status = 'running') AS running,
+       (SELECT count(*) FROM jobs WHERE status = 'waiting_input') AS waiting_input"""
+)
+_TOMBSTONE = raw(
+    "SELECT expired_at FROM job_tombstones WHERE job_id = $1 AND tenant = $2", "job_id", "tenant"
+)
+_TOMBSTONE_BY_KEY = raw(
+    "SELECT job_id, expired_at FROM job_tombstones WHERE tenant = $1 AND idempotency_key = $2",
+    "tenant",
+    "idempotency_key",
+)
+
+
+class JobStatements:
+    """The statements above, run on one ``Database``."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    async def get(self, job_id: UUID, tenant: str) -> Job | None:
+        """The committed job, or ``None`` if it does not exist for this tenant."""
+        return await self._db.job(_GET, {"job_id": job_id, "tenant": tenant})
+
+    async def list_jobs(
+        self,
+        tenant: str,
+        *,
+        status: JobStatus | None,
+        kind: str | None,
+        limit: int,
+        before: UUID | None,
+    ) -> list[Job]:
+        """Up to ``limit`` jobs, newest first, with ids below ``before`` (keyset pagination)."""
+        sql = _list_sql(status is not None, kind is not None, before is not None)
+        params = {
+            "tenant": tenant,
+            "status": None if status is None else status.value,
+            "kind": kind,
+            "before": before,
+            "limit": limit,
+        }
+        return [to_job(r) for r in await self._db.rows(sql, params, read=True)]
+
+    async def find_by_idempotency_key(self, tenant: str, key: str) -> tuple[Job, str | None] | None:
+        """The job submitted with this key, with the fingerprint of the request that created it."""
+        params = {"tenant": tenant, "idempotency_key": key}
+        rows = await self._db.rows(_BY_KEY, params, read=True)
+        return (to_job(rows[0]), rows[0]["request_fingerprint"]) if rows else None
+
+    async def events(self, job_id: UUID, tenant: str, *, after: int = 0) -> list[JobEvent]:
+        """The job's history after sequence ``after``, oldest first (empty for a foreign job)."""
+        params = {"job_id": job_id, "tenant": tenant, "after": after}
+        rows = await self._db.rows(_EVENTS, params, read=True)
+        return [JobEvent(seq=r["seq"], type=r["type"], data=r["data"], at=r["at"]) for r in rows]
+
+    async def insert(
+        self,
+        new: NewJob,
+        *,
+        max_queued: int | None = None,
+        max_queued_per_kind: int | None = None,
+    ) -> Job | None:
+        """Insert a job and its ``submitted`` event; ``None`` if its idempotency key already exists
+        or (with limits) the tenant's queue, or the kind's, is full.
+
+        ``ON CONFLICT DO NOTHING`` waits for a concurrent insert of the same key to commit, so the
+        caller's follow-up read (a new statement, a new snapshot) always finds the winner. With a
+        limit, a per-tenant advisory lock serialises admissions so the count is exact.
+        """
+        params = {
+            "id": uuid7(),
+            "tenant": new.tenant,
+            "kind": new.kind,
+            "payload": new.payload_json,
+            "priority": new.priority,
+            "max_attempts": new.max_attempts,
+            "run_after": new.run_after,
+            "idempotency_key": new.idempotency_key,
+            "request_fingerprint": new.fingerprint,
+            "concurrency_key": new.concurrency_key,
+            "pinned": new.pinned,
+            "max_queued": max_queued,
+            "max_queued_per_kind": max_queued_per_kind,
+        }
+        if max_queued is None and max_queued_per_kind is None:
+            return await self._db.write_job(_INSERT, params)
+        async with self._db.connection() as conn, conn.transaction():
+            await conn.execute(_QUEUE_LOCK.text, new.tenant)
+            rows = await conn.fetch(_INSERT_LIMITED.text, *_INSERT_LIMITED.args(params))
+        self._db.announce(rows)
+        return to_job(rows[0]) if rows else None
+
+    async def transition(
+        self,
+        job_id: UUID,
+        tenant: str,
+        target_status: JobStatus,
+        *,
+        event: str,
+        data: Mapping[str, Any] | None = None,
+        lease_seconds: float = 300.0,
+    ) -> Job:
+        """Move a job to ``target_status`` along any edge of ``TRANSITIONS`` (for operators and
+        tests; workers and the API use the named operations). The check and the write are one
+        statement. Raises ``JobNotFound``, ``JobFinished`` (already terminal) or
+        ``InvalidTransition``."""
+        params = {
+            "job_id": job_id,
+            "tenant": tenant,
+            "event_type": event,
+            "event_data": json.dumps({"status": target_status.value, **(data or {})}),
+            "lease_seconds": lease_seconds,
+        }
+        job = await self._db.write_job(_transition_sql(target_status), params)
+        if job is None:
+            await self.refuse(job_id, tenant, target_status.value)
+        assert job is not None
+        return job
+
+    async def progress(self, job_id: UUID, tenant: str, progress: Progress) -> Job:
+        """Record a running job's progress from outside a worker (a new version and a
+        ``progress`` event); a job that is not running raises ``InvalidTransition``,
+        ``JobFinished`` or ``JobNotFound``."""
+        data = {"fraction": progress.fraction, "message": progress.message}
+        params = {
+            "job_id": job_id,
+            "tenant": tenant,
+            "fraction": progress.fraction,
+            "message": progress.message,
+            "event_data": json.dumps(data),
+        }
+        job = await self._db.write_job(_PROGRESS, params)
+        if job is None:
+            await self.refuse(job_id, tenant, "progress")
+        assert job is not None
+        return job
+
+    async def cancel(self, job_id: UUID, tenant: str) -> tuple[Job, bool]:
+        """Cancel a queued or waiting job at once, or flag a running one for its worker.
+
+        Returns the job and whether this call changed it (a repeated cancel of a running job that
+        is already flagged changes nothing). Raises ``JobNotFound`` or ``JobFinished``.
+        """
+        job = await self._db.write_job(_CANCEL, {"job_id": job_id, "tenant": tenant})
+        if job is not None:
+            return job, True
+        current = await self.get(job_id, tenant)
+        if current is None:
+            raise await self.missing(job_id, tenant)
+        if current.terminal:
+            raise JobFinished(job_id, current.status.value, _C.value)
+        return current, False
+
+    async def answer(
+        self, job_id: UUID, tenant: str, key: str, answer_json: str, answered_by: str | None
+    ) -> Job | None:
+        """Answer the open question ``key``; ``None`` if the job is not waiting for it."""
+        params = {
+            "job_id": job_id,
+            "tenant": tenant,
+            "key": key,
+            "answer": answer_json,
+            "answered_by": answered_by,
+        }
+        return await self._db.write_job(_ANSWER, params)
+
+    async def expire_input_deadlines(self, *, limit: int) -> list[Job]:
+        """Apply ``on_timeout`` to up to ``limit`` jobs whose question's deadline passed."""
+        return await self._db.write_jobs(_INPUT_TIMEOUTS, {"limit": limit})
+
+    async def set_pinned(self, job_id: UUID, tenant: str, pinned: bool) -> Job | None:
+        """Pin (exempt from retention) or unpin; ``None`` if it already was."""
+        return await self._db.write_job(_PIN[pinned], {"job_id": job_id, "tenant": tenant})
+
+    async def queued_for(self, tenant: str) -> int:
+        """How many of the tenant's jobs are queued."""
+        rows = await self._db.rows(_QUEUED_FOR, {"tenant": tenant}, read=True)
+        return int(rows[0][0])
+
+    async def queue_depth(self) -> dict[str, int]:
+        """How many jobs are queued, running and waiting for input (all tenants)."""
+        rows = await self._db.rows(_QUEUE_DEPTH, {}, read=True)
+        return dict(rows[0])
+
+    async def missing(self, job_id: UUID, tenant: str) -> JobNotFound | JobExpired:
+        """The error for a job that is not there: expired (a tombstone lives) or never existed."""
+        rows = await self._db.rows(_TOMBSTONE, {"job_id": job_id, "tenant": tenant}, read=True)
+        return JobExpired(job_id, rows[0]["expired_at"]) if rows else JobNotFound(job_id)
+
+    async def expired_key(self, tenant: str, key: str) -> JobExpired | None:
+        """``JobExpired`` if this idempotency key belonged to a job that expired."""
+        params = {"tenant": tenant, "idempotency_key": key}
+        rows = await self._db.rows(_TOMBSTONE_BY_KEY, params, read=True)
+        return JobExpired(rows[0]["job_id"], rows[0]["expired_at"]) if rows else None
+
+    async def refuse(self, job_id: UUID, tenant: str, requested: str) -> None:
+        """Explain why a conditional write matched no row (read only to build the error)."""
+        current = await self.get(job_id, tenant)
+        if current is None:
+            raise await self.missing(job_id, tenant)
+        error = JobFinished if current.terminal else InvalidTransition
+        raise error(job_id, current.status.value, requested)

@@ -1,0 +1,228 @@
+"""The asyncpg pool every statement runs on, its codecs, and what counts as a lost connection.
+
+Statements run in autocommit as prepared statements with generic plans. The pool is asyncpg's,
+not SQLAlchemy's: a checkout and return through SQLAlchemy's async engine cost more CPU than
+the statement itself for a submit (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeAlias
+
+import asyncpg
+
+from jobkeeper.domain.status import JobStatus
+from jobkeeper.domain.values import FrozenDict, Job, Progress, freeze_json
+from jobkeeper.errors import DatabaseUnavailable, SchemaMissing
+from jobkeeper.postgres.compile import Sql
+
+__all__ = ["LINK_ERRORS", "Database", "Pooled", "to_job"]
+
+# errors that mean the connection (not the statement) failed
+LINK_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.ConnectionDoesNotExistError,
+    # a pooled connection the server dropped: "connection is closed", or a protocol left
+    # mid-operation ("cannot switch to state ...; another operation is in progress")
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+# every table of the current schema exists (a cheap check at connect)
+_SCHEMA_PRESENT = (
+    "SELECT to_regclass('job_events') IS NOT NULL AND to_regclass('job_tombstones') IS NOT NULL"
+    " AND to_regclass('api_keys') IS NOT NULL AND to_regclass('workers') IS NOT NULL"
+)
+
+Pooled: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+_EMPTY_OBJECT = FrozenDict()
+_STATUS = {status.value: status for status in JobStatus}  # a dict lookup, not Enum.__call__
+
+
+def _loads(text: str) -> Any:
+    if text == "{}":  # answers, checkpoints and many payloads: skip the parser
+        return _EMPTY_OBJECT
+    return freeze_json(json.loads(text))
+
+
+def to_job(row: asyncpg.Record) -> Job:
+    """The ``Job`` of a ``jobs`` row (its JSON already frozen by the codec)."""
+    return Job(
+        id=row["id"],
+        tenant=row["tenant"],
+        kind=row["kind"],
+        status=_STATUS[row["status"]],
+        payload=row["payload"],
+        result=row["result"],
+        error=row["error"],
+        progress=Progress(row["progress_fraction"], row["progress_message"]),
+        priority=row["priority"],
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        run_after=row["run_after"],
+        idempotency_key=row["idempotency_key"],
+        concurrency_key=row["concurrency_key"],
+        cancel_requested=row["cancel_requested"],
+        pinned=row["pinned"],
+        prompt=row["prompt"],
+        answers=row["answers"],
+        checkpoints=row["checkpoints"],
+        version=row["version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+async def _set_codecs(conn: asyncpg.Connection) -> None:
+    """JSON columns arrive as frozen values (``_loads``); JSON parameters are sent as text."""
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            name, schema="pg_catalog", encoder=_as_text, decoder=_loads, format="text"
+        )
+
+
+def _as_text(value: str) -> str:
+    return value
+
+
+async def _keep_as_is(conn: asyncpg.Connection) -> None:
+    """Nothing to reset when a connection returns to the pool: statements run in autocommit and
+    leave no session state (the sweeper's advisory lock is released before its block ends), so
+    asyncpg's default reset (one more round trip per checkout) is skipped."""
+
+
+def _discard(conn: Pooled) -> None:
+    """Close a pooled connection whose link failed, whatever state asyncpg left it in.
+
+    When the server ends a backend mid-statement, asyncpg sees the connection lost and hands its
+    holder back to the pool itself; the proxy is then detached and every method on it, even
+    ``terminate()``, raises ``InterfaceError`` ("released back to the pool"). Nothing is left to
+    close then, so that error is the sign the job is already done.
+    """
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
+
+
+class Database:
+    """One asyncpg pool (no I/O until the first statement) and the ways to run statements on it.
+
+    ``announce`` is called with the rows of every committed change (``write``); the change
+    announcer (``notify.Announcer``) sets it.
+    """
+
+    def __init__(self, dsn: str, *, pool_size: int = 10, connect_timeout: float = 5.0) -> None:
+        self.dsn = dsn
+        self.connect_timeout = connect_timeout
+        self._pool: asyncpg.Pool = asyncpg.create_pool(
+            dsn,
+            min_size=0,  # connections are opened on demand; no I/O until the first statement
+            max_size=pool_size,
+            init=_set_codecs,
+            reset=_keep_as_is,
+            timeout=connect_timeout,
+            server_settings={
+                "application_name": "jobkeeper",
+                # every statement is prepared once per connection and planned once: left to
+                # choose, Postgres re-planned the claim on every call, which cost more than
+                # running it for a small batch. tests/test_query_plans.py checks each plan.
+                "plan_cache_mode": "force_generic_plan",
+            },
+        )
+        self._ready = False
+        self._lock = asyncio.Lock()
+        self.announce: Callable[[Sequence[Any]], None] = lambda rows: None
+
+    @property
+    def ready(self) -> bool:
+        """Whether the pool was ever opened (there is something to close)."""
+        return self._ready
+
+    async def close(self) -> None:
+        """Close every pooled connection, waiting briefly for those in use."""
+        if not self._ready:
+            return
+        try:
+            await asyncio.wait_for(self._pool.close(), self.connect_timeout)
+        except TimeoutError:
+            self._pool.terminate()
+
+    async def _acquire(self) -> Pooled:
+        if not self._ready:
+            async with self._lock:
+                if not self._ready:
+                    await self._pool
+                    self._ready = True
+        return await self._pool.acquire(timeout=self.connect_timeout)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Pooled]:
+        """A pooled asyncpg connection in autocommit, for the block.
+
+        A failure of the connection itself becomes ``DatabaseUnavailable``; the connection is
+        dropped and every other pooled one is replaced when next used: after a database restart
+        every pooled connection is dead, not just this one.
+        """
+        try:
+            conn = await self._acquire()
+        except LINK_ERRORS as exc:
+            raise DatabaseUnavailable(f"database unreachable: {exc}") from exc
+        except asyncpg.PostgresError as exc:  # refused by the server: authentication, no database
+            raise DatabaseUnavailable(f"database connection failed: {exc}") from exc
+        try:
+            yield conn
+        except LINK_ERRORS as exc:
+            _discard(conn)
+            await self._pool.expire_connections()
+            raise DatabaseUnavailable(f"database unreachable: {exc}") from exc
+        finally:
+            await self._pool.release(conn)
+
+    async def rows(self, sql: Sql, params: Mapping[str, Any], *, read: bool) -> list[Any]:
+        """Run one statement. A read that hit a dead pooled connection is tried once more."""
+        for attempt in (1, 2):
+            try:
+                async with self.connection() as conn:
+                    return list(await conn.fetch(sql.text, *sql.args(params)))
+            except DatabaseUnavailable:
+                if not read or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def job(self, sql: Sql, params: Mapping[str, Any]) -> Job | None:
+        """The job a read returns, if any."""
+        rows = await self.rows(sql, params, read=True)
+        return to_job(rows[0]) if rows else None
+
+    async def write(self, sql: Sql, params: Mapping[str, Any]) -> list[Any]:
+        """Run one change and announce what it changed (each row: id, version, status...)."""
+        async with self.connection() as conn:
+            rows = list(await conn.fetch(sql.text, *sql.args(params)))
+        self.announce(rows)
+        return rows
+
+    async def write_job(self, sql: Sql, params: Mapping[str, Any]) -> Job | None:
+        rows = await self.write(sql, params)
+        return to_job(rows[0]) if rows else None
+
+    async def write_jobs(self, sql: Sql, params: Mapping[str, Any]) -> list[Job]:
+        return [to_job(row) for row in await self.write(sql, params)]
+
+    async def ping(self) -> None:
+        """Raise ``DatabaseUnavailable`` unless Postgres answers, ``SchemaMissing`` unless the
+        schema (as of the newest table) is there."""
+        async with self.connection() as conn:
+            present = await conn.fetchval(_SCHEMA_PRESENT)
+        if not present:
+            raise SchemaMissing()

@@ -1,0 +1,147 @@
+"""Retention's statements: clear old inputs, delete old jobs leaving tombstones, purge old
+tombstones, and the advisory lock that lets one sweeper run at a time.
+
+Everything runs in small batches over partial indexes of what is due, so a pass costs what
+expired, not the table size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from uuid import UUID
+
+from jobkeeper.domain.values import Job
+from jobkeeper.postgres.compile import raw, with_event
+from jobkeeper.postgres.notify import EXPIRED_VERSION
+from jobkeeper.postgres.pool import Database, to_job
+
+__all__ = ["RetentionStatements"]
+
+_NOT_PINNED_FINISHED = "finished_at IS NOT NULL AND NOT pinned"
+# the jobs of one policy group: kinds $2 (NULL: any) minus kinds $3 (those with their own policy)
+_IN_GROUP = (
+    "($2::text[] IS NULL OR kind = ANY($2::text[])) AND kind <> ALL(coalesce($3::text[], '{}'))"
+)
+
+# Clear the input of jobs finished more than $1 s ago (the job itself is kept).
+_CLEAR_PAYLOADS = with_event(
+    raw(
+        f"""WITH due AS (
+    SELECT id FROM jobs WHERE {_NOT_PINNED_FINISHED} AND payload IS NOT NULL
+      AND finished_at < now() - make_interval(secs => $1::float8) AND {_IN_GROUP}
+    ORDER BY finished_at LIMIT $4 FOR UPDATE SKIP LOCKED
+), changed AS (
+    UPDATE jobs SET payload = NULL, version = jobs.version + 1, updated_at = now()
+    FROM due WHERE jobs.id = due.id AND jobs.finished_at IS NOT NULL AND NOT jobs.pinned
+    RETURNING jobs.*
+)""",
+        "ttl",
+        "kinds",
+        "other_kinds",
+        "limit",
+    ),
+    "'payload_cleared'",
+    "jsonb_build_object()",
+)
+# Jobs finished more than $1 s ago, oldest first, except those whose hooks failed ($4).
+_DUE_FOR_EXPIRY = raw(
+    f"""SELECT * FROM jobs WHERE {_NOT_PINNED_FINISHED}
+  AND finished_at < now() - make_interval(secs => $1::float8) AND {_IN_GROUP}
+  AND id <> ALL(coalesce($4::uuid[], '{{}}'))
+ORDER BY finished_at LIMIT $5""",
+    "ttl",
+    "kinds",
+    "other_kinds",
+    "skip",
+    "limit",
+)
+# Delete jobs and keep a tombstone of each; replicas are told, as a change to status "expired", so
+# they drop cached copies. Their events go in a second statement of the same transaction
+# (_EXPIRED_EVENTS), whose fresh snapshot also sees an event committed while the delete waited.
+_EXPIRE = raw(
+    f"""WITH gone AS (
+    DELETE FROM jobs WHERE id = ANY($1::uuid[]) AND {_NOT_PINNED_FINISHED}
+    RETURNING id, tenant, kind, idempotency_key, version
+), kept AS (
+    INSERT INTO job_tombstones (job_id, tenant, kind, idempotency_key)
+    SELECT id, tenant, kind, idempotency_key FROM gone ON CONFLICT (job_id) DO NOTHING
+)
+SELECT id, {EXPIRED_VERSION} AS version, tenant, 'expired' AS status FROM gone""",
+    "ids",
+)
+_EXPIRED_EVENTS = raw("DELETE FROM job_events WHERE job_id = ANY($1::uuid[])", "ids")
+_PURGE_TOMBSTONES = raw(
+    """DELETE FROM job_tombstones WHERE job_id IN (
+    SELECT job_id FROM job_tombstones
+    WHERE expired_at < now() - make_interval(secs => $1::float8)
+    ORDER BY expired_at LIMIT $2
+) RETURNING job_id""",
+    "ttl",
+    "limit",
+)
+# one sweeper at a time, whoever it is: a session lock, so it dies with a crashed holder
+_SWEEP_LOCK = "SELECT pg_try_advisory_lock(hashtextextended('jobkeeper.sweeper', 0))"
+_SWEEP_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended('jobkeeper.sweeper', 0))"
+
+
+class RetentionStatements:
+    """The statements above, run on one ``Database``."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    async def clear_payloads(
+        self, *, ttl: float, kinds: Sequence[str] | None, other_kinds: Sequence[str], limit: int
+    ) -> list[Job]:
+        params = {
+            "ttl": ttl,
+            "kinds": None if kinds is None else list(kinds),
+            "other_kinds": list(other_kinds),
+            "limit": limit,
+        }
+        return await self._db.write_jobs(_CLEAR_PAYLOADS, params)
+
+    async def due_for_expiry(
+        self,
+        *,
+        ttl: float,
+        kinds: Sequence[str] | None,
+        other_kinds: Sequence[str],
+        skip: Sequence[UUID],
+        limit: int,
+    ) -> list[Job]:
+        params = {
+            "ttl": ttl,
+            "kinds": None if kinds is None else list(kinds),
+            "other_kinds": list(other_kinds),
+            "skip": list(skip),
+            "limit": limit,
+        }
+        return [to_job(r) for r in await self._db.rows(_DUE_FOR_EXPIRY, params, read=True)]
+
+    async def expire(self, job_ids: Sequence[UUID]) -> list[UUID]:
+        """Delete these finished, unpinned jobs and keep tombstones; returns those deleted."""
+        if not job_ids:
+            return []
+        async with self._db.connection() as conn, conn.transaction():
+            rows = await conn.fetch(_EXPIRE.text, list(job_ids))
+            gone = [r["id"] for r in rows]
+            await conn.execute(_EXPIRED_EVENTS.text, gone)
+        self._db.announce(rows)
+        return gone
+
+    async def purge_tombstones(self, *, ttl: float, limit: int) -> int:
+        rows = await self._db.rows(_PURGE_TOMBSTONES, {"ttl": ttl, "limit": limit}, read=False)
+        return len(rows)
+
+    @asynccontextmanager
+    async def sweep_lock(self) -> AsyncIterator[bool]:
+        """Hold the sweeper lock for the block if no other process does; yields whether held."""
+        async with self._db.connection() as conn:
+            held = bool(await conn.fetchval(_SWEEP_LOCK))
+            try:
+                yield held
+            finally:
+                if held:
+                    await conn.fetchval(_SWEEP_UNLOCK)
