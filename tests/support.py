@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, overload
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -16,10 +17,14 @@ import pytest
 
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.values import Job, Progress
+from jobkeeper.manager import JobManager
 from jobkeeper.settings import asyncpg_dsn
+from jobkeeper.worker import TaskRegistry, Worker
 
 DEADLINE = 10.0
 T = TypeVar("T")
+# the first and the longest pause between two checks of ``eventually``
+FIRST_POLL, LONGEST_POLL = 0.01, 0.05
 # waiting on a lock, in one of jobkeeper's pooled connections of this database
 _WAITING_ON_LOCK = (
     "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
@@ -27,15 +32,79 @@ _WAITING_ON_LOCK = (
 )
 
 
+class Watched(Protocol):
+    """What ``eventually(watch=...)`` watches: a process whose death makes waiting pointless."""
+
+    def died(self) -> bool:
+        """Whether it has ended in a way that means the awaited state will never come."""
+        ...
+
+    def tail(self) -> str:
+        """Who it is, how it ended and the end of its log, for a failure message."""
+        ...
+
+
+@overload
 async def eventually(
-    check: Callable[[], Awaitable[bool]], what: str, *, deadline: float = DEADLINE
-) -> None:
-    """Poll ``check`` until it is true; fail after a generous deadline (never a fixed sleep)."""
-    end = time.monotonic() + deadline
-    while not await check():
+    check: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float = ...,  # noqa: ASYNC109
+    what: str,
+    watch: Sequence[Watched] = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    check: Callable[[], T | None],
+    *,
+    timeout: float = ...,  # noqa: ASYNC109
+    what: str,
+    watch: Sequence[Watched] = ...,
+) -> T: ...
+
+
+async def eventually(
+    check: Callable[[], Any],
+    *,
+    timeout: float = DEADLINE,  # noqa: ASYNC109 (a failure that names what it waited for)
+    what: str,
+    watch: Sequence[Watched] = (),
+) -> Any:
+    """Poll ``check`` (sync or async) until it gives something truthy, and return that: the one
+    wait of the tests, instead of a fixed sleep. Fails naming ``what`` after ``timeout`` seconds,
+    or as soon as a ``watch``ed process has died, with the tails of their logs."""
+    end = time.monotonic() + timeout
+    pause = FIRST_POLL
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        for watched in watch:
+            if watched.died():
+                pytest.fail(f"a watched process died while waiting for {what}\n{watched.tail()}")
         if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+            logs = "".join(f"\n{watched.tail()}" for watched in watch)
+            pytest.fail(f"timed out after {timeout} s waiting for {what} (last: {value!r}){logs}")
+        await asyncio.sleep(pause)
+        pause = min(2 * pause, LONGEST_POLL)
+
+
+def make_worker(jobs: JobManager, tasks: TaskRegistry, **overrides: Any) -> Worker:
+    """An in-process worker with quick settings (a short lease, fast polls and retries, a short
+    grace); ``overrides`` are any other ``Worker`` keywords (``kinds``, ``concurrency``...)."""
+    settings: dict[str, Any] = {
+        "concurrency": 4,
+        "lease_seconds": 2.0,
+        "poll_interval": 0.2,
+        "backoff_base": 0.05,
+        "backoff_max": 0.2,
+        "shutdown_grace": 1.0,
+        "progress_interval": 0.2,
+    }
+    return Worker(jobs, tasks, **(settings | overrides))
 
 
 async def terminate_feeds(url: str) -> int:

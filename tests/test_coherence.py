@@ -11,7 +11,7 @@ import asyncio
 import json
 import os
 import sys
-import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import pytest
 
 from jobkeeper.manager import JobManager
 from jobkeeper.settings import asyncpg_dsn
+from support import eventually
 
 PROCESSES = Path(__file__).parent / "processes"
 FEED_INTERVAL = 0.5  # what the replica processes use
@@ -49,16 +50,19 @@ def _start(script: str, *args: str) -> asyncio.Future[asyncio.subprocess.Process
     )
 
 
-async def _wait_for_file(path: Path, procs: list[asyncio.subprocess.Process]) -> None:
-    end = time.monotonic() + DEADLINE
-    while not await asyncio.to_thread(path.exists):
+def _written(path: Path, procs: list[asyncio.subprocess.Process]) -> Callable[[], Awaitable[bool]]:
+    """A check: whether ``path`` exists yet; it fails the test once a process has exited."""
+
+    async def check() -> bool:
+        if await asyncio.to_thread(path.exists):
+            return True
         for proc in procs:
             if proc.returncode is not None:
                 _, err = await proc.communicate()
                 pytest.fail(f"a process exited early: {err.decode()[-2000:]}")
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {path.name}")
-        await asyncio.sleep(0.05)
+        return False
+
+    return check
 
 
 async def _finish(proc: asyncio.subprocess.Process) -> None:
@@ -70,17 +74,16 @@ async def _kill_listeners_mid_stream(url: str, tenant: str) -> None:
     """Once the stream is flowing, terminate every change-feed backend (replicas' included)."""
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
-        end = time.monotonic() + DEADLINE
-        while (
-            await conn.fetchval(
+
+        async def going() -> bool:
+            progress: int = await conn.fetchval(
                 "SELECT count(*) FROM job_events e JOIN jobs j ON j.id = e.job_id"
                 " WHERE j.tenant = $1 AND e.type = 'progress'",
                 tenant,
             )
-            < 300
-        ):
-            assert time.monotonic() < end, "the writer never got going"
-            await asyncio.sleep(0.02)
+            return progress >= 300
+
+        await eventually(going, timeout=DEADLINE, what="the writer to get going")
         killed = await conn.fetch(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE application_name = 'jobkeeper-feed' AND datname = current_database()"
@@ -107,7 +110,8 @@ async def run_stream(
                 )
             )
         for out in outs:
-            await _wait_for_file(Path(str(out) + ".ready"), procs)
+            ready = Path(str(out) + ".ready")
+            await eventually(_written(ready, procs), timeout=DEADLINE, what=ready.name)
         writes = tmp / "writer.json"
         writer = await _start(
             "writer.py", url, tenant, str(ids_file), str(writes), str(WRITE_SECONDS), mode

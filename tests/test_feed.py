@@ -45,7 +45,7 @@ async def test_a_change_on_one_manager_reaches_another(
         async def other_sees_v2() -> bool:
             return (await other.get(job.id, tenant=tenant)).version == 2
 
-        await eventually(other_sees_v2, "the other manager to see the cancel")
+        await eventually(other_sees_v2, what="the other manager to see the cancel")
         assert other.feed_status().notifications >= 1
 
 
@@ -73,7 +73,7 @@ async def test_lost_notifications_are_applied_by_the_catch_up_after_reconnect(
             status = replica.feed_status()
             return status.reconnects > reconnects and status.vouching
 
-        await eventually(reconnected, "the replica's feed to reconnect")
+        await eventually(reconnected, what="the replica's feed to reconnect")
         assert (await replica.get(job.id, tenant=tenant)).version == 5
 
 
@@ -117,7 +117,7 @@ async def test_poll_mode_sees_changes_without_notifications(
         async def replica_sees_v2() -> bool:
             return (await replica.get(job.id, tenant=tenant)).version == 2
 
-        await eventually(replica_sees_v2, "the poll-mode replica to see the cancel")
+        await eventually(replica_sees_v2, what="the poll-mode replica to see the cancel")
         assert replica.feed_status().notifications == 0
         assert replica.feed_status().mode == "poll"
 
@@ -138,7 +138,7 @@ async def test_batch_listeners_hear_notified_and_caught_up_changes_with_text_ids
         async def notified() -> bool:
             return heard(1, "queued")
 
-        await eventually(notified, "the submit's notification")
+        await eventually(notified, what="the submit's notification")
         quiet = Postgres.create(database_url, notify=False)
         try:
             await quiet.jobs.cancel(job.id, tenant)  # no notification: only a catch-up finds it
@@ -148,7 +148,7 @@ async def test_batch_listeners_hear_notified_and_caught_up_changes_with_text_ids
         async def caught_up() -> bool:
             return heard(2, None)
 
-        await eventually(caught_up, "the catch-up to report the silent cancel")
+        await eventually(caught_up, what="the catch-up to report the silent cancel")
         unsubscribe()
         seen = len(batches)
         later: list[str] = []
@@ -158,7 +158,7 @@ async def test_batch_listeners_hear_notified_and_caught_up_changes_with_text_ids
         async def marker_heard() -> bool:
             return str(marker.id) in later
 
-        await eventually(marker_heard, "the marker's notification")
+        await eventually(marker_heard, what="the marker's notification")
         assert len(batches) == seen  # unsubscribed: nothing more arrived there
 
 
@@ -179,7 +179,7 @@ async def test_a_change_whose_notification_fails_is_committed_and_found_by_the_c
         async def replica_sees_it() -> bool:
             return (await replica.get(job.id, tenant=tenant)).version == 2
 
-        await eventually(replica_sees_it, "the catch-up to find the unannounced cancel")
+        await eventually(replica_sees_it, what="the catch-up to find the unannounced cancel")
 
 
 async def test_a_manager_without_cache_hears_notifications_and_runs_no_catch_up(
@@ -195,14 +195,14 @@ async def test_a_manager_without_cache_hears_notifications_and_runs_no_catch_up(
         async def notified() -> bool:
             return str(job.id) in heard and bare.feed_status().seconds_since_sync is not None
 
-        await eventually(notified, "the submit's notification")
+        await eventually(notified, what="the submit's notification")
         since = time.monotonic()
 
         async def checked_again() -> bool:  # a periodic check ran after the notification
             ago = bare.feed_status().seconds_since_sync
             return ago is not None and time.monotonic() - ago > since
 
-        await eventually(checked_again, "a periodic connection check")
+        await eventually(checked_again, what="a periodic connection check")
         status = bare.feed_status()
         assert status.catch_ups == 0 and status.connected and status.notifications >= 1
     async with await JobManager.connect(database_url, role="worker", feed_mode="poll") as polling:

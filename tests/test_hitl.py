@@ -15,11 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -32,14 +31,18 @@ from jobkeeper.maintenance import Sweeper
 from jobkeeper.manager import JobManager
 from jobkeeper.settings import asyncpg_dsn
 from jobkeeper.worker import JobContext, TaskRegistry, Worker
-from support import terminate_feeds
+from support import eventually, make_worker, terminate_feeds
 
-T = TypeVar("T")
 OnTimeout = Literal["fail", "cancel", "default"]
 
 DEADLINE = 15.0  # the bound of every wait; the expected times are well under a second
 STOP_TIMEOUT = 15.0
-POLL = 0.02
+# how this module's in-process workers differ from make_worker's: two slots, a long lease
+WORKER_SETTINGS: dict[str, Any] = {
+    "concurrency": 2,
+    "lease_seconds": 10.0,
+    "progress_interval": 0.05,
+}
 
 APPROVAL: dict[str, Any] = {
     "type": "object",
@@ -52,35 +55,8 @@ APPROVAL: dict[str, Any] = {
 # --- helpers -------------------------------------------------------------------------------------
 
 
-async def until(what: str, check: Callable[[], Awaitable[T | None]], within: float = DEADLINE) -> T:
-    """Poll ``check`` until it returns something truthy; fail after ``within`` seconds."""
-    end = time.monotonic() + within
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > end:
-            pytest.fail(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(POLL)
-
-
 def new_kind(name: str) -> str:
     return f"hitl-{uuid4().hex[:10]}.{name}"
-
-
-def make_worker(manager: JobManager, tasks: TaskRegistry, *, concurrency: int = 2) -> Worker:
-    return Worker(
-        manager,
-        tasks,
-        concurrency=concurrency,
-        kinds=list(tasks.kinds),
-        lease_seconds=10.0,
-        poll_interval=0.2,
-        backoff_base=0.05,
-        backoff_max=0.2,
-        shutdown_grace=1.0,
-        progress_interval=0.05,
-    )
 
 
 @contextlib.asynccontextmanager
@@ -120,7 +96,9 @@ async def reach(manager: JobManager, job_id: UUID, tenant: str, *statuses: JobSt
         job = await fresh(manager, job_id, tenant)
         return job if job.status in statuses else None
 
-    return await until(f"job {job_id} to become one of {[s.value for s in statuses]}", check)
+    return await eventually(
+        check, timeout=DEADLINE, what=f"job {job_id} to become one of {[s.value for s in statuses]}"
+    )
 
 
 async def asking(manager: JobManager, job_id: UUID, tenant: str, key: str) -> Job:
@@ -133,7 +111,7 @@ async def asking(manager: JobManager, job_id: UUID, tenant: str, key: str) -> Jo
         waiting = job.status is JobStatus.WAITING_INPUT and job.prompt["key"] == key
         return job if waiting else None
 
-    return await until(f"job {job_id} to ask {key!r}", check)
+    return await eventually(check, timeout=DEADLINE, what=f"job {job_id} to ask {key!r}")
 
 
 async def finished(manager: JobManager, job_id: UUID, tenant: str) -> Job:
@@ -141,7 +119,7 @@ async def finished(manager: JobManager, job_id: UUID, tenant: str) -> Job:
         job = await fresh(manager, job_id, tenant)
         return job if job.terminal else None
 
-    return await until(f"job {job_id} to finish", check)
+    return await eventually(check, timeout=DEADLINE, what=f"job {job_id} to finish")
 
 
 async def types(manager: JobManager, job_id: UUID, tenant: str) -> list[str]:
@@ -204,7 +182,7 @@ async def test_ask_parks_without_a_slot_and_an_answer_resumes_it(
     async def other(ctx: JobContext, payload: Any) -> str:
         return "ran while the first job waited"
 
-    worker = make_worker(job_manager, tasks, concurrency=1)
+    worker = make_worker(job_manager, tasks, **(WORKER_SETTINGS | {"concurrency": 1}))
     async with running(worker):
         job = await job_manager.submit(tenant, ask_kind, {"loan": 1})
         waiting = await asking(job_manager, job.id, tenant, "q1")
@@ -233,7 +211,7 @@ async def test_ask_parks_without_a_slot_and_an_answer_resumes_it(
         async def slot_free() -> bool:
             return not worker.running_jobs
 
-        await until("the worker's only slot to be free", slot_free)
+        await eventually(slot_free, timeout=DEADLINE, what="the worker's only slot to be free")
         second = await job_manager.submit(tenant, other_kind, {})
         done = await finished(job_manager, second.id, tenant)
         assert done.status is JobStatus.SUCCEEDED
@@ -290,7 +268,7 @@ async def test_questions_in_sequence_replay_answers_and_checkpoints_run_once(
         note = await ctx.ask("Any note?", schema={"type": "string"}, key="note")
         return {"order": order, "amount": amount, "currency": currency, "note": note}
 
-    async with running(make_worker(job_manager, tasks)):
+    async with running(make_worker(job_manager, tasks, **WORKER_SETTINGS)):
         job = await job_manager.submit(tenant, kind, {})
         await asking(job_manager, job.id, tenant, "q1")
         await job_manager.answer(job.id, tenant=tenant, answer=100)
@@ -366,7 +344,7 @@ async def test_sync_handler_asks_and_checkpoints_the_same_way(
         approval = ctx.ask_sync("Approve?", schema=APPROVAL, key="approval")
         return {"reservation": reservation, "colour": colour, "approval": approval}
 
-    async with running(make_worker(job_manager, tasks)):
+    async with running(make_worker(job_manager, tasks, **WORKER_SETTINGS)):
         job = await job_manager.submit(tenant, kind, {})
         await asking(job_manager, job.id, tenant, "q1")
         await job_manager.answer(job.id, tenant=tenant, answer="green")
@@ -406,7 +384,7 @@ async def test_answers_are_validated_and_refusals_change_nothing(
     job_manager: JobManager, tenant: str
 ) -> None:
     kind, idle_kind = new_kind("validate"), new_kind("idle")
-    async with running(make_worker(job_manager, question_registry(kind))):
+    async with running(make_worker(job_manager, question_registry(kind), **WORKER_SETTINGS)):
         by_schema = await job_manager.submit(tenant, kind, {"mode": "schema"})
         by_choice = await job_manager.submit(tenant, kind, {"mode": "choices"})
         waiting = await asking(job_manager, by_schema.id, tenant, "q1")
@@ -472,7 +450,7 @@ async def test_a_choice_that_is_an_array_can_be_chosen(
     job_manager: JobManager, tenant: str
 ) -> None:
     kind = new_kind("pair")
-    async with running(make_worker(job_manager, question_registry(kind))):
+    async with running(make_worker(job_manager, question_registry(kind), **WORKER_SETTINGS)):
         job = await job_manager.submit(tenant, kind, {"mode": "pair"})
         await asking(job_manager, job.id, tenant, "q1")
         try:
@@ -487,7 +465,7 @@ async def test_a_boolean_is_not_one_of_integer_choices(
     job_manager: JobManager, tenant: str
 ) -> None:
     kind = new_kind("binary")
-    async with running(make_worker(job_manager, question_registry(kind))):
+    async with running(make_worker(job_manager, question_registry(kind), **WORKER_SETTINGS)):
         job = await job_manager.submit(tenant, kind, {"mode": "binary"})
         await asking(job_manager, job.id, tenant, "q1")
         try:
@@ -502,7 +480,7 @@ async def test_retrying_an_accepted_number_answer_is_safe(
     job_manager: JobManager, tenant: str
 ) -> None:
     kind = new_kind("number")
-    async with running(make_worker(job_manager, question_registry(kind))):
+    async with running(make_worker(job_manager, question_registry(kind), **WORKER_SETTINGS)):
         job = await job_manager.submit(tenant, kind, {"mode": "number"})
         await asking(job_manager, job.id, tenant, "q1")
         accepted = await job_manager.answer(job.id, tenant=tenant, answer=1e16)
@@ -519,7 +497,7 @@ async def test_a_schema_from_the_payload_can_be_asked(job_manager: JobManager, t
     async def ask(ctx: JobContext, payload: Any) -> Any:
         return await ctx.ask(payload["question"], schema=payload["schema"])
 
-    async with running(make_worker(job_manager, tasks)):
+    async with running(make_worker(job_manager, tasks, **WORKER_SETTINGS)):
         job = await job_manager.submit(
             tenant, kind, {"question": "Approve the loan?", "schema": APPROVAL}
         )
@@ -528,7 +506,7 @@ async def test_a_schema_from_the_payload_can_be_asked(job_manager: JobManager, t
             current = await fresh(job_manager, job.id, tenant)
             return current if current.status is JobStatus.WAITING_INPUT or current.error else None
 
-        current = await until("the job to ask (or fail)", settled)
+        current = await eventually(settled, timeout=DEADLINE, what="the job to ask (or fail)")
     assert current.status is JobStatus.WAITING_INPUT, current.error["message"]
 
 
@@ -541,7 +519,7 @@ async def test_of_concurrent_answers_on_two_replicas_exactly_one_wins(
     kind = new_kind("race")
     async with (
         await JobManager.connect(database_url) as replica,
-        running(make_worker(job_manager, question_registry(kind))),
+        running(make_worker(job_manager, question_registry(kind), **WORKER_SETTINGS)),
     ):
         job = await job_manager.submit(tenant, kind, {"mode": "schema"})
         await asking(job_manager, job.id, tenant, "q1")
@@ -607,7 +585,10 @@ async def test_input_deadlines_fail_cancel_or_answer_with_the_default(
         )
         return {"answer": answer}
 
-    async with running(make_worker(job_manager, tasks), sweeper=Sweeper(job_manager, interval=0.1)):
+    async with running(
+        make_worker(job_manager, tasks, **WORKER_SETTINGS),
+        sweeper=Sweeper(job_manager, interval=0.1),
+    ):
         jobs = {
             policy: await job_manager.submit(tenant, kind, {"on_timeout": policy})
             for policy in policies
@@ -654,7 +635,7 @@ async def test_a_deadline_is_set_when_asking_and_not_enforced_early(
     async def ask(ctx: JobContext, payload: Any) -> Any:
         return await ctx.ask("Still there?", timeout=3600)
 
-    async with running(make_worker(job_manager, tasks)):
+    async with running(make_worker(job_manager, tasks, **WORKER_SETTINGS)):
         job = await job_manager.submit(tenant, kind, {})
         waiting = await asking(job_manager, job.id, tenant, "q1")
     deadline = await db.fetchval("SELECT input_deadline FROM jobs WHERE id = $1", job.id)
@@ -677,7 +658,7 @@ async def test_cancel_while_waiting_is_immediate_and_later_answers_are_refused(
     async def ask(ctx: JobContext, payload: Any) -> Any:
         return await ctx.ask("Approve?", schema=APPROVAL, timeout=3600)
 
-    async with running(make_worker(job_manager, tasks)):
+    async with running(make_worker(job_manager, tasks, **WORKER_SETTINGS)):
         job = await job_manager.submit(tenant, kind, {})
         await asking(job_manager, job.id, tenant, "q1")
         cancelled = await job_manager.cancel(job.id, tenant=tenant)
@@ -713,13 +694,13 @@ async def test_a_running_job_asked_to_cancel_does_not_start_waiting(
         return ctx.ask_sync("Approve?", schema=APPROVAL)
 
     try:
-        async with running(make_worker(job_manager, tasks)):
+        async with running(make_worker(job_manager, tasks, **WORKER_SETTINGS)):
             job = await job_manager.submit(tenant, kind, {})
 
             async def handler_started() -> bool:
                 return started.is_set()
 
-            await until("the handler to start", handler_started)
+            await eventually(handler_started, timeout=DEADLINE, what="the handler to start")
             flagged = await job_manager.cancel(job.id, tenant=tenant)
             assert flagged.status is JobStatus.RUNNING and flagged.cancel_requested
             go_on.set()
@@ -750,7 +731,7 @@ async def test_watch_delivers_every_event_once_in_order_and_resumes_after_k(
 ) -> None:
     kind = new_kind("watch")
     seen: list[JobEvent] = []
-    async with running(make_worker(job_manager, question_registry(kind))):
+    async with running(make_worker(job_manager, question_registry(kind), **WORKER_SETTINGS)):
         job = await job_manager.submit(tenant, kind, {"mode": "choices"})
         watching = asyncio.create_task(collect(job_manager, job.id, tenant, seen))
         try:
@@ -758,7 +739,9 @@ async def test_watch_delivers_every_event_once_in_order_and_resumes_after_k(
             async def saw_the_question() -> bool:
                 return any(e.type == "asked" for e in seen)
 
-            await until("watch to deliver the question", saw_the_question)
+            await eventually(
+                saw_the_question, timeout=DEADLINE, what="watch to deliver the question"
+            )
             await job_manager.answer(job.id, tenant=tenant, answer="green")
             await asyncio.wait_for(watching, DEADLINE)
         finally:
@@ -792,7 +775,7 @@ async def test_watch_loses_nothing_across_a_listener_reconnect(
     # follows a reconnect can tell its watch that something happened
     async with (
         await JobManager.connect(database_url, feed_interval=3600) as replica,
-        running(make_worker(job_manager, question_registry(kind))),
+        running(make_worker(job_manager, question_registry(kind), **WORKER_SETTINGS)),
     ):
         job = await job_manager.submit(tenant, kind, {"mode": "schema"})
         watching = asyncio.create_task(collect(replica, job.id, tenant, seen))
@@ -801,7 +784,9 @@ async def test_watch_loses_nothing_across_a_listener_reconnect(
             async def saw_the_question() -> bool:
                 return any(e.type == "asked" for e in seen)
 
-            await until("watch to deliver the question", saw_the_question)
+            await eventually(
+                saw_the_question, timeout=DEADLINE, what="watch to deliver the question"
+            )
             reconnects = replica.feed_status().reconnects
             assert await terminate_feeds(database_url) >= 2  # the replica's and the worker's
             # answered while the replica's listener is (most likely) still gone

@@ -7,7 +7,6 @@ import asyncio
 import os
 import socket
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -18,7 +17,7 @@ from jobkeeper.demo import tasks
 from jobkeeper.manager import JobManager
 from jobkeeper.metrics import Metrics
 from jobkeeper.settings import asyncpg_dsn
-from jobkeeper.worker import Worker
+from support import eventually, make_worker
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -35,18 +34,19 @@ async def test_counters_and_gauges(job_manager: JobManager, tenant: str) -> None
     bad = await job_manager.submit(tenant, "demo.fail", {"permanent": True})
     dropped = await job_manager.submit(tenant, "demo.sleep", {"seconds": 60})
     await job_manager.cancel(dropped.id, tenant=tenant)
-    worker = Worker(job_manager, tasks, kinds=["demo.sleep", "demo.fail"], poll_interval=0.2)
+    worker = make_worker(job_manager, tasks, kinds=["demo.sleep", "demo.fail"], poll_interval=0.2)
     running = asyncio.create_task(worker.run())
     try:
-        deadline = time.monotonic() + 30
-        while not all(
-            [
-                (await job_manager.get(j.id, tenant=tenant, consistency="strong")).terminal
-                for j in (ok, bad)
-            ]
-        ):
-            assert time.monotonic() < deadline, "jobs did not finish"
-            await asyncio.sleep(0.05)
+
+        async def finished() -> bool:
+            return all(
+                [
+                    (await job_manager.get(j.id, tenant=tenant, consistency="strong")).terminal
+                    for j in (ok, bad)
+                ]
+            )
+
+        await eventually(finished, timeout=30, what="the jobs to finish")
         await job_manager.get(ok.id, tenant=tenant)  # a cached read
         await metrics.refresh()
         found = samples(metrics.render().decode())
@@ -101,15 +101,15 @@ async def test_a_worker_process_serves_metrics(database_url: str) -> None:
     )
     try:
         async with httpx.AsyncClient() as http:
-            deadline = time.monotonic() + 60
-            while True:
+
+            async def scraped() -> httpx.Response | None:
                 try:
-                    response = await http.get(f"http://127.0.0.1:{port}/metrics")
-                    break
+                    return await http.get(f"http://127.0.0.1:{port}/metrics")
                 except httpx.TransportError:
                     assert proc.returncode is None, "the worker exited"
-                    assert time.monotonic() < deadline, "no metrics endpoint"
-                    await asyncio.sleep(0.1)
+                    return None
+
+            response = await eventually(scraped, timeout=60, what="the metrics endpoint")
         assert response.status_code == 200
         assert ("jobkeeper_listener_connected", ()) in samples(response.text)
     finally:

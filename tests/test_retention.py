@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -35,9 +34,7 @@ from jobkeeper.manager import JobManager
 from jobkeeper.postgres import CHANNEL, EXPIRED_VERSION
 from jobkeeper.postgres.retention import _CLEAR_PAYLOADS, _DUE_FOR_EXPIRY, _PURGE_TOMBSTONES
 from jobkeeper.settings import KindRetention, Settings, asyncpg_dsn, parse_duration
-from support import explain, index_names
-
-T = TypeVar("T")
+from support import eventually, explain, index_names
 
 DAY = 86_400.0
 DEADLINE = 10.0  # bound of every wait; the expected times are milliseconds
@@ -107,24 +104,12 @@ async def sweep(
 ) -> SweepReport:
     """One pass that really swept (another holder of the lock, such as an app's own sweeper
     starting up, is waited out)."""
-    end = time.monotonic() + DEADLINE
-    while True:
+
+    async def swept() -> SweepReport | None:
         report = await Sweeper(manager, retention=retention, hooks=hooks).sweep()
-        if report.swept:
-            return report
-        assert time.monotonic() < end, "the sweeper lock stayed taken"
-        await asyncio.sleep(0.02)
+        return report if report.swept else None
 
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str) -> T:
-    end = time.monotonic() + DEADLINE
-    while True:
-        found = await probe()
-        if found is not None:
-            return found
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {DEADLINE} s waiting for {what}")
-        await asyncio.sleep(0.01)
+    return await eventually(swept, timeout=DEADLINE, what="the sweeper lock to be free")
 
 
 def expired_on(
@@ -312,7 +297,11 @@ async def test_payload_of_an_old_finished_job_is_cleared_and_the_job_kept(
         job = await job_manager.get(old.id, tenant=tenant)
         return job if job.payload is None else None
 
-    assert (await eventually(cached_cleared, "the cached copy to lose its payload")) == cleared
+    assert (
+        await eventually(
+            cached_cleared, timeout=DEADLINE, what="the cached copy to lose its payload"
+        )
+    ) == cleared
     await sweep(job_manager, KEEP_JOBS)
     assert await job_manager.get(old.id, tenant=tenant, consistency="strong") == cleared
     assert (await event_types(job_manager, old)).count("payload_cleared") == 1
@@ -375,7 +364,9 @@ async def test_an_expired_job_leaves_a_tombstone_and_answers_job_expired(
     _recent(tomb["expired_at"])
 
     # the cached copy is dropped (by the feed's "expired" notification)
-    expired = await eventually(expired_on(job_manager, job.id, tenant), "get to raise JobExpired")
+    expired = await eventually(
+        expired_on(job_manager, job.id, tenant), timeout=DEADLINE, what="get to raise JobExpired"
+    )
     assert isinstance(expired, JobNotFound)
     assert expired.code == "job_expired" and expired.job_id == job.id
     assert expired.expired_at == tomb["expired_at"]
@@ -433,7 +424,9 @@ async def test_the_cached_copy_is_dropped_when_another_process_expires_the_job(
         await backdate(db, [job.id])
         async with await JobManager.connect(database_url) as other:
             await sweep(other, RETENTION)
-        await eventually(expired_on(job_manager, job.id, tenant), "the cached copy to go")
+        await eventually(
+            expired_on(job_manager, job.id, tenant), timeout=DEADLINE, what="the cached copy to go"
+        )
     finally:
         unsubscribe()
     # payload cleared (version + 1), then expired: announced with a version above any real one
@@ -768,7 +761,7 @@ async def test_http_expired_job_is_a_404_problem_with_expired_at(
             response = await client.get(f"/jobs/{job.id}")
             return response if response.status_code == 404 else None
 
-        gone = await eventually(expired_response, "GET to answer 404")
+        gone = await eventually(expired_response, timeout=DEADLINE, what="GET to answer 404")
         body = gone.json()
         assert gone.headers["content-type"].startswith("application/problem+json")
         assert body["code"] == "job_expired" and body["status"] == 404
@@ -821,15 +814,17 @@ async def test_a_poll_mode_replica_drops_an_expired_job_within_the_bound(
         assert replica.cache_stats().hits == hits + 1
 
         await sweep(job_manager, RETENTION)
-        expired_since = time.monotonic()
-        while True:
+
+        async def dropped() -> bool:
             try:
                 await replica.get(job.id, tenant=tenant)
             except JobExpired:
-                break
-            waited = time.monotonic() - expired_since
-            assert waited < bound + 1.0, f"the replica served an expired job for {waited:.1f} s"
-            await asyncio.sleep(0.02)
+                return True
+            return False
+
+        await eventually(
+            dropped, timeout=bound + 1.0, what="the replica to stop serving the expired job"
+        )
 
 
 async def test_a_poll_mode_sweeper_sends_no_notification(

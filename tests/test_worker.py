@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -31,6 +31,7 @@ from jobkeeper.manager import JobManager
 from jobkeeper.settings import asyncpg_dsn
 from jobkeeper.testing import data_layer
 from jobkeeper.worker import JobContext, TaskRegistry, Worker
+from support import eventually, make_worker
 
 DEADLINE = 15.0
 STOP_TIMEOUT = 20.0
@@ -38,24 +39,6 @@ TERMINAL_EVENTS = {"succeeded", "failed", "cancelled"}
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], what: str, within: float = DEADLINE
-) -> None:
-    """Poll ``check`` until it is true; fail after a generous deadline (never a fixed sleep)."""
-    end = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-async def flag_set(flag: threading.Event | asyncio.Event, what: str) -> None:
-    async def is_set() -> bool:
-        return flag.is_set()
-
-    await eventually(is_set, what)
 
 
 def new_kind() -> str:
@@ -66,22 +49,6 @@ def new_kind() -> str:
 def kind() -> str:
     """A job kind no other test uses, so this test's workers never take another test's jobs."""
     return new_kind()
-
-
-def make_worker(
-    manager: JobManager, tasks: TaskRegistry, kinds: Sequence[str], **overrides: Any
-) -> Worker:
-    settings: dict[str, Any] = {
-        "concurrency": 4,
-        "lease_seconds": 2.0,
-        "poll_interval": 0.2,
-        "backoff_base": 0.05,
-        "backoff_max": 0.2,
-        "shutdown_grace": 1.0,
-        "progress_interval": 0.2,
-    }
-    settings.update(overrides)
-    return Worker(manager, tasks, kinds=list(kinds), **settings)
 
 
 async def _stop(workers: Sequence[Worker], tasks: Sequence[asyncio.Task[None]]) -> list[str]:
@@ -126,15 +93,13 @@ async def fresh(manager: JobManager, job: Job | UUID, tenant: str) -> Job:
 async def wait_status(
     manager: JobManager, job: Job, tenant: str, *statuses: JobStatus, within: float = DEADLINE
 ) -> Job:
-    seen: list[Job] = []
-
-    async def reached() -> bool:
+    async def reached() -> Job | None:
         current = await fresh(manager, job, tenant)
-        seen[:] = [current]
-        return current.status in statuses
+        return current if current.status in statuses else None
 
-    await eventually(reached, f"job {job.id} to become one of {statuses}", within)
-    return seen[0]
+    return await eventually(
+        reached, timeout=within, what=f"job {job.id} to become one of {statuses}"
+    )
 
 
 async def wait_all(
@@ -202,9 +167,9 @@ async def test_async_and_sync_handlers_succeed_with_result_and_last_progress(
         async def shows_it() -> bool:
             return (await fresh(job_manager, job, tenant)).progress == expected
 
-        await eventually(shows_it, f"progress {expected} to be written")
+        await eventually(shows_it, timeout=DEADLINE, what=f"progress {expected} to be written")
 
-    worker = make_worker(job_manager, tasks, [async_kind, sync_kind], progress_interval=5.0)
+    worker = make_worker(job_manager, tasks, kinds=[async_kind, sync_kind], progress_interval=5.0)
     async with running(worker):
         a = await job_manager.submit(tenant, async_kind, {"n": 21})
         s = await job_manager.submit(tenant, sync_kind, {"n": 7})
@@ -261,7 +226,7 @@ async def test_last_progress_survives_a_progress_write_that_lands_after_the_comp
         return await real_report(lease, progress)
 
     monkeypatch.setattr(job_manager, "report_progress", slow_report)
-    worker = make_worker(job_manager, tasks, [kind])
+    worker = make_worker(job_manager, tasks, kinds=[kind])
     async with running(worker):
         job = await job_manager.submit(tenant, kind, {})
         done = await wait_status(job_manager, job, tenant, JobStatus.SUCCEEDED, JobStatus.FAILED)
@@ -297,7 +262,7 @@ async def test_single_slot_runs_jobs_by_priority_then_run_after(
         await job_manager.submit(tenant, kind, {"name": name}, priority=prio, run_after=when)
         for name, prio, when in specs
     ]
-    worker = make_worker(job_manager, tasks, [kind], concurrency=1)
+    worker = make_worker(job_manager, tasks, kinds=[kind], concurrency=1)
     async with running(worker):
         await wait_all(job_manager, jobs, tenant, JobStatus.SUCCEEDED)
 
@@ -316,7 +281,7 @@ async def test_job_is_not_claimed_before_its_run_after(
     async def record(ctx: JobContext, payload: Any) -> None:
         started[payload["name"]] = datetime.now(UTC)
 
-    worker = make_worker(job_manager, tasks, [kind], concurrency=2)
+    worker = make_worker(job_manager, tasks, kinds=[kind], concurrency=2)
     async with running(worker):
         run_after = datetime.now(UTC) + timedelta(seconds=1.5)
         later = await job_manager.submit(tenant, kind, {"name": "later"}, run_after=run_after)
@@ -348,7 +313,7 @@ async def test_failing_handler_is_retried_with_backoff_then_fails(
         raise RuntimeError(f"boom on attempt {ctx.job.attempts}")
 
     base, cap = 0.05, 0.2
-    worker = make_worker(job_manager, tasks, [kind], backoff_base=base, backoff_max=cap)
+    worker = make_worker(job_manager, tasks, kinds=[kind], backoff_base=base, backoff_max=cap)
     async with running(worker):
         job = await job_manager.submit(tenant, kind, {}, max_attempts=5)
         done = await wait_status(job_manager, job, tenant, JobStatus.FAILED, JobStatus.SUCCEEDED)
@@ -391,7 +356,7 @@ async def test_long_traceback_is_bounded(job_manager: JobManager, tenant: str, k
     async def huge(ctx: JobContext, payload: Any) -> None:
         raise ValueError("x" * 50_000 + " the end")
 
-    worker = make_worker(job_manager, tasks, [kind])
+    worker = make_worker(job_manager, tasks, kinds=[kind])
     async with running(worker):
         job = await job_manager.submit(tenant, kind, {}, max_attempts=1)
         done = await wait_status(job_manager, job, tenant, JobStatus.FAILED, JobStatus.SUCCEEDED)
@@ -414,7 +379,7 @@ async def test_retry_with_delay_requeues_after_that_delay(
             raise Retry("not yet", delay=0.3)
         return {"attempt": ctx.job.attempts}
 
-    worker = make_worker(job_manager, tasks, [kind], backoff_base=5.0, backoff_max=10.0)
+    worker = make_worker(job_manager, tasks, kinds=[kind], backoff_base=5.0, backoff_max=10.0)
     async with running(worker):
         job = await job_manager.submit(tenant, kind, {}, max_attempts=3)
         done = await wait_status(job_manager, job, tenant, JobStatus.SUCCEEDED, JobStatus.FAILED)
@@ -441,7 +406,7 @@ async def test_permanent_failure_fails_at_once(
         calls.append(ctx.job.attempts)
         raise PermanentFailure("cannot ever work")
 
-    worker = make_worker(job_manager, tasks, [kind])
+    worker = make_worker(job_manager, tasks, kinds=[kind])
     async with running(worker):
         job = await job_manager.submit(tenant, kind, {}, max_attempts=5)
         done = await wait_status(job_manager, job, tenant, JobStatus.FAILED, JobStatus.SUCCEEDED)
@@ -462,7 +427,7 @@ async def test_non_json_result_fails_with_invalid_result(
     async def bad_result(ctx: JobContext, payload: Any) -> Any:
         return result
 
-    worker = make_worker(job_manager, tasks, [kind])
+    worker = make_worker(job_manager, tasks, kinds=[kind])
     async with running(worker):
         job = await job_manager.submit(tenant, kind, {}, max_attempts=3)
         done = await wait_status(job_manager, job, tenant, JobStatus.FAILED, JobStatus.SUCCEEDED)
@@ -495,7 +460,7 @@ async def test_one_concurrency_key_never_runs_twice_at_once_across_workers(
             await stack.enter_async_context(await JobManager.connect(database_url))
             for _ in range(4)
         ]
-        workers = [make_worker(m, tasks, [kind], concurrency=3) for m in managers]
+        workers = [make_worker(m, tasks, kinds=[kind], concurrency=3) for m in managers]
         jobs = [
             await job_manager.submit(tenant, kind, {"n": n}, concurrency_key="the-key")
             for n in range(20)
@@ -541,7 +506,7 @@ async def test_different_concurrency_keys_run_in_parallel(
 
     # two are claimed in one batch; the other two later, while those already run
     jobs = [await submit(0), await submit(1)]
-    worker = make_worker(job_manager, tasks, [kind], concurrency=4)
+    worker = make_worker(job_manager, tasks, kinds=[kind], concurrency=4)
     async with running(worker):
         await wait_all(job_manager, jobs, tenant, JobStatus.RUNNING)
         for n in (2, 3):
@@ -580,7 +545,8 @@ async def test_three_workers_run_three_hundred_jobs_exactly_once(
             for _ in range(3)
         ]
         workers = [
-            make_worker(m, tasks, [kind], concurrency=10, lease_seconds=10.0) for m in managers
+            make_worker(m, tasks, kinds=[kind], concurrency=10, lease_seconds=10.0)
+            for m in managers
         ]
         async with running(*workers):
             for first in range(0, total, 50):
@@ -596,7 +562,7 @@ async def test_three_workers_run_three_hundred_jobs_exactly_once(
                 )
                 return int(rows[0]["n"]) == total
 
-            await eventually(all_succeeded, f"{total} jobs to succeed", within=60)
+            await eventually(all_succeeded, timeout=60, what=f"{total} jobs to succeed")
 
     rows = await sql(
         job_manager,
@@ -634,7 +600,9 @@ async def test_cancel_stops_a_running_async_handler(
             saw_cancel.set()
             raise
 
-    worker = make_worker(job_manager, tasks, [kind], lease_seconds=30.0)  # no heartbeat needed
+    worker = make_worker(
+        job_manager, tasks, kinds=[kind], lease_seconds=30.0
+    )  # no heartbeat needed
     async with running(worker):
         job = await job_manager.submit(tenant, kind, {})
         await asyncio.wait_for(started.wait(), DEADLINE)
@@ -647,7 +615,9 @@ async def test_cancel_stops_a_running_async_handler(
         async def slot_freed() -> bool:
             return job.id not in worker.running_jobs
 
-        await eventually(slot_freed, "the worker to free the cancelled job's slot")
+        await eventually(
+            slot_freed, timeout=DEADLINE, what="the worker to free the cancelled job's slot"
+        )
 
     assert saw_cancel.is_set()
     assert done.finished_at is not None and done.result is None
@@ -682,13 +652,13 @@ async def test_cancel_stops_a_sync_handler_that_checks_for_it(
         finally:
             exited.set()
 
-    worker = make_worker(job_manager, tasks, [kind])
+    worker = make_worker(job_manager, tasks, kinds=[kind])
     async with running(worker):
         job = await job_manager.submit(tenant, kind, {})
-        await flag_set(started, "the sync handler to start")
+        await eventually(started.is_set, timeout=DEADLINE, what="the sync handler to start")
         await job_manager.cancel(job.id, tenant=tenant)
         done = await wait_status(job_manager, job, tenant, JobStatus.CANCELLED, within=10.0)
-        await flag_set(exited, "the handler's thread to stop")
+        await eventually(exited.is_set, timeout=DEADLINE, what="the handler's thread to stop")
 
     assert done.result is None
     assert await types_of(job_manager, done, tenant) == [
@@ -712,7 +682,7 @@ async def test_cancel_reaches_the_handler_by_heartbeat_without_the_change_feed(
 
     # poll mode with no periodic catch-up: this worker never hears of the cancel request
     async with await JobManager.connect(database_url, feed_mode="poll", feed_interval=3600) as deaf:
-        worker = make_worker(deaf, tasks, [kind], lease_seconds=1.5)
+        worker = make_worker(deaf, tasks, kinds=[kind], lease_seconds=1.5)
         async with running(worker):
             job = await job_manager.submit(tenant, kind, {})
             await asyncio.wait_for(started.wait(), DEADLINE)
@@ -736,7 +706,7 @@ async def test_cancel_of_a_queued_job_is_immediate_and_it_is_never_claimed(
     cancelled = await job_manager.cancel(doomed.id, tenant=tenant)
     assert cancelled.status == JobStatus.CANCELLED and cancelled.finished_at is not None
 
-    worker = make_worker(job_manager, tasks, [kind], concurrency=1)
+    worker = make_worker(job_manager, tasks, kinds=[kind], concurrency=1)
     async with running(worker):
         marker = await job_manager.submit(tenant, kind, {"name": "marker"})
         await wait_status(job_manager, marker, tenant, JobStatus.SUCCEEDED)
@@ -787,11 +757,11 @@ async def test_cancel_racing_completion_ends_in_exactly_one_consistent_outcome(
             await job_manager.cancel(job.id, tenant=tenant)
 
     outcomes: Counter[str] = Counter()
-    worker = make_worker(job_manager, tasks, [kind], concurrency=2)
+    worker = make_worker(job_manager, tasks, kinds=[kind], concurrency=2)
     async with running(worker):
         for n in range(rounds):
             job = await job_manager.submit(tenant, kind, {"round": n})
-            await flag_set(started[n], f"round {n} to start")
+            await eventually(started[n].is_set, timeout=DEADLINE, what=f"round {n} to start")
             variant = n % 4
             if variant == 0:
                 open_gate(n)
@@ -888,7 +858,7 @@ async def test_a_running_job_frees_its_queue_slot(
         jobs = [await limited.submit(tenant, kind, {"n": n}) for n in range(2)]
         with pytest.raises(QueueFull):
             await limited.submit(tenant, kind, {"n": 2})
-        worker = make_worker(limited, tasks, [kind], concurrency=1)
+        worker = make_worker(limited, tasks, kinds=[kind], concurrency=1)
         async with running(worker):
             await wait_status(limited, jobs[0], tenant, JobStatus.RUNNING)
             third = await limited.submit(tenant, kind, {"n": 2})
@@ -953,7 +923,7 @@ async def test_shutdown_releases_an_unfinished_job_and_another_worker_runs_it(
                 raise
         return {"run": calls, "attempts": ctx.job.attempts}
 
-    first = make_worker(job_manager, tasks, [kind], shutdown_grace=0.5)
+    first = make_worker(job_manager, tasks, kinds=[kind], shutdown_grace=0.5)
     async with running(first) as (task,):
         job = await job_manager.submit(tenant, kind, {})
         await asyncio.wait_for(started.wait(), DEADLINE)
@@ -968,7 +938,7 @@ async def test_shutdown_releases_an_unfinished_job_and_another_worker_runs_it(
     assert released.attempts == 0 and released.error is None and released.finished_at is None
     assert await types_of(job_manager, job, tenant) == ["submitted", "claimed", "released"]
 
-    second = make_worker(job_manager, tasks, [kind])
+    second = make_worker(job_manager, tasks, kinds=[kind])
     async with running(second):
         done = await wait_status(job_manager, job, tenant, JobStatus.SUCCEEDED, JobStatus.FAILED)
     assert done.status == JobStatus.SUCCEEDED
@@ -1000,7 +970,7 @@ async def test_a_handler_finishing_within_the_grace_succeeds_after_stop(
         await asyncio.wait_for(proceed.wait(), DEADLINE)
         return {"finished": payload["name"]}
 
-    worker = make_worker(job_manager, tasks, [kind], shutdown_grace=10.0)
+    worker = make_worker(job_manager, tasks, kinds=[kind], shutdown_grace=10.0)
     async with running(worker) as (task,):
         job = await job_manager.submit(tenant, kind, {"name": "first"})
         await asyncio.wait_for(started.wait(), DEADLINE)
@@ -1026,7 +996,7 @@ async def test_a_second_stop_releases_at_once(
         started.set()
         await asyncio.Event().wait()
 
-    worker = make_worker(job_manager, tasks, [kind], shutdown_grace=600.0)
+    worker = make_worker(job_manager, tasks, kinds=[kind], shutdown_grace=600.0)
     async with running(worker) as (task,):
         job = await job_manager.submit(tenant, kind, {})
         await asyncio.wait_for(started.wait(), DEADLINE)
@@ -1076,10 +1046,10 @@ async def test_shutdown_releases_a_sync_job_even_if_it_then_raises_job_cancelled
     started, proceed, exited = threading.Event(), threading.Event(), threading.Event()
     tasks = polling_until_cancelled(kind, started, exited, proceed)
 
-    worker = make_worker(job_manager, tasks, [kind], shutdown_grace=0.3)
+    worker = make_worker(job_manager, tasks, kinds=[kind], shutdown_grace=0.3)
     async with running(worker) as (task,):
         job = await job_manager.submit(tenant, kind, {})
-        await flag_set(started, "the handler to start")
+        await eventually(started.is_set, timeout=DEADLINE, what="the handler to start")
         worker.stop()
         await wait_status(job_manager, job, tenant, JobStatus.QUEUED)
         proceed.set()
@@ -1112,20 +1082,22 @@ async def test_shutdown_never_cancels_a_sync_job_when_the_release_is_slow(
         return not await release_waits()
 
     # a long lease: no heartbeat or recovery gets in the way during the test
-    worker = make_worker(job_manager, tasks, [kind], shutdown_grace=0.1, lease_seconds=60.0)
+    worker = make_worker(job_manager, tasks, kinds=[kind], shutdown_grace=0.1, lease_seconds=60.0)
     blocker = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         async with running(worker) as (task,):
             job = await job_manager.submit(tenant, kind, {})
-            await flag_set(started, "the handler to start")
+            await eventually(started.is_set, timeout=DEADLINE, what="the handler to start")
             # Postgres is slow for this row (a lock stands in for any stall): the release waits
             locked = blocker.transaction()
             await locked.start()
             await blocker.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", job.id)
             worker.stop()
-            await eventually(release_waits, "the release to wait for the row")
-            await flag_set(exited, "the handler to stop")
-            await eventually(release_gave_up, "the release to time out (5 s)", within=20.0)
+            await eventually(
+                release_waits, timeout=DEADLINE, what="the release to wait for the row"
+            )
+            await eventually(exited.is_set, timeout=DEADLINE, what="the handler to stop")
+            await eventually(release_gave_up, timeout=20.0, what="the release to time out (5 s)")
             await locked.commit()
             await asyncio.wait_for(task, STOP_TIMEOUT)
     finally:
@@ -1152,7 +1124,7 @@ async def test_expired_lease_is_recovered_and_the_old_lease_can_write_nothing(
         await job_manager.recover_expired(backoff_base=0.01, backoff_max=0.02)
         return (await fresh(job_manager, job, tenant)).status == JobStatus.QUEUED
 
-    await eventually(recovered, "the expired lease to be recovered")
+    await eventually(recovered, timeout=DEADLINE, what="the expired lease to be recovered")
     requeued = await fresh(job_manager, job, tenant)
     assert requeued.error["code"] == "lease_expired"
     assert requeued.attempts == 1 and requeued.finished_at is None
@@ -1182,7 +1154,7 @@ async def test_expired_lease_is_recovered_and_the_old_lease_can_write_nothing(
         new.extend(await job_manager.claim(uuid4(), kinds=[kind], limit=1, lease_seconds=30.0))
         return bool(new)
 
-    await eventually(claimed_again, "the job to be claimable again")
+    await eventually(claimed_again, timeout=DEADLINE, what="the job to be claimable again")
     lease = new[0]
     assert lease.job.id == job.id and lease.token != old.token and lease.job.attempts == 2
     # while the new lease is held, the old one still changes nothing
@@ -1204,7 +1176,7 @@ async def test_expired_lease_with_no_attempts_left_fails_with_lease_expired(
         await job_manager.recover_expired(backoff_base=0.01, backoff_max=0.02)
         return (await fresh(job_manager, job, tenant)).status == JobStatus.FAILED
 
-    await eventually(recovered, "the expired lease to fail the job")
+    await eventually(recovered, timeout=DEADLINE, what="the expired lease to fail the job")
     failed = await fresh(job_manager, job, tenant)
     assert failed.error["code"] == "lease_expired" and failed.finished_at is not None
     assert await types_of(job_manager, job, tenant) == ["submitted", "claimed", "failed"]
@@ -1228,8 +1200,8 @@ async def test_a_slow_handler_keeps_its_lease_by_heartbeat(
         return {"slept": 3.0}
 
     async with await JobManager.connect(database_url) as other_manager:
-        owner = make_worker(job_manager, tasks, [kind], lease_seconds=1.0)
-        rival = make_worker(other_manager, tasks, [kind], lease_seconds=1.0)
+        owner = make_worker(job_manager, tasks, kinds=[kind], lease_seconds=1.0)
+        rival = make_worker(other_manager, tasks, kinds=[kind], lease_seconds=1.0)
         async with running(owner):
             job = await job_manager.submit(tenant, kind, {})
             await wait_status(job_manager, job, tenant, JobStatus.RUNNING)
@@ -1271,7 +1243,7 @@ async def test_progress_in_a_tight_loop_is_coalesced(
                 ctx.progress(i / (reports - 1), f"step {i}")
                 time.sleep(0.001)
 
-    worker = make_worker(job_manager, tasks, [kind], progress_interval=0.2)
+    worker = make_worker(job_manager, tasks, kinds=[kind], progress_interval=0.2)
     async with running(worker):
         job = await job_manager.submit(tenant, kind, {})
         done = await wait_status(job_manager, job, tenant, JobStatus.SUCCEEDED, JobStatus.FAILED)
@@ -1297,13 +1269,13 @@ async def test_a_running_worker_is_registered_and_gone_after_stop(
     async def nothing(ctx: JobContext, payload: Any) -> None:
         return None
 
-    worker = make_worker(job_manager, tasks, [kind], concurrency=3)
+    worker = make_worker(job_manager, tasks, kinds=[kind], concurrency=3)
 
     async def registered() -> bool:
         return any(w.id == worker.id for w in await job_manager.workers.live(60))
 
     async with running(worker) as (task,):
-        await eventually(registered, "the worker to register")
+        await eventually(registered, timeout=DEADLINE, what="the worker to register")
         (info,) = [w for w in await job_manager.workers.live(60) if w.id == worker.id]
         assert info.pid == os.getpid() and info.host == socket.gethostname()
         assert info.kinds == (kind,) and info.concurrency == 3

@@ -15,8 +15,7 @@ import os
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +31,7 @@ import jobkeeper.demo
 from jobkeeper.manager import JobManager
 from jobkeeper.settings import Settings
 from jobkeeper.worker import Worker
+from support import eventually, make_worker
 
 PROBLEM_JSON = "application/problem+json"
 DEADLINE = 30.0  # generous bound for anything we wait for
@@ -163,24 +163,6 @@ def assert_job(body: Any) -> dict[str, Any]:
 # --- polling -----------------------------------------------------------------------------------
 
 
-async def eventually(
-    probe: Callable[[], Awaitable[Any]],
-    what: str,
-    *,
-    deadline: float = DEADLINE,
-    interval: float = 0.05,
-) -> Any:
-    """Poll ``probe`` until it returns something truthy; fail after ``deadline`` seconds."""
-    end = time.monotonic() + deadline
-    last: Any = None
-    while time.monotonic() < end:
-        last = await probe()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    pytest.fail(f"timed out after {deadline} s waiting for {what} (last: {last!r})")
-
-
 async def job_status(
     client: httpx.AsyncClient, job_id: str, statuses: Sequence[str], **headers: str
 ) -> dict[str, Any]:
@@ -192,7 +174,9 @@ async def job_status(
         body: dict[str, Any] = response.json()
         return body if body["status"] in statuses else None
 
-    found: dict[str, Any] = await eventually(probe, f"job {job_id} to be {statuses}")
+    found: dict[str, Any] = await eventually(
+        probe, timeout=DEADLINE, what=f"job {job_id} to be {statuses}"
+    )
     return found
 
 
@@ -264,13 +248,11 @@ def assert_event_stream(events: Sequence[Sse], first_seq: int = 1) -> None:
 @asynccontextmanager
 async def running_worker(manager: JobManager, kinds: Sequence[str]) -> AsyncIterator[Worker]:
     """An in-process worker for the demo tasks, stopped (at once) afterwards."""
-    worker = Worker(
+    worker = make_worker(
         manager,
         jobkeeper.demo.tasks,
         kinds=list(kinds),
-        concurrency=4,
         lease_seconds=5.0,
-        poll_interval=0.2,
         shutdown_grace=0.5,
         progress_interval=0.05,
     )
@@ -354,7 +336,7 @@ class Processes:
                 except httpx.TransportError:
                     return False
 
-            await eventually(healthy, f"{name} to be ready", interval=0.1)
+            await eventually(healthy, timeout=DEADLINE, what=f"{name} to be ready")
         return base
 
     def alive(self, process: Process) -> None:

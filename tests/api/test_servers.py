@@ -14,6 +14,7 @@ import pytest
 
 from jobkeeper.api.auth import ApiKeys
 from jobkeeper.manager import JobManager
+from support import eventually
 
 from .support import (
     DEADLINE,
@@ -25,7 +26,6 @@ from .support import (
     assert_job,
     assert_problem,
     bearer,
-    eventually,
     running_worker,
 )
 
@@ -69,7 +69,9 @@ async def status_on(
             assert body["status"] in statuses, body
         return body if body["status"] in statuses else None
 
-    found: dict[str, Any] = await eventually(probe, f"{job_id} to be {statuses} on {http.base_url}")
+    found: dict[str, Any] = await eventually(
+        probe, timeout=DEADLINE, what=f"{job_id} to be {statuses} on {http.base_url}"
+    )
     return found
 
 

@@ -1,5 +1,6 @@
 """The harness of the fault tests: worker processes (`jobkeeper worker`) that are always killed
-and awaited, and waits that poll against a deadline and fail as soon as a watched worker dies."""
+and awaited, and that ``support.eventually(watch=...)`` watches: a wait fails as soon as one
+dies."""
 
 from __future__ import annotations
 
@@ -7,21 +8,16 @@ import asyncio
 import contextlib
 import os
 import sys
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
-
-T = TypeVar("T")
 
 ROOT = Path(__file__).parents[2]
 JOBKEEPER = Path(sys.executable).parent / "jobkeeper"
 DEADLINE = 30.0  # the bound of every wait; the expected times are a few seconds
-POLL = 0.05
 
 
 @dataclass
@@ -32,6 +28,10 @@ class WorkerProcess:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def died(self) -> bool:
+        """A worker runs until it is told to stop: any exit while a test waits is a death."""
+        return self.proc.returncode is not None
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -109,29 +109,6 @@ class Workers:
                     worker.proc.kill()
         for worker in self.started:
             await asyncio.wait_for(worker.proc.wait(), DEADLINE)
-
-
-async def until(
-    what: str,
-    check: Callable[[], Awaitable[T | None]],
-    *,
-    watch: Sequence[WorkerProcess] = (),
-    within: float = DEADLINE,
-) -> T:
-    """Poll ``check`` until it returns something truthy; fail after ``within`` seconds, or as
-    soon as a watched worker exits."""
-    end = time.monotonic() + within
-    while True:
-        value = await check()
-        if value:
-            return value
-        for worker in watch:
-            if worker.proc.returncode is not None:
-                pytest.fail(f"worker exited while waiting for {what}\n{worker.tail()}")
-        if time.monotonic() > end:
-            logs = "\n".join(w.tail() for w in watch)
-            pytest.fail(f"timed out after {within} s waiting for {what}\n{logs}")
-        await asyncio.sleep(POLL)
 
 
 async def exit_code(worker: WorkerProcess, within: float) -> int:

@@ -24,8 +24,9 @@ from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.values import Job
 from jobkeeper.manager import JobManager
 from jobkeeper.settings import asyncpg_dsn
+from support import eventually
 
-from .support import DEADLINE, Workers, until
+from .support import DEADLINE, Workers
 
 T = TypeVar("T")
 
@@ -84,9 +85,10 @@ async def test_a_question_outlives_every_process_and_resumes_elsewhere(
     first = await workers.start("--kind", workers.kind("approve"), "--concurrency", "2", grace=5.0)
     async with await JobManager.connect(database_url) as api1:
         job = await api1.submit(tenant, workers.kind("approve"), {"question": "Approve loan 1234?"})
-        waiting = await until(
-            "the job to wait for input",
+        waiting = await eventually(
             status_of(api1, job.id, tenant, JobStatus.WAITING_INPUT),
+            timeout=DEADLINE,
+            what="the job to wait for input",
             watch=[first],
         )
     assert waiting.prompt["key"] == "approval" and waiting.prompt["text"] == "Approve loan 1234?"
@@ -115,9 +117,10 @@ async def test_a_question_outlives_every_process_and_resumes_elsewhere(
     # a brand-new worker process resumes it; yet another replica watches it finish
     second = await workers.start("--kind", workers.kind("approve"), "--concurrency", "2", grace=5.0)
     async with await JobManager.connect(database_url) as api3:
-        done = await until(
-            "the job to succeed",
+        done = await eventually(
             status_of(api3, job.id, tenant, JobStatus.SUCCEEDED),
+            timeout=DEADLINE,
+            what="the job to succeed",
             watch=[second],
         )
         history = await api3.events(job.id, tenant=tenant)

@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ import pytest
 from jobkeeper.maintenance import Sweeper
 from jobkeeper.manager import JobManager
 from jobkeeper.settings import asyncpg_dsn
+from support import eventually
 
 ROOT = Path(__file__).parents[2]
 SCRIPT = Path(__file__).with_name("sweeper_process.py")
@@ -65,7 +65,11 @@ class Processes:
         self.started.append((proc, log))
         return proc
 
-    def logs(self) -> str:
+    def died(self) -> bool:
+        """Whether a process failed (one that sweeps once exits 0 when it is done)."""
+        return any(proc.returncode not in (None, 0) for proc, _ in self.started)
+
+    def tail(self) -> str:
         return "\n".join(
             f"--- pid {proc.pid} exit {proc.returncode} ---\n"
             + (log.read_text(errors="replace")[-2000:] if log.exists() else "")
@@ -74,7 +78,7 @@ class Processes:
 
     async def finish(self, proc: asyncio.subprocess.Process) -> None:
         code = await asyncio.wait_for(proc.wait(), DEADLINE)
-        assert code == 0, self.logs()
+        assert code == 0, self.tail()
 
     async def close(self) -> None:
         for proc, _ in self.started:
@@ -92,20 +96,6 @@ async def processes(database_url: str, tmp_path: Path) -> AsyncIterator[Processe
         yield started
     finally:
         await started.close()
-
-
-async def until(
-    what: str, check: Callable[[], Awaitable[bool]], procs: Processes, *, watch: bool = True
-) -> None:
-    """Poll ``check`` until true; fail after ``DEADLINE`` or (``watch``) if a process failed."""
-    end = time.monotonic() + DEADLINE
-    while not await check():
-        for proc, _ in procs.started:
-            if watch and proc.returncode not in (None, 0):
-                pytest.fail(f"a sweeper process failed while waiting for {what}:\n{procs.logs()}")
-        if time.monotonic() > end:
-            pytest.fail(f"timed out after {DEADLINE} s waiting for {what}:\n{procs.logs()}")
-        await asyncio.sleep(0.02)
 
 
 def exists(path: Path) -> Callable[[], Awaitable[bool]]:
@@ -163,7 +153,12 @@ async def test_concurrent_processes_never_sweep_at_the_same_time(
         await processes.start("loop", kind, str(LOOP_SECONDS), str(go), str(out)) for out in outs
     ]
     for out in outs:
-        await until(f"{out.name} to be ready", exists(Path(f"{out}.ready")), processes)
+        await eventually(
+            exists(Path(f"{out}.ready")),
+            timeout=DEADLINE,
+            what=f"{out.name} to be ready",
+            watch=[processes],
+        )
     go.write_text("go")
     for proc in procs:
         await processes.finish(proc)
@@ -214,7 +209,9 @@ async def test_a_killed_holder_frees_the_lock(
 ) -> None:
     ready = processes.tmp / "holding.json"
     holder = await processes.start("hold", str(ready))
-    await until("the holder to take the lock", exists(ready), processes)
+    await eventually(
+        exists(ready), timeout=DEADLINE, what="the holder to take the lock", watch=[processes]
+    )
     assert json.loads(ready.read_text()) == {"held": True}
 
     sweeper = Sweeper(job_manager)
@@ -229,5 +226,5 @@ async def test_a_killed_holder_frees_the_lock(
     async def swept() -> bool:
         return (await sweeper.sweep()).swept
 
-    await until("the killed holder's lock to be freed", swept, processes, watch=False)
+    await eventually(swept, timeout=DEADLINE, what="the killed holder's lock to be freed")
     assert await advisory_locks(database_url) == 0

@@ -2,7 +2,7 @@
 administrator does: every statement path turns that into ``DatabaseUnavailable`` (a 503 over
 HTTP), and a worker process keeps claiming and renewing its leases through it.
 
-asyncpg hands a connection whose server went away back to its pool on its own, so the repository
+asyncpg hands a connection whose server went away back to its pool on its own, so the data layer
 must not touch it afterwards: before the fix, closing it raised ``InterfaceError`` ("released
 back to the pool"), which escaped as a raw error, killed worker loops and stopped heartbeats.
 """
@@ -21,9 +21,9 @@ from jobkeeper.errors import DatabaseUnavailable
 from jobkeeper.manager import JobManager
 from jobkeeper.settings import asyncpg_dsn
 from jobkeeper.testing import data_layer
-from support import killed_while_waiting, terminate_waiting
+from support import eventually, killed_while_waiting, terminate_waiting
 
-from .support import Workers, until
+from .support import DEADLINE, Workers
 
 TASKS = "tests.faults.fault_tasks:tasks"
 
@@ -57,12 +57,13 @@ async def test_a_statement_whose_backend_is_terminated_raises_database_unavailab
             await conn.fetchval("SELECT pg_sleep(30)")
 
     task = asyncio.ensure_future(sleep())
-    await until(
-        "the sleeping backend",
+    await eventually(
         lambda: admin.fetchval(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE datname = current_database() AND query = 'SELECT pg_sleep(30)'"
         ),
+        timeout=DEADLINE,
+        what="the sleeping backend",
     )
     with pytest.raises(DatabaseUnavailable):
         await asyncio.wait_for(task, 30)
@@ -133,12 +134,20 @@ async def test_a_worker_survives_its_claims_being_terminated(
     starts_table: None,
 ) -> None:
     worker = await workers.start()
-    await until("the worker to register", lambda: admin.fetchval("SELECT count(*) FROM workers"))
+    await eventually(
+        lambda: admin.fetchval("SELECT count(*) FROM workers"),
+        timeout=DEADLINE,
+        what="the worker to register",
+    )
     async with locker.transaction():
         await locker.execute("LOCK TABLE jobs IN EXCLUSIVE MODE")
         killed = 0
         for _ in range(3):  # one claim after another, each terminated while it waits
-            killed += await until("a claim waiting on the lock", lambda: terminate_waiting(admin))
+            killed += await eventually(
+                lambda: terminate_waiting(admin),
+                timeout=DEADLINE,
+                what="a claim waiting on the lock",
+            )
         assert killed >= 3
     job = await job_manager.submit(tenant, workers.kind("slow"), {"seconds": [0.1]})
 
@@ -146,7 +155,9 @@ async def test_a_worker_survives_its_claims_being_terminated(
         current = await job_manager.get(job.id, tenant=tenant, consistency="strong")
         return current.status == "succeeded"
 
-    await until("the job to succeed on the same worker", succeeded, watch=[worker])
+    await eventually(
+        succeeded, timeout=DEADLINE, what="the job to succeed on the same worker", watch=[worker]
+    )
     assert worker.proc.returncode is None
     assert "Traceback" not in worker.output()
 
@@ -162,28 +173,35 @@ async def test_a_worker_keeps_its_lease_when_a_heartbeat_is_terminated(
 ) -> None:
     worker = await workers.start()
     job = await job_manager.submit(tenant, workers.kind("slow"), {"seconds": [6]})
-    await until(
-        "the handler to start",
+    await eventually(
         lambda: admin.fetchval("SELECT count(*) FROM fault_starts WHERE job_id = $1", job.id),
+        timeout=DEADLINE,
+        what="the handler to start",
         watch=[worker],
     )
     async with locker.transaction():
         await locker.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", job.id)
         # the heartbeat (and progress writes) now wait on the row: terminate them
-        await until("a heartbeat waiting on the row", lambda: terminate_waiting(admin))
+        await eventually(
+            lambda: terminate_waiting(admin),
+            timeout=DEADLINE,
+            what="a heartbeat waiting on the row",
+        )
     renewed_before = await admin.fetchval("SELECT lease_expires_at FROM jobs WHERE id = $1", job.id)
 
     async def renewed() -> bool:
         now = await admin.fetchval("SELECT lease_expires_at FROM jobs WHERE id = $1", job.id)
         return now is not None and now > renewed_before
 
-    await until("a later heartbeat to renew the lease", renewed, watch=[worker])
+    await eventually(
+        renewed, timeout=DEADLINE, what="a later heartbeat to renew the lease", watch=[worker]
+    )
 
     async def finished() -> bool:
         current = await job_manager.get(job.id, tenant=tenant, consistency="strong")
         return current.terminal
 
-    await until("the job to finish", finished, watch=[worker])
+    await eventually(finished, timeout=DEADLINE, what="the job to finish", watch=[worker])
     done = await job_manager.get(job.id, tenant=tenant, consistency="strong")
     assert done.status == "succeeded"
     assert done.attempts == 1

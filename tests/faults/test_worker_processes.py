@@ -29,8 +29,9 @@ from jobkeeper.domain.values import Job, JobEvent, Lease, Progress
 from jobkeeper.manager import JobManager
 from jobkeeper.settings import asyncpg_dsn
 from jobkeeper.testing import create_database, drop_database
+from support import eventually
 
-from .support import DEADLINE, JOBKEEPER, WorkerProcess, Workers, exit_code, until
+from .support import DEADLINE, JOBKEEPER, WorkerProcess, Workers, exit_code
 
 T = TypeVar("T")
 
@@ -171,7 +172,12 @@ async def test_sigkill_mid_job_reruns_it_elsewhere_and_fences_the_dead_worker(
     a = await workers.start()
     # the first start would run a minute; the re-run takes 2 s
     job = await job_manager.submit(tenant, workers.kind("slow"), {"seconds": [60, 2.0]})
-    held = await until("the job to run on worker A", lambda: running_on(db, job.id, a), watch=[a])
+    held = await eventually(
+        lambda: running_on(db, job.id, a),
+        timeout=DEADLINE,
+        what="the job to run on worker A",
+        watch=[a],
+    )
     old_token: UUID = held["lease_token"]
     a_id = await worker_id(db, a)
     as_claimed = await job_manager.get(job.id, tenant=tenant, consistency="strong")
@@ -179,9 +185,10 @@ async def test_sigkill_mid_job_reruns_it_elsewhere_and_fences_the_dead_worker(
     os.kill(a.pid, signal.SIGKILL)
     assert await exit_code(a, DEADLINE) == -signal.SIGKILL
     b = await workers.start()
-    rerun = await until(
-        "worker B to re-run the job after the lease expired",
+    rerun = await eventually(
         lambda: running_on(db, job.id, b),
+        timeout=DEADLINE,
+        what="worker B to re-run the job after the lease expired",
         watch=[b],
     )
     assert rerun["lease_token"] != old_token
@@ -193,7 +200,9 @@ async def test_sigkill_mid_job_reruns_it_elsewhere_and_fences_the_dead_worker(
     row = await db.fetchrow("SELECT status, lease_token FROM jobs WHERE id = $1", job.id)
     assert (row["status"], row["lease_token"]) == ("running", rerun["lease_token"])
 
-    done = await until("the job to finish", finished(job_manager, job.id, tenant), watch=[b])
+    done = await eventually(
+        finished(job_manager, job.id, tenant), timeout=DEADLINE, what="the job to finish", watch=[b]
+    )
     assert done.status is JobStatus.SUCCEEDED, done.error
     assert done.result["pid"] == b.pid
     assert done.attempts == 2
@@ -221,7 +230,12 @@ async def test_sigterm_releases_a_long_job_after_the_grace_period(
 ) -> None:
     a = await workers.start(grace=0.5)
     job = await job_manager.submit(tenant, workers.kind("slow"), {"seconds": [60, 0.5]})
-    await until("the job to run on worker A", lambda: running_on(db, job.id, a), watch=[a])
+    await eventually(
+        lambda: running_on(db, job.id, a),
+        timeout=DEADLINE,
+        what="the job to run on worker A",
+        watch=[a],
+    )
 
     sent = time.monotonic()
     a.proc.send_signal(signal.SIGTERM)
@@ -241,8 +255,11 @@ async def test_sigterm_releases_a_long_job_after_the_grace_period(
     ]
 
     b = await workers.start()
-    done = await until(
-        "worker B to finish the job", finished(job_manager, job.id, tenant), watch=[b]
+    done = await eventually(
+        finished(job_manager, job.id, tenant),
+        timeout=DEADLINE,
+        what="worker B to finish the job",
+        watch=[b],
     )
     assert done.status is JobStatus.SUCCEEDED, done.error
     assert done.result["pid"] == b.pid
@@ -261,7 +278,12 @@ async def test_sigterm_lets_a_job_finish_within_the_grace_period(
 ) -> None:
     a = await workers.start(grace=10.0)
     job = await job_manager.submit(tenant, workers.kind("slow"), {"seconds": [1.0]})
-    await until("the job to run on worker A", lambda: running_on(db, job.id, a), watch=[a])
+    await eventually(
+        lambda: running_on(db, job.id, a),
+        timeout=DEADLINE,
+        what="the job to run on worker A",
+        watch=[a],
+    )
 
     sent = time.monotonic()
     a.proc.send_signal(signal.SIGTERM)
@@ -287,7 +309,12 @@ async def test_second_sigterm_stops_at_once(
 ) -> None:
     a = await workers.start(grace=60.0)
     job = await job_manager.submit(tenant, workers.kind("slow"), {"seconds": [120, 0.5]})
-    await until("the job to run on worker A", lambda: running_on(db, job.id, a), watch=[a])
+    await eventually(
+        lambda: running_on(db, job.id, a),
+        timeout=DEADLINE,
+        what="the job to run on worker A",
+        watch=[a],
+    )
 
     a.proc.send_signal(signal.SIGTERM)
 
@@ -295,15 +322,18 @@ async def test_second_sigterm_stops_at_once(
         return "waiting up to 60 s for 1 running jobs" in a.output()
 
     # the first signal must have been handled, or the kernel may merge the two
-    await until("worker A to start draining", draining, watch=[a])
+    await eventually(draining, timeout=DEADLINE, what="worker A to start draining", watch=[a])
     sent = time.monotonic()
     a.proc.send_signal(signal.SIGTERM)
     assert await exit_code(a, 15.0) == 0, a.tail()
     assert time.monotonic() - sent < 10.0, "the second signal did not stop the worker at once"
 
     b = await workers.start()
-    done = await until(
-        "worker B to finish the job", finished(job_manager, job.id, tenant), watch=[b]
+    done = await eventually(
+        finished(job_manager, job.id, tenant),
+        timeout=DEADLINE,
+        what="worker B to finish the job",
+        watch=[b],
     )
     assert done.status is JobStatus.SUCCEEDED, done.error
     assert done.result["pid"] == b.pid
@@ -416,13 +446,21 @@ async def test_demo_registry_runs_from_the_cli(
     crunch = await job_manager.submit(tenant, "demo.cpu", {"rounds": 3, "size": 1000})
     both = [sleeper, cruncher]
 
-    slept = await until("demo.sleep to finish", finished(job_manager, nap.id, tenant), watch=both)
+    slept = await eventually(
+        finished(job_manager, nap.id, tenant),
+        timeout=DEADLINE,
+        what="demo.sleep to finish",
+        watch=both,
+    )
     assert slept.status is JobStatus.SUCCEEDED, slept.error
     assert slept.result == {"slept": 0.2, "steps": 2}
     assert slept.progress.fraction == pytest.approx(1.0)
 
-    crunched = await until(
-        "demo.cpu to finish", finished(job_manager, crunch.id, tenant), watch=both
+    crunched = await eventually(
+        finished(job_manager, crunch.id, tenant),
+        timeout=DEADLINE,
+        what="demo.cpu to finish",
+        watch=both,
     )
     assert crunched.status is JobStatus.SUCCEEDED, crunched.error
     checksum = 3 * (sum(i * i for i in range(1000)) % 1_000_003)
@@ -455,7 +493,12 @@ async def test_shutdown_whose_release_fails_leaves_a_sync_job_to_recovery(
 ) -> None:
     a = await workers.start(grace=0.5)
     job = await job_manager.submit(tenant, workers.kind("blocking"), {"seconds": [60, 0.5]})
-    await until("the job to run on worker A", lambda: running_on(db, job.id, a), watch=[a])
+    await eventually(
+        lambda: running_on(db, job.id, a),
+        timeout=DEADLINE,
+        what="the job to run on worker A",
+        watch=[a],
+    )
 
     # a row lock stalls every write to the job past the worker's 5 s release timeout
     locker = await asyncpg.connect(asyncpg_dsn(database_url))
@@ -468,7 +511,9 @@ async def test_shutdown_whose_release_fails_leaves_a_sync_job_to_recovery(
         async def gave_up() -> bool:
             return "could not release leases" in a.output()
 
-        await until("worker A to give up releasing the lease", gave_up, watch=[a])
+        await eventually(
+            gave_up, timeout=DEADLINE, what="worker A to give up releasing the lease", watch=[a]
+        )
         await stall.rollback()
     finally:
         await locker.close()
@@ -477,8 +522,11 @@ async def test_shutdown_whose_release_fails_leaves_a_sync_job_to_recovery(
     left = await job_manager.get(job.id, tenant=tenant, consistency="strong")
     assert left.status is not JobStatus.CANCELLED, "nobody asked to cancel this job"
     b = await workers.start()
-    done = await until(
-        "worker B to finish the job", finished(job_manager, job.id, tenant), watch=[b]
+    done = await eventually(
+        finished(job_manager, job.id, tenant),
+        timeout=DEADLINE,
+        what="worker B to finish the job",
+        watch=[b],
     )
     assert done.status is JobStatus.SUCCEEDED, done.error
     events = await job_manager.events(job.id, tenant=tenant)
