@@ -1,0 +1,238 @@
+"""The handler's side of a running job: ``JobContext``, its progress and its replay model.
+
+A context and the worker that runs its job know each other through two narrow surfaces, so
+neither reaches into the other: the context calls back only through the ``JobHost`` it is given
+(the worker's executor), and the worker reads and sets only the members ``JobContext`` lists
+under "for the worker".
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NoReturn, Protocol, TypeAlias, TypeVar
+
+from jobkeeper.domain.questions import build_prompt
+from jobkeeper.domain.validate import optional_text, validate_progress
+from jobkeeper.domain.values import Job, Lease, Progress
+from jobkeeper.errors import JobCancelled
+
+StopReason: TypeAlias = Literal["cancel", "lease_lost", "shutdown"]
+_T = TypeVar("_T")
+
+
+class JobHost(Protocol):
+    """What a ``JobContext`` needs from the worker running its job, and all it may ask of it.
+
+    Questions and checkpoints are writes under the job's lease, progress is written by the
+    worker's flush, and a sync handler's thread reaches the event loop only through
+    ``call_from_thread``.
+    """
+
+    def call_from_thread(self, work: Coroutine[Any, Any, _T]) -> _T:
+        """Run ``work`` on the worker's loop from a handler thread and wait for its result."""
+
+    async def park(self, ctx: JobContext, question: dict[str, Any]) -> NoReturn:
+        """Store ``question`` and unwind the handler; ``JobCancelled`` if it was cancelled."""
+
+    async def keep_checkpoint(self, ctx: JobContext, key: str, value: Any) -> None:
+        """Store a checkpoint's result under the lease (unwind the handler if it is gone)."""
+
+    def schedule_progress(self, ctx: JobContext) -> None:
+        """From any thread: ``ctx`` has a report for ``take_progress``; write it in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Answered:
+    answer: Any
+
+
+class JobContext:
+    """What a handler gets besides its payload. Safe to use from a sync handler's thread.
+
+    For the worker (not for handlers): ``lease``; ``job_text``, the id as logs and the change feed
+    spell it; ``known_version``, the newest version of the job the worker has seen; ``finishing``,
+    set once its outcome is being written (feed echoes are then expected); ``latest``, the last
+    progress report, recorded with the completion; ``stop()`` and ``stop_reason``;
+    ``take_progress()`` and ``last_flush`` for the progress flush.
+    """
+
+    def __init__(self, host: JobHost, lease: Lease) -> None:
+        self._host = host
+        self.lease = lease
+        self.job_text = str(lease.job.id)
+        # set once by the loop, read by handler threads: a plain attribute is enough (the GIL)
+        self._stop_reason: StopReason | None = None
+        self._lock = threading.Lock()
+        self._pending: Progress | None = None
+        self.latest: Progress | None = None
+        self._flush_scheduled = False
+        self._last_flush = 0.0
+        self.known_version = lease.job.version
+        self.finishing = False
+        self._answers: Mapping[str, Any] = lease.job.answers or {}
+        self._checkpoints: dict[str, Any] = (
+            dict(lease.job.checkpoints) if lease.job.checkpoints else {}
+        )
+        self._asked = 0
+
+    @property
+    def job(self) -> Job:
+        """The job as it was claimed (attempts already counts this run)."""
+        return self.lease.job
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether cancellation was requested (or the lease was lost): stop as soon as you can."""
+        return self._stop_reason is not None
+
+    def raise_if_cancelled(self) -> None:
+        """Raise ``JobCancelled`` once cancellation was requested; call it between work steps."""
+        if self._stop_reason is not None:
+            raise JobCancelled(f"job {self.job.id} was cancelled")
+
+    def progress(self, fraction: float | None = None, message: str | None = None) -> None:
+        """Report progress. It is coalesced: the latest report is written at most once per
+        ``progress_interval``, so calling it in a tight loop is fine."""
+        report = validate_progress(fraction, message)
+        with self._lock:
+            self._pending = report
+            self.latest = report  # what the completion records, whatever flushes are in flight
+            if self._flush_scheduled:
+                return
+            self._flush_scheduled = True
+        self._host.schedule_progress(self)
+
+    # --- questions and checkpoints (the replay model) ------------------------------------------
+
+    async def ask(
+        self,
+        prompt: str,
+        *,
+        schema: dict[str, Any] | None = None,
+        choices: Sequence[Any] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the person's deadline, not the call's
+        on_timeout: Literal["fail", "cancel", "default"] = "fail",
+        default: Any = None,
+        key: str | None = None,
+    ) -> Any:
+        """Ask a person and return the answer.
+
+        The first time, the job moves to ``waiting_input`` with the question stored durably, the
+        lease is released (no worker slot is held while a person thinks) and the handler unwinds.
+        Once answered, any worker re-invokes the handler, and this call returns the stored answer
+        at once. Questions are matched by ``key`` (default: their order, ``q1``, ``q2``...), so
+        ask them in a stable order. ``timeout`` seconds without an answer: ``on_timeout`` fails
+        the job (code ``input_timeout``), cancels it, or resumes with ``default``.
+        """
+        question = self._question(prompt, schema, choices, timeout, on_timeout, default, key)
+        if isinstance(question, _Answered):
+            return question.answer
+        await self._host.park(self, question)  # never returns: the handler unwinds
+
+    def ask_sync(
+        self,
+        prompt: str,
+        *,
+        schema: dict[str, Any] | None = None,
+        choices: Sequence[Any] | None = None,
+        timeout: float | None = None,
+        on_timeout: Literal["fail", "cancel", "default"] = "fail",
+        default: Any = None,
+        key: str | None = None,
+    ) -> Any:
+        """``ask`` for a sync handler (from its thread): same replay model, same arguments.
+        It runs ``ask`` on the worker's loop and waits for it."""
+        return self._host.call_from_thread(
+            self.ask(
+                prompt,
+                schema=schema,
+                choices=choices,
+                timeout=timeout,
+                on_timeout=on_timeout,
+                default=default,
+                key=key,
+            )
+        )
+
+    def _question(
+        self,
+        prompt: str,
+        schema: dict[str, Any] | None,
+        choices: Sequence[Any] | None,
+        timeout: float | None,
+        on_timeout: str,
+        default: Any,
+        key: str | None,
+    ) -> dict[str, Any] | _Answered:
+        self._asked += 1
+        key = optional_text("key", key) or f"q{self._asked}"
+        if key in self._answers:
+            return _Answered(self._answers[key].get("answer"))
+        return build_prompt(
+            key=key,
+            text=prompt,
+            schema=schema,
+            choices=choices,
+            timeout=timeout,
+            on_timeout=on_timeout,
+            default=default,
+        )
+
+    async def checkpoint(self, key: str, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` (sync or async) once for this job and keep its JSON result: on a re-run
+        (after an answer, a retry or a recovered crash) the stored result is returned without
+        calling ``fn``. A crash between ``fn`` and the write runs it again: at least once."""
+        key, value, fresh = self._replay_or_run(key, fn)
+        if not fresh:
+            return value
+        if inspect.isawaitable(value):
+            value = await value
+        return await self._keep(key, value)
+
+    def checkpoint_sync(self, key: str, fn: Callable[[], Any]) -> Any:
+        """``checkpoint`` for a sync handler (from its thread). ``fn`` runs in that thread; only
+        the write goes to the worker's loop."""
+        key, value, fresh = self._replay_or_run(key, fn)
+        return self._host.call_from_thread(self._keep(key, value)) if fresh else value
+
+    def _replay_or_run(self, key: str, fn: Callable[[], Any]) -> tuple[str, Any, bool]:
+        """``(key, value, fresh)``: the stored result, or (fresh) what ``fn()`` returned."""
+        key = optional_text("key", key) or ""
+        if key in self._checkpoints:
+            return key, self._checkpoints[key], False
+        return key, fn(), True
+
+    async def _keep(self, key: str, value: Any) -> Any:
+        await self._host.keep_checkpoint(self, key, value)
+        self._checkpoints[key] = value
+        return value
+
+    # --- for the worker ------------------------------------------------------------------------
+
+    @property
+    def stop_reason(self) -> StopReason | None:
+        """Why the worker stopped this job, if it did: a cancel request, a lost lease, shutdown."""
+        return self._stop_reason
+
+    def stop(self, reason: StopReason) -> None:
+        """Set by the worker when the job must stop; the first reason stays."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+
+    @property
+    def last_flush(self) -> float:
+        """When (``time.monotonic()``) the progress flush last took a report."""
+        return self._last_flush
+
+    def take_progress(self) -> Progress | None:
+        """The report to write now, if any; the next ``progress()`` schedules another flush."""
+        with self._lock:
+            report, self._pending = self._pending, None
+            self._flush_scheduled = False
+        if report is not None:
+            self._last_flush = time.monotonic()
+        return report

@@ -1,0 +1,369 @@
+"""The worker: the claim loop (the producer), the heartbeat, the completer (successes written in
+batches), the progress flush and the shutdown drain. Each job runs in a task of its own whose body
+is ``Executor.execute``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import operator
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from uuid import UUID
+
+from jobkeeper.domain.values import Lease
+from jobkeeper.errors import DatabaseUnavailable, InvalidRequest
+from jobkeeper.feed import Change
+from jobkeeper.maintenance import Retention, Sweeper
+from jobkeeper.manager import JobManager
+from jobkeeper.worker.context import JobContext, StopReason
+from jobkeeper.worker.executor import Executor
+from jobkeeper.worker.registry import TaskRegistry
+
+log = logging.getLogger("jobkeeper.worker")
+
+_ID, _STATUS = operator.itemgetter(0), operator.itemgetter(2)  # of a change feed Change
+
+
+@dataclass(slots=True)
+class _Running:
+    ctx: JobContext
+    task: asyncio.Task[None]
+    is_async: bool
+
+
+class Completer:
+    """Writes successes in batches: every success queued while a write is in flight goes out in
+    the next statement. A handler's task ends once its success is queued, so its slot is free and
+    the next claim overlaps the write."""
+
+    def __init__(self, jobs: JobManager) -> None:
+        self._jobs = jobs
+        self._queued: list[tuple[JobContext, str]] = []
+        self._wake = asyncio.Event()
+        self._written = asyncio.Event()  # set while none is queued or being written
+        self._written.set()
+
+    def add(self, ctx: JobContext, result_json: str) -> None:
+        """Queue the success of ``ctx``'s job (``result_json``: its encoded result)."""
+        self._queued.append((ctx, result_json))
+        self._written.clear()
+        self._wake.set()
+
+    async def wait_written(self) -> None:
+        """Return once every queued success is written (or its write failed)."""
+        await self._written.wait()
+
+    async def run(self) -> None:
+        """Write every completion that piled up meanwhile in one statement."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._queued = self._queued, []
+            if batch:
+                await self._write(batch)
+            if not self._queued:
+                self._written.set()
+
+    async def _write(self, batch: Sequence[tuple[JobContext, str]]) -> None:
+        try:
+            written = set(
+                await self._jobs.mark_succeeded([(c.lease, r, c.latest) for c, r in batch])
+            )
+        except Exception as exc:  # the leases expire and recovery runs the jobs again
+            log.error("recording %d completions failed: %s", len(batch), exc)
+            return
+        for ctx, _ in batch:
+            if ctx.job.id not in written:
+                log.warning("job %s finished but its lease was lost; result lost", ctx.job.id)
+
+
+class Worker:
+    """Runs jobs of the registered kinds (``kinds`` narrows them) until stopped."""
+
+    def __init__(
+        self,
+        jobs: JobManager,
+        tasks: TaskRegistry,
+        *,
+        concurrency: int = 4,
+        kinds: Sequence[str] | None = None,
+        lease_seconds: float = 30.0,
+        poll_interval: float = 1.0,
+        backoff_base: float = 1.0,
+        backoff_max: float = 300.0,
+        shutdown_grace: float = 30.0,
+        progress_interval: float = 0.5,
+        retention: Retention | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise InvalidRequest("concurrency", "at least 1")
+        if lease_seconds <= 0 or poll_interval <= 0:
+            raise InvalidRequest("lease_seconds", "lease_seconds and poll_interval must be > 0")
+        self.id = uuid.uuid4()
+        self._jobs = jobs
+        self._tasks = tasks
+        self._kinds = tuple(kinds) if kinds is not None else tasks.kinds
+        unknown = set(self._kinds) - set(tasks.kinds)
+        if unknown:
+            raise InvalidRequest("kinds", f"no handler registered for {sorted(unknown)}")
+        self._concurrency = concurrency
+        self._lease_seconds = lease_seconds
+        self._heartbeat_interval = lease_seconds / 3
+        self._poll_interval = poll_interval
+        self._grace = shutdown_grace
+        self._progress_interval = progress_interval
+        self._running: dict[str, _Running] = {}  # by job id as text, as the change feed spells it
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._stop_now = asyncio.Event()
+        self._completer = Completer(jobs)
+        self._executor = Executor(
+            jobs,
+            threads=concurrency,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+            complete=self._completer.add,
+            progress_due=self._progress_due,
+        )
+        self._spawned: set[asyncio.Task[None]] = set()
+        # every worker sweeps (one at a time): expired leases, deadlines and, with a retention
+        # policy, retention with this registry's on_expire hooks; no janitor to schedule
+        self._sweeper = Sweeper(
+            jobs,
+            interval=self._heartbeat_interval,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+            retention=retention,
+            hooks=tasks.expiry_hooks,
+        )
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        """Run a short side task, keeping a reference until it ends."""
+        task = asyncio.ensure_future(work)
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Work until ``stop()``; then drain, release leftover leases and deregister."""
+        self._executor.start(asyncio.get_running_loop())
+        await self._jobs.workers.register(
+            self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            kinds=self._kinds,
+            concurrency=self._concurrency,
+        )
+        unsubscribe = self._jobs.subscribe_batches(self._on_changes)
+        helpers = [
+            asyncio.create_task(self._heartbeat_loop(), name="jobkeeper-heartbeat"),
+            asyncio.create_task(self._sweeper.run(), name="jobkeeper-sweeper"),
+            asyncio.create_task(self._completer.run(), name="jobkeeper-completions"),
+        ]
+        log.info(
+            "worker %s started: kinds %s, concurrency %d", self.id, self._kinds, self._concurrency
+        )
+        try:
+            await self._claim_loop()
+            await self._drain()
+        finally:
+            unsubscribe()
+            side = [*helpers, *self._spawned]
+            for helper in side:
+                helper.cancel()
+            await asyncio.gather(*side, return_exceptions=True)
+            self._executor.close()
+            with contextlib.suppress(DatabaseUnavailable):
+                await self._jobs.workers.unregister(self.id)
+            log.info("worker %s stopped", self.id)
+
+    def stop(self) -> None:
+        """Stop claiming and drain gracefully; called a second time, release leases at once."""
+        if self._stopping:
+            self._stop_now.set()
+        self._stopping = True
+        self._wake.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT call ``stop()`` (a second signal stops at once)."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+
+    @property
+    def running_jobs(self) -> tuple[UUID, ...]:
+        return tuple(r.ctx.job.id for r in self._running.values())
+
+    # --- claiming ----------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        failures = 0
+        while not self._stopping:
+            free = self._concurrency - len(self._running)
+            claimed = 0
+            if free > 0:
+                try:
+                    leases = await self._jobs.claim(
+                        self.id, kinds=self._kinds, limit=free, lease_seconds=self._lease_seconds
+                    )
+                except DatabaseUnavailable as exc:
+                    failures += 1
+                    log.warning("claim failed (%s); retrying", exc)
+                    await self._sleep(min(self._poll_interval, 0.1 * 2**failures))
+                    continue
+                failures = 0
+                if self._stopping:  # stopped while claiming: give these back untouched
+                    with contextlib.suppress(DatabaseUnavailable):
+                        await self._jobs.release(leases)
+                    break
+                claimed = len(leases)
+                for lease in leases:
+                    self._start(lease)
+            if claimed and claimed == free:
+                await asyncio.sleep(0)  # maybe more work: claim again once handlers got a turn
+                continue
+            await self._sleep(self._poll_interval)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait for a wake-up (new work, a free slot, stop) or ``seconds``."""
+        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that arrives as the
+        # event is set (stop() does both), and the task would then wait forever
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        self._wake.clear()
+
+    def _on_changes(self, changes: Sequence[Change]) -> None:
+        """Every change any process commits: wake up for claimable work, and look at changes to
+        this worker's own jobs. Most are neither, so both tests run in C (set operations)."""
+        statuses = set(map(_STATUS, changes))
+        if "queued" in statuses or None in statuses:
+            self._wake.set()  # maybe claimable work (None: found by a catch-up, status unknown)
+        if self._running and not self._running.keys().isdisjoint(map(_ID, changes)):
+            for job_id, version, status in changes:
+                running = self._running.get(job_id)
+                if running is not None:
+                    self._on_change(running, version, status)
+
+    def _on_change(self, running: _Running, version: int, status: str | None) -> None:
+        if running.ctx.finishing or version <= running.ctx.known_version:
+            return  # our own final write echoing back, or already seen
+        if status not in ("running", None):
+            running.ctx.known_version = version
+            self._stop_job(running, "lease_lost")  # recovered, released or finished elsewhere
+            return
+        running.ctx.known_version = version
+        # someone else changed our running job: a cancel request is the only such change
+        self._spawn(self._check_cancel(running))
+
+    async def _check_cancel(self, running: _Running) -> None:
+        job = running.ctx.job
+        try:
+            current = await self._jobs.get(job.id, tenant=job.tenant, consistency="strong")
+        except Exception:  # the heartbeat is the fallback
+            log.debug("cancel check for %s failed", job.id, exc_info=True)
+            return
+        if current.cancel_requested:
+            self._stop_job(running, "cancel")
+
+    def _stop_job(self, running: _Running, reason: StopReason) -> None:
+        running.ctx.stop(reason)
+        if running.is_async:
+            running.task.cancel()
+        # a sync handler's thread cannot be interrupted: it sees ctx.cancelled and stops itself
+
+    # --- running a job -----------------------------------------------------------------------
+
+    def _start(self, lease: Lease) -> None:
+        ctx = JobContext(self._executor, lease)
+        spec = self._tasks.get(lease.job.kind)
+        text = ctx.job_text
+        task = asyncio.create_task(self._executor.execute(ctx, spec), name=f"jobkeeper-job-{text}")
+        self._running[text] = _Running(ctx, task, spec is not None and spec.is_async)
+        task.add_done_callback(functools.partial(self._finished, text))
+
+    def _finished(self, job_text: str, _task: asyncio.Task[None]) -> None:
+        self._running.pop(job_text, None)
+        self._wake.set()  # a slot is free
+
+    # --- progress ----------------------------------------------------------------------------
+
+    def _progress_due(self, ctx: JobContext) -> None:
+        """On the loop, once a context has progress to write: write it within the interval."""
+        delay = max(0.0, ctx.last_flush + self._progress_interval - time.monotonic())
+        asyncio.get_running_loop().call_later(delay, lambda: self._spawn(self._flush_progress(ctx)))
+
+    async def _flush_progress(self, ctx: JobContext) -> None:
+        report = ctx.take_progress()
+        if report is None or ctx.job_text not in self._running:
+            return
+        try:
+            job = await self._jobs.report_progress(ctx.lease, report)
+        except DatabaseUnavailable as exc:
+            log.warning("progress of %s not recorded: %s", ctx.job.id, exc)
+            return
+        if job is None:
+            running = self._running.get(ctx.job_text)
+            if running is not None:
+                self._stop_job(running, "lease_lost")
+        else:
+            ctx.known_version = max(ctx.known_version, job.version)
+
+    # --- leases ------------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_interval)
+            running = list(self._running.values())
+            try:
+                held = await self._jobs.renew_leases(
+                    [(r.ctx.job.id, r.ctx.lease.token) for r in running], self._lease_seconds
+                )
+                await self._jobs.workers.heartbeat(self.id)
+            except DatabaseUnavailable as exc:
+                log.warning("heartbeat failed (%s); leases expire if this lasts", exc)
+                continue
+            for entry in running:
+                job_id = entry.ctx.job.id
+                if entry.ctx.finishing:
+                    continue  # its outcome is being written; nothing to stop
+                if job_id not in held:
+                    log.warning("lease on %s lost; stopping its handler", job_id)
+                    self._stop_job(entry, "lease_lost")
+                elif held[job_id]:
+                    self._stop_job(entry, "cancel")
+
+    async def _drain(self) -> None:
+        """Let running handlers finish for the grace period, then give their leases back."""
+        if self._running:
+            log.info("waiting up to %.0f s for %d running jobs", self._grace, len(self._running))
+            tasks = [r.task for r in self._running.values()]
+            waiting = asyncio.ensure_future(asyncio.wait(tasks, timeout=self._grace))
+            stop_now = asyncio.ensure_future(self._stop_now.wait())
+            await asyncio.wait({waiting, stop_now}, return_when=asyncio.FIRST_COMPLETED)
+            stop_now.cancel()
+            waiting.cancel()
+        leftovers = list(self._running.values())
+        await self._completer.wait_written()  # successes already recorded by handlers go out first
+        if not leftovers:
+            return
+        for running in leftovers:
+            self._stop_job(running, "shutdown")
+        try:
+            released = await asyncio.wait_for(
+                self._jobs.release([r.ctx.lease for r in leftovers]), timeout=5.0
+            )
+            log.info("released %d leases back to the queue", len(released))
+        except (DatabaseUnavailable, TimeoutError) as exc:
+            log.error("could not release leases (%s); they expire and are recovered", exc)
+        await asyncio.gather(*(r.task for r in leftovers), return_exceptions=True)
