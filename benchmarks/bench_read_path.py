@@ -35,11 +35,8 @@ from cachetools import TTLCache
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from common import arguments, machine, nearest_rank, postgres_server, publish, scratch
-from jobkeeper.cache import CacheStats
-from jobkeeper.domain.values import Job
-from jobkeeper.manager import JobManager
-from jobkeeper.schema import jobs
-from jobkeeper.settings import asyncpg_dsn, sqlalchemy_url
+from jobkeeper import CacheStats, Job, JobManager
+from systems.jobkeeper import asyncpg_dsn, jobs, repository_of, sqlalchemy_url
 
 TENANT = "bench"
 KIND = "bench.job"
@@ -309,8 +306,10 @@ async def bench_postgres_reads(ctx: Context) -> list[Result]:
             query = sa.select(jobs).where(jobs.c.id == job_id(i), jobs.c.tenant == TENANT)
             return (await held.execute(query)).first()
 
+        repository = repository_of(cold)
+
         def repository_get(i: int) -> Awaitable[Job | None]:
-            return cold.repository.get(job_id(i), TENANT)
+            return repository.get(job_id(i), TENANT)
 
         def cold_get(i: int) -> Awaitable[Job]:
             return cold.get(job_id(i), tenant=TENANT)
