@@ -25,8 +25,19 @@ lint: install  ## ruff, formatting, mypy --strict and the import layering contra
 	$(BIN)/mypy --strict src
 	$(BIN)/lint-imports
 
-bench: install  ## the benchmarks; results are written into docs/benchmarks.md
-	$(BIN)/python benchmarks/bench_read_path.py --write
+$(BIN)/.installed-bench: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	touch $@
+
+# every benchmark, even after one missed a target; fails at the end if any did
+BENCHMARKS := read_path coherence throughput http
+BENCH_ARGS ?= --write
+bench: $(BIN)/.installed-bench  ## every benchmark, written into docs/benchmarks.md (smoke run: BENCH_ARGS=--quick)
+	@failed=""; for name in $(BENCHMARKS); do \
+		echo "bench: $$name"; \
+		$(BIN)/python benchmarks/bench_$$name.py $(BENCH_ARGS) || failed="$$failed $$name"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "bench: failed:$$failed"; exit 1; fi
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

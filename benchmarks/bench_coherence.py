@@ -10,7 +10,7 @@ phases:
    when each ``(job, version)`` reaches their change listener. Lag = arrival - commit return, both
    ``time.monotonic_ns()`` (CLOCK_MONOTONIC is one clock for every process on the machine).
 2. **Writer throughput**: one process commits changes as fast as it can with
-   ``JobRepository.create(url, notify=True)`` and ``notify=False``, sequentially and from 4 tasks.
+   ``Postgres.create(url, notify=True)`` and ``notify=False``, sequentially and from 4 tasks.
 3. **Replica memory**: with 1,000,000 rows in ``jobs``, a replica with a 10,000-entry cache reads
    100,000 random jobs through ``get``; its RSS after connecting and after the reads.
 
@@ -19,9 +19,10 @@ phases:
     .venv/bin/python benchmarks/bench_coherence.py --quick    # smoke run, small counts
 
 The same file is each child process (``--role replica|writer|throughput|memory``); children import
-only jobkeeper, never the harness (importing ``common.py`` loads nothing more), so a replica's
-memory is a replica's. Every loop is bounded in time and count, and every child is killed on the
-way out. Exits with status 1 when the lag target is missed or a change is lost.
+only jobkeeper, never the harness (importing ``common.py`` and ``systems/jobkeeper.py`` loads
+nothing more), so a replica's memory is a replica's. Every loop is bounded in time and count, and
+every child is killed on the way out. Exits with status 1 when the lag target is missed or a
+change is lost.
 """
 
 from __future__ import annotations
@@ -47,11 +48,14 @@ from uuid import UUID
 import asyncpg
 
 from common import arguments, load_average, machine, nearest_rank, postgres_server, publish, scratch
-from jobkeeper.domain.status import JobStatus
-from jobkeeper.domain.values import Progress
-from jobkeeper.manager import JobManager
-from jobkeeper.repository import CHANNEL, JobRepository
-from jobkeeper.settings import asyncpg_dsn
+from jobkeeper import JobManager, Progress
+from systems.jobkeeper import (
+    CHANNEL,
+    Postgres,
+    asyncpg_dsn,
+    move_to_running,
+    open_repository,
+)
 
 SCRIPT = Path(__file__).resolve()
 CHILD_URL_ENV = "BENCH_COHERENCE_URL"  # children get the URL here, not on their command line
@@ -129,7 +133,7 @@ class Call:
 
 
 async def stream(
-    repo: JobRepository,
+    repo: Postgres,
     ids: Sequence[UUID],
     *,
     tasks: int,
@@ -159,7 +163,7 @@ async def stream(
             if due > now:
                 await asyncio.sleep((due - now) / 1e9)
             sent = time.monotonic_ns()
-            job = await repo.progress(ids[slot % len(ids)], STREAM_TENANT, Progress(None, "b"))
+            job = await repo.jobs.progress(ids[slot % len(ids)], STREAM_TENANT, Progress(None, "b"))
             assert job is not None
             calls.append(Call(slot, job.version, due, sent, time.monotonic_ns()))
 
@@ -171,8 +175,8 @@ def read_ids(path: str) -> list[UUID]:
     return [UUID(each) for each in json.loads(Path(path).read_text())]
 
 
-def open_repository(*, notify: bool) -> JobRepository:
-    return JobRepository.create(os.environ[CHILD_URL_ENV], notify=notify)
+def child_repository(*, notify: bool) -> Postgres:
+    return open_repository(os.environ[CHILD_URL_ENV], notify=notify)
 
 
 # --- child processes -----------------------------------------------------------------------------
@@ -219,7 +223,7 @@ async def replica_role(args: ChildArgs) -> dict[str, Any]:
         }
 
 
-async def warm_up(repo: JobRepository, ids: Sequence[UUID]) -> None:
+async def warm_up(repo: Postgres, ids: Sequence[UUID]) -> None:
     """Untimed changes first: pool connections opened, statements prepared."""
     await stream(repo, ids, tasks=1, total=WARM_UP_CHANGES, seconds=30.0)
 
@@ -227,7 +231,7 @@ async def warm_up(repo: JobRepository, ids: Sequence[UUID]) -> None:
 async def writer_role(args: ChildArgs) -> dict[str, Any]:
     """Commit changes at ``args.rate`` per second for ``args.seconds`` (notify on)."""
     ids = read_ids(args.ids_file)
-    repo = open_repository(notify=True)
+    repo = child_repository(notify=True)
     try:
         await warm_up(repo, ids)
         total = int(args.rate * args.seconds)
@@ -249,7 +253,7 @@ async def throughput_role(args: ChildArgs) -> dict[str, Any]:
     """Sequential and concurrent change streams with notifications on and off, interleaved."""
     ids = read_ids(args.ids_file)
     configs = [(notify, tasks) for tasks in (1, args.tasks) for notify in (True, False)]
-    repos = {notify: open_repository(notify=notify) for notify in (True, False)}
+    repos = {notify: child_repository(notify=notify) for notify in (True, False)}
     results: dict[str, dict[str, Any]] = {}
     notified = 0
     try:
@@ -592,9 +596,7 @@ async def seed_stream(url: str, ids_file: Path) -> None:
         ids = []
         for i in range(STREAM_JOBS):
             job = await manager.submit(STREAM_TENANT, "bench.stream", {"n": i})
-            await manager.repository.transition(
-                job.id, STREAM_TENANT, JobStatus.RUNNING, event="claimed", lease_seconds=3600
-            )
+            await move_to_running(manager, job.id, STREAM_TENANT)
             ids.append(str(job.id))
     await asyncio.to_thread(ids_file.write_text, json.dumps(ids))
 
@@ -720,42 +722,6 @@ def notify_cost(results: Sequence[ThroughputResult], tasks: int) -> float:
     return 1 - on.per_s / off.per_s
 
 
-def throughput_sentence(results: Results) -> str:
-    """What notifications cost writers, with the reading the numbers support."""
-    alone, together = (100 * notify_cost(results.throughput, n) for n in (1, WRITER_TASKS))
-    said = (
-        f"Notifications cost the writer {alone:.0f}% of its throughput sequentially and "
-        f"{together:.0f}% with {WRITER_TASKS} concurrent tasks"
-    )
-    if together > alone + 5:
-        reading = (
-            ": more under concurrency, as committing writers queue on NOTIFY's database-wide "
-            "commit lock."
-        )
-    elif min(alone, together) < 0:
-        reading = "; a negative cost means the difference is within this run's noise."
-    else:
-        reading = "."
-    return said + reading
-
-
-def interpretation(results: Results) -> str:
-    lag, m = target_lag(results), results.memory
-    grown = m.stages["after reads"]["VmRSS"] - m.stages["connected"]["VmRSS"]
-    return (
-        f"**Interpretation.** At {TARGET_RATE:,} changes/s the replicas drop a changed entry "
-        f"{nearest_rank(lag.lags_ms, 0.5):,.2f} ms after the writer sees its commit return "
-        "(median; the notification is sent right after the commit, by the writer's announcer "
-        f"task), {nearest_rank(lag.lags_ms, 0.99):,.2f} ms at p99 and {lag.lags_ms[-1]:,.1f} ms "
-        "at worst; even measured from when the statement was sent, p99 is "
-        f"{nearest_rank(lag.bounds_ms, 0.99):,.2f} ms. "
-        f"{throughput_sentence(results)} "
-        f"With {m.rows:,} rows in the table, {m.reads:,} reads of distinct jobs grew a replica's "
-        f"RSS by {grown:,.1f} MiB over a freshly connected process, its cache never above "
-        f"{m.largest_size:,} entries: memory follows the cache bound, not the table."
-    )
-
-
 def machine_lines(results: Results, server: str) -> list[str]:
     return [
         *machine(server, results.postgres),
@@ -773,7 +739,7 @@ def method_lines(plan: Plan, results: Results) -> list[str]:
         f"- Lag: {STREAM_JOBS} jobs submitted and moved to running. {REPLICAS} replica processes "
         f"each `JobManager.connect(url, cache_size={CACHE_SIZE:,})` (notify mode, catch-up every "
         f"1 s), read all {STREAM_JOBS} jobs into their cache, then `subscribe` a listener. One "
-        f"writer process: `JobRepository.create(url, notify=True)`, {WARM_UP_CHANGES} untimed "
+        f"writer process: `Postgres.create(url, notify=True)`, {WARM_UP_CHANGES} untimed "
         f"changes, then `repository.progress` from {WRITER_TASKS} tasks on an absolute schedule: "
         "change *i* is due at start + *i*/rate (a late one is sent at once, never skipped; "
         f"slip = sent - due) and goes to job *i* mod {STREAM_JOBS}, so each job is written by "
@@ -790,7 +756,7 @@ def method_lines(plan: Plan, results: Results) -> list[str]:
         "two). Quantiles are nearest-rank over both replicas; the first arrival of each version "
         "counts. Missed = committed versions a replica never heard, by notification or catch-up, "
         f"{SETTLE_S} s after the writer ended.",
-        f"- Throughput: one process, `JobRepository.create(url, notify=...)` (pool of 10), "
+        f"- Throughput: one process, `Postgres.create(url, notify=...)` (pool of 10), "
         f"{WARM_UP_CHANGES} untimed changes each, then `progress` as fast as it returns from 1 "
         f"and from {WRITER_TASKS} tasks (each on its own jobs: no row lock is shared) on the same "
         f"{STREAM_JOBS} running jobs; {plan.throughput_seconds:.0f} s per configuration in "
@@ -846,8 +812,9 @@ def report(results: Results, plan: Plan, server: str, quick: bool) -> str:
         f"stores; {m.reads_per_s:,.0f} reads/s.",
         "",
         *(f"- {line}: {status(ok)}." for line, ok in checks(results)),
-        "",
-        interpretation(results),
+        f"- Notifications cost the writer {100 * notify_cost(results.throughput, 1):.0f}% of its "
+        f"throughput sequentially and {100 * notify_cost(results.throughput, WRITER_TASKS):.0f}% "
+        f"with {WRITER_TASKS} concurrent tasks (1 - changes/s with `notify` on / off).",
     ]
     return "\n".join(lines) + "\n"
 

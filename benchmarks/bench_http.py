@@ -52,7 +52,7 @@ from common import (
     publish,
     scratch,
 )
-from jobkeeper.settings import asyncpg_dsn
+from systems.jobkeeper import asyncpg_dsn
 
 SCRIPT = str(Path(__file__).resolve())
 
@@ -710,11 +710,7 @@ def _row(r: Row) -> str:
     )
 
 
-def _find(rows: Sequence[Row], name: str, connections: int) -> Row:
-    return next(r for r in rows if r.name == name and r.connections == connections)
-
-
-def checks(plan: Plan, results: Results) -> tuple[list[str], bool]:
+def checks(results: Results) -> tuple[list[str], bool]:
     rows = results.rows
     errors = sum(r.run.errors for r in rows)
     lines = [f"- Failed requests (non-2xx, socket errors, timeouts): {errors} (expected 0)."]
@@ -746,50 +742,10 @@ def checks(plan: Plan, results: Results) -> tuple[list[str], bool]:
     return lines, ok
 
 
-SATURATED = 0.9  # server CPU share (cores) above which one process is the bottleneck
-
-
-def interpretation(plan: Plan, results: Results) -> str:
-    rows = results.rows
-    lo, hi = min(plan.connections), max(plan.connections)
-    hit, strong, post = (_find(rows, n, hi) for n in (HIT, STRONG, POST))
-    hit1, strong1 = _find(rows, HIT, lo), _find(rows, STRONG, lo)
-    extra_cpu = strong.cpu_us_per_request - hit.cpu_us_per_request
-    if hit.cpu_share >= SATURATED:
-        limit = (
-            f"the server process is busy {hit.cpu_share:.2f} of a core, so its own CPU per "
-            "request sets the ceiling"
-        )
-    else:
-        limit = (
-            f"the server process got only {hit.cpu_share:.2f} of a core although requests "
-            "were always waiting, so CPU contention on the machine (load averages above) "
-            "capped the rate, not the process itself"
-        )
-    return (
-        f"**Interpretation.** One server process answered {hit.run.rps:,.0f} cached "
-        f"`GET /jobs/{{id}}`/s at {hi} connections and {strong.run.rps:,.0f}/s with "
-        f"`Cache-Control: no-cache` ({hit.run.rps / strong.run.rps:.1f}x); with {lo} "
-        f"connection a cached read took {hit1.run.p50_us / 1000:.2f} ms p50 against "
-        f"{strong1.run.p50_us / 1000:.2f} ms for a strong one. A cached read costs the server "
-        f"{hit.cpu_us_per_request:,.0f} µs of CPU: the HTTP stack (h11 parsing, FastAPI routing "
-        "and dependency resolution, the API-key check, JSON encoding, the access log) dwarfs "
-        "the ~2 µs cache lookup of the read-path benchmark, and a strong read adds "
-        f"{extra_cpu:,.0f} µs for the Postgres round trip (plus Postgres's own CPU on the same "
-        f"cores). At {hi} connections {limit}; p99 ({hit.run.p99_us / 1000:.1f} ms cached) is "
-        "queueing in one event loop, so more throughput needs more server processes "
-        "(`jobkeeper serve --workers N`, each with its own cache), not more connections. "
-        f"`POST /jobs` sustained {post.run.rps:,.0f} submits/s at {hi} connections "
-        f"({post.cpu_us_per_request:,.0f} µs of server CPU each, one insert statement per "
-        f"request). These are closed-loop numbers on a {os.cpu_count()}-CPU machine shared by "
-        "the load generator, the server and Postgres, not capacity figures for a dedicated host."
-    )
-
-
 def report(plan: Plan, results: Results, server: str, quick: bool) -> tuple[str, bool]:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     mode = " (`--quick` smoke run: short loads, not for comparison)" if quick else ""
-    check_lines, ok = checks(plan, results)
+    check_lines, ok = checks(results)
     lines = [
         "### HTTP API: one `jobkeeper serve` process under load (`benchmarks/bench_http.py`)",
         "",
@@ -809,8 +765,6 @@ def report(plan: Plan, results: Results, server: str, quick: bool) -> tuple[str,
         *(_row(r) for r in results.rows),
         "",
         *check_lines,
-        "",
-        interpretation(plan, results),
     ]
     return "\n".join(lines) + "\n", ok
 

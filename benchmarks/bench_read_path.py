@@ -35,11 +35,8 @@ from cachetools import TTLCache
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from common import arguments, machine, nearest_rank, postgres_server, publish, scratch
-from jobkeeper.cache import CacheStats
-from jobkeeper.domain.values import Job
-from jobkeeper.manager import JobManager
-from jobkeeper.schema import jobs
-from jobkeeper.settings import asyncpg_dsn, sqlalchemy_url
+from jobkeeper import CacheStats, Job, JobManager
+from systems.jobkeeper import asyncpg_dsn, jobs, repository_of, sqlalchemy_url
 
 TENANT = "bench"
 KIND = "bench.job"
@@ -52,7 +49,7 @@ PEER = "asyncpg PK `SELECT`, one raw connection (peer)"
 POOL = "SQLAlchemy pool checkout + return only (no query)"
 CORE_PREBUILT = "SQLAlchemy Core, statement built once, held connection"
 CORE_PER_CALL = "SQLAlchemy Core, statement built per call, held connection"
-REPOSITORY = "`JobRepository.get` (pool checkout, query, row to `Job`)"
+REPOSITORY = "`JobStatements.get` (pool checkout, query, row to `Job`)"
 MISS = "`JobManager.get` miss (cold cache, reads Postgres then warms)"
 
 TARGET_RATIO = 50.0  # hit p50 must be at least this many times below the PK SELECT p50
@@ -309,8 +306,10 @@ async def bench_postgres_reads(ctx: Context) -> list[Result]:
             query = sa.select(jobs).where(jobs.c.id == job_id(i), jobs.c.tenant == TENANT)
             return (await held.execute(query)).first()
 
+        repository = repository_of(cold)
+
         def repository_get(i: int) -> Awaitable[Job | None]:
-            return cold.repository.get(job_id(i), TENANT)
+            return repository.jobs.get(job_id(i), TENANT)
 
         def cold_get(i: int) -> Awaitable[Job]:
             return cold.get(job_id(i), tenant=TENANT)
@@ -404,7 +403,7 @@ def verdict(results: Sequence[Result]) -> tuple[list[str], bool]:
         f"- Cache hit p99 = {hit.p99_us:,.2f} {US}; target < {TARGET_HIT_P99_US:.0f} {US}: "
         f"{status(p99_ok)}",
         f"- Miss p50 {miss.p50_us:,.0f} {US}, split by p50 differences: Postgres round trip "
-        f"with raw asyncpg {part(PEER, None)}; `JobRepository` on top of it (pool checkout, "
+        f"with raw asyncpg {part(PEER, None)}; the data layer on top of it (pool checkout, "
         f"query, row to `Job`) {part(REPOSITORY, PEER)}; `JobManager` and cache bookkeeping "
         f"{part(MISS, REPOSITORY)}.",
         f"- A bare SQLAlchemy pool checkout + return (`engine.connect()`, "
@@ -454,7 +453,7 @@ def report(
         "read goes to Postgres and then warms; checked: zero hits. Strong: "
         '`consistency="strong"` on the first manager always reads Postgres.',
         f"- Peer: `{PK_SELECT}` with `fetchrow` on one raw asyncpg connection (statement "
-        "prepared once by asyncpg's cache). `JobRepository.get` is timed on the miss row's "
+        "prepared once by asyncpg's cache). `JobStatements.get` is timed on the miss row's "
         "manager. Reference rows, on a separate autocommit engine: a pool checkout and return "
         "with no query (`engine.connect()`, `get_raw_connection()`, close); the same select in "
         "SQLAlchemy Core (`sa.select(jobs).where(...)`) on one held `AsyncConnection`, built "

@@ -5,13 +5,12 @@ quantiles, a process's CPU time, and writing a report section into ``docs/benchm
 The scripts start themselves again as child processes (``--role ...``), which import this module
 too; ``bench_coherence.py`` weighs such a child's memory. So importing it loads nothing a child
 does not load anyway: jobkeeper's test helpers, migrations and embedded server (pytest, alembic,
-pgserver) are imported by the functions that use them.
+pgserver) are imported by the functions of ``systems/jobkeeper.py`` that use them.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import math
 import os
 import platform
@@ -26,7 +25,13 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from jobkeeper.settings import asyncpg_dsn
+from systems.jobkeeper import (
+    asyncpg_dsn,
+    create_database,
+    drop_database,
+    embedded_server,
+    migrate_to_head,
+)
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 URL_ENV = "JOBKEEPER_DATABASE_URL"
@@ -56,27 +61,19 @@ def postgres_server() -> Iterator[Server]:
         where = f"{parts.hostname or 'local socket'}:{parts.port or 5432}"
         yield Server(configured, f"configured (`{URL_ENV}`, {where})")
         return
-    from jobkeeper.embedded import EmbeddedPostgres, default_data_dir
-
-    embedded = EmbeddedPostgres(default_data_dir("bench-pg"))
-    try:
-        yield Server(embedded.url(), "embedded (pgserver, Unix socket)")
-    finally:
-        embedded.stop()
+    with embedded_server("bench-pg") as url:
+        yield Server(url, "embedded (pgserver, Unix socket)")
 
 
 @asynccontextmanager
 async def scratch(server_url: str, label: str, *, migrate: bool = True) -> AsyncIterator[str]:
     """A fresh database, migrated to head unless ``migrate`` is false; dropped on the way out,
     even on error."""
-    from jobkeeper.migrate import upgrade
-    from jobkeeper.testing import create_database, drop_database
-
     name = f"jobkeeper_bench_{label}_{uuid.uuid4().hex[:8]}"
     url = await create_database(server_url, name)
     try:
         if migrate:
-            await asyncio.to_thread(upgrade, url)
+            await migrate_to_head(url)
         yield url
     finally:
         await drop_database(server_url, name)
