@@ -433,6 +433,43 @@ async def test_the_cached_copy_is_dropped_when_another_process_expires_the_job(
     assert heard == [(job.version + 1, "succeeded"), (EXPIRED_VERSION, "expired")], heard
 
 
+async def test_retention_writes_reach_the_sweeping_managers_cache_and_observers_at_once(
+    database_url: str, tenant: str, db: asyncpg.Connection
+) -> None:
+    """Retention goes through the manager like every other write: its own cache drops the job
+    and its observers hear each change, with no change feed involved (poll mode, an hour)."""
+    async with await JobManager.connect(
+        database_url, feed_mode="poll", feed_interval=3600
+    ) as manager:
+        [job] = await succeeded(manager, tenant, _kind(), [{"x": 1}])
+        assert await manager.get(job.id, tenant=tenant) == job  # cached, and vouched for
+        seen: list[str] = []
+        manager.observe(
+            lambda operation, changed: seen.append(operation) if changed.id == job.id else None
+        )
+        await backdate(db, [job.id])
+        await sweep(manager, RETENTION)
+        with pytest.raises(JobExpired):
+            await manager.get(job.id, tenant=tenant)
+        assert manager.feed_status().vouching  # the cache answered, not a read through
+    assert seen == ["payload_cleared", "expired"]
+
+
+async def test_the_sweeper_forgets_workers_silent_for_long(
+    job_manager: JobManager, db: asyncpg.Connection
+) -> None:
+    gone, live = uuid.uuid4(), uuid.uuid4()
+    for worker_id in (gone, live):
+        await job_manager.workers.register(worker_id, host="test", pid=1, kinds=None, concurrency=1)
+    await db.execute(
+        "UPDATE workers SET heartbeat_at = now() - interval '1 hour' WHERE id = $1", gone
+    )
+    report = await sweep(job_manager, None)
+    assert report.workers_pruned >= 1
+    remaining = {row["id"] for row in await db.fetch("SELECT id FROM workers")}
+    assert live in remaining and gone not in remaining
+
+
 async def test_an_expired_key_is_refused_until_its_tombstone_is_purged(
     job_manager: JobManager, tenant: str, db: asyncpg.Connection
 ) -> None:

@@ -31,6 +31,8 @@ from datetime import datetime
 from typing import ClassVar
 from uuid import UUID
 
+from jobkeeper.clock import utc_text
+
 __all__ = [
     "DatabaseUnavailable",
     "IdempotencyConflict",
@@ -109,7 +111,7 @@ class JobExpired(JobNotFound):
 
     def __init__(self, job_id: UUID, expired_at: datetime) -> None:
         super().__init__(job_id)
-        moment = expired_at.isoformat().replace("+00:00", "Z")
+        moment = utc_text(expired_at)
         self.message = f"job {job_id} expired at {moment}"
         self.args = (self.message,)
         self.expired_at = expired_at

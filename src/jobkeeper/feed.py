@@ -29,12 +29,21 @@ from uuid import UUID
 
 import asyncpg
 
+from jobkeeper.clock import nap
 from jobkeeper.errors import DatabaseUnavailable
-from jobkeeper.postgres import CHANNEL, Change, FeedConnection
+from jobkeeper.postgres import CANCEL_REQUESTED, CHANNEL, Change, FeedConnection
 from jobkeeper.postgres.notify import catch_up, decode, open_feed
 from jobkeeper.postgres.pool import LINK_ERRORS, Database
 
-__all__ = ["BatchListener", "Change", "ChangeFeed", "ChangeListener", "FeedMode", "FeedStatus"]
+__all__ = [
+    "CANCEL_REQUESTED",
+    "BatchListener",
+    "Change",
+    "ChangeFeed",
+    "ChangeListener",
+    "FeedMode",
+    "FeedStatus",
+]
 
 FeedMode = Literal["notify", "poll"]
 # called with (job_id, version, status); status is None when a catch-up found the change
@@ -176,7 +185,7 @@ class ChangeFeed:
                     await self._connect()
                     log.info("change feed reconnected after %d failed attempts", failures)
                     failures = 0
-                await self._sleep(self._interval)
+                await nap(self._wake, self._interval)
                 if self._conn is not None and not self._conn.is_closed():
                     await self._catch_up()
             except _LOST as exc:
@@ -190,7 +199,7 @@ class ChangeFeed:
                 continue
             await self._drop_connection()
             delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** min(failures, 10))
-            await self._sleep(delay * random.uniform(0.5, 1.0))
+            await nap(self._wake, delay * random.uniform(0.5, 1.0))
 
     def _lost(self, exc: BaseException, failures: int) -> None:
         self._synced_at = None
@@ -230,15 +239,6 @@ class ChangeFeed:
         self._cursor = found.cursor
         self._synced_at = started
         self._catch_ups += 1
-
-    async def _sleep(self, seconds: float) -> None:
-        """Sleep, but wake early when a notification asks for a catch-up or the link drops."""
-        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that arrives as the
-        # event is set (stop() does both), and the task would then wait forever
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._wake.wait()
-        self._wake.clear()
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None

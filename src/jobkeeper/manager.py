@@ -590,7 +590,7 @@ class JobManager:
                     if job.terminal and last >= job.version:
                         return
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._feed.interval):  # see ChangeFeed._sleep
+                    async with asyncio.timeout(self._feed.interval):  # see clock.nap
                         await changed.wait()
         finally:
             unsubscribe()

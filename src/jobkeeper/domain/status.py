@@ -76,26 +76,34 @@ TERMINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled", "expired"})
 
 @dataclass(frozen=True, slots=True)
 class Operation:
-    """What one status-changing statement may do: the statuses it starts from and those it may
-    leave the job in (several where the outcome is decided in SQL, such as retry or fail)."""
+    """What one status-changing statement may do: from each status it starts from, the statuses
+    it may leave the job in (several where SQL decides, such as retry or fail; the same one where
+    it only flags the job, as a cancel request for a running job does)."""
 
-    sources: frozenset[JobStatus]
-    targets: frozenset[JobStatus]
+    moves: Mapping[JobStatus, frozenset[JobStatus]]
+
+    @property
+    def sources(self) -> frozenset[JobStatus]:
+        return frozenset(self.moves)
+
+    @property
+    def targets(self) -> frozenset[JobStatus]:
+        return frozenset().union(*self.moves.values())
 
 
 def _op(sources: set[JobStatus], targets: set[JobStatus]) -> Operation:
-    return Operation(frozenset(sources), frozenset(targets))
+    return Operation({source: frozenset(targets) for source in sources})
 
 
 _Q, _R, _W = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.WAITING_INPUT
 _S, _F, _C = JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
 
-# Every statement that changes a job's status, by name. The SQL takes its status conditions and
-# targets from here (postgres/compile.py), and tests/test_operations.py runs each statement from
-# every status and checks what it did against this table and TRANSITIONS. Fenced writes (by lease
-# token) start from ``running`` only: a token exists only while a job runs (ck_jobs_lease).
+# Every statement that changes a job's status, by name (a submit inserts the job queued). The SQL
+# takes its status conditions and targets from here (postgres/compile.py), and
+# tests/test_operations.py runs each statement from every status and checks what it did against
+# this table and TRANSITIONS. Fenced writes (by lease token) start from ``running`` only: a token
+# exists only while a job runs (ck_jobs_lease).
 OPERATIONS: Mapping[str, Operation] = {
-    "submit": _op(set(), {_Q}),
     "claim": _op({_Q}, {_R}),
     "succeed": _op({_R}, {_S}),
     # retried, failed, or cancelled when that was requested meanwhile
@@ -110,5 +118,5 @@ OPERATIONS: Mapping[str, Operation] = {
     # on_timeout: fail, cancel, or resume with the default answer
     "input_timeout": _op({_W}, {_F, _C, _Q}),
     # queued and waiting jobs end at once; a running one is flagged and keeps running
-    "cancel": _op({_Q, _W, _R}, {_C, _R}),
+    "cancel": Operation({_Q: frozenset({_C}), _W: frozenset({_C}), _R: frozenset({_R})}),
 }

@@ -3,9 +3,11 @@ announcer that sends it, and the feed's own connection and catch-up query.
 
 Right after a change commits, it is announced on ``CHANNEL`` as JSON arrays
 ``[[job_id, version, status], ...]`` (``_PER_PAYLOAD`` to a payload, under Postgres's 8,000-byte
-cap); the changes workers act on also go to ``WORK_CHANNEL``: a job queued (new work) as status
-``queued``, and a cancel request for a running job as ``cancel_requested``. A worker process
-listens only there, so it does not parse every claim and completion of every other worker.
+cap). ``status`` is the job's new status, except that a running job asked to cancel is announced
+as ``cancel_requested``, so its worker stops it without reading the row. The changes workers act
+on also go to ``WORK_CHANNEL``: jobs queued (new work) and cancel requests. A worker process
+listens only there, so it does not parse every claim and completion of every other worker, and
+none of its own writes but the ones that queue a job comes back to it.
 
 Not in the writing statement: Postgres serialises committing transactions that notify on one
 database-wide lock, held through the commit's WAL flush, so durable commits that notify run one at
@@ -50,6 +52,7 @@ CHANNEL = "jobkeeper_changes"  # every change: what caches follow
 WORK_CHANNEL = "jobkeeper_work"  # what workers act on: new work and cancel requests
 # the work channel's word for "a running job was asked to cancel" (its status stays running)
 CANCEL_REQUESTED = "cancel_requested"
+_WORK = frozenset({"queued", CANCEL_REQUESTED})  # what WORK_CHANNEL carries
 # an expired job is gone for good: its "version" outranks every real one, so caches drop it
 EXPIRED_VERSION = 2**63 - 1
 # Postgres caps a notification payload at 8000 bytes. An entry is at most 83 bytes (a 36-character
@@ -61,8 +64,8 @@ log = logging.getLogger("jobkeeper.notify")
 
 class Change(NamedTuple):
     """One committed change as listeners hear it. ``job_id`` is text (the form logs and the
-    change feed use); ``status`` is ``None`` when a catch-up found the change, and on the work
-    channel is ``queued`` or ``cancel_requested``."""
+    change feed use); ``status`` is the job's status or ``cancel_requested`` (see above), and
+    ``None`` when a catch-up found the change (what changed is then unknown)."""
 
     job_id: str
     version: int
@@ -125,11 +128,11 @@ class Announcer:
             return
         for row in rows:
             job_id, version, status = row["id"], row["version"], row["status"]
+            if status == "running" and row.get("cancel_requested"):
+                status = CANCEL_REQUESTED
             self._changes.append((job_id, version, status))
-            if status == "queued":
+            if status in _WORK:
                 self._work.append((job_id, version, status))
-            elif status == "running" and row.get("cancel_requested"):
-                self._work.append((job_id, version, CANCEL_REQUESTED))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="jobkeeper-announce")
         self._wake.set()

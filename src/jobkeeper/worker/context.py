@@ -54,10 +54,9 @@ class JobContext:
     """What a handler gets besides its payload. Safe to use from a sync handler's thread.
 
     For the worker (not for handlers): ``lease``; ``job_text``, the id as logs and the change feed
-    spell it; ``known_version``, the newest version of the job the worker has seen; ``finishing``,
-    set once its outcome is being written (feed echoes are then expected); ``latest``, the last
-    progress report, recorded with the completion; ``stop()`` and ``stop_reason``;
-    ``take_progress()`` and ``last_flush`` for the progress flush.
+    spell it; ``finishing``, set once its outcome is being written (nothing stops it then);
+    ``latest``, the last progress report, recorded with the completion; ``stop()`` and
+    ``stop_reason``; ``take_progress()`` and ``last_flush`` for the progress flush.
     """
 
     def __init__(self, host: JobHost, lease: Lease) -> None:
@@ -71,7 +70,6 @@ class JobContext:
         self.latest: Progress | None = None
         self._flush_scheduled = False
         self._last_flush = 0.0
-        self.known_version = lease.job.version
         self.finishing = False
         self._answers: Mapping[str, Any] = lease.job.answers or {}
         self._checkpoints: dict[str, Any] = (

@@ -170,7 +170,6 @@ class Executor:
         job = await self._jobs.checkpoint(ctx.lease, key, encode_json("checkpoint", value))
         if job is None:
             raise _Suspended  # the lease is gone: stop quietly, another worker owns the job
-        ctx.known_version = max(ctx.known_version, job.version)
 
     def schedule_progress(self, ctx: JobContext) -> None:
         """Called by ``JobContext.progress`` from any thread: hand it to the flush on the loop."""

@@ -19,9 +19,10 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
+from jobkeeper.clock import nap
 from jobkeeper.domain.values import Lease
 from jobkeeper.errors import DatabaseUnavailable, InvalidRequest
-from jobkeeper.feed import Change
+from jobkeeper.feed import CANCEL_REQUESTED, Change
 from jobkeeper.maintenance import Retention, Sweeper
 from jobkeeper.manager import JobManager
 from jobkeeper.worker.context import JobContext, StopReason
@@ -219,7 +220,7 @@ class Worker:
                 except DatabaseUnavailable as exc:
                     failures += 1
                     log.warning("claim failed (%s); retrying", exc)
-                    await self._sleep(min(self._poll_interval, 0.1 * 2**failures))
+                    await nap(self._wake, min(self._poll_interval, 0.1 * 2**failures))
                     continue
                 failures = 0
                 if self._stopping:  # stopped while claiming: give these back untouched
@@ -232,39 +233,27 @@ class Worker:
             if claimed and claimed == free:
                 await asyncio.sleep(0)  # maybe more work: claim again once handlers got a turn
                 continue
-            await self._sleep(self._poll_interval)
-
-    async def _sleep(self, seconds: float) -> None:
-        """Wait for a wake-up (new work, a free slot, stop) or ``seconds``."""
-        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that arrives as the
-        # event is set (stop() does both), and the task would then wait forever
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._wake.wait()
-        self._wake.clear()
+            await nap(self._wake, self._poll_interval)
 
     def _on_changes(self, changes: Sequence[Change]) -> None:
-        """Every change any process commits: wake up for claimable work, and look at changes to
-        this worker's own jobs. Most are neither, so both tests run in C (set operations)."""
+        """What the change feed says (``postgres/notify.py``): a job queued wakes the claim loop;
+        a cancel request for one of this worker's jobs stops it; a change found by a catch-up
+        (status ``None``, what changed unknown) does both, the stop after a read. Nothing else
+        concerns a worker, so its own writes need no filtering: a lost lease shows in the next
+        heartbeat or fenced write. Most changes are other workers', so the tests run in C (set
+        operations)."""
         statuses = set(map(_STATUS, changes))
         if "queued" in statuses or None in statuses:
-            self._wake.set()  # maybe claimable work (None: found by a catch-up, status unknown)
+            self._wake.set()
         if self._running and not self._running.keys().isdisjoint(map(_ID, changes)):
-            for job_id, version, status in changes:
+            for job_id, _version, status in changes:
                 running = self._running.get(job_id)
-                if running is not None:
-                    self._on_change(running, version, status)
-
-    def _on_change(self, running: _Running, version: int, status: str | None) -> None:
-        if running.ctx.finishing or version <= running.ctx.known_version:
-            return  # our own final write echoing back, or already seen
-        if status not in ("running", None):
-            running.ctx.known_version = version
-            self._stop_job(running, "lease_lost")  # recovered, released or finished elsewhere
-            return
-        running.ctx.known_version = version
-        # someone else changed our running job: a cancel request is the only such change
-        self._spawn(self._check_cancel(running))
+                if running is None or running.ctx.finishing:
+                    continue
+                if status == CANCEL_REQUESTED:
+                    self._stop_job(running, "cancel")
+                elif status is None:
+                    self._spawn(self._check_cancel(running))
 
     async def _check_cancel(self, running: _Running) -> None:
         job = running.ctx.job
@@ -316,8 +305,6 @@ class Worker:
             running = self._running.get(ctx.job_text)
             if running is not None:
                 self._stop_job(running, "lease_lost")
-        else:
-            ctx.known_version = max(ctx.known_version, job.version)
 
     # --- leases ------------------------------------------------------------------------------
 

@@ -1,0 +1,157 @@
+"""Every status-changing statement, run from every status, against ``OPERATIONS`` and
+``TRANSITIONS``: from a status the operation does not start from it changes nothing; from one it
+does, the job ends in one of the operation's targets, along an edge the transition table has."""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+
+from jobkeeper.domain.status import OPERATIONS, TRANSITIONS, JobStatus
+from jobkeeper.domain.values import Job, Lease
+from jobkeeper.errors import JobkeeperError
+from jobkeeper.manager import JobManager
+from jobkeeper.postgres import Postgres
+from jobkeeper.testing import data_layer
+
+Run = Callable[[Postgres, Job, UUID | None], Awaitable[Any]]
+
+
+def _path_to(target: JobStatus) -> list[JobStatus]:
+    paths: dict[JobStatus, list[JobStatus]] = {JobStatus.QUEUED: []}
+    todo = deque([JobStatus.QUEUED])
+    while todo:
+        status = todo.popleft()
+        for nxt in sorted(TRANSITIONS[status]):
+            if nxt not in paths:
+                paths[nxt] = [*paths[status], nxt]
+                todo.append(nxt)
+    return paths[target]
+
+
+def _lease(job: Job, token: UUID | None) -> Lease:
+    return Lease(job, token or uuid4())  # a token no job holds where the job has none
+
+
+async def _expire_lease(pg: Postgres, job: Job) -> None:
+    async with pg.database.connection() as conn:
+        await conn.execute(
+            "UPDATE jobs SET lease_expires_at = now() - interval '1 hour'"
+            " WHERE id = $1 AND status = 'running'",
+            job.id,
+        )
+
+
+async def _pass_deadline(pg: Postgres, job: Job) -> None:
+    async with pg.database.connection() as conn:
+        await conn.execute(
+            "UPDATE jobs SET input_deadline = now() - interval '1 hour'"
+            " WHERE id = $1 AND status = 'waiting_input'",
+            job.id,
+        )
+
+
+async def _claim(pg: Postgres, job: Job, token: UUID | None) -> Any:
+    return await pg.leases.claim(uuid4(), kinds=[job.kind], limit=10, lease_seconds=30)
+
+
+async def _succeed(pg: Postgres, job: Job, token: UUID | None) -> Any:
+    return await pg.leases.complete([(job.id, _lease(job, token).token, "null", None)])
+
+
+async def _fail(pg: Postgres, job: Job, token: UUID | None) -> Any:
+    return await pg.leases.fail(
+        _lease(job, token),
+        error={"code": "test"},
+        retryable=True,
+        delay=0.0,
+        backoff_base=0.01,
+        backoff_max=0.01,
+    )
+
+
+async def _stop_cancelled(pg: Postgres, job: Job, token: UUID | None) -> Any:
+    return await pg.leases.mark_cancelled(_lease(job, token))
+
+
+async def _release(pg: Postgres, job: Job, token: UUID | None) -> Any:
+    return await pg.leases.release([_lease(job, token)])
+
+
+async def _recover(pg: Postgres, job: Job, token: UUID | None) -> Any:
+    await _expire_lease(pg, job)
+    return await pg.leases.recover_expired(limit=1000, backoff_base=0.01, backoff_max=0.01)
+
+
+async def _ask(pg: Postgres, job: Job, token: UUID | None) -> Any:
+    return await pg.leases.ask(_lease(job, token), '{"key": "q1", "text": "?"}', None)
+
+
+async def _answer(pg: Postgres, job: Job, token: UUID | None) -> Any:
+    return await pg.jobs.answer(job.id, job.tenant, "manual", "true", "tester")
+
+
+async def _input_timeout(pg: Postgres, job: Job, token: UUID | None) -> Any:
+    await _pass_deadline(pg, job)
+    return await pg.jobs.expire_input_deadlines(limit=1000)
+
+
+async def _cancel(pg: Postgres, job: Job, token: UUID | None) -> Any:
+    try:
+        return await pg.jobs.cancel(job.id, job.tenant)
+    except JobkeeperError as refused:  # a finished job: JobFinished, and nothing changed
+        return refused
+
+
+RUNS: dict[str, Run] = {
+    "claim": _claim,
+    "succeed": _succeed,
+    "fail": _fail,
+    "stop_cancelled": _stop_cancelled,
+    "release": _release,
+    "recover": _recover,
+    "ask": _ask,
+    "answer": _answer,
+    "input_timeout": _input_timeout,
+    "cancel": _cancel,
+}
+
+
+def test_every_operation_is_run_here() -> None:
+    assert set(OPERATIONS) == set(RUNS)
+
+
+def test_every_operation_moves_only_along_the_transition_table() -> None:
+    for name, operation in OPERATIONS.items():
+        for source, targets in operation.moves.items():
+            for target in targets:
+                assert target == source or target in TRANSITIONS[source], (name, source, target)
+
+
+@pytest.mark.parametrize(
+    ("name", "source"), list(itertools.product(sorted(RUNS), JobStatus)), ids=str
+)
+async def test_each_statement_from_each_status(
+    job_manager: JobManager, tenant: str, name: str, source: JobStatus
+) -> None:
+    pg = data_layer(job_manager)
+    kind = f"ops.{uuid4().hex[:12]}"  # a claim in this test takes only this job
+    job = await job_manager.submit(tenant, kind, {})
+    for status in _path_to(source):
+        job = await pg.jobs.transition(job.id, tenant, status, event="test")
+    async with pg.database.connection() as conn:
+        token = await conn.fetchval("SELECT lease_token FROM jobs WHERE id = $1", job.id)
+    await RUNS[name](pg, job, token)
+    after = await pg.jobs.get(job.id, tenant)
+    assert after is not None
+    operation = OPERATIONS[name]
+    if source not in operation.sources:
+        assert (after.status, after.version) == (source, job.version), "changed from a non-source"
+        return
+    assert after.version > job.version, f"{name} did nothing from {source.value}"
+    assert after.status in operation.moves[source], after.status
