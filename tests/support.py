@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import json
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar, overload
@@ -15,7 +16,7 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
-from jobkeeper.domain.status import JobStatus
+from jobkeeper.domain.status import TRANSITIONS, JobStatus
 from jobkeeper.domain.values import Job, Progress
 from jobkeeper.manager import JobManager
 from jobkeeper.settings import asyncpg_dsn
@@ -224,3 +225,16 @@ async def killed_while_waiting(admin: asyncpg.Connection, work: Awaitable[T]) ->
         task.cancel()
         with contextlib.suppress(BaseException):
             await task
+
+
+def path_to(target: JobStatus) -> list[JobStatus]:
+    """The shortest chain of allowed transitions from ``queued`` to ``target`` (BFS)."""
+    paths: dict[JobStatus, list[JobStatus]] = {JobStatus.QUEUED: []}
+    todo = deque([JobStatus.QUEUED])
+    while todo:
+        status = todo.popleft()
+        for nxt in sorted(TRANSITIONS[status]):
+            if nxt not in paths:
+                paths[nxt] = [*paths[status], nxt]
+                todo.append(nxt)
+    return paths[target]

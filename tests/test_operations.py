@@ -5,7 +5,6 @@ does, the job ends in one of the operation's targets, along an edge the transiti
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID, uuid4
@@ -18,41 +17,22 @@ from jobkeeper.errors import JobkeeperError
 from jobkeeper.manager import JobManager
 from jobkeeper.postgres import Postgres
 from jobkeeper.testing import data_layer
+from support import path_to
 
 Run = Callable[[Postgres, Job, UUID | None], Awaitable[Any]]
-
-
-def _path_to(target: JobStatus) -> list[JobStatus]:
-    paths: dict[JobStatus, list[JobStatus]] = {JobStatus.QUEUED: []}
-    todo = deque([JobStatus.QUEUED])
-    while todo:
-        status = todo.popleft()
-        for nxt in sorted(TRANSITIONS[status]):
-            if nxt not in paths:
-                paths[nxt] = [*paths[status], nxt]
-                todo.append(nxt)
-    return paths[target]
 
 
 def _lease(job: Job, token: UUID | None) -> Lease:
     return Lease(job, token or uuid4())  # a token no job holds where the job has none
 
 
-async def _expire_lease(pg: Postgres, job: Job) -> None:
+async def _overdue(pg: Postgres, job: Job, column: str, status: JobStatus) -> None:
+    """Put ``column`` (a lease's or a question's deadline) an hour in the past, if ``status``."""
     async with pg.database.connection() as conn:
         await conn.execute(
-            "UPDATE jobs SET lease_expires_at = now() - interval '1 hour'"
-            " WHERE id = $1 AND status = 'running'",
+            f"UPDATE jobs SET {column} = now() - interval '1 hour' WHERE id = $1 AND status = $2",
             job.id,
-        )
-
-
-async def _pass_deadline(pg: Postgres, job: Job) -> None:
-    async with pg.database.connection() as conn:
-        await conn.execute(
-            "UPDATE jobs SET input_deadline = now() - interval '1 hour'"
-            " WHERE id = $1 AND status = 'waiting_input'",
-            job.id,
+            status.value,
         )
 
 
@@ -84,7 +64,7 @@ async def _release(pg: Postgres, job: Job, token: UUID | None) -> Any:
 
 
 async def _recover(pg: Postgres, job: Job, token: UUID | None) -> Any:
-    await _expire_lease(pg, job)
+    await _overdue(pg, job, "lease_expires_at", JobStatus.RUNNING)
     return await pg.leases.recover_expired(limit=1000, backoff_base=0.01, backoff_max=0.01)
 
 
@@ -97,7 +77,7 @@ async def _answer(pg: Postgres, job: Job, token: UUID | None) -> Any:
 
 
 async def _input_timeout(pg: Postgres, job: Job, token: UUID | None) -> Any:
-    await _pass_deadline(pg, job)
+    await _overdue(pg, job, "input_deadline", JobStatus.WAITING_INPUT)
     return await pg.jobs.expire_input_deadlines(limit=1000)
 
 
@@ -142,7 +122,7 @@ async def test_each_statement_from_each_status(
     pg = data_layer(job_manager)
     kind = f"ops.{uuid4().hex[:12]}"  # a claim in this test takes only this job
     job = await job_manager.submit(tenant, kind, {})
-    for status in _path_to(source):
+    for status in path_to(source):
         job = await pg.jobs.transition(job.id, tenant, status, event="test")
     async with pg.database.connection() as conn:
         token = await conn.fetchval("SELECT lease_token FROM jobs WHERE id = $1", job.id)

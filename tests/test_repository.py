@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections import deque
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID, uuid4
@@ -21,9 +20,10 @@ from jobkeeper import (
     JobNotFound,
     JobStatus,
 )
-from jobkeeper.domain.status import TERMINAL, TRANSITIONS, can_transition
+from jobkeeper.domain.status import TERMINAL, can_transition
 from jobkeeper.postgres.jobs import JobStatements
 from jobkeeper.testing import data_layer
+from support import path_to
 
 
 async def make_job(manager: JobManager, tenant: str, **overrides: Any) -> Job:
@@ -31,19 +31,6 @@ async def make_job(manager: JobManager, tenant: str, **overrides: Any) -> Job:
     args: dict[str, Any] = {"kind": "test.job", "payload": {"n": 1}}
     args.update(overrides)
     return await manager.submit(tenant, args.pop("kind"), args.pop("payload"), **args)
-
-
-def path_to(target: JobStatus) -> list[JobStatus]:
-    """The shortest chain of allowed transitions from ``queued`` to ``target`` (BFS)."""
-    paths: dict[JobStatus, list[JobStatus]] = {JobStatus.QUEUED: []}
-    todo = deque([JobStatus.QUEUED])
-    while todo:
-        status = todo.popleft()
-        for nxt in sorted(TRANSITIONS[status]):
-            if nxt not in paths:
-                paths[nxt] = [*paths[status], nxt]
-                todo.append(nxt)
-    return paths[target]
 
 
 async def fetch(repo: JobStatements, job_id: UUID, tenant: str) -> Job:
