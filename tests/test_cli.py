@@ -47,10 +47,11 @@ def test_help_everywhere() -> None:
 
 
 def test_migrate_is_idempotent_and_prints_sql(env: dict[str, str]) -> None:
-    assert invoke("migrate") == (0, "schema is up to date\n")
-    code, out = invoke("migrate", "--sql")
+    assert invoke("migrate") == (0, "schema jobkeeper is up to date\n")
+    code, out = invoke("migrate", "--sql", "--schema", "app_jobs")
     assert code == 0
-    assert "CREATE TABLE jobs" in out
+    assert "CREATE TABLE jobs" in out and 'CREATE SCHEMA IF NOT EXISTS "app_jobs"' in out
+    assert invoke("migrate", "--schema", "Bad-Name")[0] == 1
     process = run(env, "migrate")
     assert process.returncode == 0, process.stderr
 

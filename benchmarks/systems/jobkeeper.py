@@ -65,7 +65,7 @@ PROFILED = (
     ("postgres/notify.py", "queue"),
     ("postgres/pool.py", "connection"),
     ("postgres/pool.py", "to_job"),
-    ("postgres/pool.py", "_loads"),
+    ("postgres/pool.py", "loads"),
     ("worker/worker.py", "_start"),
     ("worker/executor.py", "execute"),
     ("worker/worker.py", "_on_changes"),

@@ -27,7 +27,7 @@ from jobkeeper.api.schemas import job_json
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.validate import validate_tenant
 from jobkeeper.domain.values import Job
-from jobkeeper.errors import JobkeeperError
+from jobkeeper.errors import InvalidRequest, JobkeeperError
 from jobkeeper.logs import configure_logging
 from jobkeeper.maintenance import Retention, Sweeper, SweepReport
 from jobkeeper.manager import JobManager
@@ -144,18 +144,28 @@ def migrate(
     sql: Annotated[
         bool, typer.Option("--sql", help="Print the SQL instead of running it.")
     ] = False,
+    schema: Annotated[
+        str | None,
+        typer.Option(
+            "--schema",
+            help="The Postgres schema of jobkeeper's tables (default: JOBKEEPER_SCHEMA).",
+        ),
+    ] = None,
 ) -> None:
-    """Create or upgrade the schema (Alembic upgrade head)."""
+    """Create or upgrade jobkeeper's tables in their schema (Alembic upgrade head)."""
     settings = _read_settings()
     url = settings.database_url or ("postgresql://offline/jobkeeper" if sql else None)
     if url is None:
         raise _fail("set JOBKEEPER_DATABASE_URL")
+    target = schema or settings.pg_schema
     try:
-        upgrade(url, sql=sql)
+        upgrade(url, schema=target, sql=sql)
+    except InvalidRequest as exc:
+        raise _fail(exc.message) from None
     except (OSError, SQLAlchemyError) as exc:
         raise _fail(f"migration failed: {str(exc).splitlines()[0]}") from None
     if not sql:
-        typer.echo("schema is up to date")
+        typer.echo(f"schema {target} is up to date")
 
 
 @app.command()

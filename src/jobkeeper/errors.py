@@ -16,6 +16,7 @@ the HTTP layer maps codes to statuses in one place. Messages are for people and 
     ├── InvalidAnswer               invalid_answer       the answer does not fit the question
     ├── NotWaitingForInput          not_waiting_for_input  no open question (or another one)
     ├── SchemaMissing               schema_missing       the database was never migrated
+    │   └── SchemaOutdated          schema_outdated      tables in the layout before schemas
     └── DatabaseUnavailable         database_unavailable
 
 Raised by handlers to steer the worker (not errors of jobkeeper itself):
@@ -149,12 +150,34 @@ class IdempotencyConflict(JobkeeperError):
 
 
 class SchemaMissing(JobkeeperError):
-    """The database has no jobkeeper schema (or an old one): run ``jobkeeper migrate``."""
+    """The database has no jobkeeper tables in ``schema`` (or not all of them): migrate it."""
 
     code = "schema_missing"
 
-    def __init__(self) -> None:
-        super().__init__("the jobkeeper schema is missing or outdated: run `jobkeeper migrate`")
+    def __init__(self, schema: str, message: str | None = None) -> None:
+        super().__init__(
+            message
+            or f"jobkeeper's tables are not in schema {schema!r} (or not all of them): run "
+            f"`jobkeeper migrate --schema {schema}`, or jobkeeper.migrate.upgrade(..., "
+            f"schema={schema!r}) from your application's own Alembic revision"
+        )
+        self.schema = schema
+
+
+class SchemaOutdated(SchemaMissing):
+    """jobkeeper's tables are in ``public`` with Alembic's default version table: the layout
+    before jobkeeper had a schema of its own."""
+
+    code = "schema_outdated"
+
+    def __init__(self, schema: str) -> None:
+        super().__init__(
+            schema,
+            f"jobkeeper's tables are in schema 'public' with Alembic's default version table "
+            f"(the layout before jobkeeper had a schema of its own), not in {schema!r}: migrate "
+            f"schema {schema!r} with `jobkeeper migrate --schema {schema}` and move the jobs over, "
+            "or start from a fresh database",
+        )
 
 
 class DatabaseUnavailable(JobkeeperError):

@@ -31,7 +31,7 @@ import asyncpg
 
 from jobkeeper.clock import nap
 from jobkeeper.errors import DatabaseUnavailable
-from jobkeeper.postgres import CANCEL_REQUESTED, CHANNEL, Change, FeedConnection
+from jobkeeper.postgres import CANCEL_REQUESTED, Change, FeedConnection
 from jobkeeper.postgres.notify import catch_up, decode, open_feed
 from jobkeeper.postgres.pool import LINK_ERRORS, Database
 
@@ -85,10 +85,10 @@ class ChangeFeed:
         on_reset: Callable[[], object],
         clock: Callable[[], float] = time.monotonic,
         catch_up: bool = True,
-        channel: str = CHANNEL,
+        work_only: bool = False,
     ) -> None:
         self._database = database
-        self._channel = channel
+        self._work_only = work_only
         # without a cache to repair (notify mode, a worker process), listeners hear notifications
         # only; each has its own fallback (a worker polls, watch() re-reads), so the catch-up
         # query, which reads every event since the last, would serve nobody
@@ -209,7 +209,7 @@ class ChangeFeed:
     async def _connect(self) -> None:
         listen = self._on_payload if self._mode == "notify" else None
         self._conn = await open_feed(
-            self._database, listen=listen, on_lost=self._on_lost, channel=self._channel
+            self._database, listen=listen, on_lost=self._on_lost, work_only=self._work_only
         )
         if self._cursor is None:
             # the cache starts empty, so history before this point is not needed

@@ -18,10 +18,13 @@ from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 from uuid import UUID
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from jobkeeper.cache import CacheStats, JobCache, Ticket
 from jobkeeper.domain.questions import answer_problems, same_json
 from jobkeeper.domain.status import TERMINAL_EVENTS, JobStatus
 from jobkeeper.domain.validate import (
+    DEFAULT_SCHEMA,
     encode_json,
     optional_text,
     parse_job_id,
@@ -39,7 +42,8 @@ from jobkeeper.errors import (
     QueueFull,
 )
 from jobkeeper.feed import BatchListener, ChangeFeed, ChangeListener, FeedMode, FeedStatus
-from jobkeeper.postgres import CHANNEL, EXPIRED_VERSION, WORK_CHANNEL, Postgres
+from jobkeeper.postgres import EXPIRED_VERSION, Postgres
+from jobkeeper.postgres.borrowed import Borrowed, CallerConnection, borrow
 from jobkeeper.postgres.keys import KeyStatements
 from jobkeeper.postgres.workers import WorkerStatements
 from jobkeeper.settings import Settings
@@ -109,8 +113,9 @@ class JobManager:
     @classmethod
     async def connect(
         cls,
-        database_url: str,
+        database: str | AsyncEngine,
         *,
+        schema: str = DEFAULT_SCHEMA,
         role: Role = "api",
         cache_size: int = 10_000,
         cache_ttl: float = 30.0,
@@ -121,7 +126,12 @@ class JobManager:
         max_queued_per_kind: int | None = None,
         queue_full_retry_after: float = 5.0,
     ) -> JobManager:
-        """Open a pool to ``database_url``, check that Postgres answers and start the change feed.
+        """Open a pool to ``database``, check that Postgres answers and start the change feed.
+
+        ``database`` is a URL (``postgresql://`` or ``postgresql+asyncpg://``) or the
+        application's own SQLAlchemy ``AsyncEngine``, whose URL (credentials included) is used:
+        jobkeeper opens a pool of its own of ``pool_size`` connections plus one for the change
+        feed (docs/embedding.md says how to size both). The tables are those in ``schema``.
 
         ``feed_mode="poll"`` is for transaction-mode poolers (no LISTEN/NOTIFY); every process on
         one database must use the same mode. ``feed_interval`` is the catch-up period (default
@@ -145,7 +155,14 @@ class JobManager:
             if limit is not None and limit < 1:
                 raise InvalidRequest(name, "a positive integer or None")
         interval = feed_interval or (1.0 if feed_mode == "notify" else 0.25)
-        postgres = Postgres.create(database_url, pool_size=pool_size, notify=feed_mode == "notify")
+        url = (
+            database.url.render_as_string(hide_password=False)
+            if isinstance(database, AsyncEngine)
+            else database
+        )
+        postgres = Postgres.create(
+            url, schema=schema, pool_size=pool_size, notify=feed_mode == "notify"
+        )
         cache = JobCache(cache_size if role == "api" else 0, cache_ttl)
         feed = ChangeFeed(
             postgres.database,
@@ -154,7 +171,7 @@ class JobManager:
             max_jobs=max(cache_size, _MIN_CATCH_UP),
             on_reset=cache.reset,
             catch_up=role == "api",
-            channel=CHANNEL if role == "api" else WORK_CHANNEL,
+            work_only=role == "worker",
         )
         if cache.enabled:
             feed.subscribe(lambda job_id, version, _status: cache.invalidate(job_id, version))
@@ -181,6 +198,7 @@ class JobManager:
             raise InvalidRequest("database_url", "set JOBKEEPER_DATABASE_URL")
         return await cls.connect(
             settings.database_url,
+            schema=settings.pg_schema,
             role=role,
             cache_size=settings.cache_size,
             cache_ttl=settings.cache_ttl,
@@ -243,12 +261,19 @@ class JobManager:
         max_attempts: int = 3,
         run_after: datetime | None = None,
         pinned: bool = False,
+        connection: CallerConnection | None = None,
     ) -> Job:
         """Record a new ``queued`` job and return it.
 
         With an ``idempotency_key``, repeating the same request returns the job the first one
         created (exactly one row, even under concurrent submits); the same key with a different
         request raises ``IdempotencyConflict``.
+
+        ``connection``: the application's SQLAlchemy ``AsyncSession`` or ``AsyncConnection``, or
+        an asyncpg ``Connection``, with its transaction open. The job and its event are then
+        written in that transaction: they commit or roll back with the application's rows, no
+        worker, replica or cache sees the job before the commit, and workers are told at the
+        commit. The returned job is not cached (it may never commit).
         """
         job, _ = await self.submit_or_replay(
             tenant,
@@ -260,6 +285,7 @@ class JobManager:
             max_attempts=max_attempts,
             run_after=run_after,
             pinned=pinned,
+            connection=connection,
         )
         return job
 
@@ -275,6 +301,7 @@ class JobManager:
         max_attempts: int = 3,
         run_after: datetime | None = None,
         pinned: bool = False,
+        connection: CallerConnection | None = None,
     ) -> tuple[Job, bool]:
         """Like ``submit``, also telling whether this call created the job (``False``: a replay)."""
         new = validate_new_job(
@@ -288,37 +315,48 @@ class JobManager:
             concurrency_key=concurrency_key,
             pinned=pinned,
         )
+        on = None if connection is None else await borrow(connection)
         for _ in range(_SUBMIT_ROUNDS):
             ticket = self._cache.ticket()
             job = await self._pg.jobs.insert(
-                new, max_queued=self._max_queued, max_queued_per_kind=self._max_queued_per_kind
+                new,
+                max_queued=self._max_queued,
+                max_queued_per_kind=self._max_queued_per_kind,
+                on=on,
+                notify=self._pg.notifies,
             )
             if job is not None:
-                self._remember((job,), ticket, "submitted")
+                if on is None:  # in the caller's transaction, it may never commit
+                    self._remember((job,), ticket, "submitted")
                 return job, True
             found = None
             if new.idempotency_key is not None:
-                found = await self._pg.jobs.find_by_idempotency_key(new.tenant, new.idempotency_key)
+                found = await self._pg.jobs.find_by_idempotency_key(
+                    new.tenant, new.idempotency_key, on=on
+                )
                 if found is None:
-                    expired = await self._pg.jobs.expired_key(new.tenant, new.idempotency_key)
+                    expired = await self._pg.jobs.expired_key(
+                        new.tenant, new.idempotency_key, on=on
+                    )
                     if expired is not None:
                         raise expired
             if found is None:
                 if self._max_queued is None and self._max_queued_per_kind is None:
                     continue  # the key's row vanished between the two statements: insert again
-                raise await self._queue_full(new)
+                raise await self._queue_full(new, on)
             job, fingerprint = found
             if fingerprint != new.fingerprint:
                 raise IdempotencyConflict(job.idempotency_key or "", job.id)
-            self._cache.store(job, ticket)
+            if on is None:
+                self._cache.store(job, ticket)
             return job, False
         raise RuntimeError("idempotent submit kept losing its row; is something deleting jobs?")
 
-    async def _queue_full(self, new: NewJob) -> QueueFull:
+    async def _queue_full(self, new: NewJob, on: Borrowed | None) -> QueueFull:
         """Which limit refused the job: the tenant's, unless only the kind's is reached."""
         if self._max_queued is not None and (
             self._max_queued_per_kind is None
-            or await self._pg.jobs.queued_for(new.tenant) >= self._max_queued
+            or await self._pg.jobs.queued_for(new.tenant, on=on) >= self._max_queued
         ):
             return QueueFull(new.tenant, self._max_queued, self._retry_after)
         assert self._max_queued_per_kind is not None

@@ -13,7 +13,19 @@ from sqlalchemy.dialects.postgresql import JSONB
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.validate import MAX_ATTEMPTS, MAX_PRIORITY
 
-__all__ = ["api_keys", "job_events", "job_tombstones", "jobs", "metadata", "workers"]
+__all__ = [
+    "VERSION_TABLE",
+    "api_keys",
+    "job_events",
+    "job_tombstones",
+    "jobs",
+    "metadata",
+    "workers",
+]
+
+# Alembic's version table of jobkeeper's own history, in jobkeeper's schema: never the
+# application's alembic_version
+VERSION_TABLE = "jobkeeper_alembic_version"
 
 # the writing transaction id (xid8: 64-bit, never wraps) as bigint, comparable with pg_snapshot_xmin
 CURRENT_TXID = sa.text("(pg_current_xact_id())::text::bigint")

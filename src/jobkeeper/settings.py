@@ -5,8 +5,11 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, field_validator
+from pydantic import AliasChoices, BaseModel, BeforeValidator, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from jobkeeper.domain.validate import DEFAULT_SCHEMA, validate_schema
+from jobkeeper.errors import InvalidRequest
 
 __all__ = [
     "Duration",
@@ -63,7 +66,9 @@ def asyncpg_dsn(url: str) -> str:
 class Settings(BaseSettings):
     """Everything jobkeeper reads from the environment (``JOBKEEPER_*``) or a ``.env`` file."""
 
-    model_config = SettingsConfigDict(env_prefix="JOBKEEPER_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="JOBKEEPER_", env_file=".env", extra="ignore", populate_by_name=True
+    )
 
     database_url: str | None = Field(
         default=None,
@@ -77,6 +82,14 @@ class Settings(BaseSettings):
     )
     cache_ttl: float = Field(
         default=30.0, gt=0, description="Seconds a cached job may be served before a re-read."
+    )
+    # "schema" would shadow pydantic's BaseModel.schema(): the field is pg_schema, read from
+    # JOBKEEPER_SCHEMA (or Settings(schema=...))
+    pg_schema: str = Field(
+        default=DEFAULT_SCHEMA,
+        validation_alias=AliasChoices("schema", "JOBKEEPER_SCHEMA", "pg_schema"),
+        description="Postgres schema of jobkeeper's tables, version table and channels "
+        "(JOBKEEPER_SCHEMA), so it shares an application's database without touching its tables.",
     )
     pool_size: int = Field(default=10, ge=1, description="Database connections per process.")
     feed_mode: Literal["notify", "poll"] = Field(
@@ -144,6 +157,14 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds a replica trusts a verified API key (a revocation takes this long).",
     )
+
+    @field_validator("pg_schema")
+    @classmethod
+    def _schema(cls, value: str) -> str:
+        try:
+            return validate_schema(value)
+        except InvalidRequest as exc:
+            raise ValueError(exc.message) from None
 
     @field_validator("database_url")
     @classmethod

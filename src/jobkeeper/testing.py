@@ -50,11 +50,13 @@ def with_database(url: str, database: str) -> str:
 
 
 def _migrations_hash() -> str:
+    """A hash of the revisions and of the environment that lays them out."""
     digest = hashlib.sha256()
-    versions = files("jobkeeper") / "migrations" / "versions"
-    for entry in sorted(versions.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".py"):
-            digest.update(entry.name.encode() + entry.read_bytes())
+    migrations = files("jobkeeper") / "migrations"
+    for folder in (migrations, migrations / "versions"):
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+            if entry.name.endswith(".py"):
+                digest.update(entry.name.encode() + entry.read_bytes())
     return digest.hexdigest()[:12]
 
 

@@ -209,3 +209,55 @@ async def test_a_worker_keeps_its_lease_when_a_heartbeat_is_terminated(
     assert runs == 1, "the job ran again: its lease was not renewed after the terminated heartbeat"
     assert worker.proc.returncode is None
     assert "Task exception was never retrieved" not in worker.output()
+
+
+@pytest.mark.timeout(90)
+async def test_a_finished_jobs_success_survives_its_write_being_terminated(
+    job_manager: JobManager,
+    tenant: str,
+    admin: asyncpg.Connection,
+    locker: asyncpg.Connection,
+    database_url: str,
+    tmp_path: Path,
+    starts_table: None,
+) -> None:
+    """The success write waits on the job's row and is terminated, again and again, until the
+    row is free: it is retried while the lease holds, so the job ends succeeded after one run
+    (before, the result was dropped and the job ran again once its lease expired)."""
+    workers = Workers(
+        database_url,
+        tmp_path,
+        tasks=TASKS,
+        prefix_var="FAULT_KIND_PREFIX",
+        settings={"lease_seconds": "6", "poll_interval": "0.1"},
+    )
+    try:
+        worker = await workers.start()
+        job = await job_manager.submit(tenant, workers.kind("slow"), {"seconds": [1.0]})
+        await eventually(
+            lambda: admin.fetchval("SELECT count(*) FROM fault_starts WHERE job_id = $1", job.id),
+            what="the handler to start",
+            watch=[worker],
+        )
+        loop = asyncio.get_running_loop()
+        async with locker.transaction():
+            await locker.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", job.id)
+            until = loop.time() + 2.5  # the handler finishes at 1 s: its success waits here
+            while loop.time() < until:
+                await terminate_waiting(admin)
+                await asyncio.sleep(0.02)
+
+        async def finished() -> bool:
+            current = await job_manager.get(job.id, tenant=tenant, consistency="strong")
+            return current.terminal
+
+        await eventually(finished, what="the job to finish", watch=[worker])
+        done = await job_manager.get(job.id, tenant=tenant, consistency="strong")
+        assert (done.status, done.attempts) == ("succeeded", 1)
+        runs = await admin.fetchval("SELECT count(*) FROM fault_starts WHERE job_id = $1", job.id)
+        assert runs == 1
+        assert "recording 1 completions failed" in worker.output()  # the write was terminated
+        assert "retrying while the lease holds" in worker.output()
+        assert worker.proc.returncode is None
+    finally:
+        await workers.close()

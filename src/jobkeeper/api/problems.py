@@ -48,6 +48,7 @@ STATUS: dict[str, int] = {
     "internal_error": 500,
     "database_unavailable": 503,
     "schema_missing": 503,
+    "schema_outdated": 503,
 }
 _TITLES = {code: code.replace("_", " ").capitalize() for code in STATUS}
 PROBLEM_JSON = "application/problem+json"

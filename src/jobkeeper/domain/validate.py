@@ -14,6 +14,7 @@ from jobkeeper.domain.values import NewJob, Progress
 from jobkeeper.errors import InvalidJobId, InvalidRequest, TenantRequired
 
 __all__ = [
+    "DEFAULT_SCHEMA",
     "MAX_ATTEMPTS",
     "MAX_PRIORITY",
     "aware_utc",
@@ -24,6 +25,7 @@ __all__ = [
     "validate_kind",
     "validate_new_job",
     "validate_progress",
+    "validate_schema",
     "validate_tenant",
 ]
 
@@ -34,6 +36,27 @@ _KEY_MAX = 255
 _TENANT_MAX = 128
 # a \u0000 escape that is not itself an escaped backslash followed by "u0000"
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+DEFAULT_SCHEMA = "jobkeeper"
+# lower case, so it needs no quoting to mean itself; short enough that "<schema>_changes" stays
+# under Postgres's 63-byte identifier limit (channel names are identifiers)
+_SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,47}")
+
+
+def validate_schema(schema: object) -> str:
+    """A Postgres schema name for jobkeeper's tables: lower-case letters, digits and ``_``,
+    starting with a letter or ``_``, at most 48 characters (and not a system schema)."""
+    if (
+        not isinstance(schema, str)
+        or not _SCHEMA.fullmatch(schema)
+        or schema.startswith("pg_")
+        or schema == "information_schema"
+    ):
+        raise InvalidRequest(
+            "schema", "1 to 48 lower-case letters, digits and _, starting with a letter or _"
+        )
+    return schema
 
 
 def validate_tenant(tenant: object) -> str:

@@ -14,6 +14,7 @@ hence compile once.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,7 @@ from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from jobkeeper.domain.status import OPERATIONS, JobStatus
-from jobkeeper.schema import jobs
+from jobkeeper.schema import jobs, metadata
 
 __all__ = [
     "NOW",
@@ -32,6 +33,7 @@ __all__ = [
     "changed_by",
     "compile_statement",
     "param",
+    "qualify",
     "raw",
     "sources",
     "status_literals",
@@ -70,6 +72,20 @@ def compile_statement(statement: sa.ClauseElement) -> Sql:
         bind = compiled.binds[name]
         slots.append((name, None) if bind.required else (None, bind.effective_value))
     return Sql(str(compiled), tuple(slots))
+
+
+# a reference to one of jobkeeper's tables: the bare name, not a column or alias spelled alike
+# (preceded by a letter, a dot or a quote), nor inside an identifier
+_TABLE = re.compile(
+    r"(?<![\w.\"'$])(" + "|".join(sorted(metadata.tables, key=len, reverse=True)) + r")\b(?![\"])"
+)
+
+
+def qualify(text: str, schema: str) -> str:
+    """``text`` with each of jobkeeper's tables named in ``schema``: statements are written
+    with bare table names and run everywhere schema-qualified, so they need no ``search_path``
+    (a pooler may not keep one, and an application's connection has its own)."""
+    return _TABLE.sub(f'"{schema}".\\1', text)
 
 
 def raw(text: str, *names: str) -> Sql:

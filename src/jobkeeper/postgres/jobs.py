@@ -16,6 +16,7 @@ from uuid_utils.compat import uuid7
 from jobkeeper.domain.status import TERMINAL, JobStatus, sources_of
 from jobkeeper.domain.values import Job, JobEvent, NewJob, Progress
 from jobkeeper.errors import InvalidTransition, JobExpired, JobFinished, JobNotFound
+from jobkeeper.postgres.borrowed import Borrowed, job_of_text_row, json_as_text
 from jobkeeper.postgres.compile import (
     NOW,
     THIS_JOB,
@@ -30,6 +31,7 @@ from jobkeeper.postgres.compile import (
     update_job,
     with_event,
 )
+from jobkeeper.postgres.notify import Change, channels, encode
 from jobkeeper.postgres.pool import Database, to_job
 from jobkeeper.schema import job_events, job_tombstones, jobs
 
@@ -61,7 +63,7 @@ _HAS_KEY = jobs.c.idempotency_key.is_not(None)
 _SUBMITTED = "'submitted'", "jsonb_build_object('kind', changed.kind)"
 
 
-def _insert(*conditions: sa.ColumnElement[bool]) -> Sql:
+def _insert(*conditions: sa.ColumnElement[bool], select: str = "changed.*") -> Sql:
     return with_event(
         changed_by(
             insert(jobs)
@@ -70,6 +72,7 @@ def _insert(*conditions: sa.ColumnElement[bool]) -> Sql:
             .returning(*jobs.c)
         ),
         *_SUBMITTED,
+        select=select,
     )
 
 
@@ -91,7 +94,7 @@ _INSERT = _insert(_KEY_NOT_EXPIRED)
 # The same insert, admitted only while the tenant's queue (and the kind's) is under its limit.
 # Run after _QUEUE_LOCK in one transaction: the lock serialises submits of one tenant, and this
 # statement's snapshot, taken after the lock, counts every job admitted before it.
-_INSERT_LIMITED = _insert(
+_LIMITS = (
     _KEY_NOT_EXPIRED,
     _under(param("max_queued", sa.Integer()), _queued(jobs.c.tenant == _NEW_JOB["tenant"])),
     _under(
@@ -99,9 +102,11 @@ _INSERT_LIMITED = _insert(
         _queued(jobs.c.tenant == _NEW_JOB["tenant"], jobs.c.kind == _NEW_JOB["kind"]),
     ),
 )
-_QUEUE_LOCK = raw(
-    "SELECT pg_advisory_xact_lock(hashtextextended('jobkeeper.queue:' || $1, 0))", "tenant"
-)
+_INSERT_LIMITED = _insert(*_LIMITS)
+# on the caller's connection (borrowed.py): JSON read back as text, whatever its codecs
+_INSERT_BORROWED = _insert(*_LIMITS, select=json_as_text("changed"))
+# $1: "<schema>.queue:<tenant>", so installs in two schemas do not wait on each other
+_QUEUE_LOCK = raw("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", "key")
 
 
 @functools.cache
@@ -177,6 +182,15 @@ _BY_KEY = compile_statement(
         jobs.c.tenant == param("tenant", sa.Text()),
         jobs.c.idempotency_key == param("idempotency_key", sa.Text()),
     )
+)
+_BY_KEY_BORROWED = raw(
+    f"SELECT {json_as_text('jobs')} FROM jobs WHERE tenant = $1 AND idempotency_key = $2",
+    "tenant",
+    "idempotency_key",
+)
+# a new job's notification, sent inside the caller's transaction: delivered at its commit
+_NOTIFY_IN_TRANSACTION = raw(
+    "SELECT pg_notify($1, $3), pg_notify($2, $3)", "changes_channel", "work_channel", "payload"
 )
 _EVENTS = compile_statement(
     sa.select(job_events.c.seq, job_events.c.type, job_events.c.data, job_events.c.at)
@@ -331,9 +345,15 @@ class JobStatements:
         }
         return [to_job(r) for r in await self._db.rows(sql, params, read=True)]
 
-    async def find_by_idempotency_key(self, tenant: str, key: str) -> tuple[Job, str | None] | None:
-        """The job submitted with this key, with the fingerprint of the request that created it."""
+    async def find_by_idempotency_key(
+        self, tenant: str, key: str, *, on: Borrowed | None = None
+    ) -> tuple[Job, str | None] | None:
+        """The job submitted with this key, with the fingerprint of the request that created it
+        (``on`` the caller's connection: as its transaction sees it)."""
         params = {"tenant": tenant, "idempotency_key": key}
+        if on is not None:
+            found = await on.fetch(self._db.text(_BY_KEY_BORROWED), _BY_KEY_BORROWED.args(params))
+            return (job_of_text_row(found[0]), found[0]["request_fingerprint"]) if found else None
         rows = await self._db.rows(_BY_KEY, params, read=True)
         return (to_job(rows[0]), rows[0]["request_fingerprint"]) if rows else None
 
@@ -349,6 +369,8 @@ class JobStatements:
         *,
         max_queued: int | None = None,
         max_queued_per_kind: int | None = None,
+        on: Borrowed | None = None,
+        notify: bool = True,
     ) -> Job | None:
         """Insert a job and its ``submitted`` event; ``None`` if its idempotency key already exists
         or (with limits) the tenant's queue, or the kind's, is full.
@@ -356,6 +378,10 @@ class JobStatements:
         ``ON CONFLICT DO NOTHING`` waits for a concurrent insert of the same key to commit, so the
         caller's follow-up read (a new statement, a new snapshot) always finds the winner. With a
         limit, a per-tenant advisory lock serialises admissions so the count is exact.
+
+        ``on`` the caller's connection, everything runs in the caller's transaction, the queue
+        lock (with a limit) is held until it ends, and the job is announced at its commit
+        (``notify``: whether this install sends notifications at all).
         """
         params = {
             "id": uuid7(),
@@ -372,13 +398,37 @@ class JobStatements:
             "max_queued": max_queued,
             "max_queued_per_kind": max_queued_per_kind,
         }
+        lock_key = f"{self._db.schema}.queue:{new.tenant}"
+        if on is not None:
+            return await self._insert_on(
+                on,
+                params,
+                lock_key,
+                limited=max_queued is not None or max_queued_per_kind is not None,
+                notify=notify,
+            )
         if max_queued is None and max_queued_per_kind is None:
             return await self._db.write_job(_INSERT, params)
         async with self._db.connection() as conn, conn.transaction():
-            await conn.execute(_QUEUE_LOCK.text, new.tenant)
-            rows = await conn.fetch(_INSERT_LIMITED.text, *_INSERT_LIMITED.args(params))
+            await conn.execute(_QUEUE_LOCK.text, lock_key)
+            rows = await conn.fetch(self._db.text(_INSERT_LIMITED), *_INSERT_LIMITED.args(params))
         self._db.announce(rows)
         return to_job(rows[0]) if rows else None
+
+    async def _insert_on(
+        self, on: Borrowed, params: Mapping[str, Any], lock_key: str, *, limited: bool, notify: bool
+    ) -> Job | None:
+        if limited:
+            await on.fetch(_QUEUE_LOCK.text, [lock_key])
+        rows = await on.fetch(self._db.text(_INSERT_BORROWED), _INSERT_BORROWED.args(params))
+        if not rows:
+            return None
+        job = job_of_text_row(rows[0])
+        if notify:
+            changes_channel, work_channel = channels(self._db.schema)
+            [payload] = encode([Change(str(job.id), job.version, job.status.value)])
+            await on.fetch(_NOTIFY_IN_TRANSACTION.text, [changes_channel, work_channel, payload])
+        return job
 
     async def transition(
         self,
@@ -462,10 +512,14 @@ class JobStatements:
         """Pin (exempt from retention) or unpin; ``None`` if it already was."""
         return await self._db.write_job(_PIN[pinned], {"job_id": job_id, "tenant": tenant})
 
-    async def queued_for(self, tenant: str) -> int:
-        """How many of the tenant's jobs are queued."""
-        rows = await self._db.rows(_QUEUED_FOR, {"tenant": tenant}, read=True)
-        return int(rows[0][0])
+    async def queued_for(self, tenant: str, *, on: Borrowed | None = None) -> int:
+        """How many of the tenant's jobs are queued (``on`` the caller's connection: as its
+        transaction sees it)."""
+        if on is not None:
+            rows = await on.fetch(self._db.text(_QUEUED_FOR), [tenant])
+            return int(rows[0]["count"])
+        found = await self._db.rows(_QUEUED_FOR, {"tenant": tenant}, read=True)
+        return int(found[0][0])
 
     async def queue_depth(self) -> dict[str, int]:
         """How many jobs are queued, running and waiting for input (all tenants)."""
@@ -477,10 +531,16 @@ class JobStatements:
         rows = await self._db.rows(_TOMBSTONE, {"job_id": job_id, "tenant": tenant}, read=True)
         return JobExpired(job_id, rows[0]["expired_at"]) if rows else JobNotFound(job_id)
 
-    async def expired_key(self, tenant: str, key: str) -> JobExpired | None:
+    async def expired_key(
+        self, tenant: str, key: str, *, on: Borrowed | None = None
+    ) -> JobExpired | None:
         """``JobExpired`` if this idempotency key belonged to a job that expired."""
         params = {"tenant": tenant, "idempotency_key": key}
-        rows = await self._db.rows(_TOMBSTONE_BY_KEY, params, read=True)
+        if on is None:
+            rows = await self._db.rows(_TOMBSTONE_BY_KEY, params, read=True)
+        else:
+            text = self._db.text(_TOMBSTONE_BY_KEY)
+            rows = await on.fetch(text, _TOMBSTONE_BY_KEY.args(params))
         return JobExpired(rows[0]["job_id"], rows[0]["expired_at"]) if rows else None
 
     async def refuse(self, job_id: UUID, tenant: str, requested: str) -> None:

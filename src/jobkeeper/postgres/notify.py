@@ -29,9 +29,11 @@ from uuid import UUID
 
 import asyncpg
 
+from jobkeeper.domain.validate import DEFAULT_SCHEMA
 from jobkeeper.errors import DatabaseUnavailable
 from jobkeeper.postgres.compile import raw
 from jobkeeper.postgres.pool import Database
+from jobkeeper.supervise import supervised
 
 __all__ = [
     "CANCEL_REQUESTED",
@@ -43,13 +45,21 @@ __all__ = [
     "Change",
     "FeedConnection",
     "catch_up",
+    "channels",
     "decode",
     "encode",
     "open_feed",
 ]
 
-CHANNEL = "jobkeeper_changes"  # every change: what caches follow
-WORK_CHANNEL = "jobkeeper_work"  # what workers act on: new work and cancel requests
+
+def channels(schema: str) -> tuple[str, str]:
+    """The channels of the install in ``schema``: every change (what caches follow), and what
+    workers act on (new work, cancel requests). Two installs in one database never hear each
+    other."""
+    return f"{schema}_changes", f"{schema}_work"
+
+
+CHANNEL, WORK_CHANNEL = channels(DEFAULT_SCHEMA)  # those of the default schema
 # the work channel's word for "a running job was asked to cancel" (its status stays running)
 CANCEL_REQUESTED = "cancel_requested"
 _WORK = frozenset({"queued", CANCEL_REQUESTED})  # what WORK_CHANNEL carries
@@ -101,12 +111,12 @@ def decode(payload: str) -> list[Change]:
     return changes
 
 
-# Sends notifications: each payload of $1 on CHANNEL, of $2 on WORK_CHANNEL. Its transaction
+# Sends notifications: each payload of $2 on channel $1, of $4 on channel $3. Its transaction
 # commits without waiting for the WAL flush (set_config(..., true) lasts until that commit): only
 # notifications are lost if the server crashes, and listeners then reconnect and catch up anyway.
-_ANNOUNCE = f"""SELECT set_config('synchronous_commit', 'off', true),
-  (SELECT count(pg_notify('{CHANNEL}', payload)) FROM unnest($1::text[]) AS payload),
-  (SELECT count(pg_notify('{WORK_CHANNEL}', payload)) FROM unnest($2::text[]) AS payload)"""
+_ANNOUNCE = """SELECT set_config('synchronous_commit', 'off', true),
+  (SELECT count(pg_notify($1, payload)) FROM unnest($2::text[]) AS payload),
+  (SELECT count(pg_notify($3, payload)) FROM unnest($4::text[]) AS payload)"""
 
 
 class Announcer:
@@ -115,6 +125,7 @@ class Announcer:
 
     def __init__(self, database: Database) -> None:
         self._database = database
+        self._channels = channels(database.schema)
         self._changes: list[_Entry] = []
         self._work: list[_Entry] = []
         self._wake = asyncio.Event()
@@ -134,7 +145,9 @@ class Announcer:
             if status in _WORK:
                 self._work.append((job_id, version, status))
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="jobkeeper-announce")
+            self._task = asyncio.create_task(
+                supervised("change announcer", self._run), name="jobkeeper-announce"
+            )
         self._wake.set()
 
     async def _run(self) -> None:
@@ -152,7 +165,14 @@ class Announcer:
             return
         try:
             async with self._database.connection() as conn:
-                await conn.execute(_ANNOUNCE, encode(changes), encode(work) if work else [])
+                changes_channel, work_channel = self._channels
+                await conn.execute(
+                    _ANNOUNCE,
+                    changes_channel,
+                    encode(changes),
+                    work_channel,
+                    encode(work) if work else [],
+                )
         except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
             log.warning(
                 "%d change notifications not sent (%s); listeners catch up", len(changes), exc
@@ -248,13 +268,16 @@ async def open_feed(
     *,
     listen: Callable[[str], None] | None,
     on_lost: Callable[[], None],
-    channel: str = CHANNEL,
+    work_only: bool = False,
 ) -> FeedConnection:
-    """A dedicated connection (outside the pool) for the change feed.
+    """A dedicated connection (outside the pool) for the change feed of the database's schema.
 
-    ``listen`` receives every payload on ``channel`` (``None``: poll mode, no LISTEN);
-    ``on_lost`` is called once if the connection dies.
+    ``listen`` receives every payload on its changes channel, or on its work channel only with
+    ``work_only`` (``None``: poll mode, no LISTEN); ``on_lost`` is called once if the connection
+    dies.
     """
+    changes_channel, work_channel = channels(database.schema)
+    channel = work_channel if work_only else changes_channel
     try:
         conn = await asyncpg.connect(
             database.dsn,

@@ -18,10 +18,10 @@ import asyncpg
 
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.values import FrozenDict, Job, Progress, freeze_json
-from jobkeeper.errors import DatabaseUnavailable, SchemaMissing
-from jobkeeper.postgres.compile import Sql
+from jobkeeper.errors import DatabaseUnavailable, SchemaMissing, SchemaOutdated
+from jobkeeper.postgres.compile import Sql, qualify
 
-__all__ = ["LINK_ERRORS", "Database", "Pooled", "to_job"]
+__all__ = ["LINK_ERRORS", "Database", "Pooled", "loads", "to_job"]
 
 # errors that mean the connection (not the statement) failed
 LINK_ERRORS = (
@@ -38,24 +38,26 @@ LINK_ERRORS = (
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
 )
-# every table of the current schema exists (a cheap check at connect)
-_SCHEMA_PRESENT = (
-    "SELECT to_regclass('job_events') IS NOT NULL AND to_regclass('job_tombstones') IS NOT NULL"
-    " AND to_regclass('api_keys') IS NOT NULL AND to_regclass('workers') IS NOT NULL"
-)
+# every table of the current schema exists in schema $1 (a cheap check at connect)
+_SCHEMA_PRESENT = """SELECT count(*) = 5 FROM pg_catalog.pg_tables WHERE schemaname = $1
+  AND tablename IN ('jobs', 'job_events', 'job_tombstones', 'api_keys', 'workers')"""
+# jobkeeper's tables in public with Alembic's default version table: the layout before schemas
+_OLD_LAYOUT = """SELECT to_regclass('public.job_tombstones') IS NOT NULL
+  AND to_regclass('public.alembic_version') IS NOT NULL"""
 
 Pooled: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 _EMPTY_OBJECT = FrozenDict()
 _STATUS = {status.value: status for status in JobStatus}  # a dict lookup, not Enum.__call__
 
 
-def _loads(text: str) -> Any:
+def loads(text: str) -> Any:
+    """A JSON value as jobkeeper hands it out: deep-frozen."""
     if text == "{}":  # answers, checkpoints and many payloads: skip the parser
         return _EMPTY_OBJECT
     return freeze_json(json.loads(text))
 
 
-def to_job(row: asyncpg.Record) -> Job:
+def to_job(row: asyncpg.Record | Mapping[str, Any]) -> Job:
     """The ``Job`` of a ``jobs`` row (its JSON already frozen by the codec)."""
     return Job(
         id=row["id"],
@@ -86,10 +88,10 @@ def to_job(row: asyncpg.Record) -> Job:
 
 
 async def _set_codecs(conn: asyncpg.Connection) -> None:
-    """JSON columns arrive as frozen values (``_loads``); JSON parameters are sent as text."""
+    """JSON columns arrive as frozen values (``loads``); JSON parameters are sent as text."""
     for name in ("json", "jsonb"):
         await conn.set_type_codec(
-            name, schema="pg_catalog", encoder=_as_text, decoder=_loads, format="text"
+            name, schema="pg_catalog", encoder=_as_text, decoder=loads, format="text"
         )
 
 
@@ -116,15 +118,20 @@ def _discard(conn: Pooled) -> None:
 
 
 class Database:
-    """One asyncpg pool (no I/O until the first statement) and the ways to run statements on it.
+    """One asyncpg pool (no I/O until the first statement) and the ways to run statements on it,
+    each with its tables in ``schema`` (``text``).
 
     ``announce`` is called with the rows of every committed change (``write``); the change
     announcer (``notify.Announcer``) sets it.
     """
 
-    def __init__(self, dsn: str, *, pool_size: int = 10, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self, dsn: str, *, schema: str, pool_size: int = 10, connect_timeout: float = 5.0
+    ) -> None:
         self.dsn = dsn
+        self.schema = schema
         self.connect_timeout = connect_timeout
+        self._texts: dict[str, str] = {}
         self._pool: asyncpg.Pool = asyncpg.create_pool(
             dsn,
             min_size=0,  # connections are opened on demand; no I/O until the first statement
@@ -143,6 +150,13 @@ class Database:
         self._ready = False
         self._lock = asyncio.Lock()
         self.announce: Callable[[Sequence[Any]], None] = lambda rows: None
+
+    def text(self, sql: Sql) -> str:
+        """``sql`` as run here: its tables in this database's schema (worked out once)."""
+        text = self._texts.get(sql.text)
+        if text is None:
+            text = self._texts[sql.text] = qualify(sql.text, self.schema)
+        return text
 
     @property
     def ready(self) -> bool:
@@ -194,7 +208,7 @@ class Database:
         for attempt in (1, 2):
             try:
                 async with self.connection() as conn:
-                    return list(await conn.fetch(sql.text, *sql.args(params)))
+                    return list(await conn.fetch(self.text(sql), *sql.args(params)))
             except DatabaseUnavailable:
                 if not read or attempt == 2:
                     raise
@@ -208,7 +222,7 @@ class Database:
     async def write(self, sql: Sql, params: Mapping[str, Any]) -> list[Any]:
         """Run one change and announce what it changed (each row: id, version, status...)."""
         async with self.connection() as conn:
-            rows = list(await conn.fetch(sql.text, *sql.args(params)))
+            rows = list(await conn.fetch(self.text(sql), *sql.args(params)))
         self.announce(rows)
         return rows
 
@@ -221,8 +235,12 @@ class Database:
 
     async def ping(self) -> None:
         """Raise ``DatabaseUnavailable`` unless Postgres answers, ``SchemaMissing`` unless the
-        schema (as of the newest table) is there."""
+        tables are in this database's schema (``SchemaOutdated`` if they are where jobkeeper
+        kept them before it had a schema of its own)."""
         async with self.connection() as conn:
-            present = await conn.fetchval(_SCHEMA_PRESENT)
+            present = await conn.fetchval(_SCHEMA_PRESENT, self.schema)
+            old = not present and await conn.fetchval(_OLD_LAYOUT)
+        if old:
+            raise SchemaOutdated(self.schema)
         if not present:
-            raise SchemaMissing()
+            raise SchemaMissing(self.schema)

@@ -80,9 +80,10 @@ _PURGE_TOMBSTONES = raw(
     "ttl",
     "limit",
 )
-# one sweeper at a time, whoever it is: a session lock, so it dies with a crashed holder
-_SWEEP_LOCK = "SELECT pg_try_advisory_lock(hashtextextended('jobkeeper.sweeper', 0))"
-_SWEEP_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended('jobkeeper.sweeper', 0))"
+# one sweeper at a time per install ($1: "<schema>.sweeper"), whoever it is: a session lock, so
+# it dies with a crashed holder
+_SWEEP_LOCK = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))"
+_SWEEP_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended($1, 0))"
 
 
 class RetentionStatements:
@@ -125,9 +126,9 @@ class RetentionStatements:
         if not job_ids:
             return []
         async with self._db.connection() as conn, conn.transaction():
-            rows = await conn.fetch(_EXPIRE.text, list(job_ids))
+            rows = await conn.fetch(self._db.text(_EXPIRE), list(job_ids))
             gone = [r["id"] for r in rows]
-            await conn.execute(_EXPIRED_EVENTS.text, gone)
+            await conn.execute(self._db.text(_EXPIRED_EVENTS), gone)
         self._db.announce(rows)
         return gone
 
@@ -138,10 +139,11 @@ class RetentionStatements:
     @asynccontextmanager
     async def sweep_lock(self) -> AsyncIterator[bool]:
         """Hold the sweeper lock for the block if no other process does; yields whether held."""
+        key = f"{self._db.schema}.sweeper"
         async with self._db.connection() as conn:
-            held = bool(await conn.fetchval(_SWEEP_LOCK))
+            held = bool(await conn.fetchval(_SWEEP_LOCK, key))
             try:
                 yield held
             finally:
                 if held:
-                    await conn.fetchval(_SWEEP_UNLOCK)
+                    await conn.fetchval(_SWEEP_UNLOCK, key)

@@ -3,6 +3,7 @@ the statements grouped by what they touch."""
 
 from __future__ import annotations
 
+from jobkeeper.domain.validate import DEFAULT_SCHEMA, validate_schema
 from jobkeeper.postgres.jobs import JobStatements
 from jobkeeper.postgres.keys import KeyStatements
 from jobkeeper.postgres.leases import LeaseStatements
@@ -23,6 +24,7 @@ class Postgres:
 
     def __init__(self, database: Database, *, notify: bool) -> None:
         self.database = database
+        self.notifies = notify
         self._announcer = Announcer(database) if notify else None
         if self._announcer is not None:
             database.announce = self._announcer.queue
@@ -34,10 +36,22 @@ class Postgres:
 
     @classmethod
     def create(
-        cls, url: str, *, pool_size: int = 10, connect_timeout: float = 5.0, notify: bool = True
+        cls,
+        url: str,
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        pool_size: int = 10,
+        connect_timeout: float = 5.0,
+        notify: bool = True,
     ) -> Postgres:
-        """Build the pool (no I/O yet). ``url`` may be ``postgresql://`` or ``+asyncpg``."""
-        database = Database(asyncpg_dsn(url), pool_size=pool_size, connect_timeout=connect_timeout)
+        """Build the pool (no I/O yet) for the tables in ``schema``. ``url`` may be
+        ``postgresql://`` or ``+asyncpg``."""
+        database = Database(
+            asyncpg_dsn(url),
+            schema=validate_schema(schema),
+            pool_size=pool_size,
+            connect_timeout=connect_timeout,
+        )
         return cls(database, notify=notify)
 
     async def ping(self) -> None:

@@ -26,6 +26,7 @@ from jobkeeper.errors import (
 )
 from jobkeeper.logs import job_id_var
 from jobkeeper.manager import JobManager
+from jobkeeper.supervise import while_leased
 from jobkeeper.worker.context import JobContext
 from jobkeeper.worker.registry import Task
 
@@ -125,13 +126,17 @@ class Executor:
     ) -> None:
         ctx.finishing = True
         try:
-            job = await self._jobs.mark_failed(
-                ctx.lease,
-                error,
-                retryable=retryable,
-                delay=delay,
-                backoff_base=self._backoff[0],
-                backoff_max=self._backoff[1],
+            job = await while_leased(
+                f"recording the failure of {ctx.job.id}",
+                lambda: self._jobs.mark_failed(
+                    ctx.lease,
+                    error,
+                    retryable=retryable,
+                    delay=delay,
+                    backoff_base=self._backoff[0],
+                    backoff_max=self._backoff[1],
+                ),
+                valid_until=lambda: ctx.lease_valid_until,
             )
         except DatabaseUnavailable as exc:
             log.error("recording the failure of %s failed: %s", ctx.job.id, exc)
@@ -142,7 +147,12 @@ class Executor:
     async def _record_cancelled(self, ctx: JobContext) -> None:
         ctx.finishing = True
         try:
-            if await self._jobs.mark_cancelled(ctx.lease) is None:
+            cancelled = await while_leased(
+                f"recording the cancel of {ctx.job.id}",
+                lambda: self._jobs.mark_cancelled(ctx.lease),
+                valid_until=lambda: ctx.lease_valid_until,
+            )
+            if cancelled is None:
                 log.info("job %s stopped; its lease was already gone", ctx.job.id)
         except DatabaseUnavailable as exc:
             log.error("recording the cancel of %s failed: %s", ctx.job.id, exc)
@@ -157,7 +167,11 @@ class Executor:
     async def park(self, ctx: JobContext, question: dict[str, Any]) -> NoReturn:
         """Store the question and unwind the handler (``_Suspended``), or ``JobCancelled``."""
         ctx.finishing = True
-        job = await self._jobs.ask(ctx.lease, question)
+        job = await while_leased(
+            f"storing the question of {ctx.job.id}",
+            lambda: self._jobs.ask(ctx.lease, question),
+            valid_until=lambda: ctx.lease_valid_until,
+        )
         if job is None:
             current = await self._jobs.get(ctx.job.id, tenant=ctx.job.tenant, consistency="strong")
             if current.status == "running" and current.cancel_requested:

@@ -25,6 +25,7 @@ from jobkeeper.errors import DatabaseUnavailable, InvalidRequest
 from jobkeeper.feed import CANCEL_REQUESTED, Change
 from jobkeeper.maintenance import Retention, Sweeper
 from jobkeeper.manager import JobManager
+from jobkeeper.supervise import supervised, while_leased
 from jobkeeper.worker.context import JobContext, StopReason
 from jobkeeper.worker.executor import Executor
 from jobkeeper.worker.registry import TaskRegistry
@@ -75,16 +76,25 @@ class Completer:
                 self._written.set()
 
     async def _write(self, batch: Sequence[tuple[JobContext, str]]) -> None:
+        done = [(c.lease, r, c.latest) for c, r in batch]
         try:
             written = set(
-                await self._jobs.mark_succeeded([(c.lease, r, c.latest) for c, r in batch])
+                await while_leased(
+                    f"recording {len(batch)} completions",
+                    lambda: self._jobs.mark_succeeded(done),
+                    valid_until=lambda: max(c.lease_valid_until for c, _ in batch),
+                )
             )
-        except Exception as exc:  # the leases expire and recovery runs the jobs again
+        except Exception as exc:  # past the leases: recovery runs the jobs again
             log.error("recording %d completions failed: %s", len(batch), exc)
             return
         for ctx, _ in batch:
             if ctx.job.id not in written:
-                log.warning("job %s finished but its lease was lost; result lost", ctx.job.id)
+                log.warning(
+                    "job %s finished but its lease was lost (or an earlier attempt of this write"
+                    " committed); its result stands only if so",
+                    ctx.job.id,
+                )
 
 
 class Worker:
@@ -167,15 +177,20 @@ class Worker:
         )
         unsubscribe = self._jobs.subscribe_batches(self._on_changes)
         helpers = [
-            asyncio.create_task(self._heartbeat_loop(), name="jobkeeper-heartbeat"),
-            asyncio.create_task(self._sweeper.run(), name="jobkeeper-sweeper"),
-            asyncio.create_task(self._completer.run(), name="jobkeeper-completions"),
+            asyncio.create_task(
+                supervised(f"{name} loop", loop), name=f"jobkeeper-{name.replace(' ', '-')}"
+            )
+            for name, loop in (
+                ("heartbeat", self._heartbeat_loop),
+                ("sweeper", self._sweeper.run),
+                ("completion", self._completer.run),
+            )
         ]
         log.info(
             "worker %s started: kinds %s, concurrency %d", self.id, self._kinds, self._concurrency
         )
         try:
-            await self._claim_loop()
+            await supervised("claim loop", self._claim_loop)
             await self._drain()
         finally:
             unsubscribe()
@@ -213,6 +228,7 @@ class Worker:
             free = self._concurrency - len(self._running)
             claimed = 0
             if free > 0:
+                asked = time.monotonic()
                 try:
                     leases = await self._jobs.claim(
                         self.id, kinds=self._kinds, limit=free, lease_seconds=self._lease_seconds
@@ -229,7 +245,7 @@ class Worker:
                     break
                 claimed = len(leases)
                 for lease in leases:
-                    self._start(lease)
+                    self._start(lease, asked + self._lease_seconds)
             if claimed and claimed == free:
                 await asyncio.sleep(0)  # maybe more work: claim again once handlers got a turn
                 continue
@@ -273,8 +289,9 @@ class Worker:
 
     # --- running a job -----------------------------------------------------------------------
 
-    def _start(self, lease: Lease) -> None:
+    def _start(self, lease: Lease, valid_until: float) -> None:
         ctx = JobContext(self._executor, lease)
+        ctx.lease_valid_until = valid_until
         spec = self._tasks.get(lease.job.kind)
         text = ctx.job_text
         task = asyncio.create_task(self._executor.execute(ctx, spec), name=f"jobkeeper-job-{text}")
@@ -312,6 +329,7 @@ class Worker:
         while True:
             await asyncio.sleep(self._heartbeat_interval)
             running = list(self._running.values())
+            asked = time.monotonic()
             try:
                 held = await self._jobs.renew_leases(
                     [(r.ctx.job.id, r.ctx.lease.token) for r in running], self._lease_seconds
@@ -322,6 +340,8 @@ class Worker:
                 continue
             for entry in running:
                 job_id = entry.ctx.job.id
+                if job_id in held:
+                    entry.ctx.lease_valid_until = asked + self._lease_seconds
                 if entry.ctx.finishing:
                     continue  # its outcome is being written; nothing to stop
                 if job_id not in held:
