@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
 import pytest
 
 from jobkeeper.api.app import create_app
+from jobkeeper.errors import InvalidRequest
 from jobkeeper.manager import JobManager
 
 from .support import (
@@ -160,8 +161,22 @@ async def test_invalid_bodies_are_422_validation_errors(
         ({"kind": "no spaces allowed"}, "kind"),
         ({"kind": "report", "run_after": "2030-01-01T00:00:00"}, "run_after"),
         ({"kind": "report", "payload": {"text": "nul \u0000 inside"}}, "payload"),
+        # in UTC these are 10000-01-01T13:59:59Z and 0000-12-31T10:00:00Z: past Python's datetime
+        ({"kind": "report", "run_after": "9999-12-31T23:59:59-14:00"}, "run_after"),
+        ({"kind": "report", "run_after": "0001-01-01T00:00:00+14:00"}, "run_after"),
+        # Python's first and last instants: asyncpg stores them as -infinity and infinity
+        ({"kind": "report", "run_after": "0001-01-01T00:00:00Z"}, "run_after"),
+        ({"kind": "report", "run_after": "9999-12-31T23:59:59.999999Z"}, "run_after"),
     ],
-    ids=["kind-pattern", "naive-run_after", "nul-in-payload"],
+    ids=[
+        "kind-pattern",
+        "naive-run_after",
+        "nul-in-payload",
+        "run_after-after-9999-in-utc",
+        "run_after-before-0001-in-utc",
+        "run_after-first-instant",
+        "run_after-last-instant",
+    ],
 )
 async def test_values_the_manager_refuses_are_422_validation_errors(
     api: httpx.AsyncClient, body: dict[str, Any], field: str
@@ -169,6 +184,47 @@ async def test_values_the_manager_refuses_are_422_validation_errors(
     problem = assert_problem(await api.post("/jobs", json=body), 422, "validation_error")
     assert problem["field"] == field
     assert await listed(api) == []
+
+
+@pytest.mark.parametrize(
+    "run_after",
+    [
+        datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-14))),
+        datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14))),
+        datetime.min.replace(tzinfo=UTC),
+        datetime.max.replace(tzinfo=UTC),
+    ],
+    ids=["after-9999-in-utc", "before-0001-in-utc", "first-instant", "last-instant"],
+)
+async def test_the_library_refuses_a_run_after_past_the_ends_of_utc(
+    job_manager: JobManager, tenant: str, run_after: datetime
+) -> None:
+    """Past the ends it was an ``OverflowError`` from converting to UTC (a 500 over HTTP); the
+    ends themselves were stored as -infinity and infinity and read back naive."""
+    with pytest.raises(InvalidRequest) as refused:
+        await job_manager.submit(tenant, IDLE_KIND, None, run_after=run_after)
+    assert refused.value.code == "validation_error"
+    assert refused.value.field == "run_after"
+    assert (await job_manager.list(tenant=tenant)).items == ()
+
+
+@pytest.mark.parametrize(
+    ("run_after", "stored"),
+    [
+        ("0001-01-01T00:00:00.000001Z", "0001-01-01T00:00:00.000001Z"),
+        ("0001-01-01T00:00:00-14:00", "0001-01-01T14:00:00Z"),
+        ("9999-12-31T23:59:59.999998Z", "9999-12-31T23:59:59.999998Z"),
+        ("9999-12-31T23:59:59+14:00", "9999-12-31T09:59:59Z"),
+    ],
+)
+async def test_a_run_after_inside_the_ends_of_utc_is_stored_exactly(
+    api: httpx.AsyncClient, run_after: str, stored: str
+) -> None:
+    """Postgres timestamptz (4713 BC to 294276 AD) holds everything between Python's ends."""
+    job = await submit(api, run_after=run_after)
+    assert job["run_after"] == stored
+    read = await api.get(f"/jobs/{job['id']}", headers=NO_CACHE)
+    assert read.json()["run_after"] == stored
 
 
 async def test_an_overlong_idempotency_key_is_a_validation_error(api: httpx.AsyncClient) -> None:
