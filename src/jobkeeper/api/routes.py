@@ -12,8 +12,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from jobkeeper.api.deps import ServicesDep, TenantDep
-from jobkeeper.api.problems import ApiProblem
-from jobkeeper.api.schemas import AnswerIn, JobOut, JobPageOut, SubmitIn, iso, job_json
+from jobkeeper.api.schemas import (
+    AnswerIn,
+    JobOut,
+    JobPageOut,
+    ResumeAfter,
+    SubmitIn,
+    iso,
+    job_json,
+)
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.errors import DatabaseUnavailable
 
@@ -157,16 +164,10 @@ async def job_events(
     job_id: str,
     svc: ServicesDep,
     tenant: TenantDep,
-    last_event_id: Annotated[str | None, Header()] = None,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    start: ResumeAfter,
 ) -> Response:
     """The job's events as Server-Sent Events (``id`` = sequence, ``event`` = type, ``data`` =
     JSON), from after ``Last-Event-ID`` (or ``after``), live until the terminal event."""
-    start = after or 0
-    if last_event_id is not None:
-        if not last_event_id.strip().isdigit():
-            raise ApiProblem("invalid_request", "Last-Event-ID must be an event sequence number")
-        start = int(last_event_id)
     job = await svc.jobs.get(job_id, tenant=tenant)  # 400/404 before the stream starts
     if job.terminal and start >= job.version:
         # nothing will ever follow: 204 tells EventSource clients to stop reconnecting

@@ -1,4 +1,5 @@
-"""Request and response bodies of the HTTP API (pydantic: validation and the OpenAPI schema).
+"""Request parameters and bodies, and response bodies, of the HTTP API (pydantic: validation and
+the OpenAPI schema).
 
 Responses are built by ``job_json`` directly (a hot path); ``JobOut`` describes the same shape.
 """
@@ -6,15 +7,45 @@ Responses are built by ``job_json`` directly (a hot path); ``JobOut`` describes 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Depends, Header, Query
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from jobkeeper.api.problems import ApiProblem
 from jobkeeper.domain.status import JobStatus
-from jobkeeper.domain.validate import MAX_ATTEMPTS, MAX_PRIORITY
+from jobkeeper.domain.validate import MAX_ATTEMPTS, MAX_PRIORITY, MAX_SEQUENCE
 from jobkeeper.domain.values import Job
 
-__all__ = ["AnswerIn", "JobOut", "JobPageOut", "SubmitIn", "iso", "job_json"]
+__all__ = ["AnswerIn", "JobOut", "JobPageOut", "ResumeAfter", "SubmitIn", "iso", "job_json"]
+
+# an event sequence number (a job version), as ``after`` and ``Last-Event-ID`` take it
+_SEQUENCE: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": MAX_SEQUENCE}
+
+
+async def _resume_after(
+    last_event_id: Annotated[str | None, Header(), WithJsonSchema(_SEQUENCE)] = None,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQUENCE)] = 0,
+) -> int:
+    """Where an event stream starts: after ``Last-Event-ID`` (what ``EventSource`` sends when it
+    reconnects), else after ``after``. A malformed header is 400 ``invalid_request``."""
+    if last_event_id is None:
+        return after
+    digits = last_event_id.strip()
+    if (
+        not (digits.isascii() and digits.isdigit())
+        or len(digits) > len(str(MAX_SEQUENCE))  # before int(): 5,000 digits would raise
+        or int(digits) > MAX_SEQUENCE
+    ):
+        raise ApiProblem(
+            "invalid_request",
+            f"Last-Event-ID must be an event sequence number (0 to {MAX_SEQUENCE})",
+        )
+    return int(digits)
+
+
+# the sequence number an event stream starts after
+ResumeAfter = Annotated[int, Depends(_resume_after)]
 
 
 class SubmitIn(BaseModel):

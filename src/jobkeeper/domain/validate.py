@@ -16,6 +16,7 @@ from jobkeeper.errors import InvalidJobId, InvalidRequest, TenantRequired
 __all__ = [
     "MAX_ATTEMPTS",
     "MAX_PRIORITY",
+    "MAX_SEQUENCE",
     "aware_utc",
     "encode_json",
     "optional_text",
@@ -29,6 +30,8 @@ __all__ = [
 
 MAX_PRIORITY = 32_767
 MAX_ATTEMPTS = 1_000
+# versions and event sequence numbers are Postgres bigints
+MAX_SEQUENCE = 2**63 - 1
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,127}")
 _KEY_MAX = 255
 _FIRST, _LAST = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
