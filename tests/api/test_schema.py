@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
 from jobkeeper.api.app import create_app
 from jobkeeper.manager import JobManager
 
-from .support import DEADLINE, IDLE_KIND, PROBLEM_JSON, make_settings
+from .support import DEADLINE, IDLE_KIND, PROBLEM_JSON, assert_problem, make_settings
 
 # the schema as the app publishes it (built without a database: create_app does no I/O)
 SPEC: dict[str, Any] = create_app(make_settings("postgresql://unused@127.0.0.1/unused")).openapi()
@@ -187,3 +187,61 @@ async def test_pin_and_unpin_a_job(api: httpx.AsyncClient) -> None:
         assert response.status_code == 200, response.text
         assert response.json()["pinned"] is pinned
         assert response.json()["version"] == version  # pinning twice changes nothing
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("OPTIONS", "/jobs", "GET, POST"),
+        ("DELETE", "/jobs", "GET, POST"),
+        ("HEAD", "/jobs/{id}", "GET"),
+        ("PUT", "/jobs/{id}/events", "GET"),
+        ("GET", "/jobs/{id}/cancel", "POST"),
+        ("POST", "/healthz", "GET"),
+    ],
+)
+async def test_a_405_allows_every_method_the_path_serves(
+    api: httpx.AsyncClient, method: str, path: str, allowed: str
+) -> None:
+    """``Allow`` named only the first matching route's methods: ``POST`` for ``/jobs``."""
+    job = (await api.post("/jobs", json={"kind": IDLE_KIND})).json()
+    response = await api.request(method, path.format(id=job["id"]))
+    if method == "HEAD":  # no body, so no problem document
+        assert response.status_code == 405
+    else:
+        assert_problem(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == allowed
+    documented = {m.upper() for m in SPEC["paths"][path.replace("{id}", "{job_id}")]}
+    assert set(allowed.split(", ")) == documented
+
+
+def test_job_ids_are_uuids_in_the_schema() -> None:
+    """A plain string let fuzzers send ids the API refuses; the refusal stays 400
+    ``invalid_job_id`` (``test_jobs.py``), not FastAPI's 422."""
+    by_id = [SPEC["paths"][path][method.lower()] for method, path in OPERATIONS if "{" in path]
+    assert len(by_id) == 6
+    for operation in by_id:
+        (parameter,) = [p for p in operation["parameters"] if p["in"] == "path"]
+        assert parameter["name"] == "job_id"
+        assert parameter["schema"]["format"] == "uuid", operation
+        assert "400" in operation["responses"], operation
+
+
+def test_the_204_of_a_finished_stream_is_documented() -> None:
+    """Resuming at or after the terminal event is 204 (``test_events.py``): it was undocumented."""
+    assert "204" in SPEC["paths"]["/jobs/{job_id}/events"]["get"]["responses"]
+
+
+def test_a_submitted_job_links_to_every_job_operation() -> None:
+    """Links let stateful testing (and clients) take the id of a new job to every job route."""
+    job_operations = {(m, p) for m, p in OPERATIONS if p.startswith("/jobs/{job_id}")}
+    for status in ("200", "201"):
+        links = SPEC["paths"]["/jobs"]["post"]["responses"][status]["links"]
+        targets = set()
+        for link in links.values():
+            pointer = link["operationRef"].removeprefix("#/paths/")
+            path, _, method = pointer.replace("~1", "/").rpartition("/")
+            assert method in SPEC["paths"][path], link
+            assert link["parameters"] == {"job_id": "$response.body#/id"}
+            targets.add((method.upper(), path))
+        assert targets == job_operations

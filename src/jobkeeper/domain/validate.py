@@ -14,6 +14,7 @@ from jobkeeper.domain.values import NewJob, Progress
 from jobkeeper.errors import InvalidJobId, InvalidRequest, TenantRequired
 
 __all__ = [
+    "KIND_PATTERN",
     "MAX_ATTEMPTS",
     "MAX_PRIORITY",
     "MAX_SEQUENCE",
@@ -32,7 +33,10 @@ MAX_PRIORITY = 32_767
 MAX_ATTEMPTS = 1_000
 # versions and event sequence numbers are Postgres bigints
 MAX_SEQUENCE = 2**63 - 1
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,127}")
+_KIND = "[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}"
+_NAME = re.compile(_KIND)
+# the same rule as a JSON Schema pattern (ECMA-262 searches, so it is anchored), for OpenAPI
+KIND_PATTERN = f"^{_KIND}$"
 _KEY_MAX = 255
 _FIRST, _LAST = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
 _TENANT_MAX = 128
