@@ -2,13 +2,21 @@
 invalid) to every operation never cause a 5xx, every error is a problem document, and responses
 conform to the schema (status codes, content types, headers, bodies).
 
-schemathesis only generates and checks here; requests go through httpx to the in-process app whose
-lifespan runs on the test's event loop (the app's own ASGI client would run it on another loop).
+Two runs. The first only generates and checks here: requests go through httpx to the in-process
+app whose lifespan runs on the test's event loop (the app's own ASGI client would run it on another
+loop), aimed at real jobs of the caller. The second is ``st run`` against a live ``jobkeeper
+serve``, as anyone would fuzz the service: every phase (examples, coverage, fuzzing, and stateful
+sequences through the schema's links) and every check, bounded by ``LIVE_EXAMPLES``;
+``schemathesis_hooks.py`` tells it what the schema cannot. Reproduce a failure with the command and
+``Seed`` it prints (``st run --seed N ...`` with ``SCHEMATHESIS_HOOKS`` set).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,7 +37,15 @@ from schemathesis.specs.openapi.checks import (
 from jobkeeper.api.app import create_app
 from jobkeeper.manager import JobManager
 
-from .support import DEADLINE, IDLE_KIND, PROBLEM_JSON, assert_problem, make_settings
+from .support import (
+    BIN,
+    DEADLINE,
+    IDLE_KIND,
+    PROBLEM_JSON,
+    Processes,
+    assert_problem,
+    make_settings,
+)
 
 # the schema as the app publishes it (built without a database: create_app does no I/O)
 SPEC: dict[str, Any] = create_app(make_settings("postgresql://unused@127.0.0.1/unused")).openapi()
@@ -43,6 +59,9 @@ CHECKS = [
     response_schema_conformance,
 ]
 EXAMPLES = 15
+LIVE_EXAMPLES = 100  # per operation and phase: about 20 s on two cores
+LIVE_DEADLINE = 90.0
+HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
 
 
 async def test_the_app_serves_the_schema_that_is_fuzzed(api: httpx.AsyncClient) -> None:
@@ -150,6 +169,31 @@ async def test_generated_requests_conform_to_the_schema(
     _assert_problem_if_error(response)
     checks = [*CHECKS, negative_data_rejection] if mode is GenerationMode.NEGATIVE else CHECKS
     case.validate_response(response, checks=checks, headers=kwargs["headers"])
+
+
+async def test_schemathesis_with_every_check_and_stateful_links_finds_nothing(
+    processes: Processes, api_key: str, tmp_path: Path
+) -> None:
+    base = await processes.serve("api")
+    command = [
+        *(str(BIN / "st"), "run", f"{base}/openapi.json", "--checks", "all"),
+        *("--header", f"Authorization: Bearer {api_key}"),
+        *("--max-examples", str(LIVE_EXAMPLES), "--request-timeout", "5", "--workers", "1"),
+        "--no-color",
+    ]
+    run = await asyncio.to_thread(
+        subprocess.run,
+        command,
+        env={**os.environ, "SCHEMATHESIS_HOOKS": str(HOOKS)},
+        cwd=tmp_path,  # its cache directory
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=LIVE_DEADLINE,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout.replace(api_key, "<api key>")
+    assert "API Links:" in run.stdout, run.stdout  # the stateful phase ran
 
 
 # --- contract mismatches schemathesis found once --------------------------------------------------
