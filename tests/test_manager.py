@@ -505,7 +505,7 @@ async def test_bad_get_and_events_arguments_are_refused(
     with pytest.raises(InvalidRequest) as caught:
         await job_manager.get(job.id, tenant=tenant, consistency="eventual")  # type: ignore[arg-type]
     assert caught.value.field == "consistency"
-    for after in (-1, True, "1"):
+    for after in (-1, True, "1", 2**63):
         with pytest.raises(InvalidRequest) as caught:
             await job_manager.events(job.id, tenant=tenant, after=after)  # type: ignore[arg-type]
         assert caught.value.field == "after"

@@ -25,6 +25,7 @@ from jobkeeper.domain.questions import answer_problems, same_json
 from jobkeeper.domain.status import TERMINAL_EVENTS, JobStatus
 from jobkeeper.domain.validate import (
     DEFAULT_SCHEMA,
+    MAX_SEQUENCE,
     encode_json,
     optional_text,
     parse_job_id,
@@ -695,8 +696,8 @@ class JobManager:
     ) -> tuple[JobEvent, ...]:
         """The job's history after sequence number ``after``, oldest first."""
         job_id, tenant = parse_job_id(job_id), validate_tenant(tenant)
-        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-            raise InvalidRequest("after", "a non-negative integer is required")
+        if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= MAX_SEQUENCE:
+            raise InvalidRequest("after", f"an integer from 0 to {MAX_SEQUENCE} is required")
         history = await self._pg.jobs.events(job_id, tenant, after=after)
         if not history:
             await self.get(job_id, tenant=tenant)  # raises JobNotFound for a missing job

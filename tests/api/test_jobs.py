@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
 import pytest
 
 from jobkeeper.api.app import create_app
+from jobkeeper.errors import InvalidRequest
 from jobkeeper.manager import JobManager
 
 from .support import (
@@ -115,6 +116,12 @@ async def test_replaying_an_idempotency_key_returns_the_same_job(api: httpx.Asyn
     assert [j["id"] for j in await listed(api)] == [first.json()["id"]]
 
 
+async def test_an_integral_number_is_an_integer(api: httpx.AsyncClient) -> None:
+    """As in JSON Schema: ``5.0`` is the integer 5."""
+    job = await submit(api, priority=5.0, max_attempts=2.0)
+    assert (job["priority"], job["max_attempts"]) == (5, 2)
+
+
 async def test_the_same_body_without_a_key_creates_two_jobs(api: httpx.AsyncClient) -> None:
     a, b = await submit(api), await submit(api)
     assert a["id"] != b["id"]
@@ -131,10 +138,21 @@ async def test_the_same_body_without_a_key_creates_two_jobs(api: httpx.AsyncClie
         (b'{"kind": "report", "priority": -1}', "priority"),
         (b'{"kind": "report", "priority": 32768}', "priority"),
         (b'{"kind": "report", "priority": "high"}', "priority"),
+        (b'{"kind": "report", "priority": 9223372036854775808}', "priority"),
+        (b'{"kind": "report", "priority": 1e300}', "priority"),
+        (b'{"kind": "report", "max_attempts": 18446744073709551616}', "max_attempts"),
         (b'{"kind": "report", "max_attempts": 0}', "max_attempts"),
         (b'{"kind": "report", "concurrency_key": ""}', "concurrency_key"),
         (b'{"kind": "report", "run_after": "tomorrow"}', "run_after"),
         (b'{"kind": "report", "pinned": "maybe"}', "pinned"),
+        # what the schema refuses, pydantic's lax mode read: text and booleans as numbers,
+        # numbers as booleans, numbers and digits as Unix times (schemathesis found these)
+        (b'{"kind": "report", "priority": "5"}', "priority"),
+        (b'{"kind": "report", "max_attempts": true}', "max_attempts"),
+        (b'{"kind": "report", "pinned": 0}', "pinned"),
+        (b'{"kind": "report", "run_after": 1900000000}', "run_after"),
+        (b'{"kind": "report", "run_after": "1900000000"}', "run_after"),
+        (b'{"kind": "report", "run_after": "2030-01-01 00:00:00Z"}', "run_after"),
         (b'{"kind": "report",', ""),
         (b"[]", ""),
         (b"", ""),
@@ -155,13 +173,42 @@ async def test_invalid_bodies_are_422_validation_errors(
 
 
 @pytest.mark.parametrize(
+    "content",
+    [b'{"kind": "report", "payload": ' + b"9" * 5000 + b"}", b"[" * 100_000 + b"]" * 100_000],
+    ids=["5000-digit-number", "nested-100000-deep"],
+)
+async def test_a_body_python_cannot_read_is_400(api: httpx.AsyncClient, content: bytes) -> None:
+    response = await api.post(
+        "/jobs", content=content, headers={"Content-Type": "application/json"}
+    )
+    assert_problem(response, 400, "invalid_request")
+    assert await listed(api) == []
+
+
+@pytest.mark.parametrize(
     ("body", "field"),
     [
         ({"kind": "no spaces allowed"}, "kind"),
         ({"kind": "report", "run_after": "2030-01-01T00:00:00"}, "run_after"),
         ({"kind": "report", "payload": {"text": "nul \u0000 inside"}}, "payload"),
+        # in UTC these are 10000-01-01T13:59:59Z and 0000-12-31T10:00:00Z: past Python's datetime
+        ({"kind": "report", "run_after": "9999-12-31T23:59:59-14:00"}, "run_after"),
+        ({"kind": "report", "run_after": "0001-01-01T00:00:00+14:00"}, "run_after"),
+        # Python's first and last instants: asyncpg stores them as -infinity and infinity
+        ({"kind": "report", "run_after": "0001-01-01T00:00:00Z"}, "run_after"),
+        ({"kind": "report", "run_after": "9999-12-31T23:59:59.999999Z"}, "run_after"),
+        ({"kind": "report", "concurrency_key": "nul \u0000"}, "concurrency_key"),
     ],
-    ids=["kind-pattern", "naive-run_after", "nul-in-payload"],
+    ids=[
+        "kind-pattern",
+        "naive-run_after",
+        "nul-in-payload",
+        "run_after-after-9999-in-utc",
+        "run_after-before-0001-in-utc",
+        "run_after-first-instant",
+        "run_after-last-instant",
+        "nul-in-concurrency_key",
+    ],
 )
 async def test_values_the_manager_refuses_are_422_validation_errors(
     api: httpx.AsyncClient, body: dict[str, Any], field: str
@@ -171,11 +218,54 @@ async def test_values_the_manager_refuses_are_422_validation_errors(
     assert await listed(api) == []
 
 
-async def test_an_overlong_idempotency_key_is_a_validation_error(api: httpx.AsyncClient) -> None:
-    response = await api.post(
-        "/jobs", json={"kind": IDLE_KIND}, headers={"Idempotency-Key": "k" * 256}
-    )
+@pytest.mark.parametrize(
+    "run_after",
+    [
+        datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-14))),
+        datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14))),
+        datetime.min.replace(tzinfo=UTC),
+        datetime.max.replace(tzinfo=UTC),
+    ],
+    ids=["after-9999-in-utc", "before-0001-in-utc", "first-instant", "last-instant"],
+)
+async def test_the_library_refuses_a_run_after_past_the_ends_of_utc(
+    job_manager: JobManager, tenant: str, run_after: datetime
+) -> None:
+    """Past the ends it was an ``OverflowError`` from converting to UTC (a 500 over HTTP); the
+    ends themselves were stored as -infinity and infinity and read back naive."""
+    with pytest.raises(InvalidRequest) as refused:
+        await job_manager.submit(tenant, IDLE_KIND, None, run_after=run_after)
+    assert refused.value.code == "validation_error"
+    assert refused.value.field == "run_after"
+    assert (await job_manager.list(tenant=tenant)).items == ()
+
+
+@pytest.mark.parametrize(
+    ("run_after", "stored"),
+    [
+        ("0001-01-01T00:00:00.000001Z", "0001-01-01T00:00:00.000001Z"),
+        ("0001-01-01T00:00:00-14:00", "0001-01-01T14:00:00Z"),
+        ("9999-12-31T23:59:59.999998Z", "9999-12-31T23:59:59.999998Z"),
+        ("9999-12-31T23:59:59+14:00", "9999-12-31T09:59:59Z"),
+    ],
+)
+async def test_a_run_after_inside_the_ends_of_utc_is_stored_exactly(
+    api: httpx.AsyncClient, run_after: str, stored: str
+) -> None:
+    """Postgres timestamptz (4713 BC to 294276 AD) holds everything between Python's ends."""
+    job = await submit(api, run_after=run_after)
+    assert job["run_after"] == stored
+    read = await api.get(f"/jobs/{job['id']}", headers=NO_CACHE)
+    assert read.json()["run_after"] == stored
+
+
+@pytest.mark.parametrize("key", ["", "k" * 256], ids=["empty", "overlong"])
+async def test_an_empty_or_overlong_idempotency_key_is_a_validation_error(
+    api: httpx.AsyncClient, key: str
+) -> None:
+    response = await api.post("/jobs", json={"kind": IDLE_KIND}, headers={"Idempotency-Key": key})
     assert_problem(response, 422, "validation_error")
+    assert await listed(api) == []
 
 
 async def test_a_full_queue_is_429_with_retry_after(database_url: str, api_key: str) -> None:
@@ -267,6 +357,21 @@ async def test_get_has_an_etag_and_if_none_match_gives_304(api: httpx.AsyncClien
     assert (await api.get(path, headers={"If-None-Match": '"2"'})).status_code == 304
 
 
+@pytest.mark.parametrize(
+    "tag",
+    ['"9223372036854775808"', "9" * 5000, '"1', "W/", "", ","],
+    ids=["past-int64", "5000-digits", "unquoted", "weak-prefix-only", "empty", "comma"],
+)
+async def test_an_if_none_match_that_names_no_version_is_a_200(
+    api: httpx.AsyncClient, tag: str
+) -> None:
+    """Tags are compared as text, never parsed as numbers: any value is just another tag."""
+    job = await submit(api)
+    response = await api.get(f"/jobs/{job['id']}", headers={"If-None-Match": tag})
+    assert response.status_code == 200, response.text
+    assert response.headers["etag"] == '"1"'
+
+
 async def test_no_cache_reads_postgres_while_the_cache_is_stale(
     database_url: str, api_key: str, job_manager: JobManager, tenant: str
 ) -> None:
@@ -352,10 +457,23 @@ async def test_list_filters_and_pages_newest_first(api: httpx.AsyncClient) -> No
         {"limit": 501},
         {"limit": "many"},
         {"status": "sleeping"},
+        {"limit": 2**63},
+        {"limit": "9" * 5000},
         {"cursor": "not a cursor!"},
+        {"cursor": "A" * 22 + "=="},
         {"kind": "k" * 129},
     ],
-    ids=["limit-0", "limit-501", "limit-text", "status", "cursor", "kind"],
+    ids=[
+        "limit-0",
+        "limit-501",
+        "limit-text",
+        "limit-past-int64",
+        "limit-5000-digits",
+        "status",
+        "cursor",
+        "cursor-padded",
+        "kind",
+    ],
 )
 async def test_bad_list_parameters_are_422(api: httpx.AsyncClient, params: dict[str, Any]) -> None:
     assert_problem(await api.get("/jobs", params=params), 422, "validation_error")

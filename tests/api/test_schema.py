@@ -2,13 +2,21 @@
 invalid) to every operation never cause a 5xx, every error is a problem document, and responses
 conform to the schema (status codes, content types, headers, bodies).
 
-schemathesis only generates and checks here; requests go through httpx to the in-process app whose
-lifespan runs on the test's event loop (the app's own ASGI client would run it on another loop).
+Two runs. The first only generates and checks here: requests go through httpx to the in-process
+app whose lifespan runs on the test's event loop (the app's own ASGI client would run it on another
+loop), aimed at real jobs of the caller. The second is ``st run`` against a live ``jobkeeper
+serve``, as anyone would fuzz the service: every phase (examples, coverage, fuzzing, and stateful
+sequences through the schema's links) and every check, bounded by ``LIVE_EXAMPLES``;
+``schemathesis_hooks.py`` tells it what the schema cannot. Reproduce a failure with the command and
+``Seed`` it prints (``st run --seed N ...`` with ``SCHEMATHESIS_HOOKS`` set).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,7 +37,15 @@ from schemathesis.specs.openapi.checks import (
 from jobkeeper.api.app import create_app
 from jobkeeper.manager import JobManager
 
-from .support import DEADLINE, IDLE_KIND, PROBLEM_JSON, make_settings
+from .support import (
+    BIN,
+    DEADLINE,
+    IDLE_KIND,
+    PROBLEM_JSON,
+    Processes,
+    assert_problem,
+    make_settings,
+)
 
 # the schema as the app publishes it (built without a database: create_app does no I/O)
 SPEC: dict[str, Any] = create_app(make_settings("postgresql://unused@127.0.0.1/unused")).openapi()
@@ -43,6 +59,9 @@ CHECKS = [
     response_schema_conformance,
 ]
 EXAMPLES = 15
+LIVE_EXAMPLES = 100  # per operation and phase: about 20 s on two cores
+LIVE_DEADLINE = 90.0
+HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
 
 
 async def test_the_app_serves_the_schema_that_is_fuzzed(api: httpx.AsyncClient) -> None:
@@ -152,6 +171,31 @@ async def test_generated_requests_conform_to_the_schema(
     case.validate_response(response, checks=checks, headers=kwargs["headers"])
 
 
+async def test_schemathesis_with_every_check_and_stateful_links_finds_nothing(
+    processes: Processes, api_key: str, tmp_path: Path
+) -> None:
+    base = await processes.serve("api")
+    command = [
+        *(str(BIN / "st"), "run", f"{base}/openapi.json", "--checks", "all"),
+        *("--header", f"Authorization: Bearer {api_key}"),
+        *("--max-examples", str(LIVE_EXAMPLES), "--request-timeout", "5", "--workers", "1"),
+        "--no-color",
+    ]
+    run = await asyncio.to_thread(
+        subprocess.run,
+        command,
+        env={**os.environ, "SCHEMATHESIS_HOOKS": str(HOOKS)},
+        cwd=tmp_path,  # its cache directory
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=LIVE_DEADLINE,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout.replace(api_key, "<api key>")
+    assert "API Links:" in run.stdout, run.stdout  # the stateful phase ran
+
+
 # --- contract mismatches schemathesis found once --------------------------------------------------
 
 
@@ -187,3 +231,61 @@ async def test_pin_and_unpin_a_job(api: httpx.AsyncClient) -> None:
         assert response.status_code == 200, response.text
         assert response.json()["pinned"] is pinned
         assert response.json()["version"] == version  # pinning twice changes nothing
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("OPTIONS", "/jobs", "GET, POST"),
+        ("DELETE", "/jobs", "GET, POST"),
+        ("HEAD", "/jobs/{id}", "GET"),
+        ("PUT", "/jobs/{id}/events", "GET"),
+        ("GET", "/jobs/{id}/cancel", "POST"),
+        ("POST", "/healthz", "GET"),
+    ],
+)
+async def test_a_405_allows_every_method_the_path_serves(
+    api: httpx.AsyncClient, method: str, path: str, allowed: str
+) -> None:
+    """``Allow`` named only the first matching route's methods: ``POST`` for ``/jobs``."""
+    job = (await api.post("/jobs", json={"kind": IDLE_KIND})).json()
+    response = await api.request(method, path.format(id=job["id"]))
+    if method == "HEAD":  # no body, so no problem document
+        assert response.status_code == 405
+    else:
+        assert_problem(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == allowed
+    documented = {m.upper() for m in SPEC["paths"][path.replace("{id}", "{job_id}")]}
+    assert set(allowed.split(", ")) == documented
+
+
+def test_job_ids_are_uuids_in_the_schema() -> None:
+    """A plain string let fuzzers send ids the API refuses; the refusal stays 400
+    ``invalid_job_id`` (``test_jobs.py``), not FastAPI's 422."""
+    by_id = [SPEC["paths"][path][method.lower()] for method, path in OPERATIONS if "{" in path]
+    assert len(by_id) == 6
+    for operation in by_id:
+        (parameter,) = [p for p in operation["parameters"] if p["in"] == "path"]
+        assert parameter["name"] == "job_id"
+        assert parameter["schema"]["format"] == "uuid", operation
+        assert "400" in operation["responses"], operation
+
+
+def test_the_204_of_a_finished_stream_is_documented() -> None:
+    """Resuming at or after the terminal event is 204 (``test_events.py``): it was undocumented."""
+    assert "204" in SPEC["paths"]["/jobs/{job_id}/events"]["get"]["responses"]
+
+
+def test_a_submitted_job_links_to_every_job_operation() -> None:
+    """Links let stateful testing (and clients) take the id of a new job to every job route."""
+    job_operations = {(m, p) for m, p in OPERATIONS if p.startswith("/jobs/{job_id}")}
+    for status in ("200", "201"):
+        links = SPEC["paths"]["/jobs"]["post"]["responses"][status]["links"]
+        targets = set()
+        for link in links.values():
+            pointer = link["operationRef"].removeprefix("#/paths/")
+            path, _, method = pointer.replace("~1", "/").rpartition("/")
+            assert method in SPEC["paths"][path], link
+            assert link["parameters"] == {"job_id": "$response.body#/id"}
+            targets.add((method.upper(), path))
+        assert targets == job_operations

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from jobkeeper.errors import (
     DatabaseUnavailable,
@@ -50,6 +51,8 @@ STATUS: dict[str, int] = {
     "schema_missing": 503,
     "schema_outdated": 503,
 }
+# the methods an ``Allow`` header can name: those FastAPI has a route decorator for
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")
 _TITLES = {code: code.replace("_", " ").capitalize() for code in STATUS}
 PROBLEM_JSON = "application/problem+json"
 
@@ -133,7 +136,22 @@ def _http(request: Request, exc: Exception) -> JSONResponse:
     response.status_code = exc.status_code
     if exc.headers:
         response.headers.update(exc.headers)
+    if exc.status_code == 405:
+        response.headers["Allow"] = _allowed_methods(request)
     return response
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path. Starlette's ``Allow`` names only the methods
+    of the first route that matched the path (``POST`` for ``/jobs``, which ``GET`` serves too)."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    )
 
 
 def install(app: FastAPI) -> None:

@@ -12,9 +12,19 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from jobkeeper.api.deps import ServicesDep, TenantDep
-from jobkeeper.api.problems import ApiProblem
-from jobkeeper.api.schemas import AnswerIn, JobOut, JobPageOut, SubmitIn, iso, job_json
+from jobkeeper.api.schemas import (
+    CURSOR_PATTERN,
+    AnswerIn,
+    JobId,
+    JobOut,
+    JobPageOut,
+    ResumeAfter,
+    SubmitIn,
+    iso,
+    job_json,
+)
 from jobkeeper.domain.status import JobStatus
+from jobkeeper.domain.validate import KIND_PATTERN
 from jobkeeper.errors import DatabaseUnavailable
 
 __all__ = ["health_router", "jobs_router"]
@@ -31,6 +41,25 @@ jobs_router = APIRouter(
 )
 health_router = APIRouter(tags=["health"])
 _JOB = {"model": JobOut}
+# OpenAPI links: the id of a job in a response is the {job_id} of every job operation
+_JOB_OPERATIONS = {
+    "GetJob": ("", "get"),
+    "CancelJob": ("/cancel", "post"),
+    "AnswerJob": ("/input", "post"),
+    "PinJob": ("/pin", "post"),
+    "UnpinJob": ("/unpin", "post"),
+    "JobEvents": ("/events", "get"),
+}
+_SUBMITTED = {
+    **_JOB,
+    "links": {
+        name: {
+            "operationRef": f"#/paths/~1jobs~1{{job_id}}{suffix.replace('/', '~1')}/{method}",
+            "parameters": {"job_id": "$response.body#/id"},
+        }
+        for name, (suffix, method) in _JOB_OPERATIONS.items()
+    },
+}
 SSE_PING_SECONDS = 15
 
 
@@ -43,13 +72,13 @@ def _job_response(job: Any, status_code: int = 200, **headers: str) -> JSONRespo
 @jobs_router.post(
     "",
     status_code=201,
-    responses={201: _JOB, 200: _JOB, 413: _PROBLEM, 422: _PROBLEM, 429: _PROBLEM},
+    responses={201: _SUBMITTED, 200: _SUBMITTED, 413: _PROBLEM, 422: _PROBLEM, 429: _PROBLEM},
 )
 async def submit_job(
     body: SubmitIn,
     svc: ServicesDep,
     tenant: TenantDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> JSONResponse:
     """Submit a job: 201 with ``Location``; a replay of the same ``Idempotency-Key`` and body
     returns the same job with 200."""
@@ -72,9 +101,11 @@ async def list_jobs(
     svc: ServicesDep,
     tenant: TenantDep,
     status: JobStatus | None = None,
-    kind: Annotated[str | None, Query(max_length=128)] = None,
+    kind: Annotated[
+        str | None, Query(max_length=128, json_schema_extra={"pattern": KIND_PATTERN})
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN)] = None,
 ) -> JSONResponse:
     """The tenant's jobs, newest first; pass ``next_cursor`` as ``cursor`` for the next page."""
     page = await svc.jobs.list(tenant=tenant, status=status, kind=kind, limit=limit, cursor=cursor)
@@ -88,7 +119,7 @@ async def list_jobs(
     responses={200: _JOB, 304: {"description": "Not modified."}, 400: _PROBLEM, 404: _PROBLEM},
 )
 async def get_job(
-    job_id: str,
+    job_id: JobId,
     svc: ServicesDep,
     tenant: TenantDep,
     if_none_match: Annotated[str | None, Header()] = None,
@@ -112,20 +143,20 @@ async def get_job(
     status_code=202,
     responses={202: _JOB, 400: _PROBLEM, 404: _PROBLEM, 409: _PROBLEM},
 )
-async def cancel_job(job_id: str, svc: ServicesDep, tenant: TenantDep) -> JSONResponse:
+async def cancel_job(job_id: JobId, svc: ServicesDep, tenant: TenantDep) -> JSONResponse:
     """Cancel: a queued or waiting job is cancelled at once, a running one gets
     ``cancel_requested`` and its worker stops it. 409 ``job_finished`` if already finished."""
     return _job_response(await svc.jobs.cancel(job_id, tenant=tenant), 202)
 
 
 @jobs_router.post("/{job_id}/pin", responses={200: _JOB, 400: _PROBLEM, 404: _PROBLEM})
-async def pin_job(job_id: str, svc: ServicesDep, tenant: TenantDep) -> JSONResponse:
+async def pin_job(job_id: JobId, svc: ServicesDep, tenant: TenantDep) -> JSONResponse:
     """Exempt the job from retention (input, job and history are kept)."""
     return _job_response(await svc.jobs.pin(job_id, tenant=tenant))
 
 
 @jobs_router.post("/{job_id}/unpin", responses={200: _JOB, 400: _PROBLEM, 404: _PROBLEM})
-async def unpin_job(job_id: str, svc: ServicesDep, tenant: TenantDep) -> JSONResponse:
+async def unpin_job(job_id: JobId, svc: ServicesDep, tenant: TenantDep) -> JSONResponse:
     """Subject the job to retention again."""
     return _job_response(await svc.jobs.unpin(job_id, tenant=tenant))
 
@@ -135,7 +166,7 @@ async def unpin_job(job_id: str, svc: ServicesDep, tenant: TenantDep) -> JSONRes
     responses={200: _JOB, 400: _PROBLEM, 404: _PROBLEM, 409: _PROBLEM, 422: _PROBLEM},
 )
 async def answer_job(
-    job_id: str, body: AnswerIn, request: Request, svc: ServicesDep, tenant: TenantDep
+    job_id: JobId, body: AnswerIn, request: Request, svc: ServicesDep, tenant: TenantDep
 ) -> JSONResponse:
     """Answer the job's open question; it is queued again to resume."""
     job = await svc.jobs.answer(
@@ -151,22 +182,21 @@ async def answer_job(
 @jobs_router.get(
     "/{job_id}/events",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, 400: _PROBLEM, 404: _PROBLEM},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        204: {"description": "The job finished at or before the resume point: nothing follows."},
+        400: _PROBLEM,
+        404: _PROBLEM,
+    },
 )
 async def job_events(
-    job_id: str,
+    job_id: JobId,
     svc: ServicesDep,
     tenant: TenantDep,
-    last_event_id: Annotated[str | None, Header()] = None,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    start: ResumeAfter,
 ) -> Response:
     """The job's events as Server-Sent Events (``id`` = sequence, ``event`` = type, ``data`` =
     JSON), from after ``Last-Event-ID`` (or ``after``), live until the terminal event."""
-    start = after or 0
-    if last_event_id is not None:
-        if not last_event_id.strip().isdigit():
-            raise ApiProblem("invalid_request", "Last-Event-ID must be an event sequence number")
-        start = int(last_event_id)
     job = await svc.jobs.get(job_id, tenant=tenant)  # 400/404 before the stream starts
     if job.terminal and start >= job.version:
         # nothing will ever follow: 204 tells EventSource clients to stop reconnecting

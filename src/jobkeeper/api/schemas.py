@@ -1,20 +1,141 @@
-"""Request and response bodies of the HTTP API (pydantic: validation and the OpenAPI schema).
+"""Request parameters and bodies, and response bodies, of the HTTP API (pydantic: validation and
+the OpenAPI schema).
 
 Responses are built by ``job_json`` directly (a hot path); ``JobOut`` describes the same shape.
+Where the manager checks a value itself (job ids, kinds, text and JSON Postgres cannot store), the
+schema only describes the rule, so the problem a client gets is the manager's (``invalid_job_id``,
+``"field": "kind"``).
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Depends, Header, Path, Query
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    RootModel,
+    Strict,
+    WithJsonSchema,
+)
 
+from jobkeeper.api.problems import ApiProblem
 from jobkeeper.domain.status import JobStatus
-from jobkeeper.domain.validate import MAX_ATTEMPTS, MAX_PRIORITY
+from jobkeeper.domain.validate import KIND_PATTERN, MAX_ATTEMPTS, MAX_PRIORITY, MAX_SEQUENCE
 from jobkeeper.domain.values import Job
 
-__all__ = ["AnswerIn", "JobOut", "JobPageOut", "SubmitIn", "iso", "job_json"]
+__all__ = [
+    "CURSOR_PATTERN",
+    "AnswerIn",
+    "JobId",
+    "JobOut",
+    "JobPageOut",
+    "ResumeAfter",
+    "SubmitIn",
+    "iso",
+    "job_json",
+]
+
+# --- parameters -----------------------------------------------------------------------------------
+
+# what ``JobManager.list`` returns as ``next_cursor``: a job id, base64url without padding
+CURSOR_PATTERN = "^[A-Za-z0-9_-]{22}$"
+# an event sequence number (a job version), as ``after`` and ``Last-Event-ID`` take it
+_SEQUENCE: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": MAX_SEQUENCE}
+
+JobId = Annotated[
+    str,
+    Path(description="The job's id; one that is not a UUID is 400 `invalid_job_id`."),
+    WithJsonSchema({"type": "string", "format": "uuid"}),
+]
+
+
+async def _resume_after(
+    last_event_id: Annotated[str | None, Header(), WithJsonSchema(_SEQUENCE)] = None,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQUENCE)] = 0,
+) -> int:
+    """Where an event stream starts: after ``Last-Event-ID`` (what ``EventSource`` sends when it
+    reconnects), else after ``after``. A malformed header is 400 ``invalid_request``."""
+    if last_event_id is None:
+        return after
+    digits = last_event_id.strip()
+    if (
+        not (digits.isascii() and digits.isdigit())
+        or len(digits) > len(str(MAX_SEQUENCE))  # before int(): 5,000 digits would raise
+        or int(digits) > MAX_SEQUENCE
+    ):
+        raise ApiProblem(
+            "invalid_request",
+            f"Last-Event-ID must be an event sequence number (0 to {MAX_SEQUENCE})",
+        )
+    return int(digits)
+
+
+# the sequence number an event stream starts after
+ResumeAfter = Annotated[int, Depends(_resume_after)]
+
+# --- body fields: what the schema says, pydantic (lax) would read more widely --------------------
+
+# text Postgres can store (``storable``): no U+0000
+_STORABLE_TEXT = "^[^\\u0000]*$"
+_JSON_VALUE = {"$ref": "#/components/schemas/StorableJson"}
+# RFC 3339 date-time, the offset optional here: the manager refuses a naive one, naming the field
+_DATE_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})?"
+)
+
+
+class StorableJson(RootModel[Any]):
+    """Any JSON value Postgres ``jsonb`` can store: no string or key contains U+0000."""
+
+    root: Annotated[
+        Any,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": ["null", "boolean", "number"]},
+                    {"type": "string", "pattern": _STORABLE_TEXT},
+                    {"type": "array", "items": _JSON_VALUE},
+                    {
+                        "type": "object",
+                        "propertyNames": {"pattern": _STORABLE_TEXT},
+                        "additionalProperties": _JSON_VALUE,
+                    },
+                ]
+            }
+        ),
+    ]
+
+
+def _as_parsed(value: Any) -> Any:
+    return value
+
+
+def _json_integer(value: Any) -> Any:
+    # pydantic reads "3" and true as integers too; JSON Schema's integer is a number (3.0 is one)
+    if isinstance(value, str | bool):
+        raise ValueError("an integer is required")
+    return value
+
+
+def _date_time(value: Any) -> Any:
+    # pydantic also reads numbers and "1700000000" as Unix times, and a space for the T
+    if not (isinstance(value, str) and _DATE_TIME.fullmatch(value)):
+        raise ValueError("an RFC 3339 date-time is required, e.g. 2030-01-01T00:00:00Z")
+    return value
+
+
+# any JSON value, described as ``StorableJson`` and taken as parsed (the manager checks it)
+JsonValue = Annotated[Any, PlainValidator(_as_parsed, json_schema_input_type=StorableJson)]
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+DateTime = Annotated[datetime, BeforeValidator(_date_time)]
 
 
 class SubmitIn(BaseModel):
@@ -27,13 +148,20 @@ class SubmitIn(BaseModel):
         max_length=128,
         examples=["convert_pdf"],
         description="Letters, digits and _ . : / - (starting with a letter or digit).",
+        json_schema_extra={"pattern": KIND_PATTERN},
     )
-    payload: Any = Field(default=None, description="Any JSON value (default: null).")
-    priority: int = Field(default=0, ge=0, le=MAX_PRIORITY, description="Higher runs first.")
-    concurrency_key: str | None = Field(default=None, min_length=1, max_length=255)
-    max_attempts: int = Field(default=3, ge=1, le=MAX_ATTEMPTS)
-    run_after: datetime | None = Field(default=None, description="Timezone-aware; not before.")
-    pinned: bool = False
+    payload: JsonValue = Field(default=None, description="Any JSON value (default: null).")
+    priority: JsonInt = Field(default=0, ge=0, le=MAX_PRIORITY, description="Higher runs first.")
+    concurrency_key: str | None = Field(
+        default=None, min_length=1, max_length=255, json_schema_extra={"pattern": _STORABLE_TEXT}
+    )
+    max_attempts: JsonInt = Field(default=3, ge=1, le=MAX_ATTEMPTS)
+    run_after: DateTime | None = Field(
+        default=None,
+        description="Not before. With an offset; once in UTC, after 0001-01-01T00:00:00 and "
+        "before 9999-12-31T23:59:59.999999.",
+    )
+    pinned: Annotated[bool, Strict()] = False
 
 
 class AnswerIn(BaseModel):
@@ -41,8 +169,10 @@ class AnswerIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    answer: Any = Field(description="Must fit the question's JSON Schema and choices.")
-    question_key: str | None = Field(default=None, min_length=1, max_length=255)
+    answer: JsonValue = Field(description="Must fit the question's JSON Schema and choices.")
+    question_key: str | None = Field(
+        default=None, min_length=1, max_length=255, json_schema_extra={"pattern": _STORABLE_TEXT}
+    )
 
 
 class ProgressOut(BaseModel):

@@ -15,8 +15,10 @@ from jobkeeper.errors import InvalidJobId, InvalidRequest, TenantRequired
 
 __all__ = [
     "DEFAULT_SCHEMA",
+    "KIND_PATTERN",
     "MAX_ATTEMPTS",
     "MAX_PRIORITY",
+    "MAX_SEQUENCE",
     "aware_utc",
     "encode_json",
     "optional_text",
@@ -31,8 +33,14 @@ __all__ = [
 
 MAX_PRIORITY = 32_767
 MAX_ATTEMPTS = 1_000
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,127}")
+# versions and event sequence numbers are Postgres bigints
+MAX_SEQUENCE = 2**63 - 1
+_KIND = "[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}"
+_NAME = re.compile(_KIND)
+# the same rule as a JSON Schema pattern (ECMA-262 searches, so it is anchored), for OpenAPI
+KIND_PATTERN = f"^{_KIND}$"
 _KEY_MAX = 255
+_FIRST, _LAST = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
 _TENANT_MAX = 128
 # a \u0000 escape that is not itself an escaped backslash followed by "u0000"
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
@@ -116,12 +124,28 @@ def validate_kind(kind: object) -> str:
 
 
 def aware_utc(field: str, value: object) -> datetime:
-    """Require a timezone-aware datetime and return it in UTC; naive ones are ambiguous."""
+    """Require a timezone-aware datetime and return it in UTC; naive ones are ambiguous.
+
+    Postgres ``timestamptz`` (4713 BC to 294276 AD) holds every instant Python can, but in UTC a
+    datetime at either end of Python's range may not exist (``9999-12-31T23:59-14:00`` is in
+    year 10000), and asyncpg stores the first and last instants themselves as ``-infinity`` and
+    ``infinity``, which it reads back naive: those are refused too.
+    """
     if not isinstance(value, datetime):
         raise InvalidRequest(field, "a datetime is required")
     if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidRequest(field, "naive datetime; pass a timezone-aware one (UTC)")
-    return value.astimezone(UTC)
+    try:
+        moment = value.astimezone(UTC)
+    except OverflowError:  # past either end of Python's range: refused below, as the ends are
+        moment = _FIRST
+    if not _FIRST < moment < _LAST:
+        raise InvalidRequest(
+            field,
+            "out of range: in UTC it must fall after 0001-01-01T00:00:00 and before "
+            "9999-12-31T23:59:59.999999",
+        )
+    return moment
 
 
 def encode_json(field: str, value: Any) -> str:
