@@ -77,6 +77,34 @@ async def test_lost_notifications_are_applied_by_the_catch_up_after_reconnect(
         assert (await replica.get(job.id, tenant=tenant)).version == 5
 
 
+async def test_a_withheld_notification_is_served_stale_no_longer_than_the_catch_up_bound(
+    job_manager: JobManager, database_url: str, tenant: str
+) -> None:
+    """The staleness bound, tested: a change whose notification never comes (its writer sends
+    none) is served at its old version only until the next periodic catch-up, within
+    2 x feed_interval + 1 s of the commit (docs/consistency.md), then at the new one."""
+    interval = 0.5
+    bound = 2 * interval + 1.0
+    async with await JobManager.connect(database_url, feed_interval=interval) as replica:
+        job = await running_job(job_manager, tenant)
+        assert (await replica.get(job.id, tenant=tenant)).version == 2  # cached
+        silent = Postgres.create(database_url, notify=False)
+        try:
+            changed = await silent.jobs.progress(job.id, tenant, _progress())
+        finally:
+            await silent.close()
+        served: list[int] = []
+
+        async def fresh() -> bool:
+            served.append((await replica.get(job.id, tenant=tenant)).version)
+            return served[-1] == changed.version
+
+        # generous scheduling slack on top of the promised bound, never a fixed sleep
+        await eventually(fresh, timeout=bound + 2.0, what="the catch-up to bring the change")
+        assert set(served) <= {2, changed.version}  # old, then new: never anything else
+        assert replica.feed_status().catch_ups >= 1
+
+
 async def test_cache_is_bypassed_while_the_feed_cannot_vouch(
     job_manager: JobManager, database_url: str, tenant: str
 ) -> None:
