@@ -121,6 +121,7 @@ class JobManager:
         cache_size: int = 10_000,
         cache_ttl: float = 30.0,
         pool_size: int = 10,
+        prepared_statements: bool = True,
         feed_mode: FeedMode = "notify",
         feed_interval: float | None = None,
         max_queued: int | None = None,
@@ -134,9 +135,11 @@ class JobManager:
         jobkeeper opens a pool of its own of ``pool_size`` connections plus one for the change
         feed (docs/embedding.md says how to size both). The tables are those in ``schema``.
 
-        ``feed_mode="poll"`` is for transaction-mode poolers (no LISTEN/NOTIFY); every process on
-        one database must use the same mode. ``feed_interval`` is the catch-up period (default
-        1 s with notify, where it is a safety net, and 0.25 s with poll, where it is the bound).
+        ``feed_mode="poll"`` is for transaction-mode poolers (no LISTEN/NOTIFY), with
+        ``prepared_statements=False`` for one that cannot keep them (PgBouncer before 1.21;
+        docs/operations.md); every process on one database must use the same mode.
+        ``feed_interval`` is the catch-up period (default 1 s with notify, where it is a safety
+        net, and 0.25 s with poll, where it is the bound).
         ``max_queued`` (per tenant) and ``max_queued_per_kind`` bound the queue: ``submit`` then
         raises ``QueueFull`` with a ``retry_after`` hint of ``queue_full_retry_after`` seconds.
         ``role="worker"`` (what ``jobkeeper worker`` runs) keeps no cache and hears only the
@@ -162,7 +165,11 @@ class JobManager:
             else database
         )
         postgres = Postgres.create(
-            url, schema=schema, pool_size=pool_size, notify=feed_mode == "notify"
+            url,
+            schema=schema,
+            pool_size=pool_size,
+            notify=feed_mode == "notify",
+            prepared_statements=prepared_statements,
         )
         cache = JobCache(cache_size if role == "api" else 0, cache_ttl)
         feed = ChangeFeed(
@@ -204,6 +211,7 @@ class JobManager:
             cache_size=settings.cache_size,
             cache_ttl=settings.cache_ttl,
             pool_size=settings.pool_size,
+            prepared_statements=settings.prepared_statements,
             feed_mode=settings.feed_mode,
             feed_interval=settings.feed_interval,
             max_queued=settings.max_queued,

@@ -92,6 +92,11 @@ class Settings(BaseSettings):
         "(JOBKEEPER_SCHEMA), so it shares an application's database without touching its tables.",
     )
     pool_size: int = Field(default=10, ge=1, description="Database connections per process.")
+    prepared_statements: bool = Field(
+        default=True,
+        description="Keep prepared statements per connection; false behind a transaction-mode "
+        "pooler that cannot (PgBouncer before 1.21).",
+    )
     feed_mode: Literal["notify", "poll"] = Field(
         default="notify",
         description="How changes reach other processes' caches: LISTEN/NOTIFY plus catch-up, "

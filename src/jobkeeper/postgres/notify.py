@@ -283,6 +283,7 @@ async def open_feed(
             database.dsn,
             timeout=database.connect_timeout,
             server_settings={"application_name": "jobkeeper-feed"},
+            statement_cache_size=100 if database.prepared_statements else 0,
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise DatabaseUnavailable(f"change feed cannot connect: {exc}") from exc

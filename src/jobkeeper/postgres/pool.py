@@ -101,7 +101,7 @@ def _as_text(value: str) -> str:
 
 async def _keep_as_is(conn: asyncpg.Connection) -> None:
     """Nothing to reset when a connection returns to the pool: statements run in autocommit and
-    leave no session state (the sweeper's advisory lock is released before its block ends), so
+    leave no session state (the sweeper's advisory lock ends with its transaction), so
     asyncpg's default reset (one more round trip per checkout) is skipped."""
 
 
@@ -126,10 +126,17 @@ class Database:
     """
 
     def __init__(
-        self, dsn: str, *, schema: str, pool_size: int = 10, connect_timeout: float = 5.0
+        self,
+        dsn: str,
+        *,
+        schema: str,
+        pool_size: int = 10,
+        connect_timeout: float = 5.0,
+        prepared_statements: bool = True,
     ) -> None:
         self.dsn = dsn
         self.schema = schema
+        self.prepared_statements = prepared_statements
         self.connect_timeout = connect_timeout
         self._texts: dict[str, str] = {}
         self._pool: asyncpg.Pool = asyncpg.create_pool(
@@ -139,6 +146,9 @@ class Database:
             init=_set_codecs,
             reset=_keep_as_is,
             timeout=connect_timeout,
+            # a transaction-mode pooler (PgBouncer before 1.21) cannot keep a connection's
+            # named prepared statements: each statement is then prepared unnamed, per call
+            statement_cache_size=1024 if prepared_statements else 0,
             server_settings={
                 "application_name": "jobkeeper",
                 # every statement is prepared once per connection and planned once: left to

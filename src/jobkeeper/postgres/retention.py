@@ -80,10 +80,11 @@ _PURGE_TOMBSTONES = raw(
     "ttl",
     "limit",
 )
-# one sweeper at a time per install ($1: "<schema>.sweeper"), whoever it is: a session lock, so
-# it dies with a crashed holder
-_SWEEP_LOCK = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))"
-_SWEEP_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended($1, 0))"
+# One sweeper at a time per install ($1: "<schema>.sweeper"), whoever it is: a lock of a
+# transaction held open for the pass on a connection of its own, so it ends with a crashed or
+# cut-off holder, and holds through a transaction-mode pooler (which keeps a transaction on one
+# server connection, but not a session)
+_SWEEP_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))"
 
 
 class RetentionStatements:
@@ -139,11 +140,5 @@ class RetentionStatements:
     @asynccontextmanager
     async def sweep_lock(self) -> AsyncIterator[bool]:
         """Hold the sweeper lock for the block if no other process does; yields whether held."""
-        key = f"{self._db.schema}.sweeper"
-        async with self._db.connection() as conn:
-            held = bool(await conn.fetchval(_SWEEP_LOCK, key))
-            try:
-                yield held
-            finally:
-                if held:
-                    await conn.fetchval(_SWEEP_UNLOCK, key)
+        async with self._db.connection() as conn, conn.transaction():
+            yield bool(await conn.fetchval(_SWEEP_LOCK, f"{self._db.schema}.sweeper"))

@@ -43,14 +43,17 @@ class Postgres:
         pool_size: int = 10,
         connect_timeout: float = 5.0,
         notify: bool = True,
+        prepared_statements: bool = True,
     ) -> Postgres:
         """Build the pool (no I/O yet) for the tables in ``schema``. ``url`` may be
-        ``postgresql://`` or ``+asyncpg``."""
+        ``postgresql://`` or ``+asyncpg``; ``prepared_statements=False`` for a transaction-mode
+        pooler."""
         database = Database(
             asyncpg_dsn(url),
             schema=validate_schema(schema),
             pool_size=pool_size,
             connect_timeout=connect_timeout,
+            prepared_statements=prepared_statements,
         )
         return cls(database, notify=notify)
 
