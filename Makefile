@@ -18,6 +18,7 @@ demo: install  ## start an embedded Postgres (unless JOBKEEPER_DATABASE_URL is s
 
 test: install  ## the whole test suite against a real Postgres (embedded unless configured)
 	$(BIN)/pytest
+	cd examples/fastapi_app && ../../$(BIN)/pytest  # the example application's own suite
 
 lint: install  ## ruff, formatting, mypy --strict and the import layering contract
 	$(BIN)/ruff check .

@@ -53,6 +53,7 @@ from systems.jobkeeper import (
     CHANNEL,
     Postgres,
     asyncpg_dsn,
+    in_schema,
     move_to_running,
     open_repository,
 )
@@ -536,12 +537,12 @@ class MemoryResult:
 
 
 # sorted ids: every index takes its entries in order, several times faster than random inserts
-BULK_INSERT = """
+BULK_INSERT = in_schema("""
 INSERT INTO jobs (id, tenant, kind, payload)
 SELECT id, $2, 'bench.k', '{}'::jsonb
 FROM (SELECT gen_random_uuid() AS id FROM generate_series(1, $1)) AS g ORDER BY id
-"""
-RANDOM_IDS = "SELECT id FROM jobs WHERE tenant = $1 ORDER BY random() LIMIT $2"
+""")
+RANDOM_IDS = in_schema("SELECT id FROM jobs WHERE tenant = $1 ORDER BY random() LIMIT $2")
 
 
 async def bulk_load(admin: asyncpg.Connection, plan: Plan, ids_file: Path) -> float:

@@ -52,7 +52,7 @@ from common import (
     publish,
     scratch,
 )
-from systems.jobkeeper import asyncpg_dsn
+from systems.jobkeeper import asyncpg_dsn, in_schema
 
 SCRIPT = str(Path(__file__).resolve())
 
@@ -606,7 +606,7 @@ async def run(server_url: str, plan: Plan, generator: str) -> Results:
                 try:
                     posted = int(
                         await target.fetchval(
-                            "SELECT count(*) FROM jobs WHERE kind = $1", POST_KIND
+                            in_schema("SELECT count(*) FROM jobs WHERE kind = $1"), POST_KIND
                         )
                     )
                 finally:

@@ -36,12 +36,12 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from common import arguments, machine, nearest_rank, postgres_server, publish, scratch
 from jobkeeper import CacheStats, Job, JobManager
-from systems.jobkeeper import asyncpg_dsn, jobs, repository_of, sqlalchemy_url
+from systems.jobkeeper import asyncpg_dsn, in_schema, jobs, repository_of, sqlalchemy_url
 
 TENANT = "bench"
 KIND = "bench.job"
 CACHE_TTL = 3600.0  # far longer than a run: nothing expires while it is measured
-PK_SELECT = "SELECT * FROM jobs WHERE id = $1 AND tenant = $2"
+PK_SELECT = in_schema("SELECT * FROM jobs WHERE id = $1 AND tenant = $2")
 US = "\u00b5s"
 
 HIT = "`JobManager.get` cache hit"

@@ -26,7 +26,14 @@ import pytest
 
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.values import Job, JobEvent, Lease, Progress
-from jobkeeper.errors import InvalidRequest, JobFinished, PermanentFailure, QueueFull, Retry
+from jobkeeper.errors import (
+    InvalidRequest,
+    JobFinished,
+    LifespanFailed,
+    PermanentFailure,
+    QueueFull,
+    Retry,
+)
 from jobkeeper.manager import JobManager
 from jobkeeper.settings import asyncpg_dsn
 from jobkeeper.testing import data_layer
@@ -1297,3 +1304,75 @@ async def test_worker_refuses_kinds_without_a_handler_and_bad_settings(
         Worker(job_manager, tasks, concurrency=0)
     with pytest.raises(InvalidRequest, match="already registered"):
         tasks.register("t.known", lambda ctx, payload: None)
+
+
+# --- the registry's lifespan ---------------------------------------------------------------------
+
+
+async def test_the_lifespan_runs_once_around_the_work_and_handlers_get_its_resources(
+    job_manager: JobManager, tenant: str
+) -> None:
+    opened: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan() -> AsyncIterator[dict[str, int]]:
+        opened.append("enter")
+        yield {"answer": 42}
+        opened.append("exit")
+
+    tasks = TaskRegistry(lifespan=lifespan)
+    kind = f"life.{uuid4().hex[:8]}"
+
+    @tasks.task(kind)
+    async def use(ctx: JobContext, payload: Any) -> int:
+        return int(ctx.resources["answer"]) + int(payload["n"])
+
+    jobs = [await job_manager.submit(tenant, kind, {"n": n}) for n in range(6)]
+    worker = make_worker(job_manager, tasks, kinds=[kind], concurrency=3)
+    running = asyncio.create_task(worker.run())
+    try:
+
+        async def all_done() -> bool:
+            current = [
+                await job_manager.get(j.id, tenant=tenant, consistency="strong") for j in jobs
+            ]
+            return all(j.terminal for j in current)
+
+        await eventually(all_done, what="every job to finish")
+        assert opened == ["enter"]  # once for the worker, not once per job or slot
+    finally:
+        worker.stop()
+        await running
+    assert opened == ["enter", "exit"]
+    results = [(await job_manager.get(j.id, tenant=tenant)).result for j in jobs]
+    assert results == [42 + n for n in range(6)]
+
+
+async def test_a_lifespan_that_fails_to_enter_starts_nothing(
+    job_manager: JobManager, tenant: str
+) -> None:
+    @contextlib.asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        raise RuntimeError("no engine today")
+        yield
+
+    tasks = TaskRegistry(lifespan=lifespan)
+    kind = f"life.{uuid4().hex[:8]}"
+    tasks.register(kind, lambda ctx, payload: None)
+    job = await job_manager.submit(tenant, kind, {})
+    worker = make_worker(job_manager, tasks, kinds=[kind])
+    with pytest.raises(LifespanFailed, match="no engine today"):
+        await worker.run()
+    assert all(w.id != worker.id for w in await job_manager.workers.live(60))
+    assert (await job_manager.get(job.id, tenant=tenant, consistency="strong")).status == "queued"
+
+
+def test_a_worker_from_settings_takes_them_and_its_overrides(job_manager: JobManager) -> None:
+    from jobkeeper.settings import Settings
+
+    settings = Settings(_env_file=None, worker_concurrency=7, lease_seconds=12)  # type: ignore[call-arg]
+    tasks = TaskRegistry()
+    tasks.register("life.x", lambda ctx, payload: None)
+    worker = Worker.from_settings(settings, tasks, jobs=job_manager, kinds=["life.x"])
+    assert (worker._concurrency, worker._lease_seconds) == (7, 12.0)
+    assert Worker.from_settings(settings, tasks, jobs=job_manager, concurrency=2)._concurrency == 2

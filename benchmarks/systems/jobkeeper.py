@@ -22,10 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 from uuid_utils.compat import uuid7
 
 from jobkeeper import JobContext, JobManager, JobStatus, Lease, TaskRegistry, Worker
+from jobkeeper.domain.validate import DEFAULT_SCHEMA
 from jobkeeper.postgres import CHANNEL, Postgres
+from jobkeeper.postgres.compile import qualify
 from jobkeeper.schema import jobs
 from jobkeeper.settings import asyncpg_dsn, sqlalchemy_url
 from jobkeeper.testing import data_layer
@@ -44,6 +47,7 @@ __all__ = [
     "create_database",
     "drop_database",
     "embedded_server",
+    "in_schema",
     "jobs",
     "migrate_to_head",
     "move_to_running",
@@ -104,11 +108,25 @@ async def drop_database(server_url: str, name: str) -> None:
     await drop(server_url, name)
 
 
+def in_schema(text: str) -> str:
+    """The benchmarks' own SQL with jobkeeper's tables named in their (default) schema."""
+    return qualify(text, DEFAULT_SCHEMA)
+
+
 async def migrate_to_head(url: str) -> None:
-    """Migrate the database at ``url`` to head (``jobkeeper.migrate.upgrade``)."""
+    """Migrate the database at ``url`` to head (``jobkeeper.migrate.upgrade``), and put
+    jobkeeper's schema on the search path of connections opened from now on (after ``public``,
+    where the peers create their tables), for the SQLAlchemy reference rows; connections opened
+    before use ``in_schema``."""
     from jobkeeper.migrate import upgrade
 
     await asyncio.to_thread(upgrade, url)
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        name = await conn.fetchval("SELECT current_database()")
+        await conn.execute(f'ALTER DATABASE "{name}" SET search_path TO public, jobkeeper')
+    finally:
+        await conn.close()
 
 
 # --- below the manager -----------------------------------------------------------------------
@@ -174,14 +192,14 @@ _ARGS = WorkerArgs(concurrency=CONCURRENCY)
 
 class Jobkeeper(System):
     name = "jobkeeper"
-    done_sql = "SELECT count(*) FROM jobs WHERE status = 'succeeded'"
-    pending_sql = (
+    done_sql = in_schema("SELECT count(*) FROM jobs WHERE status = 'succeeded'")
+    pending_sql = in_schema(
         "SELECT EXISTS (SELECT 1 FROM jobs WHERE status = 'queued')"
         " OR EXISTS (SELECT 1 FROM jobs WHERE status = 'running')"
     )
-    reset_sql = "TRUNCATE jobs, job_events, workers"
+    reset_sql = in_schema("TRUNCATE jobs, job_events, workers")
     workers_method = (
-        f"jobkeeper workers: `Worker(await JobManager.connect(url, cache_size=0), tasks, "
+        f"jobkeeper workers: `Worker(await JobManager.connect(url, role=\"worker\"), tasks, "
         f"concurrency={CONCURRENCY})`, otherwise default settings (what `jobkeeper worker` runs: "
         "a worker process keeps no cache), and an async no-op handler; on the standard asyncio "
         "loop like the CLI, and on uvloop."
@@ -205,14 +223,16 @@ class Jobkeeper(System):
         ids = [uuid7() for _ in range(n)]
         payloads = [json.dumps({"n": i}) for i in range(n)]
         await self.admin.execute(
-            """WITH new AS (
+            in_schema(
+                """WITH new AS (
                 INSERT INTO jobs (id, tenant, kind, payload)
                 SELECT t.id, $3, $4, t.payload::jsonb
                 FROM unnest($1::uuid[], $2::text[]) AS t(id, payload)
                 RETURNING id, version, created_at)
             INSERT INTO job_events (job_id, seq, type, data, at)
             SELECT id, version, 'submitted', jsonb_build_object('kind', $4::text), created_at
-            FROM new""",
+            FROM new"""
+            ),
             ids,
             payloads,
             TENANT,
@@ -233,7 +253,7 @@ class Jobkeeper(System):
     async def run_worker(url: str, args: WorkerArgs, ready: Ready) -> None:
         """``jobkeeper worker`` in-process: the same Worker the CLI runs, with default
         settings (a worker process keeps no cache)."""
-        async with await JobManager.connect(url, cache_size=0) as manager:
+        async with await JobManager.connect(url, role="worker") as manager:
             worker = Worker(manager, tasks(), concurrency=args.concurrency)
             await ready()
             worker.install_signal_handlers()

@@ -29,7 +29,7 @@ from jobkeeper.domain.validate import validate_tenant
 from jobkeeper.domain.values import Job
 from jobkeeper.errors import InvalidRequest, JobkeeperError
 from jobkeeper.logs import configure_logging
-from jobkeeper.maintenance import Retention, Sweeper, SweepReport
+from jobkeeper.maintenance import Sweeper, SweepReport
 from jobkeeper.manager import JobManager
 from jobkeeper.metrics import Metrics
 from jobkeeper.migrate import upgrade
@@ -333,16 +333,12 @@ async def _work(
             metrics = Metrics(jobs)
             start_http_server(metrics_port, addr="127.0.0.1", registry=metrics.registry)
             refresher = asyncio.create_task(_refresh(metrics))
-        runner = Worker(
-            jobs,
+        runner = Worker.from_settings(
+            settings,
             registry,
+            jobs=jobs,
             concurrency=concurrency or settings.worker_concurrency,
             kinds=kinds or None,
-            lease_seconds=settings.lease_seconds,
-            backoff_base=settings.backoff_base,
-            backoff_max=settings.backoff_max,
-            shutdown_grace=settings.shutdown_grace,
-            retention=Retention.from_settings(settings),
         )
         runner.install_signal_handlers()
         try:

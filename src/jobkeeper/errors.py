@@ -17,7 +17,8 @@ the HTTP layer maps codes to statuses in one place. Messages are for people and 
     ├── NotWaitingForInput          not_waiting_for_input  no open question (or another one)
     ├── SchemaMissing               schema_missing       the database was never migrated
     │   └── SchemaOutdated          schema_outdated      tables in the layout before schemas
-    └── DatabaseUnavailable         database_unavailable
+    ├── DatabaseUnavailable         database_unavailable
+    └── LifespanFailed              lifespan_failed      a worker's task-registry lifespan failed
 
 Raised by handlers to steer the worker (not errors of jobkeeper itself):
 
@@ -184,6 +185,15 @@ class DatabaseUnavailable(JobkeeperError):
     """Postgres could not be reached; the operation did not happen (or its outcome is unknown)."""
 
     code = "database_unavailable"
+
+
+class LifespanFailed(JobkeeperError):
+    """The task registry's ``lifespan`` raised as a worker entered it; the worker did not start."""
+
+    code = "lifespan_failed"
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"the task registry's lifespan failed to start: {cause!r}")
 
 
 class QueueFull(JobkeeperError):

@@ -50,6 +50,7 @@ STATUS: dict[str, int] = {
     "database_unavailable": 503,
     "schema_missing": 503,
     "schema_outdated": 503,
+    "lifespan_failed": 500,
 }
 # the methods an ``Allow`` header can name: those FastAPI has a route decorator for
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")

@@ -53,6 +53,9 @@ class _Answered:
 class JobContext:
     """What a handler gets besides its payload. Safe to use from a sync handler's thread.
 
+    ``resources`` is what the registry's ``lifespan`` yielded in this worker (``None`` without
+    one): the application's engine or clients, opened once per worker process.
+
     For the worker (not for handlers): ``lease``; ``job_text``, the id as logs and the change feed
     spell it; ``finishing``, set once its outcome is being written (nothing stops it then);
     ``latest``, the last progress report, recorded with the completion; ``lease_valid_until``,
@@ -60,9 +63,10 @@ class JobContext:
     ``stop_reason``; ``take_progress()`` and ``last_flush`` for the progress flush.
     """
 
-    def __init__(self, host: JobHost, lease: Lease) -> None:
+    def __init__(self, host: JobHost, lease: Lease, resources: Any = None) -> None:
         self._host = host
         self.lease = lease
+        self.resources = resources
         self.job_text = str(lease.job.id)
         # set once by the loop, read by handler threads: a plain attribute is enough (the GIL)
         self._stop_reason: StopReason | None = None

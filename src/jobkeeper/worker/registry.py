@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -14,6 +15,9 @@ from jobkeeper.worker.context import JobContext
 
 AsyncHandler: TypeAlias = Callable[[JobContext, Any], Awaitable[Any]]
 SyncHandler: TypeAlias = Callable[[JobContext, Any], Any]
+# called once per worker process: an async context manager whose value handlers read from
+# ``ctx.resources`` (the application's engine, clients, ...)
+Lifespan: TypeAlias = Callable[[], AbstractAsyncContextManager[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,11 +30,17 @@ class Task:
 
 
 class TaskRegistry:
-    """Maps job kinds to handlers. ``@tasks.task("kind")`` registers a function."""
+    """Maps job kinds to handlers. ``@tasks.task("kind")`` registers a function.
 
-    def __init__(self) -> None:
+    ``lifespan``: an async context manager factory (``@asynccontextmanager``) that each worker
+    runs once around its work, as FastAPI runs an application's: the application opens its
+    engine or clients there, and every handler gets what it yields as ``ctx.resources``.
+    """
+
+    def __init__(self, *, lifespan: Lifespan | None = None) -> None:
         self._tasks: dict[str, Task] = {}
         self.expiry_hooks = ExpiryHooks()
+        self.lifespan = lifespan
 
     def on_expire(self, kind: str) -> Callable[[ExpiryHook], ExpiryHook]:
         """Register an async ``hook(job)`` run before retention deletes a job of ``kind``."""

@@ -17,14 +17,16 @@ import time
 import uuid
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 from jobkeeper.clock import nap
 from jobkeeper.domain.values import Lease
-from jobkeeper.errors import DatabaseUnavailable, InvalidRequest
+from jobkeeper.errors import DatabaseUnavailable, InvalidRequest, LifespanFailed
 from jobkeeper.feed import CANCEL_REQUESTED, Change
 from jobkeeper.maintenance import Retention, Sweeper
 from jobkeeper.manager import JobManager
+from jobkeeper.settings import Settings
 from jobkeeper.supervise import supervised, while_leased
 from jobkeeper.worker.context import JobContext, StopReason
 from jobkeeper.worker.executor import Executor
@@ -146,6 +148,7 @@ class Worker:
             progress_due=self._progress_due,
         )
         self._spawned: set[asyncio.Task[None]] = set()
+        self._resources: Any = None  # what the registry's lifespan yielded, during run()
         # every worker sweeps (one at a time): expired leases, deadlines and, with a retention
         # policy, retention with this registry's on_expire hooks; no janitor to schedule
         self._sweeper = Sweeper(
@@ -165,8 +168,39 @@ class Worker:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, tasks: TaskRegistry, *, jobs: JobManager, **overrides: Any
+    ) -> Worker:
+        """The worker ``settings`` describe (``JOBKEEPER_*``: concurrency, lease, backoff,
+        shutdown grace, retention), on the open manager ``jobs`` (``JobManager.from_settings(
+        settings, role="worker")``); ``overrides`` replace any of the constructor's arguments."""
+        options: dict[str, Any] = {
+            "concurrency": settings.worker_concurrency,
+            "lease_seconds": settings.lease_seconds,
+            "backoff_base": settings.backoff_base,
+            "backoff_max": settings.backoff_max,
+            "shutdown_grace": settings.shutdown_grace,
+            "retention": Retention.from_settings(settings),
+        }
+        options.update(overrides)
+        return cls(jobs, tasks, **options)
+
     async def run(self) -> None:
-        """Work until ``stop()``; then drain, release leftover leases and deregister."""
+        """Enter the registry's lifespan, work until ``stop()``, then drain, release leftover
+        leases, deregister and leave the lifespan. A lifespan that fails to enter raises
+        ``LifespanFailed`` before anything starts (``jobkeeper worker`` exits with its message)."""
+        async with contextlib.AsyncExitStack() as stack:
+            lifespan, resources = self._tasks.lifespan, None
+            if lifespan is not None:
+                try:
+                    resources = await stack.enter_async_context(lifespan())
+                except Exception as exc:
+                    raise LifespanFailed(exc) from exc
+            await self._work(resources)
+
+    async def _work(self, resources: Any) -> None:
+        self._resources = resources
         self._executor.start(asyncio.get_running_loop())
         await self._jobs.workers.register(
             self.id,
@@ -290,7 +324,7 @@ class Worker:
     # --- running a job -----------------------------------------------------------------------
 
     def _start(self, lease: Lease, valid_until: float) -> None:
-        ctx = JobContext(self._executor, lease)
+        ctx = JobContext(self._executor, lease, self._resources)
         ctx.lease_valid_until = valid_until
         spec = self._tasks.get(lease.job.kind)
         text = ctx.job_text

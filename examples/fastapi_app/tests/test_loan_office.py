@@ -1,0 +1,135 @@
+"""The loan office end to end, against a real Postgres: its own Alembic check with jobkeeper
+migrated beside it, a row and its job created atomically, a worker using the application's own
+sessions, and a loan that waits for an underwriter who answers through the application's own
+route as the application's own user."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from jobkeeper import JobManager, Worker
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from loanapp.models import User
+from loanapp.tasks import tasks
+
+from .conftest import alembic_config
+
+CLERK = {"Authorization": "Bearer clerk-token"}
+UNDERWRITER = {"Authorization": "Bearer underwriter-token"}
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], what: str, within: float = 20.0) -> Any:
+    end = time.monotonic() + within
+    while not (value := await check()):
+        if time.monotonic() > end:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+    return value
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def staff(app_database: str) -> None:
+    engine = create_async_engine(app_database)
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.insert(User),
+            [
+                {"name": "carol", "token": "clerk-token", "office": "north", "underwriter": False},
+                {
+                    "name": "uma",
+                    "token": "underwriter-token",
+                    "office": "north",
+                    "underwriter": True,
+                },
+            ],
+        )
+    await engine.dispose()
+
+
+@pytest.fixture
+async def worker(client: httpx.AsyncClient) -> AsyncIterator[Worker]:
+    """A worker on the application's jobs, as `jobkeeper worker loanapp.tasks:tasks` runs one."""
+    jobs: JobManager = client.app.state.jobs  # type: ignore[attr-defined]
+    running = Worker(jobs, tasks, concurrency=2, lease_seconds=10, poll_interval=0.2)
+    task = asyncio.create_task(running.run())
+    try:
+        yield running
+    finally:
+        running.stop()
+        await task
+
+
+def test_the_applications_alembic_check_passes_with_jobkeeper_beside_it(app_database: str) -> None:
+    command.check(alembic_config(app_database))
+
+
+async def test_the_applications_own_auth_answers_for_itself(client: httpx.AsyncClient) -> None:
+    response = await client.post("/documents", json={"title": "x"})
+    assert response.status_code == 401
+    assert response.json() == {"detail": "who are you?"}  # the application's body, untouched
+
+
+async def test_a_document_and_its_job_commit_together_and_the_worker_converts_it(
+    client: httpx.AsyncClient, worker: Worker
+) -> None:
+    created = await client.post("/documents", json={"title": "a short lease"}, headers=CLERK)
+    assert created.status_code == 201, created.text
+    document_id = created.json()["id"]
+
+    async def converted() -> Any:
+        found = await client.get(f"/documents/{document_id}", headers=CLERK)
+        return found.json()["pages"]
+
+    assert await eventually(converted, "the worker to convert the document") == 3
+
+
+async def test_a_large_loan_waits_for_an_underwriter_who_answers_as_herself(
+    client: httpx.AsyncClient, worker: Worker
+) -> None:
+    applied = await client.post(
+        "/loans", json={"applicant": "Ada", "amount": "50000.00"}, headers=CLERK
+    )
+    assert applied.status_code == 201, applied.text
+    loan_id = applied.json()["id"]
+
+    async def waiting() -> Any:
+        loan = (await client.get(f"/loans/{loan_id}", headers=CLERK)).json()
+        return loan if loan["job"]["status"] == "waiting_input" else None
+
+    loan = await eventually(waiting, "the loan's job to ask")
+    assert loan["job"]["question"]["key"] == "decision"
+    refused = await client.post(f"/loans/{loan_id}/decision", json={"approve": True}, headers=CLERK)
+    assert refused.status_code == 403  # a clerk does not decide loans
+    decided = await client.post(
+        f"/loans/{loan_id}/decision", json={"approve": True, "note": "ok"}, headers=UNDERWRITER
+    )
+    assert decided.status_code == 202, decided.text
+
+    async def approved() -> Any:
+        loan = (await client.get(f"/loans/{loan_id}", headers=CLERK)).json()
+        return loan if loan["status"] == "approved" else None
+
+    final = await eventually(approved, "the resumed job to approve the loan")
+    assert final["decided_by"] == "user:uma" and final["job"]["status"] == "succeeded"
+
+
+async def test_a_small_loan_is_approved_without_asking(
+    client: httpx.AsyncClient, worker: Worker
+) -> None:
+    applied = await client.post("/loans", json={"applicant": "Bo", "amount": "500"}, headers=CLERK)
+    loan_id = applied.json()["id"]
+
+    async def decided() -> Any:
+        loan = (await client.get(f"/loans/{loan_id}", headers=CLERK)).json()
+        return loan if loan["status"] != "submitted" else None
+
+    loan = await eventually(decided, "the automatic approval")
+    assert (loan["status"], loan["decided_by"]) == ("approved", None)
