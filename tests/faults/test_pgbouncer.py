@@ -95,19 +95,6 @@ def pgbouncer(database_url: str, mode: str) -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-async def starts_table(database_url: str) -> None:
-    conn = await asyncpg.connect(asyncpg_dsn(database_url))
-    try:
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS fault_starts (job_id uuid NOT NULL, n int NOT NULL,"
-            " attempt int NOT NULL, pid int NOT NULL, at timestamptz NOT NULL"
-            " DEFAULT clock_timestamp())"
-        )
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(params=["session", "transaction"])
 async def through(
     request: pytest.FixtureRequest, database_url: str, starts_table: None

@@ -115,15 +115,6 @@ async def workers(database_url: str, tmp_path: Path) -> AsyncIterator[Workers]:
         await started.close()
 
 
-@pytest.fixture
-async def starts_table(admin: asyncpg.Connection) -> None:
-    await admin.execute(
-        "CREATE TABLE IF NOT EXISTS fault_starts (job_id uuid NOT NULL, n int NOT NULL,"
-        " attempt int NOT NULL, pid int NOT NULL, at timestamptz NOT NULL"
-        " DEFAULT clock_timestamp())"
-    )
-
-
 @pytest.mark.timeout(90)
 async def test_a_worker_survives_its_claims_being_terminated(
     job_manager: JobManager,

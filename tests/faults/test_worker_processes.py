@@ -85,21 +85,8 @@ async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str,
 # --- the database, as the test sees it -----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-async def side_table(database_url: str) -> None:
-    conn = await asyncpg.connect(asyncpg_dsn(database_url))
-    try:
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS fault_starts (job_id uuid NOT NULL, n int NOT NULL,"
-            " attempt int NOT NULL, pid int NOT NULL, at timestamptz NOT NULL"
-            " DEFAULT clock_timestamp())"
-        )
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
-async def db(database_url: str, side_table: None) -> AsyncIterator[asyncpg.Connection]:
+async def db(database_url: str, starts_table: None) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         yield conn
