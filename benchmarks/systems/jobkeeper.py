@@ -199,7 +199,7 @@ class Jobkeeper(System):
     )
     reset_sql = in_schema("TRUNCATE jobs, job_events, workers")
     workers_method = (
-        f"jobkeeper workers: `Worker(await JobManager.connect(url, role=\"worker\"), tasks, "
+        f'jobkeeper workers: `Worker(await JobManager.connect(url, role="worker"), tasks, '
         f"concurrency={CONCURRENCY})`, otherwise default settings (what `jobkeeper worker` runs: "
         "a worker process keeps no cache), and an async no-op handler; on the standard asyncio "
         "loop like the CLI, and on uvloop."

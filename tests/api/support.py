@@ -321,9 +321,10 @@ class Processes:
         self.started.append(process)
         return process
 
-    async def serve(self, name: str) -> str:
-        """Start ``jobkeeper serve`` on a free 127.0.0.1 port; return its base URL once healthy."""
-        port = free_port()
+    async def serve(self, name: str, port: int | None = None) -> str:
+        """Start ``jobkeeper serve`` on 127.0.0.1 (on ``port``, else a free one); return its base
+        URL once healthy."""
+        port = port or free_port()
         process = self.start(name, "serve", "--host", "127.0.0.1", "--port", str(port))
         base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base, timeout=2.0) as client:

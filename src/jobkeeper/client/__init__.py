@@ -1,0 +1,31 @@
+"""A typed client of the jobkeeper HTTP API, for services that talk to one: ``AsyncJobClient``
+(asyncio) and ``JobClient`` (blocking), both on httpx.
+
+Jobs come back as the API's own models (``JobOut``, ``JobPageOut``; events as ``JobEvent``),
+and problems as jobkeeper's errors (``JobNotFound``, ``QueueFull``...; ``ApiError`` and
+``ApiConnectionError`` for the rest). Importing it starts nothing. See ``docs/client.md``.
+"""
+
+from jobkeeper.api.schemas import JobOut, JobPageOut
+from jobkeeper.client.asynchronous import AsyncJobClient
+from jobkeeper.client.calls import JobRef, ListFilters, ListQuery, SubmitOptions
+from jobkeeper.client.errors import UNKNOWN, ApiConnectionError, ApiError
+from jobkeeper.client.sync import JobClient
+from jobkeeper.client.target import ClientOptions
+from jobkeeper.domain.values import JobEvent
+
+__all__ = [
+    "UNKNOWN",
+    "ApiConnectionError",
+    "ApiError",
+    "AsyncJobClient",
+    "ClientOptions",
+    "JobClient",
+    "JobEvent",
+    "JobOut",
+    "JobPageOut",
+    "JobRef",
+    "ListFilters",
+    "ListQuery",
+    "SubmitOptions",
+]

@@ -1,0 +1,112 @@
+"""``JobClient``: the jobkeeper HTTP API from blocking code, on an ``httpx.Client``. The same
+operations as ``AsyncJobClient`` (see its docstrings), each one blocking until it is done."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any, Self, TypeVar, Unpack
+
+import httpx
+
+from jobkeeper.api.schemas import JobOut, JobPageOut
+from jobkeeper.client import calls
+from jobkeeper.client.calls import Call, JobRef, ListFilters, ListQuery, SubmitOptions
+from jobkeeper.client.errors import connection_error
+from jobkeeper.client.events import RETRIED, Resume
+from jobkeeper.client.target import Connection
+from jobkeeper.domain.values import JobEvent
+from jobkeeper.manager import Consistency
+
+__all__ = ["JobClient"]
+
+T = TypeVar("T")
+
+
+class JobClient(Connection[httpx.Client]):
+    """The blocking twin of ``AsyncJobClient``; ``http`` is an ``httpx.Client`` to reuse."""
+
+    def _new_http(self) -> httpx.Client:
+        return httpx.Client()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the ``httpx.Client`` if this client made it."""
+        if self._owns_http:
+            self._http.close()
+
+    def _run(self, call: Call[T]) -> T:
+        request = self._request(call)
+        try:
+            response = self._http.send(request, auth=self._auth)
+        except httpx.TransportError as exc:
+            raise connection_error(request, exc) from exc
+        return call.outcome(response)
+
+    def submit(self, kind: str, payload: Any = None, **options: Unpack[SubmitOptions]) -> JobOut:
+        """Submit a job; with ``idempotency_key``, a retry returns the same job."""
+        return self._run(calls.submit(kind, payload, options))
+
+    def get(self, job: JobRef, *, consistency: Consistency = "cached") -> JobOut:
+        """The job; given a ``JobOut``, conditional on its ETag (304: that same object)."""
+        return self._run(calls.get(job, consistency))
+
+    def list(self, **query: Unpack[ListQuery]) -> JobPageOut:
+        """One page of the tenant's jobs, newest first."""
+        return self._run(calls.list_jobs(query))
+
+    def list_all(self, **filters: Unpack[ListFilters]) -> Iterator[JobOut]:
+        """Every job of the listing, one page per request."""
+        call: Call[JobPageOut] | None = calls.list_jobs(filters)
+        while call is not None:
+            page = self._run(call)
+            yield from page.items
+            call = calls.next_page(filters, page)
+
+    def cancel(self, job: JobRef) -> JobOut:
+        """Cancel the job (a running one gets ``cancel_requested``)."""
+        return self._run(calls.cancel(job))
+
+    def pin(self, job: JobRef) -> JobOut:
+        """Exempt the job from retention."""
+        return self._run(calls.pin(job))
+
+    def unpin(self, job: JobRef) -> JobOut:
+        """Subject the job to retention again."""
+        return self._run(calls.unpin(job))
+
+    def answer(self, job: JobRef, answer: Any, *, question_key: str | None = None) -> JobOut:
+        """Answer the job's open question."""
+        return self._run(calls.answer(job, answer, question_key))
+
+    def events(self, job: JobRef, *, after: int = 0) -> Iterator[JobEvent]:
+        """The job's events after ``after`` until its terminal event, resumed across dropped
+        connections; blocks between events."""
+        resume = Resume(job, after, self._target.reconnect)
+        while True:
+            call = resume.call()
+            request = self._request(call, stream=True)
+            try:
+                response = self._http.send(request, stream=True, auth=self._auth)
+                try:
+                    if response.status_code not in call.ok:
+                        response.read()
+                    if not call.outcome(response):
+                        return
+                    for line in response.iter_lines():
+                        if (event := resume.line(line)) is not None:
+                            yield event
+                            if resume.finished:
+                                return
+                finally:
+                    response.close()
+            except RETRIED as exc:
+                pause = resume.dropped(request, exc)
+            else:
+                pause = resume.dropped(request, None)  # it ended before the terminal event
+            time.sleep(pause)
