@@ -1,4 +1,5 @@
-"""Shared test setup: jobkeeper's own fixtures (a real Postgres per test module)."""
+"""Shared test setup: jobkeeper's own fixtures (a real Postgres per test module), and pytester
+for the test kit's own tests (pytest sessions of a host application)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from jobkeeper.settings import asyncpg_dsn
 
-pytest_plugins = ["jobkeeper.testing"]
+pytest_plugins = ["jobkeeper.testing", "pytester"]
 
 
 @pytest.fixture(scope="module")

@@ -238,3 +238,43 @@ def path_to(target: JobStatus) -> list[JobStatus]:
                 paths[nxt] = [*paths[status], nxt]
                 todo.append(nxt)
     return paths[target]
+
+
+_ALEMBIC_ENV = """import asyncio
+
+from alembic import context
+from sqlalchemy import pool
+from sqlalchemy.ext.asyncio import create_async_engine
+
+import jobkeeper.migrate
+{models}
+
+
+def run(connection):
+    context.configure(
+        connection=connection,
+        target_metadata={metadata},
+        include_schemas=True,  # the strictest: every schema is compared, jobkeeper's left out
+        include_name=jobkeeper.migrate.include_name,
+        include_object=jobkeeper.migrate.include_object,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def main():
+    url = context.config.get_main_option("sqlalchemy.url")
+    engine = create_async_engine(url, poolclass=pool.NullPool)
+    async with engine.connect() as connection:
+        await connection.run_sync(run)
+    await engine.dispose()
+
+
+asyncio.run(main())
+"""
+
+
+def alembic_env(*, models: str, metadata: str) -> str:
+    """The ``env.py`` of a test application's Alembic: async, its ``metadata`` (imported by the
+    ``models`` line) compared in every schema, jobkeeper's schema and version table left out."""
+    return _ALEMBIC_ENV.format(models=models, metadata=metadata)

@@ -36,7 +36,7 @@ from jobkeeper.errors import (
 )
 from jobkeeper.settings import asyncpg_dsn, sqlalchemy_url
 from jobkeeper.testing import create_database, drop_database
-from support import eventually, make_worker
+from support import alembic_env, eventually, make_worker
 
 MODELS = """
 import sqlalchemy as sa
@@ -57,39 +57,7 @@ class Worker(Base):  # the application's own "workers": jobkeeper's live in its 
     __tablename__ = "workers"
     name: Mapped[str] = mapped_column(sa.Text, primary_key=True)
 """
-ENV = """
-import asyncio
-
-from alembic import context
-from sqlalchemy import pool
-from sqlalchemy.ext.asyncio import create_async_engine
-
-import jobkeeper.migrate
-from embedded_app_models import Base
-
-
-def run(connection):
-    context.configure(
-        connection=connection,
-        target_metadata=Base.metadata,
-        include_schemas=True,  # the strictest: every schema is compared, jobkeeper's left out
-        include_name=jobkeeper.migrate.include_name,
-        include_object=jobkeeper.migrate.include_object,
-    )
-    with context.begin_transaction():
-        context.run_migrations()
-
-
-async def main():
-    url = context.config.get_main_option("sqlalchemy.url")
-    engine = create_async_engine(url, poolclass=pool.NullPool)
-    async with engine.connect() as connection:
-        await connection.run_sync(run)
-    await engine.dispose()
-
-
-asyncio.run(main())
-"""
+ENV = alembic_env(models="from embedded_app_models import Base", metadata="Base.metadata")
 REVISION_1 = """
 import sqlalchemy as sa
 from alembic import op

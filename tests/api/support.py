@@ -2,8 +2,8 @@
 job assertions, polling, Server-Sent Events, in-process workers and server subprocesses.
 
 httpx's ``ASGITransport`` does not run the lifespan, and the routes read their services from the
-request state the lifespan yields. ``serve()`` therefore enters the lifespan itself and hands each
-request a copy of that state, the way Starlette does under a real server.
+request state the lifespan yields: ``serve()`` runs the app through ``jobkeeper.testing``'s
+``lifespan_client``, which does, and notes when each path's response starts.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import jobkeeper.demo
 from jobkeeper.manager import JobManager
 from jobkeeper.settings import Settings
+from jobkeeper.testing import lifespan_client
 from jobkeeper.worker import Worker
 from support import eventually, make_worker
 
@@ -96,29 +97,22 @@ class Served:
 @asynccontextmanager
 async def serve(app: FastAPI, headers: dict[str, str] | None = None) -> AsyncIterator[Served]:
     """Run ``app``'s lifespan and yield an httpx client that reaches the app in-process."""
-    async with app.router.lifespan_context(app) as state:
-        started: dict[str, asyncio.Event] = {}
+    started: dict[str, asyncio.Event] = {}
 
-        async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] not in ("http", "websocket"):
-                await app(scope, receive, send)
-                return
-            # what Starlette does under a server: each request gets a copy of the lifespan state
-            scope["state"] = {**dict(state or {}), **scope.get("state", {})}
-            path = scope["path"]
-
+    def noticing(inner: ASGIApp) -> ASGIApp:
+        async def notice_starts(scope: Scope, receive: Receive, send: Send) -> None:
             async def noticed(message: Message) -> None:
                 if message["type"] == "http.response.start":
-                    started.setdefault(path, asyncio.Event()).set()
+                    started.setdefault(scope["path"], asyncio.Event()).set()
                 await send(message)
 
-            await app(scope, receive, noticed)
+            await inner(scope, receive, noticed)
 
-        transport = httpx.ASGITransport(app=with_state)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://test", headers=headers, timeout=DEADLINE
-        ) as client:
-            yield Served(client=client, app=app, started=started)
+        return notice_starts
+
+    app.add_middleware(noticing)
+    async with lifespan_client(app, headers=headers, timeout=DEADLINE) as client:
+        yield Served(client=client, app=app, started=started)
 
 
 def bearer(key: str) -> dict[str, str]:
