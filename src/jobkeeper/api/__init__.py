@@ -3,5 +3,6 @@
 
 from jobkeeper.api.app import create_app, lifespan
 from jobkeeper.api.routes import jobs_router
+from jobkeeper.domain.values import Caller
 
-__all__ = ["create_app", "jobs_router", "lifespan"]
+__all__ = ["Caller", "create_app", "jobs_router", "lifespan"]

@@ -15,6 +15,7 @@ from uuid import UUID
 from jobkeeper.domain.status import TERMINAL, JobStatus
 
 __all__ = [
+    "Caller",
     "FrozenDict",
     "Job",
     "JobEvent",
@@ -58,6 +59,20 @@ def freeze_json(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return tuple(freeze_json(v) for v in value)
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking: the tenant whose jobs they may see, who they are, and their roles.
+
+    ``principal`` names a person or a service (``"user:alice"``, ``"api-key:<key id>"``); it is
+    what ``answered_by`` and the audit trail record, so it must never hold any part of a secret.
+    ``roles`` are the roles an assignee such as ``"role:underwriter"`` is matched against.
+    """
+
+    tenant: str
+    principal: str
+    roles: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
