@@ -7,6 +7,8 @@ import pytest
 
 from jobkeeper.settings import asyncpg_dsn
 
+from .support import STARTS_TABLE
+
 
 @pytest.fixture(scope="module")
 async def starts_table(database_url: str) -> None:
@@ -14,10 +16,6 @@ async def starts_table(database_url: str) -> None:
     (``tests/faults/fault_tasks.py``)."""
     conn = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS fault_starts (job_id uuid NOT NULL, n int NOT NULL,"
-            " attempt int NOT NULL, pid int NOT NULL, at timestamptz NOT NULL"
-            " DEFAULT clock_timestamp())"
-        )
+        await conn.execute(STARTS_TABLE)
     finally:
         await conn.close()

@@ -18,6 +18,11 @@ import pytest
 ROOT = Path(__file__).parents[2]
 JOBKEEPER = Path(sys.executable).parent / "jobkeeper"
 DEADLINE = 30.0  # the bound of every wait; the expected times are a few seconds
+# where the fault tasks record every start of a handler (tests/faults/fault_tasks.py)
+STARTS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS fault_starts (job_id uuid NOT NULL, n int NOT NULL,"
+    " attempt int NOT NULL, pid int NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())"
+)
 
 
 @dataclass

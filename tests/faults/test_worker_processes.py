@@ -369,7 +369,8 @@ def assert_one_line_error(code: int, out: str, err: str, expected_code: int, tex
 async def test_cli_mistakes_end_in_one_line(
     tmp_path: Path, target: str, url: str | None, code: int, text: str
 ) -> None:
-    returned, out, err = await run_cli("worker", target, env=_cli_env(url), cwd=tmp_path)
+    env = {**_cli_env(url), "JOBKEEPER_STARTUP_WAIT": "0"}  # tests/faults/test_startup.py waits
+    returned, out, err = await run_cli("worker", target, env=env, cwd=tmp_path)
     assert_one_line_error(returned, out, err, code, text)
 
 
@@ -409,9 +410,9 @@ async def test_cli_unmigrated_database_ends_in_one_line(
     name = f"jobkeeper_empty_{uuid.uuid4().hex[:12]}"
     url = await create_database(postgres_server_url, name)
     try:
-        returned, out, err = await run_cli(
-            "worker", "jobkeeper.demo:tasks", env=_cli_env(url), cwd=tmp_path
-        )
+        # a missing schema is not waited for, however long the wait for Postgres may be
+        env = {**_cli_env(url), "JOBKEEPER_STARTUP_WAIT": "600"}
+        returned, out, err = await run_cli("worker", "jobkeeper.demo:tasks", env=env, cwd=tmp_path)
     finally:
         await drop_database(postgres_server_url, name)
     assert "Traceback" not in out + err, err[-2000:]
