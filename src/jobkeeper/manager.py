@@ -39,6 +39,7 @@ from jobkeeper.errors import (
     InvalidAnswer,
     InvalidRequest,
     JobNotFound,
+    LeaseLost,
     NotWaitingForInput,
     QueueFull,
 )
@@ -500,6 +501,16 @@ class JobManager:
         """Keep a side effect's result under ``key``; ``None``: the lease is gone."""
         kept = self._pg.leases.checkpoint(lease, key, result_json)
         return await self._recorded("checkpoint", kept)
+
+    async def fence(self, lease: Lease, connection: CallerConnection) -> None:
+        """Make the caller's open transaction on ``connection`` (an ``AsyncSession``, an
+        ``AsyncConnection`` or an asyncpg connection, as ``submit`` takes) conditional on
+        ``lease``: the job's row is locked until that transaction ends if the lease still holds
+        it by Postgres's clock, so no recovery can hand the job to another worker before the
+        caller commits; else ``LeaseLost`` (roll back). A handler calls ``ctx.fenced``."""
+        on = await borrow(connection)
+        if not await self._pg.leases.hold(lease, on):
+            raise LeaseLost(lease.job.id)
 
     async def expire_input_deadlines(self, *, limit: int = 100) -> list[Job]:
         """Apply each overdue question's ``on_timeout`` (fail, cancel or default answer)."""
