@@ -54,15 +54,6 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
         await made.dispose()
 
 
-@pytest.fixture
-async def db(database_url: str, engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(asyncpg_dsn(database_url))
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
 def _core_insert() -> sa.TextClause:
     return sa.text(
         "INSERT INTO public.fenced_effects (job_id, token, note) VALUES (:job_id, :token, :note)"

@@ -16,7 +16,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
@@ -35,31 +35,10 @@ from .support import DEADLINE, JOBKEEPER, WorkerProcess, Workers, exit_code
 
 T = TypeVar("T")
 
-TASKS = "tests.faults.fault_tasks:tasks"
-LEASE_SECONDS = 1.5
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/postgres"
 
 
 # --- processes ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def workers(database_url: str, tmp_path: Path) -> AsyncIterator[Workers]:
-    started = Workers(
-        database_url,
-        tmp_path,
-        tasks=TASKS,
-        prefix_var="FAULT_KIND_PREFIX",
-        settings={
-            "lease_seconds": str(LEASE_SECONDS),
-            "backoff_base": "0.05",
-            "backoff_max": "0.2",
-        },
-    )
-    try:
-        yield started
-    finally:
-        await started.close()
 
 
 async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
@@ -82,16 +61,7 @@ async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str,
     return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
 
-# --- the database, as the test sees it -----------------------------------------------------------
-
-
-@pytest.fixture
-async def db(database_url: str, starts_table: None) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(asyncpg_dsn(database_url))
-    try:
-        yield conn
-    finally:
-        await conn.close()
+# --- the database, as the test sees it (the db and workers fixtures: conftest.py) ---------------
 
 
 async def running_on(db: asyncpg.Connection, job_id: UUID, worker: WorkerProcess) -> Any:
