@@ -271,3 +271,52 @@ async def test_a_handler_fences_its_write_with_its_lease_token(
     assert finished.status == "succeeded", finished.error
     assert tokens and finished.result == {"token": str(tokens[-1])}
     assert await effects(db, job.id) == [(tokens[-1], "handler")]
+
+
+async def test_a_handler_whose_fence_finds_the_lease_gone_ends_quietly(
+    job_manager: JobManager, tenant: str, db: asyncpg.Connection, engine: AsyncEngine
+) -> None:
+    """``LeaseLost`` out of a handler records nothing (the job is its next run's); the run's
+    context says it was stopped."""
+    tasks = TaskRegistry()
+    kind = f"fencing.{uuid.uuid4().hex}"
+    taken = asyncio.Event()
+    runs: list[tuple[JobContext, str]] = []
+
+    @tasks.task(kind)
+    async def work(ctx: JobContext, payload: Any) -> str:
+        if not runs:
+            runs.append((ctx, "first"))
+            await taken.wait()  # meanwhile the job is taken from this run, as recovery would
+        else:
+            runs.append((ctx, "again"))
+        async with AsyncSession(engine) as session, session.begin():
+            await ctx.fenced(session)
+            params = {"job_id": ctx.job.id, "token": ctx.lease_token, "note": runs[-1][1]}
+            await session.execute(_core_insert(), params)
+        return runs[-1][1]
+
+    worker = make_worker(job_manager, tasks)
+    running = asyncio.create_task(worker.run())
+    try:
+        job = await job_manager.submit(tenant, kind, {})
+        await eventually(lambda: runs, what="the first run")
+        first = runs[0][0]
+        await db.execute(  # what recovery does to the row, without waiting for the lease
+            "UPDATE jobs SET status = 'queued', lease_token = NULL, lease_expires_at = NULL,"
+            " worker_id = NULL, version = version + 1 WHERE id = $1",
+            job.id,
+        )
+        taken.set()
+
+        async def done() -> Any:
+            current = await job_manager.get(job.id, tenant=tenant, consistency="strong")
+            return current if current.terminal else None
+
+        finished = await eventually(done, what="the next run to finish")
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 30)
+    assert first.cancelled and first.stop_reason == "lease_lost"
+    assert (finished.status, finished.result, finished.error) == ("succeeded", "again", None)
+    assert await effects(db, job.id) == [(runs[1][0].lease_token, "again")]
