@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
-from jobkeeper.domain.values import Lease
+from jobkeeper.domain.values import Job, Lease
 from jobkeeper.errors import InvalidRequest, LeaseLost
 from jobkeeper.manager import JobManager
 from jobkeeper.settings import asyncpg_dsn, sqlalchemy_url
@@ -132,6 +132,31 @@ async def lease_expired(db: asyncpg.Connection, job_id: UUID) -> bool:
 
 async def recovered(jobs: JobManager, job_id: UUID) -> bool:
     return job_id in {job.id for job in await jobs.recover_expired(limit=1000)}
+
+
+async def worked(
+    jobs: JobManager,
+    tasks: TaskRegistry,
+    job: Job,
+    *,
+    meanwhile: Callable[[], Awaitable[None]] | None = None,
+) -> Job:
+    """The job once an in-process worker of ``tasks`` has finished it (``meanwhile`` runs while
+    the worker works)."""
+    worker = make_worker(jobs, tasks)
+    running = asyncio.create_task(worker.run())
+    try:
+        if meanwhile is not None:
+            await meanwhile()
+
+        async def done() -> Job | None:
+            current = await jobs.get(job.id, tenant=job.tenant, consistency="strong")
+            return current if current.terminal else None
+
+        return await eventually(done, what="the job to finish")
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 30)
 
 
 # --- while the lease holds -----------------------------------------------------------------------
@@ -255,19 +280,8 @@ async def test_a_handler_fences_its_write_with_its_lease_token(
             await session.execute(_core_insert(), params)
         return {"token": str(ctx.lease_token)}
 
-    worker = make_worker(job_manager, tasks)
-    running = asyncio.create_task(worker.run())
-    try:
-        job = await job_manager.submit(tenant, KIND, {})
-
-        async def done() -> Any:
-            current = await job_manager.get(job.id, tenant=tenant, consistency="strong")
-            return current if current.terminal else None
-
-        finished = await eventually(done, what="the job to finish")
-    finally:
-        worker.stop()
-        await asyncio.wait_for(running, 30)
+    job = await job_manager.submit(tenant, KIND, {})
+    finished = await worked(job_manager, tasks, job)
     assert finished.status == "succeeded", finished.error
     assert tokens and finished.result == {"token": str(tokens[-1])}
     assert await effects(db, job.id) == [(tokens[-1], "handler")]
@@ -296,12 +310,8 @@ async def test_a_handler_whose_fence_finds_the_lease_gone_ends_quietly(
             await session.execute(_core_insert(), params)
         return runs[-1][1]
 
-    worker = make_worker(job_manager, tasks)
-    running = asyncio.create_task(worker.run())
-    try:
-        job = await job_manager.submit(tenant, kind, {})
+    async def take_the_job() -> None:
         await eventually(lambda: runs, what="the first run")
-        first = runs[0][0]
         await db.execute(  # what recovery does to the row, without waiting for the lease
             "UPDATE jobs SET status = 'queued', lease_token = NULL, lease_expires_at = NULL,"
             " worker_id = NULL, version = version + 1 WHERE id = $1",
@@ -309,14 +319,9 @@ async def test_a_handler_whose_fence_finds_the_lease_gone_ends_quietly(
         )
         taken.set()
 
-        async def done() -> Any:
-            current = await job_manager.get(job.id, tenant=tenant, consistency="strong")
-            return current if current.terminal else None
-
-        finished = await eventually(done, what="the next run to finish")
-    finally:
-        worker.stop()
-        await asyncio.wait_for(running, 30)
+    job = await job_manager.submit(tenant, kind, {})
+    finished = await worked(job_manager, tasks, job, meanwhile=take_the_job)
+    first = runs[0][0]
     assert first.cancelled and first.stop_reason == "lease_lost"
     assert (finished.status, finished.result, finished.error) == ("succeeded", "again", None)
     assert await effects(db, job.id) == [(runs[1][0].lease_token, "again")]
