@@ -39,6 +39,7 @@ from jobkeeper.errors import (
     InvalidAnswer,
     InvalidRequest,
     JobNotFound,
+    LeaseLost,
     NotWaitingForInput,
     QueueFull,
 )
@@ -48,6 +49,7 @@ from jobkeeper.postgres.borrowed import Borrowed, CallerConnection, borrow
 from jobkeeper.postgres.keys import KeyStatements
 from jobkeeper.postgres.workers import WorkerStatements
 from jobkeeper.settings import Settings
+from jobkeeper.supervise import until_reachable
 
 __all__ = ["Consistency", "JobManager", "Role"]
 
@@ -127,6 +129,7 @@ class JobManager:
         max_queued: int | None = None,
         max_queued_per_kind: int | None = None,
         queue_full_retry_after: float = 5.0,
+        wait: float = 0.0,
     ) -> JobManager:
         """Open a pool to ``database``, check that Postgres answers and start the change feed.
 
@@ -145,7 +148,12 @@ class JobManager:
         ``role="worker"`` (what ``jobkeeper worker`` runs) keeps no cache and hears only the
         changes workers act on; ``cache_size=0`` keeps no cache in an API process (every read
         goes to Postgres).
+        ``wait``: seconds to keep trying while Postgres cannot be reached (each failure logged at
+        WARNING, with backoff), then ``DatabaseUnavailable`` saying how long it waited; the
+        default 0 tries once, as a library call should. A missing schema is raised at once.
         """
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not wait >= 0:
+            raise InvalidRequest("wait", "seconds >= 0")
         if role not in ("api", "worker"):
             raise InvalidRequest("role", "'api' or 'worker'")
         if cache_size < 0 or cache_ttl <= 0:
@@ -184,7 +192,7 @@ class JobManager:
         if cache.enabled:
             feed.subscribe(lambda job_id, version, _status: cache.invalidate(job_id, version))
         try:
-            await postgres.ping()
+            await until_reachable("connecting to Postgres", postgres.ping, within=wait)
             await feed.start()
         except BaseException:
             await feed.close()
@@ -200,8 +208,12 @@ class JobManager:
         )
 
     @classmethod
-    async def from_settings(cls, settings: Settings, *, role: Role = "api") -> JobManager:
-        """``connect`` with everything taken from ``Settings`` (``JOBKEEPER_*`` variables)."""
+    async def from_settings(
+        cls, settings: Settings, *, role: Role = "api", wait: float | None = None
+    ) -> JobManager:
+        """``connect`` with everything taken from ``Settings`` (``JOBKEEPER_*`` variables). A
+        process started from settings waits ``settings.startup_wait`` for Postgres (``wait``
+        overrides it: the CLI's one-shot commands pass 0)."""
         if not settings.database_url:
             raise InvalidRequest("database_url", "set JOBKEEPER_DATABASE_URL")
         return await cls.connect(
@@ -217,6 +229,7 @@ class JobManager:
             max_queued=settings.max_queued,
             max_queued_per_kind=settings.max_queued_per_kind,
             queue_full_retry_after=settings.queue_full_retry_after,
+            wait=settings.startup_wait if wait is None else wait,
         )
 
     async def __aenter__(self) -> Self:
@@ -488,6 +501,16 @@ class JobManager:
         """Keep a side effect's result under ``key``; ``None``: the lease is gone."""
         kept = self._pg.leases.checkpoint(lease, key, result_json)
         return await self._recorded("checkpoint", kept)
+
+    async def fence(self, lease: Lease, connection: CallerConnection) -> None:
+        """Make the caller's open transaction on ``connection`` (an ``AsyncSession``, an
+        ``AsyncConnection`` or an asyncpg connection, as ``submit`` takes) conditional on
+        ``lease``: the job's row is locked until that transaction ends if the lease still holds
+        it by Postgres's clock, so no recovery can hand the job to another worker before the
+        caller commits; else ``LeaseLost`` (roll back). A handler calls ``ctx.fenced``."""
+        on = await borrow(connection)
+        if not await self._pg.leases.hold(lease, on):
+            raise LeaseLost(lease.job.id)
 
     async def expire_input_deadlines(self, *, limit: int = 100) -> list[Job]:
         """Apply each overdue question's ``on_timeout`` (fail, cancel or default answer)."""

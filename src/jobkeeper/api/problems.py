@@ -42,6 +42,7 @@ STATUS: dict[str, int] = {
     "invalid_transition": 409,
     "job_finished": 409,
     "not_waiting_for_input": 409,
+    "lease_lost": 409,
     "payload_too_large": 413,
     "idempotency_key_reused": 422,
     "invalid_answer": 422,

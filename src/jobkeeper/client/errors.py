@@ -42,6 +42,7 @@ from jobkeeper.errors import (
     JobFinished,
     JobkeeperError,
     JobNotFound,
+    LeaseLost,
     LifespanFailed,
     NotWaitingForInput,
     QueueFull,
@@ -165,6 +166,7 @@ _BUILDERS: dict[str, Callable[[_Problem], JobkeeperError]] = {
     SchemaMissing.code: lambda p: SchemaMissing(UNKNOWN, p.message),
     SchemaOutdated.code: lambda p: SchemaOutdated(UNKNOWN),
     LifespanFailed.code: lambda p: LifespanFailed(RuntimeError(p.message)),
+    LeaseLost.code: lambda p: LeaseLost(p.job_id),
     DatabaseUnavailable.code: lambda p: DatabaseUnavailable(p.message),
 }
 
