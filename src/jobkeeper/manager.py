@@ -520,9 +520,14 @@ class JobManager:
 
     # --- retention (the sweeper's) -------------------------------------------------------------
 
-    def sweep_lock(self) -> contextlib.AbstractAsyncContextManager[bool]:
-        """Hold the sweeper lock for the block if no other process does; yields whether held."""
-        return self._pg.retention.sweep_lock()
+    def sweep_lock(
+        self, *, idle_limit: float = 30.0
+    ) -> contextlib.AbstractAsyncContextManager[bool]:
+        """Hold the sweeper lock for the block if no other process does; yields whether held.
+
+        A holder that stops talking to Postgres for ``idle_limit`` seconds loses the lock.
+        """
+        return self._pg.retention.sweep_lock(idle_limit=idle_limit)
 
     async def clear_payloads(
         self, *, ttl: float, kinds: Sequence[str] | None, other_kinds: Sequence[str], limit: int
