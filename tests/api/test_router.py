@@ -290,3 +290,20 @@ def test_links_of_a_new_job_reach_its_operations_under_any_prefix(prefix: str) -
     links = spec["paths"][f"{prefix}/jobs"]["post"]["responses"]["201"]["links"]
     assert {link["operationId"] for link in links.values()} <= ids
     assert len(links) == 6
+
+
+@pytest.mark.parametrize(("status", "code"), [(401, "unauthorized"), (403, "invalid_request")])
+async def test_install_turns_an_http_exception_into_a_problem_of_its_own_status(
+    database_url: str, status: int, code: str
+) -> None:
+    """``install`` (what ``create_app`` does) once said ``"status": 400`` in the body of a 401."""
+    app = create_app(make_settings(database_url))
+
+    @app.get("/guarded")
+    async def guarded() -> None:
+        raise HTTPException(status, "no", headers={"WWW-Authenticate": "Bearer"})
+
+    async with lifespan_client(app) as client:
+        response = await client.get("/guarded")
+    body = assert_own_problem(response, status, code)
+    assert body["detail"] == "no" and response.headers["www-authenticate"] == "Bearer"

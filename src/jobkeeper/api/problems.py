@@ -82,9 +82,12 @@ def problem(
     detail: str,
     *,
     headers: dict[str, str] | None = None,
+    status: int | None = None,
     **extra: Any,
 ) -> JSONResponse:
-    status = STATUS.get(code, 500)
+    """The problem response of ``code``, with the status ``STATUS`` maps it to (``status``: an
+    ``HTTPException``'s own)."""
+    status = status or STATUS.get(code, 500)
     body = {
         "type": f"urn:jobkeeper:problem:{code}",
         "title": _TITLES.get(code, "Error"),
@@ -145,15 +148,17 @@ def _validation(request: Request, exc: Exception) -> JSONResponse:
     return problem(request, "validation_error", "the request is not valid", errors=errors)
 
 
+# an HTTPException's status -> its code; any other keeps its status, with code invalid_request
+_HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
+
+
 def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if isinstance(exc.__cause__, UnicodeDecodeError):  # FastAPI's body parser: not UTF-8
         return problem(request, "validation_error", "the request body is not UTF-8 JSON")
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
-    response = problem(request, code, str(exc.detail))
-    response.status_code = exc.status_code
-    if exc.headers:
-        response.headers.update(exc.headers)
+    code = _HTTP_CODES.get(exc.status_code, "invalid_request")
+    headers = dict(exc.headers or {})
+    response = problem(request, code, str(exc.detail), headers=headers, status=exc.status_code)
     if exc.status_code == 405:
         response.headers["Allow"] = _allowed_methods(request)
     return response
