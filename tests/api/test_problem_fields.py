@@ -12,46 +12,29 @@ import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
 
-import jobkeeper.errors
+from jobkeeper import errors
 from jobkeeper.api.problems import ProblemRoute
 from jobkeeper.client.errors import problem_error
-from jobkeeper.errors import (
-    DatabaseUnavailable,
-    IdempotencyConflict,
-    InvalidAnswer,
-    InvalidJobId,
-    InvalidRequest,
-    InvalidTransition,
-    JobExpired,
-    JobFinished,
-    JobkeeperError,
-    JobNotFound,
-    LifespanFailed,
-    NotWaitingForInput,
-    QueueFull,
-    SchemaMissing,
-    SchemaOutdated,
-    TenantRequired,
-)
+from jobkeeper.errors import JobkeeperError
 
 JOB = UUID("01a21000-0000-7000-8000-000000000001")
 SAMPLES: list[JobkeeperError] = [
-    InvalidRequest("priority", "must be at most 100"),
-    TenantRequired(),
-    InvalidJobId("not-a-uuid"),
-    JobNotFound(JOB),
-    JobExpired(JOB, datetime(2026, 12, 1, 20, 59, 1, 500000, tzinfo=UTC)),
-    InvalidTransition(JOB, "running", "queued"),
-    JobFinished(JOB, "succeeded", "cancelled"),
-    IdempotencyConflict("order-17", JOB),
-    QueueFull("acme", 500, 2.5, "convert_pdf"),
-    QueueFull("acme", 50, 5.0),
-    InvalidAnswer(JOB, ["approve: 'yes' is not of type 'boolean'"]),
-    NotWaitingForInput(JOB, "running", "approval"),
-    SchemaMissing("jobkeeper"),
-    SchemaOutdated("jobkeeper"),
-    LifespanFailed(RuntimeError("no engine")),
-    DatabaseUnavailable("connection refused"),
+    errors.InvalidRequest("priority", "must be at most 100"),
+    errors.TenantRequired(),
+    errors.InvalidJobId("not-a-uuid"),
+    errors.JobNotFound(JOB),
+    errors.JobExpired(JOB, datetime(2026, 12, 1, 20, 59, 1, 500000, tzinfo=UTC)),
+    errors.InvalidTransition(JOB, "running", "queued"),
+    errors.JobFinished(JOB, "succeeded", "cancelled"),
+    errors.IdempotencyConflict("order-17", JOB),
+    errors.QueueFull("acme", 500, 2.5, "convert_pdf"),
+    errors.QueueFull("acme", 50, 5.0),
+    errors.InvalidAnswer(JOB, ["approve: 'yes' is not of type 'boolean'"]),
+    errors.NotWaitingForInput(JOB, "running", "approval"),
+    errors.SchemaMissing("jobkeeper"),
+    errors.SchemaOutdated("jobkeeper"),
+    errors.LifespanFailed(RuntimeError("no engine")),
+    errors.DatabaseUnavailable("connection refused"),
 ]
 
 
@@ -62,7 +45,7 @@ def _fields(error: BaseException) -> dict[str, Any]:
 def test_every_error_class_is_sampled() -> None:
     classes = {
         cls
-        for _, cls in inspect.getmembers(jobkeeper.errors, inspect.isclass)
+        for _, cls in inspect.getmembers(errors, inspect.isclass)
         if issubclass(cls, JobkeeperError) and cls is not JobkeeperError
     }
     assert classes == {type(error) for error in SAMPLES}
