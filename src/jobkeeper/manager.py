@@ -382,7 +382,7 @@ class JobManager:
         job_id, tenant = parse_job_id(job_id), validate_tenant(tenant)
         cancelled_by = optional_text("cancelled_by", cancelled_by)
         ticket = self._cache.ticket()
-        job, _ = await self._pg.jobs.cancel(job_id, tenant, cancelled_by)
+        job, _ = await self._pg.jobs.cancel(job_id, tenant, cancelled_by=cancelled_by)
         self._remember((job,), ticket, "cancelled")
         return job
 

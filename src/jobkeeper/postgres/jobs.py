@@ -475,7 +475,9 @@ class JobStatements:
         assert job is not None
         return job
 
-    async def cancel(self, job_id: UUID, tenant: str, cancelled_by: str | None) -> tuple[Job, bool]:
+    async def cancel(
+        self, job_id: UUID, tenant: str, cancelled_by: str | None = None
+    ) -> tuple[Job, bool]:
         """Cancel a queued or waiting job at once, or flag a running one for its worker; the
         event (``cancelled`` or ``cancel_requested``) records ``cancelled_by``.
 
