@@ -127,6 +127,12 @@ async def test_the_routes_answer_their_own_errors_as_problems_and_leave_the_host
             await client.post("/api/jobs", json={"kind": 7}), 422, "validation_error"
         )
         assert invalid["errors"][0]["loc"] == ["body", "kind"]
+        not_utf8 = await client.post(
+            "/api/jobs",
+            content=b'{"kind": "report", "payload": "\xff"}',
+            headers={"Content-Type": "application/json"},
+        )
+        assert_own_problem(not_utf8, 422, "validation_error")
 
         # the host's own errors: FastAPI's JSON, as if jobkeeper were not mounted
         for response in (

@@ -152,10 +152,14 @@ def _validation(request: Request, exc: Exception) -> JSONResponse:
 _HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
 
 
+def _not_utf8(request: Request) -> JSONResponse:
+    return problem(request, "validation_error", "the request body is not UTF-8 JSON")
+
+
 def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if isinstance(exc.__cause__, UnicodeDecodeError):  # FastAPI's body parser: not UTF-8
-        return problem(request, "validation_error", "the request body is not UTF-8 JSON")
+        return _not_utf8(request)
     code = _HTTP_CODES.get(exc.status_code, "invalid_request")
     headers = dict(exc.headers or {})
     response = problem(request, code, str(exc.detail), headers=headers, status=exc.status_code)
@@ -195,6 +199,12 @@ class ProblemRoute(APIRoute):
                 return _api(request, exc)
             except RequestValidationError as exc:
                 return _validation(request, exc)
+            except StarletteHTTPException as exc:
+                # FastAPI's body parser, before any dependency ran; any other (the caller's
+                # own 401, say) is the application's to answer
+                if isinstance(exc.__cause__, UnicodeDecodeError):
+                    return _not_utf8(request)
+                raise
 
         return answered
 
