@@ -223,6 +223,7 @@ class QueueFull(JobkeeperError):
         self.tenant = tenant
         self.limit = limit
         self.retry_after = retry_after
+        self.kind = kind
 
 
 class InvalidAnswer(JobkeeperError):
@@ -246,6 +247,7 @@ class NotWaitingForInput(JobkeeperError):
         super().__init__(f"job {job_id} is {status}, not waiting for {what}")
         self.job_id = job_id
         self.status = status
+        self.question_key = question_key
 
 
 class Retry(Exception):

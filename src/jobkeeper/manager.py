@@ -252,7 +252,7 @@ class JobManager:
 
     @property
     def keys(self) -> KeyStatements:
-        """API keys (stored by hash): ``create``, ``tenant_for``, ``revoke``, ``list``."""
+        """API keys (stored by hash): ``create``, ``live``, ``revoke``, ``list``."""
         return self._pg.keys
 
     @property
@@ -384,12 +384,18 @@ class JobManager:
         assert self._max_queued_per_kind is not None
         return QueueFull(new.tenant, self._max_queued_per_kind, self._retry_after, new.kind)
 
-    async def cancel(self, job_id: UUID | str, *, tenant: str) -> Job:
+    async def cancel(
+        self, job_id: UUID | str, *, tenant: str, cancelled_by: str | None = None
+    ) -> Job:
         """Cancel a job: a queued or waiting one becomes ``cancelled`` at once; a running one gets
-        ``cancel_requested`` so its worker stops it. Raises ``JobFinished`` if already terminal."""
+        ``cancel_requested`` so its worker stops it. Raises ``JobFinished`` if already terminal.
+
+        ``cancelled_by`` (a principal such as ``"user:alice"``, never a secret) is recorded in
+        the event's data, as ``answered_by`` is for an answer."""
         job_id, tenant = parse_job_id(job_id), validate_tenant(tenant)
+        cancelled_by = optional_text("cancelled_by", cancelled_by)
         ticket = self._cache.ticket()
-        job, _ = await self._pg.jobs.cancel(job_id, tenant)
+        job, _ = await self._pg.jobs.cancel(job_id, tenant, cancelled_by=cancelled_by)
         self._remember((job,), ticket, "cancelled")
         return job
 
