@@ -33,6 +33,7 @@ SAMPLES: list[JobkeeperError] = [
     errors.NotWaitingForInput(JOB, "running", "approval"),
     errors.SchemaMissing("jobkeeper"),
     errors.SchemaOutdated("jobkeeper"),
+    errors.LeaseLost(JOB),
     errors.LifespanFailed(RuntimeError("no engine")),
     errors.DatabaseUnavailable("connection refused"),
 ]
