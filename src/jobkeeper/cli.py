@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import importlib
 import json
 import subprocess
@@ -228,10 +229,17 @@ def jobs_show(job_id: str, tenant: TenantOption) -> None:
     _show(_run(_with_jobs(lambda jobs: jobs.get(job_id, tenant=tenant, consistency="strong"))))
 
 
+def _operator() -> str:
+    """Who acts from this command line, as the job's history records it: ``cli:<os user>``."""
+    return f"cli:{getpass.getuser()}"
+
+
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: str, tenant: TenantOption) -> None:
     """Cancel a job (a running one is asked to stop)."""
-    _show(_run(_with_jobs(lambda jobs: jobs.cancel(job_id, tenant=tenant))))
+    _show(
+        _run(_with_jobs(lambda jobs: jobs.cancel(job_id, tenant=tenant, cancelled_by=_operator())))
+    )
 
 
 @jobs_app.command("answer")
@@ -253,7 +261,7 @@ def jobs_answer(
                     job_id,
                     tenant=tenant,
                     answer=value,
-                    answered_by="cli",
+                    answered_by=_operator(),
                     question_key=question_key,
                 )
             )
