@@ -9,7 +9,7 @@ import contextlib
 import os
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,9 +71,15 @@ class Workers:
         return f"{self.prefix}.{name}"
 
     async def start(
-        self, *args: str, target: str | None = None, grace: float = 30.0, **settings: str
+        self,
+        *args: str,
+        target: str | None = None,
+        grace: float = 30.0,
+        via: Sequence[str] = (),
+        **settings: str,
     ) -> WorkerProcess:
-        """``jobkeeper worker TARGET ARGS`` with ``JOBKEEPER_<SETTING>`` from ``settings``."""
+        """``jobkeeper worker TARGET ARGS`` with ``JOBKEEPER_<SETTING>`` from ``settings``,
+        run through ``via`` if given (``ip netns exec NAME``: on another host)."""
         log = self._tmp / f"worker-{len(self.started)}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("JOBKEEPER_")}
         chosen = {**self._settings, "shutdown_grace": str(grace), **settings}
@@ -86,6 +92,7 @@ class Workers:
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             proc = await asyncio.create_subprocess_exec(
+                *via,
                 str(JOBKEEPER),
                 "worker",
                 target or self._tasks,

@@ -83,8 +83,17 @@ _PURGE_TOMBSTONES = raw(
 # One sweeper at a time per install ($1: "<schema>.sweeper"), whoever it is: a lock of a
 # transaction held open for the pass on a connection of its own, so it ends with a crashed or
 # cut-off holder, and holds through a transaction-mode pooler (which keeps a transaction on one
-# server connection, but not a session)
-_SWEEP_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))"
+# server connection, but not a session).
+# A holder cut off by the network sends no FIN or RST: its backend would sit idle in transaction,
+# holding the lock (and so stopping lease recovery everywhere) until the kernel's keepalive gave
+# up, two hours by default. For this transaction the server probes the idle connection after
+# 5 s, every 2 s, and drops it after 3 unanswered probes (or 11 s of unacknowledged data), which
+# ends the transaction and frees the lock; a live holder's kernel answers the probes, however
+# long the pass. Settable by any role, reset when the transaction ends (set_config(..., true)),
+# ignored on a Unix socket (tests/faults/test_netns.py cuts a holder off).
+_SWEEP_LOCK = """SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0)),
+  set_config('tcp_keepalives_idle', '5', true), set_config('tcp_keepalives_interval', '2', true),
+  set_config('tcp_keepalives_count', '3', true), set_config('tcp_user_timeout', '11000', true)"""
 
 
 class RetentionStatements:
