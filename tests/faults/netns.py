@@ -40,7 +40,12 @@ import pytest
 
 from .support import ROOT, WorkerProcess
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# Debian's server binaries, the newest installed version
+PG_BIN = max(
+    Path("/usr/lib/postgresql").glob("*/bin"),
+    key=lambda path: int(path.parent.name) if path.parent.name.isdigit() else 0,
+    default=Path("/usr/lib/postgresql/15/bin"),
+)
 SUBNET = "10.213.0"  # a /24 that exists only inside the namespaces made here
 HUB_ADDRESS = f"{SUBNET}.1"
 PG_PORT = 5432  # inside the hub namespace: nothing else listens there
@@ -97,7 +102,7 @@ def require_netns() -> None:
     if shutil.which("ip") is None:
         pytest.fail("the across-hosts tests need iproute2's `ip` (apt-get install iproute2)")
     if not (PG_BIN / "postgres").exists():
-        pytest.fail(f"the across-hosts tests need Debian's postgresql-15 ({PG_BIN})")
+        pytest.fail(f"the across-hosts tests need Debian's postgresql server ({PG_BIN})")
     probe = f"{_PREFIX}{os.getpid()}-probe{next(_runs)}"
     try:
         _ip("netns", "add", probe)

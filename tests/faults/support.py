@@ -9,15 +9,20 @@ import contextlib
 import os
 import sys
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
+import asyncpg
 import pytest
 
 ROOT = Path(__file__).parents[2]
 JOBKEEPER = Path(sys.executable).parent / "jobkeeper"
 DEADLINE = 30.0  # the bound of every wait; the expected times are a few seconds
+FAULT_TASKS = "tests.faults.fault_tasks:tasks"
 
 
 @dataclass
@@ -123,3 +128,38 @@ async def exit_code(worker: WorkerProcess, within: float) -> int:
         return await asyncio.wait_for(worker.proc.wait(), within)
     except TimeoutError:
         pytest.fail(f"worker did not exit within {within} s\n{worker.tail()}")
+
+
+async def running_on(db: asyncpg.Connection, job_id: UUID, worker: WorkerProcess) -> Any:
+    """The job's lease row while ``worker`` holds it and its handler has started there."""
+    return await db.fetchrow(
+        "SELECT j.lease_token, j.worker_id, j.attempts FROM jobs AS j"
+        " JOIN fault_starts AS s ON s.job_id = j.id AND s.pid = $2"
+        " WHERE j.id = $1 AND j.status = 'running'"
+        " AND j.worker_id IN (SELECT id FROM workers WHERE pid = $2)",
+        job_id,
+        worker.pid,
+    )
+
+
+@asynccontextmanager
+async def fault_workers(
+    database_url: str, tmp: Path, *, lease_seconds: float
+) -> AsyncIterator[Workers]:
+    """A ``Workers`` of the fault tasks (``tests/faults/fault_tasks.py``) with a short lease and
+    quick retries, every process killed when the block ends."""
+    started = Workers(
+        database_url,
+        tmp,
+        tasks=FAULT_TASKS,
+        prefix_var="FAULT_KIND_PREFIX",
+        settings={
+            "lease_seconds": str(lease_seconds),
+            "backoff_base": "0.05",
+            "backoff_max": "0.2",
+        },
+    )
+    try:
+        yield started
+    finally:
+        await started.close()

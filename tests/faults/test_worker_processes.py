@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -31,11 +31,18 @@ from jobkeeper.settings import asyncpg_dsn
 from jobkeeper.testing import create_database, drop_database
 from support import eventually
 
-from .support import DEADLINE, JOBKEEPER, WorkerProcess, Workers, exit_code
+from .support import (
+    DEADLINE,
+    JOBKEEPER,
+    WorkerProcess,
+    Workers,
+    exit_code,
+    fault_workers,
+    running_on,
+)
 
 T = TypeVar("T")
 
-TASKS = "tests.faults.fault_tasks:tasks"
 LEASE_SECONDS = 1.5
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/postgres"
 
@@ -45,21 +52,8 @@ UNREACHABLE = "postgresql://postgres@127.0.0.1:1/postgres"
 
 @pytest.fixture
 async def workers(database_url: str, tmp_path: Path) -> AsyncIterator[Workers]:
-    started = Workers(
-        database_url,
-        tmp_path,
-        tasks=TASKS,
-        prefix_var="FAULT_KIND_PREFIX",
-        settings={
-            "lease_seconds": str(LEASE_SECONDS),
-            "backoff_base": "0.05",
-            "backoff_max": "0.2",
-        },
-    )
-    try:
+    async with fault_workers(database_url, tmp_path, lease_seconds=LEASE_SECONDS) as started:
         yield started
-    finally:
-        await started.close()
 
 
 async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
@@ -92,18 +86,6 @@ async def db(database_url: str, starts_table: None) -> AsyncIterator[asyncpg.Con
         yield conn
     finally:
         await conn.close()
-
-
-async def running_on(db: asyncpg.Connection, job_id: UUID, worker: WorkerProcess) -> Any:
-    """The job's lease row while ``worker`` holds it and its handler has started there."""
-    return await db.fetchrow(
-        "SELECT j.lease_token, j.worker_id, j.attempts FROM jobs AS j"
-        " JOIN fault_starts AS s ON s.job_id = j.id AND s.pid = $2"
-        " WHERE j.id = $1 AND j.status = 'running'"
-        " AND j.worker_id IN (SELECT id FROM workers WHERE pid = $2)",
-        job_id,
-        worker.pid,
-    )
 
 
 async def starts(db: asyncpg.Connection, job_id: UUID) -> list[tuple[int, int]]:
