@@ -160,6 +160,11 @@ class Network:
         _ip("-n", self.hub, "link", "set", "br0", "up")
         return self
 
+    @property
+    def hub_host(self) -> Host:
+        """The hub itself, to run something next to Postgres (it has no port to cut)."""
+        return Host(self.hub, HUB_ADDRESS, "")
+
     def attach(self, role: str) -> Host:
         """A new host named ``role`` (a few letters), linked to the hub."""
         # never reused: a deleted namespace's veth may outlive it for a moment
@@ -210,9 +215,9 @@ class Postgres:
         self.folder = Path(tempfile.mkdtemp(prefix=f"{network.name}-pg-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def url(self, database: str = "postgres") -> str:
-        """How the hosts reach it: over the network."""
-        return f"postgresql://postgres@{HUB_ADDRESS}:{PG_PORT}/{database}"
+    def url(self, database: str = "postgres", *, port: int = PG_PORT) -> str:
+        """How the hosts reach it: over the network (``port``: through a proxy on the hub)."""
+        return f"postgresql://postgres@{HUB_ADDRESS}:{port}/{database}"
 
     def local_url(self, database: str = "postgres") -> str:
         """How the test process reaches it: its Unix socket, outside every partition."""

@@ -11,9 +11,11 @@ host's link down: packets vanish, connections hang, nothing is reset.
   503 problems (never a 500, never a hang); its cache serves nothing older than the staleness
   bound of docs/consistency.md; once healed it is ready and shows the newest version.
 
-The replica's scenario is long (each 503 waits out a timeout) and marked ``faults_full``. Delay and
-loss (``tc netem``) are not exercised: this kernel has no netem qdisc (docs/operations.md, "Across
-hosts").
+* A worker 0.4 s of round trip away (a delaying proxy: this kernel has no ``tc netem``) keeps
+  its leases and runs each job once.
+
+The replica's and the far worker's scenarios are long and marked ``faults_full``. Loss is not
+exercised (no netem; docs/operations.md, "Across hosts").
 """
 
 from __future__ import annotations
@@ -36,10 +38,22 @@ from jobkeeper.migrate import upgrade
 from jobkeeper.settings import asyncpg_dsn
 from support import eventually
 
-from .netns import Host, Network, Postgres, remove_stale, require_netns, start_on, start_replica
+from .netns import (
+    HUB_ADDRESS,
+    PG_PORT,
+    Host,
+    Network,
+    Postgres,
+    remove_stale,
+    require_netns,
+    start_on,
+    start_replica,
+)
 from .support import DEADLINE, WorkerProcess, Workers, fault_workers, running_on
 
 SWEEPER = Path(__file__).with_name("sweeper_process.py")
+PROXY = Path(__file__).with_name("delay_proxy.py")
+PROXY_PORT, ONE_WAY_DELAY = 6432, 0.2  # a round trip through the proxy gains 0.4 s
 LEASE_SECONDS = 3.0
 FEED_INTERVAL = 0.5
 BOUND = 2 * FEED_INTERVAL + 1.0  # docs/consistency.md: the feed vouches no longer than this
@@ -232,7 +246,70 @@ async def test_a_partitioned_holder_of_the_sweeper_lock_loses_it(
     )
 
 
-# --- 3. a replica cut off ----------------------------------------------------------------------
+# --- 3. a worker far away ------------------------------------------------------------------------
+
+
+@pytest.mark.faults_full
+async def test_a_worker_behind_added_latency_keeps_its_leases_and_runs_each_job_once(
+    hub: tuple[Network, Postgres],
+    attach: Callable[[str], Host],
+    admin: asyncpg.Connection,
+    jobs: JobManager,
+    tmp_path: Path,
+) -> None:
+    """Delay without netem: the worker reaches Postgres through a proxy on the hub that holds
+    every chunk back (``delay_proxy.py``). Jobs longer than the lease still run once, on one
+    lease renewed by heartbeats that each take a slow round trip."""
+    network, postgres = hub
+    proxy = await start_on(
+        network.hub_host, tmp_path / "proxy.log", str(PROXY),
+        HUB_ADDRESS, str(PROXY_PORT), HUB_ADDRESS, str(PG_PORT), str(ONE_WAY_DELAY),
+    )  # fmt: skip
+    try:
+        await eventually(
+            lambda: "listening" in proxy.output(), timeout=DEADLINE, what="the proxy", watch=[proxy]
+        )
+        host = attach("wd")
+        far = postgres.url(port=PROXY_PORT)
+        async with fault_workers(far, tmp_path, lease_seconds=LEASE_SECONDS) as workers:
+            worker = await workers.start(via=host.exec())
+            seconds = 2 * LEASE_SECONDS
+            submitted = [
+                await jobs.submit(TENANT, workers.kind("slow"), {"seconds": [seconds]})
+                for _ in range(4)
+            ]
+            # its connections come from the proxy (the hub's address), not from its own host
+            assert await eventually(
+                lambda: admin.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE client_addr = $1::inet",
+                    HUB_ADDRESS,
+                ),
+                timeout=DEADLINE,
+                what="the worker's connections through the proxy",
+                watch=[worker, proxy],
+            )
+            for job in submitted:
+                done = await eventually(
+                    finished(jobs, job.id),
+                    timeout=DEADLINE,
+                    what="the far worker to finish",
+                    watch=[worker, proxy],
+                )
+                assert done.status is JobStatus.SUCCEEDED, done.error
+                assert (done.attempts, done.result["pid"]) == (1, worker.pid)
+                events = await jobs.events(job.id, tenant=TENANT)
+                lifecycle = [e.type for e in events if e.type != "progress"]
+                assert lifecycle == ["submitted", "claimed", "succeeded"]
+            assert not re.search(r"lease on \S+ lost|its lease was lost", worker.output()), (
+                worker.tail()
+            )
+            assert not proxy.died(), proxy.tail()
+    finally:
+        proxy.proc.kill()
+        await proxy.proc.wait()
+
+
+# --- 4. a replica cut off ----------------------------------------------------------------------
 
 
 @pytest.fixture
