@@ -124,6 +124,7 @@ class JobManager:
         cache_ttl: float = 30.0,
         pool_size: int = 10,
         prepared_statements: bool = True,
+        command_timeout: float = 10.0,
         feed_mode: FeedMode = "notify",
         feed_interval: float | None = None,
         max_queued: int | None = None,
@@ -141,6 +142,9 @@ class JobManager:
         ``feed_mode="poll"`` is for transaction-mode poolers (no LISTEN/NOTIFY), with
         ``prepared_statements=False`` for one that cannot keep them (PgBouncer before 1.21;
         docs/operations.md); every process on one database must use the same mode.
+        ``command_timeout``: seconds a statement may take before its connection counts as lost
+        (``DatabaseUnavailable``), so a silently dead network link fails reads and writes
+        instead of hanging them.
         ``feed_interval`` is the catch-up period (default 1 s with notify, where it is a safety
         net, and 0.25 s with poll, where it is the bound).
         ``max_queued`` (per tenant) and ``max_queued_per_kind`` bound the queue: ``submit`` then
@@ -156,6 +160,8 @@ class JobManager:
             raise InvalidRequest("wait", "seconds >= 0")
         if role not in ("api", "worker"):
             raise InvalidRequest("role", "'api' or 'worker'")
+        if command_timeout <= 0:
+            raise InvalidRequest("command_timeout", "seconds, more than 0")
         if cache_size < 0 or cache_ttl <= 0:
             raise InvalidRequest("cache", "cache_size must be >= 0 and cache_ttl > 0")
         if feed_mode not in ("notify", "poll"):
@@ -178,6 +184,7 @@ class JobManager:
             pool_size=pool_size,
             notify=feed_mode == "notify",
             prepared_statements=prepared_statements,
+            command_timeout=command_timeout,
         )
         cache = JobCache(cache_size if role == "api" else 0, cache_ttl)
         feed = ChangeFeed(
@@ -224,6 +231,7 @@ class JobManager:
             cache_ttl=settings.cache_ttl,
             pool_size=settings.pool_size,
             prepared_statements=settings.prepared_statements,
+            command_timeout=settings.command_timeout,
             feed_mode=settings.feed_mode,
             feed_interval=settings.feed_interval,
             max_queued=settings.max_queued,

@@ -104,6 +104,12 @@ class Settings(BaseSettings):
         description="Keep prepared statements per connection; false behind a transaction-mode "
         "pooler that cannot (PgBouncer before 1.21).",
     )
+    command_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a statement may take before its connection counts as lost "
+        "(503, retried): a network partition fails requests instead of hanging them.",
+    )
     feed_mode: Literal["notify", "poll"] = Field(
         default="notify",
         description="How changes reach other processes' caches: LISTEN/NOTIFY plus catch-up, "

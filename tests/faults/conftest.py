@@ -10,7 +10,7 @@ import pytest
 
 from jobkeeper.settings import asyncpg_dsn
 
-from .support import FAULT_TASKS, LEASE_SECONDS, STARTS_TABLE, Workers
+from .support import LEASE_SECONDS, STARTS_TABLE, Workers, fault_workers
 
 
 @pytest.fixture(scope="module")
@@ -38,18 +38,5 @@ async def db(database_url: str, starts_table: None) -> AsyncIterator[asyncpg.Con
 async def workers(database_url: str, tmp_path: Path) -> AsyncIterator[Workers]:
     """``jobkeeper worker`` processes of the fault tasks with a short lease (1.5 s, renewed every
     0.5 s) and quick retries."""
-    started = Workers(
-        database_url,
-        tmp_path,
-        tasks=FAULT_TASKS,
-        prefix_var="FAULT_KIND_PREFIX",
-        settings={
-            "lease_seconds": str(LEASE_SECONDS),
-            "backoff_base": "0.05",
-            "backoff_max": "0.2",
-        },
-    )
-    try:
+    async with fault_workers(database_url, tmp_path, lease_seconds=LEASE_SECONDS) as started:
         yield started
-    finally:
-        await started.close()

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -31,7 +31,14 @@ from jobkeeper.settings import asyncpg_dsn
 from jobkeeper.testing import create_database, drop_database
 from support import eventually
 
-from .support import DEADLINE, JOBKEEPER, WorkerProcess, Workers, exit_code
+from .support import (
+    DEADLINE,
+    JOBKEEPER,
+    WorkerProcess,
+    Workers,
+    exit_code,
+    running_on,
+)
 
 T = TypeVar("T")
 
@@ -62,18 +69,6 @@ async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str,
 
 
 # --- the database, as the test sees it (the db and workers fixtures: conftest.py) ---------------
-
-
-async def running_on(db: asyncpg.Connection, job_id: UUID, worker: WorkerProcess) -> Any:
-    """The job's lease row while ``worker`` holds it and its handler has started there."""
-    return await db.fetchrow(
-        "SELECT j.lease_token, j.worker_id, j.attempts FROM jobs AS j"
-        " JOIN fault_starts AS s ON s.job_id = j.id AND s.pid = $2"
-        " WHERE j.id = $1 AND j.status = 'running'"
-        " AND j.worker_id IN (SELECT id FROM workers WHERE pid = $2)",
-        job_id,
-        worker.pid,
-    )
 
 
 async def starts(db: asyncpg.Connection, job_id: UUID) -> list[tuple[int, int]]:

@@ -119,7 +119,8 @@ def _discard(conn: Pooled) -> None:
 
 class Database:
     """One asyncpg pool (no I/O until the first statement) and the ways to run statements on it,
-    each with its tables in ``schema`` (``text``).
+    each with its tables in ``schema`` (``text``). A statement that takes longer than
+    ``command_timeout`` seconds counts as a lost connection.
 
     ``announce`` is called with the rows of every committed change (``write``); the change
     announcer (``notify.Announcer``) sets it.
@@ -132,6 +133,7 @@ class Database:
         schema: str,
         pool_size: int = 10,
         connect_timeout: float = 5.0,
+        command_timeout: float = 10.0,
         prepared_statements: bool = True,
     ) -> None:
         self.dsn = dsn
@@ -146,6 +148,11 @@ class Database:
             init=_set_codecs,
             reset=_keep_as_is,
             timeout=connect_timeout,
+            # a link that dies silently (a partition, a dead switch port) drops packets without
+            # a reset: a statement on it would wait for TCP to give up, minutes later. Past this
+            # it ends in TimeoutError, a LINK_ERROR: the connection is dropped, the caller gets
+            # DatabaseUnavailable (HTTP 503) and a worker's loops carry on.
+            command_timeout=command_timeout,
             # a transaction-mode pooler (PgBouncer before 1.21) cannot keep a connection's
             # named prepared statements: each statement is then prepared unnamed, per call
             statement_cache_size=1024 if prepared_statements else 0,

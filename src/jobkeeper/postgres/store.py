@@ -42,6 +42,7 @@ class Postgres:
         schema: str = DEFAULT_SCHEMA,
         pool_size: int = 10,
         connect_timeout: float = 5.0,
+        command_timeout: float = 10.0,
         notify: bool = True,
         prepared_statements: bool = True,
     ) -> Postgres:
@@ -53,6 +54,7 @@ class Postgres:
             schema=validate_schema(schema),
             pool_size=pool_size,
             connect_timeout=connect_timeout,
+            command_timeout=command_timeout,
             prepared_statements=prepared_statements,
         )
         return cls(database, notify=notify)
