@@ -43,6 +43,7 @@ STATUS: dict[str, int] = {
     "job_finished": 409,
     "not_waiting_for_input": 409,
     "payload_too_large": 413,
+    "batch_too_large": 413,
     "idempotency_key_reused": 422,
     "invalid_answer": 422,
     "queue_full": 429,
@@ -103,11 +104,14 @@ def _domain(request: Request, exc: Exception) -> JSONResponse:
         extra["errors"] = exc.problems
     elif isinstance(exc, IdempotencyConflict):
         extra["job_id"] = str(exc.job_id)
+        extra["idempotency_key"] = exc.idempotency_key
     elif isinstance(exc, JobExpired):
         extra["expired_at"] = exc.expired_at.isoformat().replace("+00:00", "Z")
     field = getattr(exc, "field", None)
     if field is not None:
         extra["field"] = field
+    if exc.index is not None:  # the item of a batch it is about
+        extra["index"] = exc.index
     if exc.code not in STATUS:
         log.error("error code %r has no HTTP status", exc.code)
     return problem(request, exc.code, exc.message, headers=headers, **extra)

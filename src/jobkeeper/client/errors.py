@@ -157,7 +157,8 @@ _BUILDERS: dict[str, Callable[[_Problem], JobkeeperError]] = {
     InvalidTransition.code: lambda p: InvalidTransition(p.job_id, UNKNOWN, UNKNOWN),
     JobFinished.code: lambda p: JobFinished(p.job_id, UNKNOWN, UNKNOWN),
     IdempotencyConflict.code: lambda p: IdempotencyConflict(
-        p.response.request.headers.get("idempotency-key", UNKNOWN), p.job_id
+        p.body.get("idempotency_key") or p.response.request.headers.get("idempotency-key", UNKNOWN),
+        p.job_id,
     ),
     QueueFull.code: lambda p: QueueFull(UNKNOWN, 0, p.retry_after),
     InvalidAnswer.code: lambda p: InvalidAnswer(p.job_id, [str(e) for e in p.body["errors"]]),
@@ -189,6 +190,8 @@ def problem_error(response: httpx.Response, *, job_id: str | None = None) -> Job
         return ApiError(
             response.status_code, code, problem.message, body=body, request_id=request_id
         )
+    if isinstance(body.get("index"), int):  # about an item of a batch
+        error.index = body["index"]
     error.add_note(
         f"{request.method} {request.url}: HTTP {response.status_code} {code}"
         f" (request id {request_id})"
