@@ -179,7 +179,8 @@ async def test_a_key_repeated_within_a_batch(
     other = f"{tenant}-2"
     with pytest.raises(InvalidRequest) as refused:
         await job_manager.submit_many(
-            other, [same, JobSpec("batch.other"), JobSpec("batch.dup", {"x": 2}, "dup")]
+            other,
+            [same, JobSpec("batch.other"), JobSpec("batch.dup", {"x": 2}, idempotency_key="dup")],
         )
     assert refused.value.index == 2 and refused.value.field == "idempotency_key"
     assert "item 0" in str(refused.value)
@@ -248,7 +249,10 @@ async def test_a_key_committed_by_another_transaction_mid_batch_is_a_replay(
         batch = asyncio.create_task(
             job_manager.submit_many(
                 tenant,
-                [JobSpec("batch.k", 2, idempotency_key="b"), JobSpec("batch.k", 1, "a")],
+                [
+                    JobSpec("batch.k", 2, idempotency_key="b"),
+                    JobSpec("batch.k", 1, idempotency_key="a"),
+                ],
             )
         )
         await eventually(

@@ -9,7 +9,7 @@ are what gets written. Errors name the item (``JobkeeperError.index``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import KW_ONLY, dataclass, fields
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -23,11 +23,12 @@ __all__ = ["Batch", "JobSpec", "Submitted", "validate_batch"]
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """One job of a batch, with the options of ``JobManager.submit`` (same names, same
-    defaults). ``submit_many`` also takes a mapping with these keys, such as
-    ``{"kind": "resize", "payload": {...}, "idempotency_key": "upload-7"}``."""
+    defaults, keywords after ``payload``). ``submit_many`` also takes a mapping with these
+    keys, such as ``{"kind": "resize", "payload": {...}, "idempotency_key": "upload-7"}``."""
 
     kind: str
     payload: Any = None
+    _: KW_ONLY
     idempotency_key: str | None = None
     concurrency_key: str | None = None
     priority: int = 0
