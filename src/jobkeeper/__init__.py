@@ -4,6 +4,7 @@ Postgres is the source of truth; ``JobManager`` puts a bounded, version-aware ho
 """
 
 from jobkeeper.cache import CacheStats
+from jobkeeper.domain.batch import JobSpec, Submitted
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.values import Job, JobEvent, JobPage, Lease, Progress, WorkerInfo
 from jobkeeper.errors import (
@@ -43,6 +44,7 @@ __all__ = [
     "JobManager",
     "JobNotFound",
     "JobPage",
+    "JobSpec",
     "JobStatus",
     "JobkeeperError",
     "Lease",
@@ -52,6 +54,7 @@ __all__ = [
     "QueueFull",
     "Retry",
     "Settings",
+    "Submitted",
     "TaskRegistry",
     "TenantRequired",
     "Worker",

@@ -21,6 +21,9 @@ the HTTP layer maps codes to statuses in one place. Messages are for people and 
     ├── LeaseLost                   lease_lost           a fenced write: the lease is gone
     └── LifespanFailed              lifespan_failed      a worker's task-registry lifespan failed
 
+An error about one item of a batch (``JobManager.submit_many``) is raised with ``index``, the
+item's position, and its message starts with ``item <index>:``; otherwise ``index`` is ``None``.
+
 Raised by handlers to steer the worker (not errors of jobkeeper itself):
 
     Retry(delay=None)               retry this job (after ``delay`` s, else the backoff)
@@ -31,7 +34,7 @@ Raised by handlers to steer the worker (not errors of jobkeeper itself):
 from __future__ import annotations
 
 from datetime import datetime
-from typing import ClassVar
+from typing import ClassVar, Self
 from uuid import UUID
 
 from jobkeeper.clock import utc_text
@@ -62,10 +65,20 @@ class JobkeeperError(Exception):
     """Base of every error jobkeeper raises on purpose."""
 
     code: ClassVar[str] = "jobkeeper_error"
+    # the position of the batch item this error is about (``submit_many``); None otherwise
+    index: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def at_item(self, index: int) -> Self:
+        """This error, as one about item ``index`` of a batch: ``index`` set, the message
+        prefixed with it."""
+        self.index = index
+        self.message = f"item {index}: {self.message}"
+        self.args = (self.message,)
+        return self
 
 
 class InvalidRequest(JobkeeperError):

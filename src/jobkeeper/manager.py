@@ -21,6 +21,7 @@ from uuid import UUID
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobkeeper.cache import CacheStats, JobCache, Ticket
+from jobkeeper.domain.batch import JobSpec, Submitted, validate_batch
 from jobkeeper.domain.questions import answer_problems, same_json
 from jobkeeper.domain.status import TERMINAL_EVENTS, JobStatus
 from jobkeeper.domain.validate import (
@@ -45,6 +46,7 @@ from jobkeeper.errors import (
 )
 from jobkeeper.feed import BatchListener, ChangeFeed, ChangeListener, FeedMode, FeedStatus
 from jobkeeper.postgres import EXPIRED_VERSION, Postgres
+from jobkeeper.postgres.batch import Full
 from jobkeeper.postgres.borrowed import Borrowed, CallerConnection, borrow
 from jobkeeper.postgres.keys import KeyStatements
 from jobkeeper.postgres.workers import WorkerStatements
@@ -381,6 +383,58 @@ class JobManager:
                 self._cache.store(job, ticket)
             return job, False
         raise RuntimeError("idempotent submit kept losing its row; is something deleting jobs?")
+
+    async def submit_many(
+        self,
+        tenant: str,
+        items: Iterable[JobSpec | Mapping[str, Any]],
+        *,
+        connection: CallerConnection | None = None,
+    ) -> list[Submitted]:
+        """Record many new jobs at once, all or nothing: one ``Submitted(job, created)`` per
+        item, in the items' order.
+
+        Each item is a ``JobSpec`` (or a mapping of its fields): the options of ``submit``.
+        An item whose ``idempotency_key`` holds the same request already returns that job
+        (``created`` is ``False``); one whose key holds another request raises
+        ``IdempotencyConflict``. Items sharing a key within the batch name one job if their
+        requests are the same, else the later one is refused (``InvalidRequest``). Every error
+        about an item names it (``index``, and ``item <index>:`` in the message), and then
+        nothing is written. ``max_queued`` and ``max_queued_per_kind`` apply to the batch as a
+        whole: ``QueueFull`` if its new jobs would not all fit.
+
+        The new jobs and their ``submitted`` events are written by one statement (one round
+        trip when no key already exists and no queue limit is set). ``connection`` works as for
+        ``submit``: everything happens in the caller's transaction.
+        """
+        batch = validate_batch(tenant, items)
+        on = None if connection is None else await borrow(connection)
+        if not batch.rows:
+            return []
+        ticket = self._cache.ticket()
+        written = await self._pg.batch.insert(
+            batch,
+            max_queued=self._max_queued,
+            max_queued_per_kind=self._max_queued_per_kind,
+            on=on,
+            notify=self._pg.notifies,
+        )
+        if isinstance(written, Full):
+            limit = self._max_queued if written.kind is None else self._max_queued_per_kind
+            assert limit is not None
+            raise QueueFull(batch.tenant, limit, self._retry_after, written.kind)
+        if on is None:  # in the caller's transaction, it may never commit
+            self._remember((job for job, created in written if created), ticket, "submitted")
+            for job, created in written:
+                if not created:
+                    self._cache.store(job, ticket)
+        seen: set[int] = set()
+        submitted = []
+        for row in batch.row_of:  # a later item with the same key and request: a replay
+            job, created = written[row]
+            submitted.append(Submitted(job, created and row not in seen))
+            seen.add(row)
+        return submitted
 
     async def _queue_full(self, new: NewJob, on: Borrowed | None) -> QueueFull:
         """Which limit refused the job: the tenant's, unless only the kind's is reached."""

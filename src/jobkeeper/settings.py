@@ -148,6 +148,9 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(
         default=1_048_576, ge=1, description="Largest request body the HTTP API accepts."
     )
+    max_batch: int = Field(
+        default=1_000, ge=1, description="Most jobs one POST /jobs:batch may submit."
+    )
     sweep_interval: float = Field(
         default=5.0, gt=0, description="Seconds between the API's sweeps (leases, deadlines)."
     )

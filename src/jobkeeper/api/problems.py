@@ -52,6 +52,7 @@ STATUS: dict[str, int] = {
     "not_waiting_for_input": 409,
     "lease_lost": 409,
     "payload_too_large": 413,
+    "batch_too_large": 413,
     "idempotency_key_reused": 422,
     "invalid_answer": 422,
     "queue_full": 429,

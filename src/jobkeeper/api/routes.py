@@ -18,10 +18,12 @@ from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from jobkeeper.api.deps import CallerDependency, Services, ServicesDep, api_key_caller
-from jobkeeper.api.problems import ProblemRoute
+from jobkeeper.api.problems import ApiProblem, ProblemRoute
 from jobkeeper.api.schemas import (
     CURSOR_PATTERN,
     AnswerIn,
+    BatchIn,
+    BatchOut,
     JobId,
     JobOut,
     JobPageOut,
@@ -116,6 +118,37 @@ def create_router(*, caller: CallerDependency = api_key_caller) -> APIRouter:
         )
         status = 201 if created else 200
         return _job_response(job, status, Location=_location(request, job))
+
+    @router.post(
+        ":batch",
+        status_code=201,
+        operation_id="submitJobs",
+        responses={
+            201: {"model": BatchOut, "description": "At least one job was created."},
+            200: {"model": BatchOut, "description": "Every item was an idempotent replay."},
+            404: _PROBLEM,
+            413: _PROBLEM,
+            422: _PROBLEM,
+            429: _PROBLEM,
+        },
+    )
+    async def submit_jobs(body: BatchIn, svc: ServicesDep, who: CallerDep) -> JSONResponse:
+        """Submit many jobs at once, all or nothing: one ``{created, job}`` per item, in order.
+        A refused item (its index in the problem's ``index``, or in ``errors[].loc``), a key
+        reused for another job (422), an expired job's key (404 ``job_expired``) or a full
+        queue (429) writes nothing."""
+        if len(body.jobs) > svc.settings.max_batch:
+            raise ApiProblem(
+                "batch_too_large",
+                f"{len(body.jobs)} jobs; at most {svc.settings.max_batch} per batch",
+                max_batch=svc.settings.max_batch,
+            )
+        # an item's fields are JobSpec's
+        submitted = await svc.jobs.submit_many(who.tenant, [dict(item) for item in body.jobs])
+        return JSONResponse(
+            {"jobs": [{"created": s.created, "job": job_json(s.job)} for s in submitted]},
+            status_code=201 if any(s.created for s in submitted) else 200,
+        )
 
     @router.get("", response_model=JobPageOut, operation_id="listJobs")
     async def list_jobs(

@@ -206,6 +206,8 @@ def problem_error(response: httpx.Response, *, job_id: str | None = None) -> Job
         return ApiError(
             response.status_code, code, problem.message, body=body, request_id=request_id
         )
+    if isinstance(body.get("index"), int):  # about an item of a batch
+        error.index = body["index"]
     error.add_note(
         f"{request.method} {request.url}: HTTP {response.status_code} {code}"
         f" (request id {request_id})"

@@ -4,6 +4,7 @@ the statements grouped by what they touch."""
 from __future__ import annotations
 
 from jobkeeper.domain.validate import DEFAULT_SCHEMA, validate_schema
+from jobkeeper.postgres.batch import BatchStatements
 from jobkeeper.postgres.jobs import JobStatements
 from jobkeeper.postgres.keys import KeyStatements
 from jobkeeper.postgres.leases import LeaseStatements
@@ -29,6 +30,7 @@ class Postgres:
         if self._announcer is not None:
             database.announce = self._announcer.queue
         self.jobs = JobStatements(database)
+        self.batch = BatchStatements(database)
         self.leases = LeaseStatements(database)
         self.retention = RetentionStatements(database)
         self.keys = KeyStatements(database)
