@@ -38,6 +38,8 @@ STATUS: dict[str, int] = {
     "job_not_found": 404,
     "job_expired": 404,
     "not_found": 404,
+    "schedule_not_found": 404,
+    "schedule_exists": 409,
     "method_not_allowed": 405,
     "invalid_transition": 409,
     "job_finished": 409,
