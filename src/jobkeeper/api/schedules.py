@@ -6,12 +6,13 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
+from annotated_types import Ge, Le
 from fastapi import APIRouter, Path, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, Strict, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, WithJsonSchema
 
 from jobkeeper.api.deps import ServicesDep, TenantDep
-from jobkeeper.api.schemas import JsonInt, JsonValue, iso
+from jobkeeper.api.schemas import JsonInt, JsonValue, _json_integer, iso
 from jobkeeper.domain.schedules import MAX_CATCH_UP, Schedule
 from jobkeeper.domain.validate import KIND_PATTERN, MAX_ATTEMPTS, MAX_PRIORITY
 
@@ -52,7 +53,10 @@ class ScheduleIn(BaseModel):
         examples=["*/5 * * * *"],
         json_schema_extra={"pattern": _TEXT},
     )
-    every_seconds: JsonInt | None = Field(default=None, ge=1, le=_MAX_EVERY)
+    # the bounds before the validator, so the schema's integer carries them
+    every_seconds: Annotated[int, Ge(1), Le(_MAX_EVERY), BeforeValidator(_json_integer)] | None = (
+        None
+    )
     timezone: str = Field(default="UTC", min_length=1, max_length=64, examples=["Europe/Stockholm"])
     payload: JsonValue = Field(default=None, description="The payload of every tick's job.")
     misfire: Literal["latest", "all", "none"] = "latest"
