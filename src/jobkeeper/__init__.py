@@ -4,6 +4,7 @@ Postgres is the source of truth; ``JobManager`` puts a bounded, version-aware ho
 """
 
 from jobkeeper.cache import CacheStats
+from jobkeeper.domain.schedules import Schedule
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.values import Job, JobEvent, JobPage, Lease, Progress, WorkerInfo
 from jobkeeper.errors import (
@@ -19,6 +20,8 @@ from jobkeeper.errors import (
     PermanentFailure,
     QueueFull,
     Retry,
+    ScheduleExists,
+    ScheduleNotFound,
     TenantRequired,
 )
 from jobkeeper.feed import FeedStatus
@@ -49,6 +52,9 @@ __all__ = [
     "Progress",
     "QueueFull",
     "Retry",
+    "Schedule",
+    "ScheduleExists",
+    "ScheduleNotFound",
     "Settings",
     "TaskRegistry",
     "TenantRequired",
