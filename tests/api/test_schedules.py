@@ -34,7 +34,7 @@ async def test_create_list_get_pause_resume_delete(api: httpx.AsyncClient) -> No
     assert body["next_tick"].endswith("Z") and body["last_tick"] is None
 
     again = await api.post("/schedules", json=NIGHTLY)
-    assert_problem(again, 409, "schedule_exists")
+    assert assert_problem(again, 409, "schedule_exists")["name"] == "nightly"
     other = await api.post(
         "/schedules", json={"name": "often", "kind": "report.often", "every_seconds": 60}
     )
@@ -51,7 +51,10 @@ async def test_create_list_get_pause_resume_delete(api: httpx.AsyncClient) -> No
 
     deleted = await api.delete(f"/schedules/{other.json()['id']}")
     assert deleted.status_code == 204
-    assert_problem(await api.get(f"/schedules/{other.json()['id']}"), 404, "schedule_not_found")
+    gone = assert_problem(
+        await api.get(f"/schedules/{other.json()['id']}"), 404, "schedule_not_found"
+    )
+    assert gone["schedule_id"] == other.json()["id"]
     assert_problem(await api.delete(f"/schedules/{other.json()['id']}"), 404, "schedule_not_found")
 
 

@@ -22,6 +22,8 @@ from jobkeeper.errors import (
     JobExpired,
     JobkeeperError,
     QueueFull,
+    ScheduleExists,
+    ScheduleNotFound,
 )
 
 __all__ = ["PROBLEM_JSON", "STATUS", "ApiProblem", "install", "problem"]
@@ -107,6 +109,10 @@ def _domain(request: Request, exc: Exception) -> JSONResponse:
         extra["job_id"] = str(exc.job_id)
     elif isinstance(exc, JobExpired):
         extra["expired_at"] = exc.expired_at.isoformat().replace("+00:00", "Z")
+    elif isinstance(exc, ScheduleNotFound):
+        extra["schedule_id"] = str(exc.schedule_id)
+    elif isinstance(exc, ScheduleExists):
+        extra["name"] = exc.name
     field = getattr(exc, "field", None)
     if field is not None:
         extra["field"] = field

@@ -45,6 +45,8 @@ from jobkeeper.errors import (
     LifespanFailed,
     NotWaitingForInput,
     QueueFull,
+    ScheduleExists,
+    ScheduleNotFound,
     SchemaMissing,
     SchemaOutdated,
     TenantRequired,
@@ -166,6 +168,8 @@ _BUILDERS: dict[str, Callable[[_Problem], JobkeeperError]] = {
     SchemaOutdated.code: lambda p: SchemaOutdated(UNKNOWN),
     LifespanFailed.code: lambda p: LifespanFailed(RuntimeError(p.message)),
     DatabaseUnavailable.code: lambda p: DatabaseUnavailable(p.message),
+    ScheduleNotFound.code: lambda p: ScheduleNotFound(UUID(str(p.body["schedule_id"]))),
+    ScheduleExists.code: lambda p: ScheduleExists(str(p.body["name"])),
 }
 
 
