@@ -5,6 +5,7 @@ Postgres is the source of truth; ``JobManager`` puts a bounded, version-aware ho
 
 from jobkeeper.cache import CacheStats
 from jobkeeper.domain.batch import JobSpec, Submitted
+from jobkeeper.domain.schedules import Schedule
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.values import Job, JobEvent, JobPage, Lease, Progress, WorkerInfo
 from jobkeeper.errors import (
@@ -21,6 +22,8 @@ from jobkeeper.errors import (
     PermanentFailure,
     QueueFull,
     Retry,
+    ScheduleExists,
+    ScheduleNotFound,
     TenantRequired,
 )
 from jobkeeper.feed import FeedStatus
@@ -53,6 +56,9 @@ __all__ = [
     "Progress",
     "QueueFull",
     "Retry",
+    "Schedule",
+    "ScheduleExists",
+    "ScheduleNotFound",
     "Settings",
     "Submitted",
     "TaskRegistry",

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -24,7 +25,9 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from jobkeeper.api.auth import ApiKeys
+from jobkeeper.api.schedules import schedule_json
 from jobkeeper.api.schemas import job_json
+from jobkeeper.domain.schedules import Schedule
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.validate import validate_tenant
 from jobkeeper.domain.values import Job
@@ -34,7 +37,7 @@ from jobkeeper.maintenance import Sweeper, SweepReport
 from jobkeeper.manager import JobManager
 from jobkeeper.metrics import Metrics
 from jobkeeper.migrate import upgrade
-from jobkeeper.settings import Settings
+from jobkeeper.settings import Settings, parse_duration
 from jobkeeper.worker import TaskRegistry, Worker
 
 T = TypeVar("T")
@@ -69,6 +72,8 @@ keys_app = typer.Typer(help="Create, revoke and list API keys.", no_args_is_help
 app.add_typer(keys_app, name="keys")
 jobs_app = typer.Typer(help="Look at and act on jobs.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
+schedules_app = typer.Typer(help="Create and manage periodic schedules.", no_args_is_help=True)
+app.add_typer(schedules_app, name="schedules")
 
 
 def _read_settings() -> Settings:
@@ -267,6 +272,98 @@ def jobs_answer(
             )
         )
     )
+
+
+ScheduleArgument = Annotated[str, typer.Argument(help="The schedule's id.")]
+
+
+def _show_schedule(schedule: Schedule) -> None:
+    typer.echo(json.dumps(schedule_json(schedule), indent=2))
+
+
+def _json_option(name: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _fail(f"{name} is not JSON: {exc}", 2) from None
+
+
+@schedules_app.command("create")
+def schedules_create(
+    name: Annotated[str, typer.Argument(help="The schedule's name (unique per tenant).")],
+    tenant: TenantOption,
+    kind: Annotated[str, typer.Option(help="The kind of job each tick submits.")],
+    cron: Annotated[str | None, typer.Option(help="Five cron fields, e.g. '*/5 * * * *'.")] = None,
+    every: Annotated[str | None, typer.Option(help="An interval instead: 30s, 15m, 1h.")] = None,
+    timezone: Annotated[str, typer.Option(help="Whose wall clock cron reads.")] = "UTC",
+    payload: Annotated[str, typer.Option(help="Each job's payload as JSON.")] = "null",
+    misfire: Annotated[str, typer.Option(help="After downtime: latest, all or none.")] = "latest",
+    max_catch_up: Annotated[int, typer.Option(help="Most missed ticks run with 'all'.")] = 100,
+    priority: Annotated[int, typer.Option()] = 0,
+    max_attempts: Annotated[int, typer.Option()] = 3,
+    paused: Annotated[bool, typer.Option(help="Create it paused.")] = False,
+) -> None:
+    """Submit a KIND job at each tick (workers of that kind fire it); prints the schedule."""
+    value = _json_option("the payload", payload)
+    interval = None
+    if every is not None:
+        try:
+            interval = timedelta(seconds=float(parse_duration(every)))  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise _fail(f"--every: {exc}", 2) from None
+    created = _run(
+        _with_jobs(
+            lambda jobs: jobs.create_schedule(
+                tenant,
+                name,
+                kind,
+                cron=cron,
+                every=interval,
+                timezone=timezone,
+                payload=value,
+                misfire=misfire,
+                max_catch_up=max_catch_up,
+                priority=priority,
+                max_attempts=max_attempts,
+                paused=paused,
+            )
+        )
+    )
+    _show_schedule(created)
+
+
+@schedules_app.command("list")
+def schedules_list(tenant: TenantOption) -> None:
+    """The tenant's schedules by name."""
+    for schedule in _run(_with_jobs(lambda jobs: jobs.list_schedules(tenant=tenant))):
+        spec = schedule.spec
+        timing = spec.cron or f"every {int(spec.every.total_seconds())}s"  # type: ignore[union-attr]
+        state = "paused" if schedule.paused else f"next {schedule.next_tick:%Y-%m-%d %H:%M:%S}Z"
+        typer.echo(
+            f"{schedule.id}  {schedule.name:<20} {schedule.kind:<20} {timing} ({spec.timezone})"
+            f"  {state}"
+        )
+
+
+@schedules_app.command("pause")
+def schedules_pause(schedule_id: ScheduleArgument, tenant: TenantOption) -> None:
+    """Stop submitting jobs until resumed."""
+    paused = _run(_with_jobs(lambda jobs: jobs.pause_schedule(schedule_id, tenant=tenant)))
+    _show_schedule(paused)
+
+
+@schedules_app.command("resume")
+def schedules_resume(schedule_id: ScheduleArgument, tenant: TenantOption) -> None:
+    """Submit jobs again from the next tick."""
+    resumed = _run(_with_jobs(lambda jobs: jobs.resume_schedule(schedule_id, tenant=tenant)))
+    _show_schedule(resumed)
+
+
+@schedules_app.command("delete")
+def schedules_delete(schedule_id: ScheduleArgument, tenant: TenantOption) -> None:
+    """Delete a schedule (the jobs it submitted stay)."""
+    _run(_with_jobs(lambda jobs: jobs.delete_schedule(schedule_id, tenant=tenant)))
+    typer.echo(f"deleted {schedule_id}")
 
 
 @app.command()

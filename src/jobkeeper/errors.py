@@ -9,6 +9,8 @@ the HTTP layer maps codes to statuses in one place. Messages are for people and 
     │   └── InvalidJobId            invalid_job_id
     ├── JobNotFound                 job_not_found        missing, or owned by another tenant
     │   └── JobExpired              job_expired          it existed; retention removed it
+    ├── ScheduleNotFound            schedule_not_found   missing, or owned by another tenant
+    ├── ScheduleExists              schedule_exists      the tenant has a schedule of that name
     ├── InvalidTransition           invalid_transition   the job's status does not allow it
     │   └── JobFinished             job_finished         the job already reached a terminal status
     ├── IdempotencyConflict         idempotency_key_reused
@@ -56,6 +58,8 @@ __all__ = [
     "PermanentFailure",
     "QueueFull",
     "Retry",
+    "ScheduleExists",
+    "ScheduleNotFound",
     "SchemaMissing",
     "TenantRequired",
 ]
@@ -132,6 +136,26 @@ class JobExpired(JobNotFound):
         self.message = f"job {job_id} expired at {moment}"
         self.args = (self.message,)
         self.expired_at = expired_at
+
+
+class ScheduleNotFound(JobkeeperError):
+    """No such schedule for this tenant (another tenant's is reported the same way)."""
+
+    code = "schedule_not_found"
+
+    def __init__(self, schedule_id: UUID) -> None:
+        super().__init__(f"schedule {schedule_id} not found")
+        self.schedule_id = schedule_id
+
+
+class ScheduleExists(JobkeeperError):
+    """The tenant already has a schedule of this name; nothing was written."""
+
+    code = "schedule_exists"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"a schedule named {name!r} exists already")
+        self.name = name
 
 
 class InvalidTransition(JobkeeperError):

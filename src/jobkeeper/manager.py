@@ -13,7 +13,7 @@ import binascii
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 from uuid import UUID
@@ -23,6 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from jobkeeper.cache import CacheStats, JobCache, Ticket
 from jobkeeper.domain.batch import JobSpec, Submitted, validate_batch
 from jobkeeper.domain.questions import answer_problems, same_json
+from jobkeeper.domain.schedules import (
+    NewSchedule,
+    Schedule,
+    next_tick,
+    validate_schedule,
+    validate_spec,
+)
 from jobkeeper.domain.status import TERMINAL_EVENTS, JobStatus
 from jobkeeper.domain.validate import (
     DEFAULT_SCHEMA,
@@ -43,6 +50,8 @@ from jobkeeper.errors import (
     LeaseLost,
     NotWaitingForInput,
     QueueFull,
+    ScheduleExists,
+    ScheduleNotFound,
 )
 from jobkeeper.feed import BatchListener, ChangeFeed, ChangeListener, FeedMode, FeedStatus
 from jobkeeper.postgres import EXPIRED_VERSION, Postgres
@@ -75,6 +84,15 @@ def _answered_with(job: Job, key: str | None, answer: Any) -> bool:
         key = max(answers, key=lambda k: str(answers[k].get("answered_at")))
     entry = answers.get(key) if key is not None else None
     return entry is not None and same_json(entry.get("answer"), json.loads(answer))
+
+
+def _schedule_id(value: object) -> UUID:
+    if isinstance(value, UUID):
+        return value
+    try:
+        return UUID(str(value))
+    except ValueError:
+        raise InvalidRequest("schedule_id", f"not a UUID: {value!r}") from None
 
 
 def _encode_cursor(job_id: UUID) -> str:
@@ -652,6 +670,118 @@ class JobManager:
         if job is None:  # already so (or gone)
             return await self.get(job_id, tenant=tenant, consistency="strong")
         return job
+
+    # --- periodic schedules (domain/schedules.py; fired by workers: worker/scheduler.py) -------
+
+    async def create_schedule(
+        self,
+        tenant: str,
+        name: str,
+        kind: str,
+        *,
+        cron: str | None = None,
+        every: timedelta | None = None,
+        timezone: str = "UTC",
+        payload: Any = None,
+        misfire: str = "latest",
+        max_catch_up: int = 100,
+        priority: int = 0,
+        max_attempts: int = 3,
+        concurrency_key: str | None = None,
+        paused: bool = False,
+    ) -> Schedule:
+        """Submit a ``kind`` job with ``payload`` at each tick of ``cron`` (five fields, read on
+        the wall clock of ``timezone``) or of ``every`` (whole seconds); workers of that kind
+        fire it, one job per tick. ``misfire`` (``latest``, ``all`` up to ``max_catch_up``, or
+        ``none``) says what runs of ticks missed while no worker ran. ``ScheduleExists`` if the
+        tenant has a schedule of that ``name``."""
+        spec = validate_spec(
+            cron=cron, every=every, timezone=timezone, misfire=misfire, max_catch_up=max_catch_up
+        )
+        if callable(payload):
+            raise InvalidRequest("payload", "a JSON value (a function only in @tasks.periodic)")
+        new = validate_schedule(
+            tenant=tenant,
+            name=name,
+            kind=kind,
+            spec=spec,
+            payload=payload,
+            priority=priority,
+            max_attempts=max_attempts,
+            concurrency_key=concurrency_key,
+            paused=paused,
+        )
+        created = await self._pg.schedules.create(new, next_tick(spec, datetime.now(UTC)))
+        if created is None:
+            raise ScheduleExists(new.name)
+        return created
+
+    async def declare_schedule(self, new: NewSchedule) -> Schedule:
+        """Write a schedule a worker's registry declares (``@tasks.periodic``): created, or
+        updated to the code's definition with its pause kept."""
+        return await self._pg.schedules.declare(new, next_tick(new.spec, datetime.now(UTC)))
+
+    async def list_schedules(self, *, tenant: str, limit: int = MAX_PAGE) -> tuple[Schedule, ...]:
+        """The tenant's schedules by name (at most ``limit``)."""
+        tenant = validate_tenant(tenant)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise InvalidRequest("limit", f"an integer from 1 to {MAX_PAGE} is required")
+        return tuple(await self._pg.schedules.of_tenant(tenant, limit=limit))
+
+    async def get_schedule(self, schedule_id: UUID | str, *, tenant: str) -> Schedule:
+        schedule_id, tenant = _schedule_id(schedule_id), validate_tenant(tenant)
+        found = await self._pg.schedules.get(schedule_id, tenant)
+        if found is None:
+            raise ScheduleNotFound(schedule_id)
+        return found
+
+    async def pause_schedule(self, schedule_id: UUID | str, *, tenant: str) -> Schedule:
+        """Stop submitting jobs (pausing a paused schedule changes nothing)."""
+        schedule_id, tenant = _schedule_id(schedule_id), validate_tenant(tenant)
+        paused = await self._pg.schedules.pause(schedule_id, tenant)
+        return paused or await self.get_schedule(schedule_id, tenant=tenant)
+
+    async def resume_schedule(self, schedule_id: UUID | str, *, tenant: str) -> Schedule:
+        """Submit jobs again from the first tick after now: ticks that passed while paused are
+        skipped, not missed."""
+        for _ in range(_SUBMIT_ROUNDS):  # the definition changed between the read and the write
+            current = await self.get_schedule(schedule_id, tenant=tenant)
+            if not current.paused:
+                return current
+            following = next_tick(current.spec, datetime.now(UTC))
+            resumed = await self._pg.schedules.resume(
+                current.id, current.tenant, following, current.updated_at
+            )
+            if resumed is not None:
+                return resumed
+        raise RuntimeError("resuming kept losing to concurrent changes of the schedule")
+
+    async def delete_schedule(self, schedule_id: UUID | str, *, tenant: str) -> None:
+        """Delete a schedule (the jobs it submitted stay; a declared one comes back when a
+        worker that declares it starts)."""
+        schedule_id, tenant = _schedule_id(schedule_id), validate_tenant(tenant)
+        if not await self._pg.schedules.delete(schedule_id, tenant):
+            raise ScheduleNotFound(schedule_id)
+
+    async def due_schedules(
+        self, kinds: Sequence[str], computed: Sequence[UUID], *, limit: int = 100
+    ) -> tuple[datetime | None, list[Schedule]]:
+        """For a scheduler: the database's clock and the running schedules of ``kinds`` (those
+        with computed payloads only if in ``computed``), soonest first."""
+        return await self._pg.schedules.soonest(kinds, computed, limit=limit)
+
+    async def fire_schedule(
+        self, schedule: Schedule, ticks: Sequence[tuple[datetime, Any]], following: datetime
+    ) -> list[Job]:
+        """Submit one job per ``(tick, payload)`` (``None`` as the payload of a schedule's own
+        payload) and move the schedule on to ``following``, unless another scheduler did so
+        first: Postgres lets exactly one job per schedule and tick exist. The jobs created."""
+        encoded = [
+            (tick, encode_json("payload", value) if schedule.computed_payload else None)
+            for tick, value in ticks
+        ]
+        fired = self._pg.schedules.fire(schedule, encoded, following)
+        return await self._recorded("submitted", fired)
 
     # --- human in the loop -------------------------------------------------------------------
 

@@ -34,6 +34,8 @@ SAMPLES: list[JobkeeperError] = [
     errors.SchemaMissing("jobkeeper"),
     errors.SchemaOutdated("jobkeeper"),
     errors.LeaseLost(JOB),
+    errors.ScheduleNotFound(UUID("01a21000-0000-7000-8000-000000000002")),
+    errors.ScheduleExists("nightly-report"),
     errors.LifespanFailed(RuntimeError("no engine")),
     errors.DatabaseUnavailable("connection refused"),
 ]

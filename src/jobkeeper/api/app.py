@@ -23,6 +23,7 @@ from jobkeeper.api.health import health_router
 from jobkeeper.api.middleware import BodyLimit, RequestContext
 from jobkeeper.api.problems import install
 from jobkeeper.api.routes import jobs_router
+from jobkeeper.api.schedules import schedules_router
 from jobkeeper.maintenance import ExpiryHooks, Sweeper
 from jobkeeper.manager import JobManager
 from jobkeeper.metrics import Metrics
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None, *, hooks: ExpiryHooks | None = 
     )
     install(app)
     app.include_router(jobs_router)
+    app.include_router(schedules_router)
     app.include_router(health_router)
     app.add_middleware(BodyLimit, max_bytes=config.max_payload_bytes)
     app.add_middleware(RequestContext)  # outermost: every response, even a 413, has an id

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from jobkeeper.api.auth import ApiKeys
+from jobkeeper.api.problems import PROBLEM_RESPONSE, ProblemRoute
 from jobkeeper.domain.values import Caller
 from jobkeeper.manager import JobManager
 from jobkeeper.metrics import Metrics
@@ -28,6 +29,7 @@ __all__ = [
     "Services",
     "ServicesDep",
     "api_key_caller",
+    "caller_router",
     "job_manager",
     "services",
 ]
@@ -84,3 +86,14 @@ async def api_key_caller(
     if svc.settings.auth == "disabled":
         return Caller(tenant=DEV_TENANT, principal=ANONYMOUS)
     return await svc.keys.caller_of(None if credentials is None else credentials.credentials)
+
+
+def caller_router(prefix: str, tag: str, caller: CallerDependency) -> APIRouter:
+    """A router for jobkeeper routes that ask ``caller`` who is calling: its routes answer their
+    own errors as problems (``ProblemRoute``), and OpenAPI lists what every one of them may
+    answer (a 401 only for jobkeeper's own keys: a custom caller's 401 is the application's)."""
+    # declaring 422 replaces FastAPI's default schema for it
+    responses: dict[int | str, dict[str, Any]] = {422: PROBLEM_RESPONSE, 503: PROBLEM_RESPONSE}
+    if caller is api_key_caller:
+        responses[401] = PROBLEM_RESPONSE
+    return APIRouter(prefix=prefix, tags=[tag], responses=responses, route_class=ProblemRoute)

@@ -32,7 +32,15 @@ from jobkeeper.errors import (
     QueueFull,
 )
 
-__all__ = ["PROBLEM_JSON", "STATUS", "ApiProblem", "ProblemRoute", "install", "problem"]
+__all__ = [
+    "PROBLEM_JSON",
+    "PROBLEM_RESPONSE",
+    "STATUS",
+    "ApiProblem",
+    "ProblemRoute",
+    "install",
+    "problem",
+]
 
 log = logging.getLogger("jobkeeper.api")
 
@@ -46,6 +54,8 @@ STATUS: dict[str, int] = {
     "job_not_found": 404,
     "job_expired": 404,
     "not_found": 404,
+    "schedule_not_found": 404,
+    "schedule_exists": 409,
     "method_not_allowed": 405,
     "invalid_transition": 409,
     "job_finished": 409,
@@ -66,6 +76,11 @@ STATUS: dict[str, int] = {
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")
 _TITLES = {code: code.replace("_", " ").capitalize() for code in STATUS}
 PROBLEM_JSON = "application/problem+json"
+# how OpenAPI describes a problem response
+PROBLEM_RESPONSE: dict[str, Any] = {
+    "content": {PROBLEM_JSON: {}},
+    "description": "A problem (RFC 9457).",
+}
 
 
 class ApiProblem(Exception):

@@ -11,14 +11,20 @@ router on jobkeeper's API keys. Their errors are problems wherever they are moun
 
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from jobkeeper.api.deps import CallerDependency, Services, ServicesDep, api_key_caller
-from jobkeeper.api.problems import ApiProblem, ProblemRoute
+from jobkeeper.api.deps import (
+    CallerDependency,
+    Services,
+    ServicesDep,
+    api_key_caller,
+    caller_router,
+)
+from jobkeeper.api.problems import PROBLEM_RESPONSE, ApiProblem
 from jobkeeper.api.schemas import (
     CURSOR_PATTERN,
     AnswerIn,
@@ -38,10 +44,7 @@ from jobkeeper.domain.values import Caller, Job
 
 __all__ = ["create_router", "jobs_router"]
 
-_PROBLEM: dict[str, Any] = {
-    "content": {"application/problem+json": {}},
-    "description": "A problem (RFC 9457).",
-}
+_PROBLEM = PROBLEM_RESPONSE
 _JOB = {"model": JobOut}
 # OpenAPI links: the id of a job in a response is the {job_id} of every job operation (by
 # operationId, so they hold under any prefix the router is mounted at)
@@ -84,11 +87,7 @@ def create_router(*, caller: CallerDependency = api_key_caller) -> APIRouter:
     (any prefix) under an app whose lifespan runs ``jobkeeper.api.lifespan``.
     """
     CallerDep = Annotated[Caller, Depends(caller)]
-    # every jobs route may answer these; declaring 422 replaces FastAPI's default schema for it
-    responses: dict[int | str, dict[str, Any]] = {422: _PROBLEM, 503: _PROBLEM}
-    if caller is api_key_caller:
-        responses[401] = _PROBLEM  # a custom caller's 401 is the application's to describe
-    router = APIRouter(prefix="/jobs", tags=["jobs"], responses=responses, route_class=ProblemRoute)
+    router = caller_router("/jobs", "jobs", caller)
 
     @router.post(
         "",

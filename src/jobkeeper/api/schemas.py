@@ -248,6 +248,8 @@ class JobOut(BaseModel):
     updated_at: str
     started_at: str | None
     finished_at: str | None
+    schedule_id: str | None = Field(description="The schedule that submitted the job, if any.")
+    scheduled_for: str | None = Field(description="The schedule's tick the job stands for.")
 
 
 class SubmittedOut(BaseModel):
@@ -299,4 +301,6 @@ def job_json(job: Job) -> dict[str, Any]:
         "updated_at": iso(job.updated_at),
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
+        "schedule_id": None if job.schedule_id is None else str(job.schedule_id),
+        "scheduled_for": iso(job.scheduled_for),
     }

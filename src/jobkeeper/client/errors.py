@@ -47,6 +47,8 @@ from jobkeeper.errors import (
     LifespanFailed,
     NotWaitingForInput,
     QueueFull,
+    ScheduleExists,
+    ScheduleNotFound,
     SchemaMissing,
     SchemaOutdated,
     TenantRequired,
@@ -183,6 +185,8 @@ _BUILDERS: dict[str, Callable[[_Problem], JobkeeperError]] = {
     LifespanFailed.code: lambda p: LifespanFailed(RuntimeError(p.message)),
     LeaseLost.code: lambda p: LeaseLost(p.job_id),
     DatabaseUnavailable.code: lambda p: DatabaseUnavailable(p.message),
+    ScheduleNotFound.code: lambda p: ScheduleNotFound(UUID(str(p.body["schedule_id"]))),
+    ScheduleExists.code: lambda p: ScheduleExists(str(p.body["name"])),
 }
 
 

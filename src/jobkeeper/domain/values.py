@@ -111,6 +111,8 @@ class Job:
     prompt: Any = None  # the open question while waiting_input, else None
     answers: Any = field(default_factory=lambda: FrozenDict())  # key -> answer, who, when
     checkpoints: Any = field(default_factory=lambda: FrozenDict())  # key -> stored result
+    schedule_id: UUID | None = None  # the schedule that submitted it, if one did
+    scheduled_for: datetime | None = None  # and the tick it stands for
 
     @property
     def terminal(self) -> bool:

@@ -39,8 +39,8 @@ LINK_ERRORS = (
     asyncpg.TooManyConnectionsError,
 )
 # every table of the current schema exists in schema $1 (a cheap check at connect)
-_SCHEMA_PRESENT = """SELECT count(*) = 5 FROM pg_catalog.pg_tables WHERE schemaname = $1
-  AND tablename IN ('jobs', 'job_events', 'job_tombstones', 'api_keys', 'workers')"""
+_SCHEMA_PRESENT = """SELECT count(*) = 6 FROM pg_catalog.pg_tables WHERE schemaname = $1
+  AND tablename IN ('jobs', 'job_events', 'job_tombstones', 'api_keys', 'workers', 'schedules')"""
 # jobkeeper's tables in public with Alembic's default version table: the layout before schemas
 _OLD_LAYOUT = """SELECT to_regclass('public.job_tombstones') IS NOT NULL
   AND to_regclass('public.alembic_version') IS NOT NULL"""
@@ -84,6 +84,8 @@ def to_job(row: asyncpg.Record | Mapping[str, Any]) -> Job:
         updated_at=row["updated_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        schedule_id=row["schedule_id"],
+        scheduled_for=row["scheduled_for"],
     )
 
 

@@ -11,6 +11,7 @@ from jobkeeper.postgres.leases import LeaseStatements
 from jobkeeper.postgres.notify import Announcer
 from jobkeeper.postgres.pool import Database
 from jobkeeper.postgres.retention import RetentionStatements
+from jobkeeper.postgres.schedules import ScheduleStatements
 from jobkeeper.postgres.workers import WorkerStatements
 from jobkeeper.settings import asyncpg_dsn
 
@@ -35,6 +36,7 @@ class Postgres:
         self.retention = RetentionStatements(database)
         self.keys = KeyStatements(database)
         self.workers = WorkerStatements(database)
+        self.schedules = ScheduleStatements(database)
 
     @classmethod
     def create(
