@@ -4,6 +4,7 @@ Postgres is the source of truth; ``JobManager`` puts a bounded, version-aware ho
 """
 
 from jobkeeper.cache import CacheStats
+from jobkeeper.domain.questions import Escalate, Question, QuestionPage
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.values import Job, JobEvent, JobPage, Lease, Progress, WorkerInfo
 from jobkeeper.errors import (
@@ -17,6 +18,8 @@ from jobkeeper.errors import (
     JobkeeperError,
     JobNotFound,
     PermanentFailure,
+    QuestionChanged,
+    QuestionClaimed,
     QueueFull,
     Retry,
     TenantRequired,
@@ -29,6 +32,7 @@ from jobkeeper.worker import JobContext, TaskRegistry, Worker
 __all__ = [
     "CacheStats",
     "DatabaseUnavailable",
+    "Escalate",
     "FeedStatus",
     "IdempotencyConflict",
     "InvalidJobId",
@@ -47,6 +51,10 @@ __all__ = [
     "Lease",
     "PermanentFailure",
     "Progress",
+    "Question",
+    "QuestionChanged",
+    "QuestionClaimed",
+    "QuestionPage",
     "QueueFull",
     "Retry",
     "Settings",

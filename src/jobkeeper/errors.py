@@ -15,6 +15,8 @@ the HTTP layer maps codes to statuses in one place. Messages are for people and 
     ├── QueueFull                   queue_full           backpressure; retry after ``retry_after`` s
     ├── InvalidAnswer               invalid_answer       the answer does not fit the question
     ├── NotWaitingForInput          not_waiting_for_input  no open question (or another one)
+    ├── QuestionClaimed             question_claimed     someone else holds the question
+    ├── QuestionChanged             precondition_failed  the question changed since it was read
     ├── SchemaMissing               schema_missing       the database was never migrated
     │   └── SchemaOutdated          schema_outdated      tables in the layout before schemas
     ├── DatabaseUnavailable         database_unavailable
@@ -49,6 +51,8 @@ __all__ = [
     "JobkeeperError",
     "NotWaitingForInput",
     "PermanentFailure",
+    "QuestionChanged",
+    "QuestionClaimed",
     "QueueFull",
     "Retry",
     "SchemaMissing",
@@ -232,6 +236,37 @@ class NotWaitingForInput(JobkeeperError):
         super().__init__(f"job {job_id} is {status}, not waiting for {what}")
         self.job_id = job_id
         self.status = status
+
+
+class QuestionClaimed(JobkeeperError):
+    """Someone else holds the job's question (``holder`` until ``until``): take it over
+    explicitly (``claim_question(..., takeover=True)``) to answer it; nothing was changed."""
+
+    code = "question_claimed"
+
+    def __init__(self, job_id: UUID, holder: str, until: datetime) -> None:
+        super().__init__(
+            f"the question of job {job_id} is held by {holder} until {utc_text(until)}"
+        )
+        self.job_id = job_id
+        self.holder = holder
+        self.until = until
+
+
+class QuestionChanged(JobkeeperError):
+    """The question is no longer in the version the answer was for (asked anew or escalated
+    since it was read): read it again; nothing was changed."""
+
+    code = "precondition_failed"
+
+    def __init__(self, job_id: UUID, expected: int, current: int | None) -> None:
+        now = "no open question" if current is None else f"version {current}"
+        super().__init__(
+            f"the question of job {job_id} changed: expected version {expected}, {now}"
+        )
+        self.job_id = job_id
+        self.expected = expected
+        self.current = current
 
 
 class Retry(Exception):

@@ -111,6 +111,11 @@ class Job:
     prompt: Any = None  # the open question while waiting_input, else None
     answers: Any = field(default_factory=lambda: FrozenDict())  # key -> answer, who, when
     checkpoints: Any = field(default_factory=lambda: FrozenDict())  # key -> stored result
+    # the open question's deadline, version (it changes when the question does) and claim
+    input_deadline: datetime | None = None
+    question_version: int | None = None
+    claimed_by: str | None = None
+    claim_expires_at: datetime | None = None
 
     @property
     def terminal(self) -> bool:

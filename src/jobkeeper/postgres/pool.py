@@ -84,6 +84,10 @@ def to_job(row: asyncpg.Record | Mapping[str, Any]) -> Job:
         updated_at=row["updated_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        input_deadline=row["input_deadline"],
+        question_version=row["question_version"],
+        claimed_by=row["claimed_by"],
+        claim_expires_at=row["claim_expires_at"],
     )
 
 

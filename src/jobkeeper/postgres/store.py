@@ -9,6 +9,7 @@ from jobkeeper.postgres.keys import KeyStatements
 from jobkeeper.postgres.leases import LeaseStatements
 from jobkeeper.postgres.notify import Announcer
 from jobkeeper.postgres.pool import Database
+from jobkeeper.postgres.questions import QuestionStatements
 from jobkeeper.postgres.retention import RetentionStatements
 from jobkeeper.postgres.workers import WorkerStatements
 from jobkeeper.settings import asyncpg_dsn
@@ -30,6 +31,7 @@ class Postgres:
             database.announce = self._announcer.queue
         self.jobs = JobStatements(database)
         self.leases = LeaseStatements(database)
+        self.questions = QuestionStatements(database)
         self.retention = RetentionStatements(database)
         self.keys = KeyStatements(database)
         self.workers = WorkerStatements(database)
