@@ -15,7 +15,7 @@ import json
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 from uuid import UUID
@@ -96,21 +96,34 @@ def _principal(value: object) -> str:
     return principal
 
 
+# an inbox cursor: the last question's deadline (microseconds since the epoch, this for none)
+# and job id, 24 bytes as 32 base64url characters; any 32 such characters are a cursor
+_NO_DEADLINE = -(2**63)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_EARLIEST = (datetime(1, 1, 2, tzinfo=UTC) - _EPOCH) // _MICROSECOND
+_LATEST = (datetime(9999, 12, 30, tzinfo=UTC) - _EPOCH) // _MICROSECOND
+
+
 def _encode_inbox_cursor(question: Question) -> str:
-    deadline = "" if question.deadline is None else question.deadline.isoformat()
-    return base64.urlsafe_b64encode(f"{deadline}~{question.job_id}".encode()).rstrip(b"=").decode()
+    deadline = question.deadline
+    micros = _NO_DEADLINE if deadline is None else (deadline - _EPOCH) // _MICROSECOND
+    raw = micros.to_bytes(8, "big", signed=True) + question.job_id.bytes
+    return base64.urlsafe_b64encode(raw).decode()
 
 
 def _decode_inbox_cursor(cursor: str) -> tuple[datetime | None, UUID]:
     try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        deadline, _, job_id = text.partition("~")
-        after = datetime.fromisoformat(deadline) if deadline else None
-        if after is not None and after.tzinfo is None:
-            raise ValueError("naive")
-        return after, UUID(job_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidRequest("cursor", "not a cursor returned by inbox()") from None
+        raw = base64.urlsafe_b64decode(cursor.encode("ascii"))
+    except (ValueError, binascii.Error):
+        raw = b""
+    if len(raw) != 24:
+        raise InvalidRequest("cursor", "not a cursor returned by inbox()")
+    micros = int.from_bytes(raw[:8], "big", signed=True)
+    if micros == _NO_DEADLINE:
+        return None, UUID(bytes=raw[8:])
+    micros = min(max(micros, _EARLIEST), _LATEST)
+    return _EPOCH + micros * _MICROSECOND, UUID(bytes=raw[8:])
 
 
 def _held_by_other(job: Job, principal: str | None) -> QuestionClaimed | None:

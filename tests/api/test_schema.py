@@ -263,7 +263,7 @@ def test_job_ids_are_uuids_in_the_schema() -> None:
     """A plain string let fuzzers send ids the API refuses; the refusal stays 400
     ``invalid_job_id`` (``test_jobs.py``), not FastAPI's 422."""
     by_id = [SPEC["paths"][path][method.lower()] for method, path in OPERATIONS if "{" in path]
-    assert len(by_id) == 6
+    assert len(by_id) == 9
     for operation in by_id:
         (parameter,) = [p for p in operation["parameters"] if p["in"] == "path"]
         assert parameter["name"] == "job_id"

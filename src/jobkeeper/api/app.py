@@ -18,7 +18,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from jobkeeper.api.auth import ApiKeys
-from jobkeeper.api.deps import Services
+from jobkeeper.api.deps import Services, api_key_caller
+from jobkeeper.api.inbox import inbox_router
 from jobkeeper.api.middleware import BodyLimit, RequestContext
 from jobkeeper.api.problems import install
 from jobkeeper.api.routes import health_router, jobs_router
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None, *, hooks: ExpiryHooks | None = 
     )
     install(app)
     app.include_router(jobs_router)
+    app.include_router(inbox_router(api_key_caller))
     app.include_router(health_router)
     app.add_middleware(BodyLimit, max_bytes=config.max_payload_bytes)
     app.add_middleware(RequestContext)  # outermost: every response, even a 413, has an id

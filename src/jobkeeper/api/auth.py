@@ -43,7 +43,7 @@ class ApiKeys:
 
     def __init__(self, jobs: JobManager, *, cache_ttl: float = 10.0) -> None:
         self._store = jobs.keys
-        self._verified: TTLCache[str, str] | None = (
+        self._verified: TTLCache[str, tuple[str, uuid.UUID]] | None = (
             TTLCache(maxsize=10_000, ttl=cache_ttl, timer=time.monotonic) if cache_ttl > 0 else None
         )
 
@@ -63,17 +63,23 @@ class ApiKeys:
 
     async def tenant_of(self, authorization: str | None) -> str:
         """The tenant of a ``Bearer`` key; ``ApiProblem("unauthorized")`` otherwise."""
+        tenant, _ = await self.owner_of(authorization)
+        return tenant
+
+    async def owner_of(self, authorization: str | None) -> tuple[str, uuid.UUID]:
+        """The tenant and the key id of a ``Bearer`` key (the id names the caller without any
+        part of the key); ``ApiProblem("unauthorized")`` otherwise."""
         scheme, _, key = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise ApiProblem("unauthorized", "send Authorization: Bearer <api key>")
         digest = hash_key(key.strip())
         if self._verified is not None:
-            tenant = self._verified.get(digest)
-            if tenant is not None:
-                return tenant
-        tenant = await self._store.tenant_for(digest)
-        if tenant is None:
+            owner = self._verified.get(digest)
+            if owner is not None:
+                return owner
+        owner = await self._store.owner_of(digest)
+        if owner is None:
             raise ApiProblem("unauthorized", "unknown or revoked API key")
         if self._verified is not None:
-            self._verified[digest] = tenant
-        return tenant
+            self._verified[digest] = owner
+        return owner

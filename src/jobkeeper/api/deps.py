@@ -8,11 +8,20 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from jobkeeper.api.auth import ApiKeys
+from jobkeeper.domain.values import Caller
 from jobkeeper.manager import JobManager
 from jobkeeper.metrics import Metrics
 from jobkeeper.settings import Settings
 
-__all__ = ["Services", "ServicesDep", "TenantDep", "services", "tenant"]
+__all__ = [
+    "CallerDep",
+    "Services",
+    "ServicesDep",
+    "TenantDep",
+    "api_key_caller",
+    "services",
+    "tenant",
+]
 
 DEV_TENANT = "default"
 
@@ -46,3 +55,18 @@ async def tenant(
 
 
 TenantDep = Annotated[str, Depends(tenant)]
+
+
+async def api_key_caller(
+    svc: ServicesDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Caller:
+    """The caller of ``jobkeeper serve``: its API key's tenant, principal ``api-key:<key id>``,
+    no roles (with auth disabled: tenant ``default``, principal ``anonymous``)."""
+    if svc.settings.auth == "disabled":
+        return Caller(DEV_TENANT, "anonymous")
+    tenant, key_id = await svc.keys.owner_of(authorization)
+    return Caller(tenant, f"api-key:{key_id}")
+
+
+CallerDep = Annotated[Caller, Depends(api_key_caller)]

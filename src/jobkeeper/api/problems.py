@@ -7,6 +7,7 @@ fields of the error (``expired_at``, ``errors``, ...), served as ``application/p
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,6 +22,8 @@ from jobkeeper.errors import (
     InvalidAnswer,
     JobExpired,
     JobkeeperError,
+    QuestionChanged,
+    QuestionClaimed,
     QueueFull,
 )
 
@@ -42,6 +45,8 @@ STATUS: dict[str, int] = {
     "invalid_transition": 409,
     "job_finished": 409,
     "not_waiting_for_input": 409,
+    "question_claimed": 409,
+    "precondition_failed": 412,
     "payload_too_large": 413,
     "idempotency_key_reused": 422,
     "invalid_answer": 422,
@@ -103,14 +108,22 @@ def _domain(request: Request, exc: Exception) -> JSONResponse:
         extra["errors"] = exc.problems
     elif isinstance(exc, IdempotencyConflict):
         extra["job_id"] = str(exc.job_id)
+    elif isinstance(exc, QuestionClaimed):
+        extra.update(claimed_by=exc.holder, claim_expires_at=_iso(exc.until))
+    elif isinstance(exc, QuestionChanged):
+        extra["current_version"] = exc.current
     elif isinstance(exc, JobExpired):
-        extra["expired_at"] = exc.expired_at.isoformat().replace("+00:00", "Z")
+        extra["expired_at"] = _iso(exc.expired_at)
     field = getattr(exc, "field", None)
     if field is not None:
         extra["field"] = field
     if exc.code not in STATUS:
         log.error("error code %r has no HTTP status", exc.code)
     return problem(request, exc.code, exc.message, headers=headers, **extra)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _api(request: Request, exc: Exception) -> JSONResponse:

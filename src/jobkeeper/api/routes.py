@@ -6,12 +6,13 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from jobkeeper.api.deps import ServicesDep, TenantDep
+from jobkeeper.api.deps import CallerDep, ServicesDep, TenantDep
+from jobkeeper.api.inbox import IfMatch, if_match_version
 from jobkeeper.api.schemas import (
     CURSOR_PATTERN,
     AnswerIn,
@@ -46,6 +47,9 @@ _JOB_OPERATIONS = {
     "GetJob": ("", "get"),
     "CancelJob": ("/cancel", "post"),
     "AnswerJob": ("/input", "post"),
+    "GetQuestion": ("/input", "get"),
+    "ClaimQuestion": ("/input/claim", "post"),
+    "ReleaseQuestion": ("/input/release", "post"),
     "PinJob": ("/pin", "post"),
     "UnpinJob": ("/unpin", "post"),
     "JobEvents": ("/events", "get"),
@@ -163,18 +167,32 @@ async def unpin_job(job_id: JobId, svc: ServicesDep, tenant: TenantDep) -> JSONR
 
 @jobs_router.post(
     "/{job_id}/input",
-    responses={200: _JOB, 400: _PROBLEM, 404: _PROBLEM, 409: _PROBLEM, 422: _PROBLEM},
+    responses={
+        200: _JOB,
+        400: _PROBLEM,
+        404: _PROBLEM,
+        409: _PROBLEM,
+        412: _PROBLEM,
+        422: _PROBLEM,
+    },
 )
 async def answer_job(
-    job_id: JobId, body: AnswerIn, request: Request, svc: ServicesDep, tenant: TenantDep
+    job_id: JobId,
+    body: AnswerIn,
+    svc: ServicesDep,
+    caller: CallerDep,
+    if_match: IfMatch = None,
 ) -> JSONResponse:
-    """Answer the job's open question; it is queued again to resume."""
+    """Answer the job's open question; it is queued again to resume. 409 ``question_claimed``
+    while someone else holds it; with ``If-Match``, 412 ``precondition_failed`` if the question
+    changed since it was read."""
     job = await svc.jobs.answer(
         job_id,
-        tenant=tenant,
+        tenant=caller.tenant,
         answer=body.answer,
-        answered_by=_caller(request),
+        answered_by=caller.principal,
         question_key=body.question_key,
+        expected_version=if_match_version(if_match),
     )
     return _job_response(job)
 
@@ -213,12 +231,6 @@ async def job_events(
             yield ServerSentEvent(data=json.dumps(data), event=event.type, id=str(event.seq))
 
     return EventSourceResponse(stream(), ping=SSE_PING_SECONDS)
-
-
-def _caller(request: Request) -> str:
-    authorization = request.headers.get("authorization", "")
-    key = authorization.partition(" ")[2].strip()
-    return f"api-key:{key[:10]}" if key else "anonymous"
 
 
 @health_router.get("/metrics", response_class=Response)

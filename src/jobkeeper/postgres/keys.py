@@ -18,7 +18,9 @@ _CREATE = raw(
     "prefix",
     "label",
 )
-_TENANT = raw("SELECT tenant FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", "key_hash")
+_TENANT = raw(
+    "SELECT tenant, id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", "key_hash"
+)
 _REVOKE = raw(
     "UPDATE api_keys SET revoked_at = now() WHERE prefix = $1 AND revoked_at IS NULL RETURNING id",
     "prefix",
@@ -50,8 +52,13 @@ class KeyStatements:
 
     async def tenant_for(self, key_hash: str) -> str | None:
         """The tenant of a live (not revoked) key, by the key's hash."""
+        owner = await self.owner_of(key_hash)
+        return None if owner is None else owner[0]
+
+    async def owner_of(self, key_hash: str) -> tuple[str, UUID] | None:
+        """The tenant and the id of a live (not revoked) key, by the key's hash."""
         rows = await self._db.rows(_TENANT, {"key_hash": key_hash}, read=True)
-        return rows[0]["tenant"] if rows else None
+        return (rows[0]["tenant"], rows[0]["id"]) if rows else None
 
     async def revoke(self, prefix: str) -> bool:
         """Revoke the live key with this prefix; ``False`` if there is none."""
