@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -23,7 +24,9 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from jobkeeper.api.auth import ApiKeys
-from jobkeeper.api.schemas import job_json
+from jobkeeper.api.inbox import question_json
+from jobkeeper.api.schemas import iso, job_json
+from jobkeeper.domain.questions import question_of
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.validate import validate_tenant
 from jobkeeper.domain.values import Job
@@ -196,6 +199,9 @@ def _show(job: Job) -> None:
 
 
 TenantOption = Annotated[str, typer.Option(help="The tenant that owns the jobs.")]
+PrincipalOption = Annotated[
+    str, typer.Option(help="Who you are: user:<name> (a bare name is a user), or any principal.")
+]
 
 
 @jobs_app.command("list")
@@ -219,8 +225,24 @@ def jobs_list(
 
 @jobs_app.command("show")
 def jobs_show(job_id: str, tenant: TenantOption) -> None:
-    """One job as JSON."""
-    _show(_run(_with_jobs(lambda jobs: jobs.get(job_id, tenant=tenant, consistency="strong"))))
+    """One job as JSON, with its open question (who holds it) and its history: the audit trail
+    of who claimed, released, took over, answered or escalated it, when, from which replica."""
+
+    async def read(jobs: JobManager) -> dict[str, Any]:
+        job = await jobs.get(job_id, tenant=tenant, consistency="strong")
+        history = await jobs.events(job.id, tenant=tenant)
+        question = None
+        if job.status is JobStatus.WAITING_INPUT:
+            question = question_json(question_of(job, now=datetime.now(UTC)))
+        return {
+            **job_json(job),
+            "question": question,
+            "history": [
+                {"seq": e.seq, "type": e.type, "at": iso(e.at), "data": e.data} for e in history
+            ],
+        }
+
+    typer.echo(json.dumps(_run(_with_jobs(read)), indent=2, default=str))
 
 
 @jobs_app.command("cancel")
@@ -235,8 +257,12 @@ def jobs_answer(
     answer: Annotated[str, typer.Argument(help="The answer as JSON, e.g. '{\"approve\": true}'.")],
     tenant: TenantOption,
     question_key: Annotated[str | None, typer.Option()] = None,
+    principal: PrincipalOption = "cli",
+    if_version: Annotated[
+        int | None, typer.Option(min=1, help="Refuse if the question is no longer this version.")
+    ] = None,
 ) -> None:
-    """Answer a job's open question."""
+    """Answer a job's open question (refused while someone else holds it)."""
     try:
         value = json.loads(answer)
     except json.JSONDecodeError as exc:
@@ -248,12 +274,72 @@ def jobs_answer(
                     job_id,
                     tenant=tenant,
                     answer=value,
-                    answered_by="cli",
+                    answered_by=principal,
                     question_key=question_key,
+                    expected_version=if_version,
                 )
             )
         )
     )
+
+
+@jobs_app.command("claim")
+def jobs_claim(
+    job_id: str,
+    tenant: TenantOption,
+    principal: PrincipalOption = "cli",
+    takeover: Annotated[bool, typer.Option(help="Take it from whoever holds it.")] = False,
+    ttl: Annotated[float, typer.Option(help="Seconds to hold it.")] = 300.0,
+) -> None:
+    """Hold a job's question so that only you may answer it (again: renew)."""
+    held = _run(
+        _with_jobs(
+            lambda jobs: jobs.claim_question(job_id, tenant, principal, takeover=takeover, ttl=ttl)
+        )
+    )
+    typer.echo(json.dumps(question_json(held), indent=2))
+
+
+@jobs_app.command("release")
+def jobs_release(job_id: str, tenant: TenantOption, principal: PrincipalOption = "cli") -> None:
+    """Give back a job's question you hold."""
+    released = _run(_with_jobs(lambda jobs: jobs.release_question(job_id, tenant, principal)))
+    typer.echo(json.dumps(question_json(released), indent=2))
+
+
+@app.command()
+def inbox(
+    tenant: TenantOption,
+    principal: PrincipalOption = "cli",
+    role: Annotated[list[str] | None, typer.Option(help="Your roles (repeatable).")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
+    assignee: Annotated[str | None, typer.Option(help="Only for this assignee.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+) -> None:
+    """The open questions you may answer, oldest deadline first: job, kind, assignee, deadline,
+    who holds it, version, and the question."""
+    page = _run(
+        _with_jobs(
+            lambda jobs: jobs.inbox(
+                tenant,
+                principal=principal,
+                roles=role or (),
+                kind=kind,
+                assignee=assignee,
+                limit=limit,
+            )
+        )
+    )
+    for q in page.items:
+        deadline = "-" if q.deadline is None else f"{q.deadline:%Y-%m-%d %H:%M:%S}"
+        held = "-" if q.claimed_by is None else f"held by {q.claimed_by}"
+        text = (q.text or q.key).splitlines()[0][:60]
+        typer.echo(
+            f"{q.job_id}  {q.kind:<24} {q.assignee or 'anyone':<18} {deadline:<19}  "
+            f"v{q.version}  {held}  {text}"
+        )
+    if page.next_cursor:
+        typer.echo(f"(more: --limit, or the cursor {page.next_cursor})")
 
 
 @app.command()

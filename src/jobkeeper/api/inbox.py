@@ -31,6 +31,7 @@ __all__ = [
     "IfMatch",
     "if_match_version",
     "inbox_router",
+    "question_json",
 ]
 
 # what JobManager.inbox returns as next_cursor: 24 bytes in base64url
