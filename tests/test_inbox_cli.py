@@ -5,22 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-
-import pytest
 
 from jobkeeper.manager import JobManager
-from support import make_worker
 from test_cli import env, invoke  # noqa: F401 - env is a fixture
-from test_hitl import WORKER_SETTINGS, asking, new_kind, running
-from test_inbox import asker
-
-
-@pytest.fixture
-async def kind(job_manager: JobManager) -> AsyncIterator[str]:
-    kind = new_kind("cli")
-    async with running(make_worker(job_manager, asker(kind), **WORKER_SETTINGS)):
-        yield kind
+from test_hitl import asking
+from test_inbox import asking_worker  # noqa: F401 - a fixture
 
 
 async def cli(*args: str) -> tuple[int, str]:  # the CLI runs its own event loop
@@ -31,9 +20,11 @@ async def test_inbox_claim_answer_and_the_trail_in_jobs_show(
     env: dict[str, str],  # noqa: F811
     job_manager: JobManager,
     tenant: str,
-    kind: str,
+    asking_worker: str,  # noqa: F811
 ) -> None:
-    job = await job_manager.submit(tenant, kind, {"assignee": "role:underwriter", "timeout": 600})
+    job = await job_manager.submit(
+        tenant, asking_worker, {"assignee": "role:underwriter", "timeout": 600}
+    )
     waiting = await asking(job_manager, job.id, tenant, "q1")
     job_id = str(job.id)
 

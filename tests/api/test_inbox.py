@@ -16,9 +16,8 @@ import pytest
 
 from jobkeeper.api.auth import ApiKeys, NewKey
 from jobkeeper.manager import JobManager
-from support import make_worker
-from test_hitl import WORKER_SETTINGS, asking, new_kind, running
-from test_inbox import asker
+from test_inbox import ask as ask_for
+from test_inbox import asking_worker  # noqa: F401 - a fixture
 
 from .support import Served, assert_problem, assert_utc, bearer, job_status, parse_sse
 
@@ -39,23 +38,17 @@ async def people(
         yield (alice, as_alice.client), (bob, as_bob.client)
 
 
-@pytest.fixture
-async def kind(job_manager: JobManager) -> AsyncIterator[str]:
-    """A fresh kind whose jobs ask one question, with a worker running it."""
-    kind = new_kind("http")
-    async with running(make_worker(job_manager, asker(kind), **WORKER_SETTINGS)):
-        yield kind
-
-
 async def ask(jobs: JobManager, tenant: str, kind: str, **payload: Any) -> str:
-    job = await jobs.submit(tenant, kind, payload)
-    await asking(jobs, job.id, tenant, "q1")
-    return str(job.id)
+    return str(await ask_for(jobs, tenant, kind, **payload))
 
 
 async def test_claims_takeovers_and_if_match_over_http(
-    people: Any, job_manager: JobManager, tenant: str, kind: str
+    people: Any,
+    job_manager: JobManager,
+    tenant: str,
+    asking_worker: str,  # noqa: F811
 ) -> None:
+    kind = asking_worker
     (alice, as_alice), (bob, as_bob) = people
     alice_id, bob_id = f"api-key:{alice.id}", f"api-key:{bob.id}"
     job_id = await ask(job_manager, tenant, kind, timeout=600)
@@ -115,8 +108,12 @@ async def test_claims_takeovers_and_if_match_over_http(
 
 
 async def test_the_inbox_pages_filters_and_releases(
-    people: Any, job_manager: JobManager, tenant: str, kind: str
+    people: Any,
+    job_manager: JobManager,
+    tenant: str,
+    asking_worker: str,  # noqa: F811
 ) -> None:
+    kind = asking_worker
     (_, as_alice), _ = people
     first = await ask(job_manager, tenant, kind, timeout=100)
     second = await ask(job_manager, tenant, kind, timeout=200)
