@@ -44,6 +44,8 @@ from jobkeeper.errors import (
     JobNotFound,
     LifespanFailed,
     NotWaitingForInput,
+    QuestionChanged,
+    QuestionClaimed,
     QueueFull,
     SchemaMissing,
     SchemaOutdated,
@@ -162,11 +164,25 @@ _BUILDERS: dict[str, Callable[[_Problem], JobkeeperError]] = {
     QueueFull.code: lambda p: QueueFull(UNKNOWN, 0, p.retry_after),
     InvalidAnswer.code: lambda p: InvalidAnswer(p.job_id, [str(e) for e in p.body["errors"]]),
     NotWaitingForInput.code: lambda p: NotWaitingForInput(p.job_id, UNKNOWN),
+    QuestionClaimed.code: lambda p: QuestionClaimed(
+        p.job_id,
+        str(p.body["claimed_by"]),
+        datetime.fromisoformat(str(p.body["claim_expires_at"])),
+    ),
+    QuestionChanged.code: lambda p: QuestionChanged(
+        p.job_id, _if_match(p.response), p.body["current_version"]
+    ),
     SchemaMissing.code: lambda p: SchemaMissing(UNKNOWN, p.message),
     SchemaOutdated.code: lambda p: SchemaOutdated(UNKNOWN),
     LifespanFailed.code: lambda p: LifespanFailed(RuntimeError(p.message)),
     DatabaseUnavailable.code: lambda p: DatabaseUnavailable(p.message),
 }
+
+
+def _if_match(response: httpx.Response) -> int:
+    """The question version the request's ``If-Match`` named (0 if it cannot tell)."""
+    digits = response.request.headers.get("if-match", "").removeprefix("W/").strip('"')
+    return int(digits) if digits.isdigit() else 0
 
 
 def problem_error(response: httpx.Response, *, job_id: str | None = None) -> JobkeeperError:
