@@ -702,10 +702,11 @@ class JobManager:
             job = await self._recorded("answered", answered)
             if job is not None:
                 return job
-        else:
-            raise _held_by_other(current, answered_by) or QuestionChanged(
-                job_id, current.question_version or 0, current.question_version
-            )
+        else:  # refused every round: held (whatever this host's clock says) or changing
+            holder, until = current.claimed_by, current.claim_expires_at
+            if holder is not None and until is not None and holder != answered_by:
+                raise QuestionClaimed(job_id, holder, until)
+            raise QuestionChanged(job_id, current.question_version or 0, current.question_version)
         if _answered_with(current, key, answer_json):  # a retry of the accepted answer
             return current
         raise NotWaitingForInput(job_id, current.status.value, question_key)
