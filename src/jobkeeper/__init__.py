@@ -5,6 +5,7 @@ Postgres is the source of truth; ``JobManager`` puts a bounded, version-aware ho
 
 from jobkeeper.cache import CacheStats
 from jobkeeper.domain.batch import JobSpec, Submitted
+from jobkeeper.domain.questions import Escalate, Question, QuestionPage
 from jobkeeper.domain.schedules import Schedule
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.values import Job, JobEvent, JobPage, Lease, Progress, WorkerInfo
@@ -20,6 +21,8 @@ from jobkeeper.errors import (
     JobNotFound,
     LeaseLost,
     PermanentFailure,
+    QuestionChanged,
+    QuestionClaimed,
     QueueFull,
     Retry,
     ScheduleExists,
@@ -34,6 +37,7 @@ from jobkeeper.worker import JobContext, TaskRegistry, Worker
 __all__ = [
     "CacheStats",
     "DatabaseUnavailable",
+    "Escalate",
     "FeedStatus",
     "IdempotencyConflict",
     "InvalidJobId",
@@ -54,6 +58,10 @@ __all__ = [
     "LeaseLost",
     "PermanentFailure",
     "Progress",
+    "Question",
+    "QuestionChanged",
+    "QuestionClaimed",
+    "QuestionPage",
     "QueueFull",
     "Retry",
     "Schedule",

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -25,8 +25,10 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from jobkeeper.api.auth import ApiKeys
+from jobkeeper.api.inbox import question_json
 from jobkeeper.api.schedules import schedule_json
-from jobkeeper.api.schemas import job_json
+from jobkeeper.api.schemas import iso, job_json
+from jobkeeper.domain.questions import question_of
 from jobkeeper.domain.schedules import Schedule
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.validate import validate_tenant
@@ -207,6 +209,13 @@ def _show(job: Job) -> None:
 
 
 TenantOption = Annotated[str, typer.Option(help="The tenant that owns the jobs.")]
+PrincipalOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Who you are: user:<name> (a bare name is a user), or any principal;"
+        " cli:<os user> if not given."
+    ),
+]
 
 
 @jobs_app.command("list")
@@ -230,8 +239,24 @@ def jobs_list(
 
 @jobs_app.command("show")
 def jobs_show(job_id: str, tenant: TenantOption) -> None:
-    """One job as JSON."""
-    _show(_run(_with_jobs(lambda jobs: jobs.get(job_id, tenant=tenant, consistency="strong"))))
+    """One job as JSON, with its open question (who holds it) and its history: the audit trail
+    of who claimed, released, took over, answered or escalated it, when, from which replica."""
+
+    async def read(jobs: JobManager) -> dict[str, Any]:
+        job = await jobs.get(job_id, tenant=tenant, consistency="strong")
+        history = await jobs.events(job.id, tenant=tenant)
+        question = None
+        if job.status is JobStatus.WAITING_INPUT:
+            question = question_json(question_of(job, now=datetime.now(UTC)))
+        return {
+            **job_json(job),
+            "question": question,
+            "history": [
+                {"seq": e.seq, "type": e.type, "at": iso(e.at), "data": e.data} for e in history
+            ],
+        }
+
+    typer.echo(json.dumps(_run(_with_jobs(read)), indent=2, default=str))
 
 
 def _operator() -> str:
@@ -253,8 +278,12 @@ def jobs_answer(
     answer: Annotated[str, typer.Argument(help="The answer as JSON, e.g. '{\"approve\": true}'.")],
     tenant: TenantOption,
     question_key: Annotated[str | None, typer.Option()] = None,
+    principal: PrincipalOption = None,
+    if_version: Annotated[
+        int | None, typer.Option(min=1, help="Refuse if the question is no longer this version.")
+    ] = None,
 ) -> None:
-    """Answer a job's open question."""
+    """Answer a job's open question (refused while someone else holds it)."""
     try:
         value = json.loads(answer)
     except json.JSONDecodeError as exc:
@@ -266,8 +295,9 @@ def jobs_answer(
                     job_id,
                     tenant=tenant,
                     answer=value,
-                    answered_by=_operator(),
+                    answered_by=principal or _operator(),
                     question_key=question_key,
+                    expected_version=if_version,
                 )
             )
         )
@@ -364,6 +394,69 @@ def schedules_delete(schedule_id: ScheduleArgument, tenant: TenantOption) -> Non
     """Delete a schedule (the jobs it submitted stay)."""
     _run(_with_jobs(lambda jobs: jobs.delete_schedule(schedule_id, tenant=tenant)))
     typer.echo(f"deleted {schedule_id}")
+
+
+@jobs_app.command("claim")
+def jobs_claim(
+    job_id: str,
+    tenant: TenantOption,
+    principal: PrincipalOption = None,
+    takeover: Annotated[bool, typer.Option(help="Take it from whoever holds it.")] = False,
+    ttl: Annotated[float, typer.Option(help="Seconds to hold it.")] = 300.0,
+) -> None:
+    """Hold a job's question so that only you may answer it (again: renew)."""
+    held = _run(
+        _with_jobs(
+            lambda jobs: jobs.claim_question(
+                job_id, tenant, principal or _operator(), takeover=takeover, ttl=ttl
+            )
+        )
+    )
+    typer.echo(json.dumps(question_json(held), indent=2))
+
+
+@jobs_app.command("release")
+def jobs_release(job_id: str, tenant: TenantOption, principal: PrincipalOption = None) -> None:
+    """Give back a job's question you hold."""
+    released = _run(
+        _with_jobs(lambda jobs: jobs.release_question(job_id, tenant, principal or _operator()))
+    )
+    typer.echo(json.dumps(question_json(released), indent=2))
+
+
+@app.command()
+def inbox(
+    tenant: TenantOption,
+    principal: PrincipalOption = None,
+    role: Annotated[list[str] | None, typer.Option(help="Your roles (repeatable).")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
+    assignee: Annotated[str | None, typer.Option(help="Only for this assignee.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+) -> None:
+    """The open questions you may answer, oldest deadline first: job, kind, assignee, deadline,
+    who holds it, version, and the question."""
+    page = _run(
+        _with_jobs(
+            lambda jobs: jobs.inbox(
+                tenant,
+                principal=principal or _operator(),
+                roles=role or (),
+                kind=kind,
+                assignee=assignee,
+                limit=limit,
+            )
+        )
+    )
+    for q in page.items:
+        deadline = "-" if q.deadline is None else f"{q.deadline:%Y-%m-%d %H:%M:%S}"
+        held = "-" if q.claimed_by is None else f"held by {q.claimed_by}"
+        text = (q.text or q.key).splitlines()[0][:60]
+        typer.echo(
+            f"{q.job_id}  {q.kind:<24} {q.assignee or 'anyone':<18} {deadline:<19}  "
+            f"v{q.version}  {held}  {text}"
+        )
+    if page.next_cursor:
+        typer.echo(f"(more: --limit, or the cursor {page.next_cursor})")
 
 
 @app.command()

@@ -17,6 +17,8 @@ the HTTP layer maps codes to statuses in one place. Messages are for people and 
     ├── QueueFull                   queue_full           backpressure; retry after ``retry_after`` s
     ├── InvalidAnswer               invalid_answer       the answer does not fit the question
     ├── NotWaitingForInput          not_waiting_for_input  no open question (or another one)
+    ├── QuestionClaimed             question_claimed     someone else holds the question
+    ├── QuestionChanged             precondition_failed  the question changed since it was read
     ├── SchemaMissing               schema_missing       the database was never migrated
     │   └── SchemaOutdated          schema_outdated      tables in the layout before schemas
     ├── DatabaseUnavailable         database_unavailable
@@ -56,6 +58,8 @@ __all__ = [
     "LeaseLost",
     "NotWaitingForInput",
     "PermanentFailure",
+    "QuestionChanged",
+    "QuestionClaimed",
     "QueueFull",
     "Retry",
     "ScheduleExists",
@@ -285,6 +289,39 @@ class NotWaitingForInput(JobkeeperError):
         self.job_id = job_id
         self.status = status
         self.question_key = question_key
+
+
+class QuestionClaimed(JobkeeperError):
+    """Someone else holds the job's question (``claimed_by`` until ``claim_expires_at``): take
+    it over explicitly (``claim_question(..., takeover=True)``) to answer it; nothing was
+    changed."""
+
+    code = "question_claimed"
+
+    def __init__(self, job_id: UUID, claimed_by: str, claim_expires_at: datetime) -> None:
+        super().__init__(
+            f"the question of job {job_id} is held by {claimed_by}"
+            f" until {utc_text(claim_expires_at)}"
+        )
+        self.job_id = job_id
+        self.claimed_by = claimed_by
+        self.claim_expires_at = claim_expires_at
+
+
+class QuestionChanged(JobkeeperError):
+    """The question is no longer in the version the answer was for (asked anew or escalated
+    since it was read): read it again; nothing was changed."""
+
+    code = "precondition_failed"
+
+    def __init__(self, job_id: UUID, expected_version: int, current_version: int | None) -> None:
+        now = "no open question" if current_version is None else f"version {current_version}"
+        super().__init__(
+            f"the question of job {job_id} changed: expected version {expected_version}, {now}"
+        )
+        self.job_id = job_id
+        self.expected_version = expected_version
+        self.current_version = current_version
 
 
 class Retry(Exception):

@@ -4,7 +4,8 @@ retention policy it applies, both built from ``Settings`` here.
 One pass, under a session advisory lock (so it dies with a crashed holder and needs no cleanup):
 
 * lease recovery: jobs whose worker stopped renewing its lease are re-queued or failed;
-* input deadlines: each overdue question's ``on_timeout`` is applied;
+* input deadlines: an overdue question with an ``Escalate`` step left goes to that step's
+  assignee with its new deadline; any other overdue question's ``on_timeout`` is applied;
 * retention: the input of jobs finished ``payload_ttl`` ago is cleared; jobs finished ``job_ttl``
   ago are deleted with their history, after their kind's ``on_expire`` hook ran, leaving a
   tombstone so they answer ``job_expired``; tombstones older than ``tombstone_ttl`` are purged.
@@ -99,6 +100,7 @@ class SweepReport:
     swept: bool = True
     leases_recovered: int = 0
     inputs_timed_out: int = 0
+    questions_escalated: int = 0
     payloads_cleared: int = 0
     jobs_expired: int = 0
     hook_failures: int = 0
@@ -166,16 +168,21 @@ class Sweeper:
             if not held:
                 return SweepReport(swept=False)
             base, cap = self._backoff
-            recovered = timed_out = 0
+            recovered = escalated = timed_out = 0
             while batch := await self._jobs.recover_expired(
                 limit=_BATCH, backoff_base=base, backoff_max=cap
             ):
                 recovered += len(batch)
+            while batch := await self._jobs.escalate_questions(limit=_BATCH):
+                escalated += len(batch)
             while batch := await self._jobs.expire_input_deadlines(limit=_BATCH):
                 timed_out += len(batch)
             pruned = await self._jobs.workers.prune(self._forget_workers_after)
             report = SweepReport(
-                leases_recovered=recovered, inputs_timed_out=timed_out, workers_pruned=pruned
+                leases_recovered=recovered,
+                inputs_timed_out=timed_out,
+                questions_escalated=escalated,
+                workers_pruned=pruned,
             )
             if self._retention is not None:
                 report = await self._retain(self._retention, report)

@@ -12,6 +12,8 @@ import base64
 import binascii
 import contextlib
 import json
+import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -22,7 +24,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobkeeper.cache import CacheStats, JobCache, Ticket
 from jobkeeper.domain.batch import JobSpec, Submitted, validate_batch
-from jobkeeper.domain.questions import answer_problems, same_json
+from jobkeeper.domain.questions import (
+    Question,
+    QuestionPage,
+    addressees,
+    answer_problems,
+    question_of,
+    same_json,
+    validate_assignee,
+)
 from jobkeeper.domain.schedules import (
     NewSchedule,
     Schedule,
@@ -46,9 +56,12 @@ from jobkeeper.errors import (
     IdempotencyConflict,
     InvalidAnswer,
     InvalidRequest,
+    JobkeeperError,
     JobNotFound,
     LeaseLost,
     NotWaitingForInput,
+    QuestionChanged,
+    QuestionClaimed,
     QueueFull,
     ScheduleExists,
     ScheduleNotFound,
@@ -75,6 +88,9 @@ MAX_PAGE = 500
 _SUBMIT_ROUNDS = 3
 # a catch-up lists at most this many changed jobs (more than the cache holds: it is reset instead)
 _MIN_CATCH_UP = 1_000
+# an answer refused for a claim that expired (or a question escalated) just then is tried again
+_ANSWER_ROUNDS = 3
+MAX_CLAIM_SECONDS = 3_600.0
 
 
 def _answered_with(job: Job, key: str | None, answer: Any) -> bool:
@@ -93,6 +109,59 @@ def _schedule_id(value: object) -> UUID:
         return UUID(str(value))
     except ValueError:
         raise InvalidRequest("schedule_id", f"not a UUID: {value!r}") from None
+
+
+def _principal(value: object) -> str:
+    principal = optional_text("principal", value)
+    if principal is None:
+        raise InvalidRequest("principal", "who is asking is required")
+    return principal
+
+
+# an inbox cursor: the last question's deadline (microseconds since the epoch, this for none)
+# and job id, 24 bytes as 32 base64url characters; any 32 such characters are a cursor
+_NO_DEADLINE = -(2**63)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_EARLIEST = (datetime(1, 1, 2, tzinfo=UTC) - _EPOCH) // _MICROSECOND
+_LATEST = (datetime(9999, 12, 30, tzinfo=UTC) - _EPOCH) // _MICROSECOND
+
+
+def _encode_inbox_cursor(question: Question) -> str:
+    deadline = question.deadline
+    micros = _NO_DEADLINE if deadline is None else (deadline - _EPOCH) // _MICROSECOND
+    raw = micros.to_bytes(8, "big", signed=True) + question.job_id.bytes
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_inbox_cursor(cursor: str) -> tuple[datetime | None, UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor.encode("ascii"))
+    except (ValueError, binascii.Error):
+        raw = b""
+    if len(raw) != 24:
+        raise InvalidRequest("cursor", "not a cursor returned by inbox()")
+    micros = int.from_bytes(raw[:8], "big", signed=True)
+    if micros == _NO_DEADLINE:
+        return None, UUID(bytes=raw[8:])
+    micros = min(max(micros, _EARLIEST), _LATEST)
+    return _EPOCH + micros * _MICROSECOND, UUID(bytes=raw[8:])
+
+
+def _held_by_other(job: Job, principal: str | None) -> QuestionClaimed | None:
+    """``QuestionClaimed`` if someone other than ``principal`` holds the job's question now."""
+    holder, until = job.claimed_by, job.claim_expires_at
+    if holder is None or until is None or holder == principal or until <= datetime.now(UTC):
+        return None
+    return QuestionClaimed(job.id, holder, until)
+
+
+class _NotHeld(JobkeeperError):
+    """A release by a principal that holds nothing: not an error, the question as it is."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__("nothing held")
+        self.job = job
 
 
 def _encode_cursor(job_id: UUID) -> str:
@@ -132,6 +201,8 @@ class JobManager:
         self._max_queued_per_kind = max_queued_per_kind
         self._retry_after = queue_full_retry_after
         self._observers: list[Callable[[str, Job], object]] = []
+        # who wrote a change, in the audit trail of questions: this process
+        self.replica = f"{socket.gethostname()}:{os.getpid()}"
 
     @classmethod
     async def connect(
@@ -598,11 +669,16 @@ class JobManager:
         if not await self._pg.leases.hold(lease, on):
             raise LeaseLost(lease.job.id)
 
+    async def escalate_questions(self, *, limit: int = 100) -> list[Job]:
+        """Move each overdue question with an ``Escalate`` step left to that step's assignee,
+        with its new deadline (the sweeper runs this before ``expire_input_deadlines``)."""
+        escalated = self._pg.questions.escalate(limit=limit, replica=self.replica)
+        return await self._recorded("escalated", escalated)
+
     async def expire_input_deadlines(self, *, limit: int = 100) -> list[Job]:
         """Apply each overdue question's ``on_timeout`` (fail, cancel or default answer)."""
-        return await self._recorded(
-            "input_timeout", self._pg.jobs.expire_input_deadlines(limit=limit)
-        )
+        timed_out = self._pg.questions.expire_input_deadlines(limit=limit, replica=self.replica)
+        return await self._recorded("input_timeout", timed_out)
 
     # --- retention (the sweeper's) -------------------------------------------------------------
 
@@ -793,6 +869,7 @@ class JobManager:
         answer: Any,
         answered_by: str | None = None,
         question_key: str | None = None,
+        expected_version: int | None = None,
     ) -> Job:
         """Answer the question a waiting job asked; the job is queued again to resume.
 
@@ -800,34 +877,186 @@ class JobManager:
         (``InvalidAnswer``), committed before this returns, and recorded with who answered and
         when. A job not waiting (or waiting on another question than ``question_key``) raises
         ``NotWaitingForInput``; of two concurrent answers one wins. Repeating the answer that was
-        accepted returns the job again instead (a safe retry).
+        accepted returns the job again instead (a safe retry). While someone other than
+        ``answered_by`` holds the question (``claim_question``) it raises ``QuestionClaimed``;
+        with ``expected_version``, a question that changed since (asked anew, escalated) raises
+        ``QuestionChanged``. Nothing is changed by a refusal.
         """
         job_id, tenant = parse_job_id(job_id), validate_tenant(tenant)
         answered_by = optional_text("answered_by", answered_by)
         question_key = optional_text("question_key", question_key)
-        current = await self._pg.jobs.get(job_id, tenant)
-        if current is None:  # before judging the answer: another tenant's job is simply not found
-            raise await self._pg.jobs.missing(job_id, tenant)
+        if expected_version is not None and (
+            isinstance(expected_version, bool)
+            or not isinstance(expected_version, int)
+            or not 1 <= expected_version <= MAX_SEQUENCE
+        ):
+            raise InvalidRequest("expected_version", f"an integer from 1 to {MAX_SEQUENCE}")
+        # before judging the answer: another tenant's job is simply not found
+        current = await self._committed(job_id, tenant)
         try:
             answer_json = encode_json("answer", answer)
         except InvalidRequest as exc:
             raise InvalidAnswer(job_id, [exc.message]) from None
-        key = question_key
-        if current.status is JobStatus.WAITING_INPUT and key in (None, current.prompt["key"]):
+        for round_ in range(_ANSWER_ROUNDS):
+            if round_:  # refused: answered by someone else, claimed, or changed: look again
+                current = await self._committed(job_id, tenant)
+            key = question_key
+            if current.status is not JobStatus.WAITING_INPUT or key not in (
+                None,
+                current.prompt["key"],
+            ):
+                break
             key = current.prompt["key"]
+            version = current.question_version
+            if expected_version is not None and version != expected_version:
+                raise QuestionChanged(job_id, expected_version, version)
             problems = answer_problems(current.prompt, answer)
             if problems:
                 raise InvalidAnswer(job_id, problems)
-            answered = self._pg.jobs.answer(job_id, tenant, key, answer_json, answered_by)
+            held = _held_by_other(current, answered_by)
+            if held is not None:
+                raise held
+            answered = self._pg.questions.answer(
+                job_id,
+                tenant,
+                key,
+                answer_json,
+                answered_by,
+                expected_version=version,  # the version whose schema the answer was checked by
+                replica=self.replica,
+            )
             job = await self._recorded("answered", answered)
             if job is not None:
                 return job
-            current = await self._pg.jobs.get(job_id, tenant)  # lost a race: to whom?
-            if current is None:
-                raise await self._pg.jobs.missing(job_id, tenant)
+        else:  # refused every round: held (whatever this host's clock says) or changing
+            holder, until = current.claimed_by, current.claim_expires_at
+            if holder is not None and until is not None and holder != answered_by:
+                raise QuestionClaimed(job_id, holder, until)
+            raise QuestionChanged(job_id, current.question_version or 0, current.question_version)
         if _answered_with(current, key, answer_json):  # a retry of the accepted answer
             return current
         raise NotWaitingForInput(job_id, current.status.value, question_key)
+
+    # --- the work queue of questions ---------------------------------------------------------
+
+    async def inbox(
+        self,
+        tenant: str,
+        *,
+        principal: str,
+        roles: Iterable[str] = (),
+        kind: str | None = None,
+        assignee: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> QuestionPage:
+        """The open questions of ``tenant`` that ``principal`` (with ``roles``) may answer: those
+        for anyone, for ``user:<principal>`` (or the principal itself) and for ``role:<r>`` of its
+        roles; oldest deadline first, those without one last. ``kind`` and ``assignee`` narrow
+        it; pass ``next_cursor`` back as ``cursor`` for the next page. Read from Postgres."""
+        tenant, principal = validate_tenant(tenant), _principal(principal)
+        role_names = [_principal(role) for role in roles]
+        kind = None if kind is None else validate_kind(kind)
+        assignee = validate_assignee("assignee", assignee)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise InvalidRequest("limit", f"an integer from 1 to {MAX_PAGE} is required")
+        after = None if cursor is None else _decode_inbox_cursor(cursor)
+        rows = await self._pg.questions.inbox(
+            tenant,
+            addressees=addressees(principal, role_names),
+            kind=kind,
+            assignee=assignee,
+            after=after,
+            limit=limit + 1,
+        )
+        now = datetime.now(UTC)
+        items = tuple(question_of(job, now=now) for job in rows[:limit])
+        next_cursor = _encode_inbox_cursor(items[-1]) if len(rows) > limit else None
+        return QuestionPage(items=items, next_cursor=next_cursor)
+
+    async def question(self, job_id: UUID | str, *, tenant: str) -> Question:
+        """The open question of a waiting job, with who holds it (``NotWaitingForInput`` if the
+        job waits for nothing). Read from Postgres."""
+        job = await self.get(job_id, tenant=tenant, consistency="strong")
+        if job.status is not JobStatus.WAITING_INPUT:
+            raise NotWaitingForInput(job.id, job.status.value)
+        return question_of(job, now=datetime.now(UTC))
+
+    async def claim_question(
+        self,
+        job_id: UUID | str,
+        tenant: str,
+        principal: str,
+        *,
+        takeover: bool = False,
+        ttl: float = 300.0,
+    ) -> Question:
+        """Hold the job's question for ``ttl`` seconds (again: renew), so that only
+        ``principal`` may answer it meanwhile. Someone else's live claim raises
+        ``QuestionClaimed`` unless ``takeover`` (recorded as ``question_taken_over``); a job not
+        waiting raises ``NotWaitingForInput``. The claim ends with the answer, a release, an
+        escalation, or its expiry."""
+        job_id, tenant, principal = (
+            parse_job_id(job_id),
+            validate_tenant(tenant),
+            _principal(principal),
+        )
+        if (
+            isinstance(ttl, bool)
+            or not isinstance(ttl, int | float)
+            or not 0 < ttl <= MAX_CLAIM_SECONDS
+        ):
+            raise InvalidRequest("ttl", f"seconds, more than 0 and at most {MAX_CLAIM_SECONDS:g}")
+        claim = self._pg.questions.claim(
+            job_id,
+            tenant,
+            principal,
+            takeover=takeover is True,
+            ttl=float(ttl),
+            replica=self.replica,
+        )
+        job = await self._recorded("question_claimed", claim)
+        if job is None:
+            raise await self._refused_question(job_id, tenant, principal)
+        return question_of(job, now=datetime.now(UTC))
+
+    async def release_question(self, job_id: UUID | str, tenant: str, principal: str) -> Question:
+        """Give back the job's question ``principal`` holds (nothing to do if it holds none;
+        ``QuestionClaimed`` if someone else does)."""
+        job_id, tenant, principal = (
+            parse_job_id(job_id),
+            validate_tenant(tenant),
+            _principal(principal),
+        )
+        released = self._pg.questions.release(job_id, tenant, principal, self.replica)
+        job = await self._recorded("question_released", released)
+        if job is None:
+            error = await self._refused_question(job_id, tenant, principal)
+            if not isinstance(error, _NotHeld):
+                raise error
+            job = error.job
+        return question_of(job, now=datetime.now(UTC))
+
+    async def _refused_question(self, job_id: UUID, tenant: str, principal: str) -> JobkeeperError:
+        """Why a claim or release matched no row (read only to build the error)."""
+        try:
+            current = await self._committed(job_id, tenant)
+        except JobNotFound as exc:
+            return exc
+        if current.status is not JobStatus.WAITING_INPUT:
+            return NotWaitingForInput(job_id, current.status.value)
+        return _held_by_other(current, principal) or _NotHeld(current)
+
+    async def _committed(self, job_id: UUID, tenant: str) -> Job:
+        """The job as Postgres has it now (``JobNotFound`` or ``JobExpired`` if it has not)."""
+        current = await self._pg.jobs.get(job_id, tenant)
+        if current is None:
+            raise await self._pg.jobs.missing(job_id, tenant)
+        return current
+
+    async def waiting_questions(self) -> list[tuple[str, str, int]]:
+        """``(tenant, kind, open questions)`` for every pair that has some (for metrics)."""
+        return await self._pg.questions.waiting_counts()
 
     async def watch(
         self, job_id: UUID | str, *, tenant: str, after: int = 0

@@ -83,6 +83,11 @@ jobs = sa.Table(
     # a job a schedule submitted: which schedule, and the tick it stands for
     sa.Column("schedule_id", sa.Uuid(), nullable=True),
     sa.Column("scheduled_for", _TZ, nullable=True),
+    # the open question's version (the job's version when it was asked or last escalated: an
+    # answer may require it) and who holds it until when (a person's claim; expired = free)
+    sa.Column("question_version", sa.BigInteger(), nullable=True),
+    sa.Column("claimed_by", sa.Text(), nullable=True),
+    sa.Column("claim_expires_at", _TZ, nullable=True),
     sa.CheckConstraint(f"status IN ({_STATUSES})", name="status"),
     sa.CheckConstraint("tenant <> ''", name="tenant"),
     sa.CheckConstraint(f"priority BETWEEN 0 AND {MAX_PRIORITY}", name="priority"),
@@ -95,6 +100,12 @@ jobs = sa.Table(
         name="lease",
     ),
     sa.CheckConstraint("(status = 'waiting_input') = (prompt IS NOT NULL)", name="prompt"),
+    # a question's state never outlives the question; a claim has a holder and an expiry
+    sa.CheckConstraint(
+        "status = 'waiting_input' OR (question_version IS NULL AND claimed_by IS NULL)",
+        name="question",
+    ),
+    sa.CheckConstraint("(claimed_by IS NULL) = (claim_expires_at IS NULL)", name="claim"),
 )
 # Every status change adds an entry to each index below whose predicate the new row meets (a
 # status change is never a HOT update), so the hot path keeps to few indexes and narrow predicates.
@@ -123,6 +134,14 @@ sa.Index(
 sa.Index(
     "ix_jobs_input_deadline",
     jobs.c.input_deadline,
+    postgresql_where=jobs.c.status == "waiting_input",
+)
+# the inbox: a tenant's open questions, oldest deadline first (no deadline last), keyset-paged
+sa.Index(
+    "ix_jobs_inbox",
+    jobs.c.tenant,
+    jobs.c.input_deadline,
+    jobs.c.id,
     postgresql_where=jobs.c.status == "waiting_input",
 )
 # retention scans, oldest first; a row leaves each index once handled, so a sweep's cost follows

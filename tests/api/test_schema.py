@@ -280,7 +280,7 @@ def test_job_ids_are_uuids_in_the_schema() -> None:
         for method, path in OPERATIONS
         if path.startswith("/jobs/{")
     ]
-    assert len(by_id) == 6
+    assert len(by_id) == 9
     for operation in by_id:
         (parameter,) = [p for p in operation["parameters"] if p["in"] == "path"]
         assert parameter["name"] == "job_id"

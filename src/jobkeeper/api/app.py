@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from jobkeeper.api.auth import ApiKeys
 from jobkeeper.api.deps import Services
 from jobkeeper.api.health import health_router
+from jobkeeper.api.inbox import inbox_router
 from jobkeeper.api.middleware import BodyLimit, RequestContext
 from jobkeeper.api.problems import install
 from jobkeeper.api.routes import jobs_router
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None, *, hooks: ExpiryHooks | None = 
     install(app)
     app.include_router(jobs_router)
     app.include_router(schedules_router)
+    app.include_router(inbox_router)
     app.include_router(health_router)
     app.add_middleware(BodyLimit, max_bytes=config.max_payload_bytes)
     app.add_middleware(RequestContext)  # outermost: every response, even a 413, has an id

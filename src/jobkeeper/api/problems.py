@@ -61,6 +61,8 @@ STATUS: dict[str, int] = {
     "job_finished": 409,
     "not_waiting_for_input": 409,
     "lease_lost": 409,
+    "question_claimed": 409,
+    "precondition_failed": 412,
     "payload_too_large": 413,
     "batch_too_large": 413,
     "idempotency_key_reused": 422,
@@ -148,6 +150,10 @@ def _domain(request: Request, exc: Exception) -> JSONResponse:
     if exc.code not in STATUS:
         log.error("error code %r has no HTTP status", exc.code)
     return problem(request, exc.code, exc.message, headers=headers, **_error_fields(exc))
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _api(request: Request, exc: Exception) -> JSONResponse:

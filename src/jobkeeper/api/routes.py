@@ -11,9 +11,9 @@ router on jobkeeper's API keys. Their errors are problems wherever they are moun
 
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
@@ -23,6 +23,13 @@ from jobkeeper.api.deps import (
     ServicesDep,
     api_key_caller,
     caller_router,
+)
+from jobkeeper.api.inbox import (
+    ClaimIn,
+    IfMatch,
+    QuestionOut,
+    if_match_version,
+    question_response,
 )
 from jobkeeper.api.problems import PROBLEM_RESPONSE, ApiProblem
 from jobkeeper.api.schemas import (
@@ -46,9 +53,25 @@ __all__ = ["create_router", "jobs_router"]
 
 _PROBLEM = PROBLEM_RESPONSE
 _JOB = {"model": JobOut}
+_QUESTION: dict[int | str, dict[str, Any]] = {
+    200: {"model": QuestionOut},
+    400: _PROBLEM,
+    404: _PROBLEM,
+    409: _PROBLEM,
+}
 # OpenAPI links: the id of a job in a response is the {job_id} of every job operation (by
 # operationId, so they hold under any prefix the router is mounted at)
-_JOB_OPERATIONS = ("getJob", "cancelJob", "answerJob", "pinJob", "unpinJob", "jobEvents")
+_JOB_OPERATIONS = (
+    "getJob",
+    "cancelJob",
+    "answerJob",
+    "getQuestion",
+    "claimQuestion",
+    "releaseQuestion",
+    "pinJob",
+    "unpinJob",
+    "jobEvents",
+)
 _SUBMITTED = {
     **_JOB,
     "links": {
@@ -235,21 +258,57 @@ def create_router(*, caller: CallerDependency = api_key_caller) -> APIRouter:
     @router.post(
         "/{job_id}/input",
         operation_id="answerJob",
-        responses={200: _JOB, 400: _PROBLEM, 404: _PROBLEM, 409: _PROBLEM, 422: _PROBLEM},
+        responses={
+            200: _JOB,
+            400: _PROBLEM,
+            404: _PROBLEM,
+            409: _PROBLEM,
+            412: _PROBLEM,
+            422: _PROBLEM,
+        },
     )
     async def answer_job(
-        job_id: JobId, body: AnswerIn, svc: ServicesDep, who: CallerDep
+        job_id: JobId, body: AnswerIn, svc: ServicesDep, who: CallerDep, if_match: IfMatch = None
     ) -> JSONResponse:
         """Answer the job's open question; it is queued again to resume. The answer records
-        the caller as ``answered_by``."""
+        the caller as ``answered_by``. 409 ``question_claimed`` while someone else holds it;
+        with ``If-Match``, 412 ``precondition_failed`` if the question changed since it was
+        read."""
         job = await svc.jobs.answer(
             job_id,
             tenant=who.tenant,
             answer=body.answer,
             answered_by=who.principal,
             question_key=body.question_key,
+            expected_version=if_match_version(if_match),
         )
         return _job_response(job)
+
+    @router.get("/{job_id}/input", operation_id="getQuestion", responses=_QUESTION)
+    async def get_question(job_id: JobId, svc: ServicesDep, who: CallerDep) -> JSONResponse:
+        """The job's open question and who holds it (``ETag``: its version). 409
+        ``not_waiting_for_input`` if it waits for nothing."""
+        return question_response(await svc.jobs.question(job_id, tenant=who.tenant))
+
+    @router.post("/{job_id}/input/claim", operation_id="claimQuestion", responses=_QUESTION)
+    async def claim_question(
+        job_id: JobId,
+        svc: ServicesDep,
+        who: CallerDep,
+        body: Annotated[ClaimIn | None, Body()] = None,
+    ) -> JSONResponse:
+        """Hold the question for a few minutes (again: renew) so that only the caller may
+        answer it. 409 ``question_claimed`` while someone else holds it, unless ``takeover``
+        (recorded in the job's events)."""
+        takeover = body is not None and body.takeover
+        held = await svc.jobs.claim_question(job_id, who.tenant, who.principal, takeover=takeover)
+        return question_response(held)
+
+    @router.post("/{job_id}/input/release", operation_id="releaseQuestion", responses=_QUESTION)
+    async def release_question(job_id: JobId, svc: ServicesDep, who: CallerDep) -> JSONResponse:
+        """Give the question back (nothing to do if the caller holds none); 409
+        ``question_claimed`` if someone else holds it."""
+        return question_response(await svc.jobs.release_question(job_id, who.tenant, who.principal))
 
     @router.get(
         "/{job_id}/events",

@@ -46,6 +46,8 @@ from jobkeeper.errors import (
     LeaseLost,
     LifespanFailed,
     NotWaitingForInput,
+    QuestionChanged,
+    QuestionClaimed,
     QueueFull,
     ScheduleExists,
     ScheduleNotFound,
@@ -179,6 +181,12 @@ _BUILDERS: dict[str, Callable[[_Problem], JobkeeperError]] = {
     InvalidAnswer.code: lambda p: InvalidAnswer(p.job_id, [str(e) for e in p.body["errors"]]),
     NotWaitingForInput.code: lambda p: NotWaitingForInput(
         p.job_id, p.text("job_status"), p.body.get("question_key")
+    ),
+    QuestionClaimed.code: lambda p: QuestionClaimed(
+        p.job_id, p.text("claimed_by"), datetime.fromisoformat(p.text("claim_expires_at"))
+    ),
+    QuestionChanged.code: lambda p: QuestionChanged(
+        p.job_id, int(p.body["expected_version"]), p.body.get("current_version")
     ),
     SchemaMissing.code: lambda p: SchemaMissing(p.text("schema"), p.message),
     SchemaOutdated.code: lambda p: SchemaOutdated(p.text("schema")),

@@ -113,6 +113,11 @@ class Job:
     checkpoints: Any = field(default_factory=lambda: FrozenDict())  # key -> stored result
     schedule_id: UUID | None = None  # the schedule that submitted it, if one did
     scheduled_for: datetime | None = None  # and the tick it stands for
+    # the open question's deadline, version (it changes when the question does) and claim
+    input_deadline: datetime | None = None
+    question_version: int | None = None
+    claimed_by: str | None = None
+    claim_expires_at: datetime | None = None
 
     @property
     def terminal(self) -> bool:

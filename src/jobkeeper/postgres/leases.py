@@ -240,10 +240,13 @@ _RECOVER = with_event(
 
 # A handler asks a person ($3: the prompt as JSON, with its "key"): the job waits for input with a
 # deadline in $4 s (NULL: none), the lease is given up so no worker slot is held, and the attempt
-# is not counted. A job asked to cancel does not start waiting.
+# is not counted. The question's version is the job's new one; it is stamped with when it was
+# asked. A job asked to cancel does not start waiting.
 _ASK = with_event(
     _fenced(
-        f"status = {target('ask', _W)}, prompt = $3::jsonb,"
+        f"status = {target('ask', _W)},"
+        " prompt = $3::jsonb || jsonb_build_object('asked_at', now()),"
+        " question_version = jobs.version + 1,"
         " input_deadline = now() + make_interval(secs => $4::float8),"
         f" attempts = greatest(jobs.attempts - 1, 0), {_CLEAR_LEASE}",
         "prompt",

@@ -86,6 +86,10 @@ def to_job(row: asyncpg.Record | Mapping[str, Any]) -> Job:
         finished_at=row["finished_at"],
         schedule_id=row["schedule_id"],
         scheduled_for=row["scheduled_for"],
+        input_deadline=row["input_deadline"],
+        question_version=row["question_version"],
+        claimed_by=row["claimed_by"],
+        claim_expires_at=row["claim_expires_at"],
     )
 
 

@@ -10,6 +10,7 @@ from jobkeeper.postgres.keys import KeyStatements
 from jobkeeper.postgres.leases import LeaseStatements
 from jobkeeper.postgres.notify import Announcer
 from jobkeeper.postgres.pool import Database
+from jobkeeper.postgres.questions import QuestionStatements
 from jobkeeper.postgres.retention import RetentionStatements
 from jobkeeper.postgres.schedules import ScheduleStatements
 from jobkeeper.postgres.workers import WorkerStatements
@@ -33,6 +34,7 @@ class Postgres:
         self.jobs = JobStatements(database)
         self.batch = BatchStatements(database)
         self.leases = LeaseStatements(database)
+        self.questions = QuestionStatements(database)
         self.retention = RetentionStatements(database)
         self.keys = KeyStatements(database)
         self.workers = WorkerStatements(database)

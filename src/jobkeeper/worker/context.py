@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, NoReturn, Protocol, TypeAlias, TypeVar
 from uuid import UUID
 
-from jobkeeper.domain.questions import build_prompt
+from jobkeeper.domain.questions import OnTimeout, build_prompt
 from jobkeeper.domain.validate import optional_text, validate_progress
 from jobkeeper.domain.values import Job, Lease, Progress
 from jobkeeper.errors import JobCancelled
@@ -151,9 +151,10 @@ class JobContext:
         schema: dict[str, Any] | None = None,
         choices: Sequence[Any] | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the person's deadline, not the call's
-        on_timeout: Literal["fail", "cancel", "default"] = "fail",
+        on_timeout: OnTimeout = "fail",
         default: Any = None,
         key: str | None = None,
+        assignee: str | None = None,
     ) -> Any:
         """Ask a person and return the answer.
 
@@ -162,9 +163,14 @@ class JobContext:
         Once answered, any worker re-invokes the handler, and this call returns the stored answer
         at once. Questions are matched by ``key`` (default: their order, ``q1``, ``q2``...), so
         ask them in a stable order. ``timeout`` seconds without an answer: ``on_timeout`` fails
-        the job (code ``input_timeout``), cancels it, or resumes with ``default``.
+        the job (code ``input_timeout``), cancels it, resumes with ``default``, or
+        ``Escalate(to=..., after=...)`` hands the question to another assignee with a new
+        deadline. ``assignee`` (``"user:alice"``, ``"role:underwriter"``; ``None``: anyone in the
+        tenant) is whose inbox the question is in.
         """
-        question = self._question(prompt, schema, choices, timeout, on_timeout, default, key)
+        question = self._question(
+            prompt, schema, choices, timeout, on_timeout, default, key, assignee
+        )
         if isinstance(question, _Answered):
             return question.answer
         await self._host.park(self, question)  # never returns: the handler unwinds
@@ -176,9 +182,10 @@ class JobContext:
         schema: dict[str, Any] | None = None,
         choices: Sequence[Any] | None = None,
         timeout: float | None = None,
-        on_timeout: Literal["fail", "cancel", "default"] = "fail",
+        on_timeout: OnTimeout = "fail",
         default: Any = None,
         key: str | None = None,
+        assignee: str | None = None,
     ) -> Any:
         """``ask`` for a sync handler (from its thread): same replay model, same arguments.
         It runs ``ask`` on the worker's loop and waits for it."""
@@ -191,6 +198,7 @@ class JobContext:
                 on_timeout=on_timeout,
                 default=default,
                 key=key,
+                assignee=assignee,
             )
         )
 
@@ -200,9 +208,10 @@ class JobContext:
         schema: dict[str, Any] | None,
         choices: Sequence[Any] | None,
         timeout: float | None,
-        on_timeout: str,
+        on_timeout: OnTimeout,
         default: Any,
         key: str | None,
+        assignee: str | None,
     ) -> dict[str, Any] | _Answered:
         self._asked += 1
         key = optional_text("key", key) or f"q{self._asked}"
@@ -216,6 +225,7 @@ class JobContext:
             timeout=timeout,
             on_timeout=on_timeout,
             default=default,
+            assignee=assignee,
         )
 
     async def checkpoint(self, key: str, fn: Callable[[], Any]) -> Any:
