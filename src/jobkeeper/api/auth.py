@@ -66,7 +66,11 @@ class ApiKeys:
         scheme, _, key = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise ApiProblem("unauthorized", "send Authorization: Bearer <api key>")
-        digest = hash_key(key.strip())
+        return await self.tenant_of_digest(hash_key(key.strip()))
+
+    async def tenant_of_digest(self, digest: str) -> str:
+        """The tenant of the key whose SHA-256 is ``digest`` (a dashboard session holds only
+        that); ``ApiProblem("unauthorized")`` for an unknown or revoked key."""
         if self._verified is not None:
             tenant = self._verified.get(digest)
             if tenant is not None:

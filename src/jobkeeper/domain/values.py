@@ -19,6 +19,7 @@ __all__ = [
     "FrozenDict",
     "Job",
     "JobEvent",
+    "JobLease",
     "JobPage",
     "Lease",
     "NewJob",
@@ -172,3 +173,16 @@ class NewJob:
     concurrency_key: str | None
     pinned: bool
     fingerprint: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobLease:
+    """Who runs a job and until when (a running job), and when a waiting job's question times
+    out: what the dashboard shows beside the job."""
+
+    job_id: UUID
+    worker_id: UUID | None
+    worker_host: str | None
+    worker_pid: int | None
+    lease_expires_at: datetime | None
+    input_deadline: datetime | None

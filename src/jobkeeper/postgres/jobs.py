@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from uuid_utils.compat import uuid7
 
 from jobkeeper.domain.status import TERMINAL, JobStatus, sources_of
-from jobkeeper.domain.values import Job, JobEvent, NewJob, Progress
+from jobkeeper.domain.values import Job, JobEvent, JobLease, NewJob, Progress
 from jobkeeper.errors import InvalidTransition, JobExpired, JobFinished, JobNotFound
 from jobkeeper.postgres.borrowed import Borrowed, job_of_text_row, json_as_text
 from jobkeeper.postgres.compile import (
@@ -305,6 +305,22 @@ _QUEUE_DEPTH = raw(
        (SELECT count(*) FROM jobs WHERE status = 'running') AS running,
        (SELECT count(*) FROM jobs WHERE status = 'waiting_input') AS waiting_input"""
 )
+# the tenant's jobs per kind and status (the dashboard's counts); the (status, tenant, id) index
+# serves it, so it costs the tenant's rows, not the table's
+_COUNTS = raw(
+    "SELECT kind, status, count(*) AS n FROM jobs WHERE tenant = $1 GROUP BY kind, status",
+    "tenant",
+)
+# the jobs of these ids, whoever's tenant (a fan-out that filters by tenant itself)
+_MANY = raw("SELECT * FROM jobs WHERE id = ANY($1::uuid[])", "ids")
+# who runs these jobs and until when, and a waiting job's answer deadline
+_LEASES = raw(
+    "SELECT j.id, j.worker_id, j.lease_expires_at, j.input_deadline, w.host, w.pid"
+    " FROM jobs j LEFT JOIN workers w ON w.id = j.worker_id"
+    " WHERE j.tenant = $1 AND j.id = ANY($2::uuid[])",
+    "tenant",
+    "ids",
+)
 _TOMBSTONE = raw(
     "SELECT expired_at FROM job_tombstones WHERE job_id = $1 AND tenant = $2", "job_id", "tenant"
 )
@@ -525,6 +541,30 @@ class JobStatements:
         """How many jobs are queued, running and waiting for input (all tenants)."""
         rows = await self._db.rows(_QUEUE_DEPTH, {}, read=True)
         return dict(rows[0])
+
+    async def counts(self, tenant: str) -> list[tuple[str, str, int]]:
+        """The tenant's jobs counted per ``(kind, status)``."""
+        rows = await self._db.rows(_COUNTS, {"tenant": tenant}, read=True)
+        return [(row["kind"], row["status"], int(row["n"])) for row in rows]
+
+    async def many(self, ids: list[UUID]) -> list[Job]:
+        """The jobs of ``ids`` that exist, of any tenant."""
+        return [to_job(row) for row in await self._db.rows(_MANY, {"ids": ids}, read=True)]
+
+    async def leases(self, tenant: str, ids: list[UUID]) -> list[JobLease]:
+        """Who holds these jobs of the tenant, until when, and their answer deadlines."""
+        rows = await self._db.rows(_LEASES, {"tenant": tenant, "ids": ids}, read=True)
+        return [
+            JobLease(
+                job_id=row["id"],
+                worker_id=row["worker_id"],
+                worker_host=row["host"],
+                worker_pid=row["pid"],
+                lease_expires_at=row["lease_expires_at"],
+                input_deadline=row["input_deadline"],
+            )
+            for row in rows
+        ]
 
     async def missing(self, job_id: UUID, tenant: str) -> JobNotFound | JobExpired:
         """The error for a job that is not there: expired (a tombstone lives) or never existed."""
