@@ -51,6 +51,7 @@ async def test_a_job_progresses_live_in_the_list_and_on_its_page(
     await expect(row.locator('[data-field="message"]')).to_have_text("matching 60 of 100 entries")
     await expect(row.locator('[data-field="status"]')).to_have_text("running")
     assert await page.evaluate("window.stayed") is True
+    await expect(page.locator('[data-count="running"]')).to_have_text("1")  # followed live
     await shot(page, served, "jobs")
 
     await row.get_by_role("link").click()

@@ -79,9 +79,17 @@ def _is_object(schema: Any) -> bool:
 def _properties(schema: Mapping[str, Any], path: tuple[str, ...], depth: int) -> tuple[Field, ...]:
     required = set(schema.get("required") or ())
     properties: Mapping[str, Any] = schema.get("properties") or {}
+    # required fields first; otherwise the stored order (Postgres jsonb orders keys by length)
+    names = sorted(properties, key=lambda name: name not in required)
     return tuple(
-        _field(sub, (*path, name), _title(name, sub), required=name in required, depth=depth)
-        for name, sub in properties.items()
+        _field(
+            properties[name],
+            (*path, name),
+            _title(name, properties[name]),
+            required=name in required,
+            depth=depth,
+        )
+        for name in names
     )
 
 

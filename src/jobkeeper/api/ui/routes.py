@@ -7,6 +7,7 @@ of ``session.KeySessions``. Every page is thin: ask the manager, render a templa
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -18,9 +19,10 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, PackageLoader, pass_context, select_autoescape
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.exceptions import HTTPException
 
 from jobkeeper.api.deps import ServicesDep
-from jobkeeper.api.problems import ApiProblem, problem
+from jobkeeper.api.problems import STATUS, ApiProblem, problem
 from jobkeeper.api.schemas import CURSOR_PATTERN, AnswerIn, iso
 from jobkeeper.api.ui.inbox import waiting_for
 from jobkeeper.api.ui.live import LiveJobs, live_row
@@ -35,6 +37,7 @@ __all__ = ["ui_router"]
 SSE_PING_SECONDS = 15
 LIVE_WORKER_SECONDS = 90.0
 PAGE_SIZE = 50
+SUMMARY_CHARS = 120
 # every page: nothing but this origin's own files (no CDN, no inline script), never framed
 _HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none';"
@@ -66,6 +69,7 @@ def _templates() -> Jinja2Templates:
     env.globals["path_for"] = _path_for
     env.filters["pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False)
     env.filters["iso"] = iso
+    env.filters["summary"] = summary
     env.filters["percent"] = lambda job: (
         None if job.progress.fraction is None else round(job.progress.fraction * 100)
     )
@@ -99,14 +103,30 @@ def ui_router(
         context.update(caller=me, sign_out=sessions is not None, statuses=_STATUSES)
         return templates.TemplateResponse(request, name, context, headers=_HEADERS)
 
+    def shown(route: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+        """A page whose typed errors (a job not found, a malformed filter) are a page too,
+        whatever error handlers the application has."""
+
+        @functools.wraps(route)
+        async def run(*args: Any, **kwargs: Any) -> Response:
+            try:
+                return await route(*args, **kwargs)
+            except JobkeeperError as exc:
+                response = page(kwargs["request"], "error.html", kwargs["me"], error=exc)
+                response.status_code = STATUS.get(exc.code, 500)
+                return response
+
+        return run
+
     @router.get("/static/{name}", name="ui_static")
     async def asset(name: str) -> Response:
         if name not in static:
-            raise ApiProblem("not_found", "no such file")
+            raise HTTPException(404, "no such file")
         body, media_type = static[name]
         return Response(body, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
     @router.get("", name="ui_jobs")
+    @shown
     async def jobs_page(
         request: Request,
         svc: ServicesDep,
@@ -149,6 +169,7 @@ def ui_router(
         )
 
     @router.get("/jobs/{job_id}", name="ui_job")
+    @shown
     async def job_page(
         job_id: str, request: Request, svc: ServicesDep, me: Caller = who
     ) -> Response:
@@ -167,6 +188,7 @@ def ui_router(
         )
 
     @router.get("/inbox", name="ui_inbox")
+    @shown
     async def inbox_page(
         request: Request,
         svc: ServicesDep,
@@ -179,6 +201,7 @@ def ui_router(
         return page(request, "inbox.html", me, inbox=inbox, kind=kind)
 
     @router.get("/workers", name="ui_workers")
+    @shown
     async def workers_page(request: Request, svc: ServicesDep, me: Caller = who) -> Response:
         """Live workers, the tenant's queue by kind, the change feed's health."""
         counts = await svc.jobs.counts(tenant=me.tenant)
@@ -213,16 +236,24 @@ def ui_router(
 
     @router.get("/jobs/{job_id}/events", name="ui_job_events")
     async def job_events(
-        job_id: str, svc: ServicesDep, me: Caller = who, after: int = 0
+        job_id: str, request: Request, svc: ServicesDep, me: Caller = who, after: int = 0
     ) -> Response:
         """The job's history after ``after``, then live (SSE), as ``GET /jobs/{id}/events``."""
-        job = await svc.jobs.get(job_id, tenant=me.tenant)
+        try:
+            job = await svc.jobs.get(job_id, tenant=me.tenant)
+        except JobkeeperError as exc:
+            return problem(request, exc.code, exc.message)
         if job.terminal and after >= job.version:
             return Response(status_code=204)  # nothing follows: EventSource stops
 
         async def stream() -> AsyncIterator[ServerSentEvent]:
             async for event in svc.jobs.watch(job.id, tenant=me.tenant, after=after):
-                data = {"seq": event.seq, "type": event.type, "at": iso(event.at)}
+                data = {
+                    "seq": event.seq,
+                    "type": event.type,
+                    "at": iso(event.at),
+                    "summary": summary(event.data),
+                }
                 yield ServerSentEvent(data=json.dumps(data), event="event", id=str(event.seq))
 
         return EventSourceResponse(stream(), ping=SSE_PING_SECONDS, headers=_HEADERS)
@@ -257,7 +288,7 @@ def ui_router(
         """Cancel, pin or unpin (the job page's buttons)."""
         operations = {"cancel": svc.jobs.cancel, "pin": svc.jobs.pin, "unpin": svc.jobs.unpin}
         if action not in operations:
-            raise ApiProblem("not_found", "no such action")
+            raise HTTPException(404, "no such action")
         return await act(request, operations[action](job_id, tenant=me.tenant))
 
     if sessions is not None:
@@ -294,6 +325,14 @@ def _sign_in_routes(
     async def sign_out_route(request: Request) -> Response:
         """Forget the session cookie."""
         return sign_out(request)
+
+
+def summary(data: Any) -> str:
+    """An event's data in one short line for the timeline (its details are on the job)."""
+    if not data:
+        return ""
+    text = json.dumps(data, ensure_ascii=False, separators=(", ", ": "))
+    return text if len(text) <= SUMMARY_CHARS else text[: SUMMARY_CHARS - 1] + "…"
 
 
 @pass_context

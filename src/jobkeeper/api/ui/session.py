@@ -141,8 +141,8 @@ async def require_ui_header(
     x_jobkeeper_ui: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> None:
     """Refuse a state-changing request not sent by the dashboard's scripts (CSRF)."""
-    if x_jobkeeper_ui != "1":
-        raise ApiProblem("invalid_request", f"send the {UI_HEADER}: 1 header")
+    if x_jobkeeper_ui != "1":  # an HTTPException: answered even where no problem handler is
+        raise HTTPException(400, f"send the {UI_HEADER}: 1 header")
 
 
 RequireUiHeader = Depends(require_ui_header)

@@ -65,6 +65,15 @@ function newRow(table, row) {
   return tr;
 }
 
+// the counts per status are exact when the page loads; then they follow the rows seen moving
+function recount(before, after) {
+  if (before === after) return;
+  for (const [status, delta] of [[before, -1], [after, 1]]) {
+    const n = status && document.querySelector(`[data-count="${status}"]`);
+    if (n) n.textContent = Math.max(0, Number(n.textContent) + delta);
+  }
+}
+
 function onRow(row) {
   const table = document.getElementById("jobs");
   let target = document.querySelector(`[data-job-id="${row.id}"]`);
@@ -79,6 +88,7 @@ function onRow(row) {
   if (!target) return;
   if (target.dataset.version && Number(target.dataset.version) > row.version) return;
   target.dataset.version = row.version;
+  if (table && table.contains(target)) recount(target.dataset.status, row.status);
   redraw(target, row);
   const job = document.getElementById("job");
   if (job && job === target) redrawJob(job, row);
@@ -139,7 +149,10 @@ function followTimeline() {
     const name = document.createElement("span");
     name.className = "event";
     name.textContent = event.type;
-    li.append(time, " ", name);
+    const detail = document.createElement("span");
+    detail.className = "detail";
+    detail.textContent = event.summary || "";
+    li.append(time, " ", name, " ", detail);
     list.append(li);
     if (["succeeded", "failed", "cancelled", "expired"].includes(event.type)) source.close();
   });
@@ -265,7 +278,8 @@ function showProblem(form, data) {
   const box = form.querySelector(".problem");
   box.replaceChildren();
   const title = document.createElement("p");
-  title.textContent = (data && data.detail) || "The answer was refused.";
+  const listed = data && Array.isArray(data.errors) && data.errors.length;
+  title.textContent = listed ? "The answer was refused:" : (data && data.detail) || "The answer was refused.";
   box.append(title);
   if (data && Array.isArray(data.errors)) {
     const list = document.createElement("ul");
