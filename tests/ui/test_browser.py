@@ -267,9 +267,9 @@ async def test_sign_in_session_and_csrf(browser: Browser, served: Served, offlin
                 f"/ui/jobs/{job.id}/cancel", headers={"X-Jobkeeper-UI": "1"}
             )
             assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
-        await page.get_by_role("button", name="Sign out").click()
-        await page.goto(served.url("/ui"))
-        await expect(page).to_have_url(re.compile(r"/ui/login"))
+        await page.get_by_role("button", name="Sign out").click()  # then to the jobs page ...
+        await expect(page).to_have_url(re.compile(r"/ui/login\?next=%2Fui$"))  # ... refused
+        assert await context.cookies() == []
     finally:
         await context.close()
 

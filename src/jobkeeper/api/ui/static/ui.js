@@ -34,6 +34,7 @@ function redraw(root, row) {
   const pct = row.fraction === null ? null : Math.round(row.fraction * 100);
   root.querySelectorAll('[data-field="progress"] progress').forEach((bar) => {
     if (pct === null) bar.removeAttribute("value"); else bar.value = pct;
+    bar.hidden = pct === null && row.status !== "running"; // no bar for no progress at all
   });
   setText(root, "percent", pct === null ? "" : `${pct}%`);
   setText(root, "message", row.message || "");
@@ -298,7 +299,11 @@ function showProblem(form, data) {
 
 function wireAnswers() {
   document.querySelectorAll("form.answer").forEach((form) => {
-    form.addEventListener("input", (e) => e.target.removeAttribute("aria-invalid"));
+    form.addEventListener("input", (e) => { // a changed field is no longer known to be wrong
+      e.target.removeAttribute("aria-invalid");
+      const group = e.target.closest("fieldset.multi");
+      if (group) { group.removeAttribute("aria-invalid"); group.querySelector(".error").hidden = true; }
+    });
     form.addEventListener("submit", async (e) => {
       e.preventDefault();
       const box = form.querySelector(".problem");
