@@ -4,6 +4,7 @@ generator's choices, sessions, mounting it in an application, and switching it o
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterable
 from typing import Annotated
 from uuid import UUID, uuid4
@@ -163,3 +164,32 @@ async def test_the_ui_setting_switches_the_dashboard(database_url: str, enabled:
         assert docs.status_code == 200 and "/docs/assets/swagger-ui-bundle.js" in docs.text
         assert (await http.get("/docs/assets/swagger-ui-bundle.js")).status_code == 200
         assert (await http.get("/redoc")).status_code == 404  # it would load from a CDN
+
+
+async def test_filters_pages_and_search(database_url: str, tenant: str) -> None:
+    async def app_caller() -> Caller:
+        return Caller(tenant, "user:bob")
+
+    app = FastAPI(lifespan=lifespan(Settings(database_url=database_url)))
+    app.include_router(ui_router(caller=app_caller))
+    async with await JobManager.connect(database_url) as jobs:
+        many = [await jobs.submit(tenant, "page.many", i) for i in range(55)]
+        other = await jobs.submit(tenant, "page.other", None)
+        await jobs.cancel(other.id, tenant=tenant)
+    async with lifespan_client(app) as http:
+        first = await http.get("/ui", params={"kind": "page.many", "status": ""})
+        rows = re.findall(r'<tr data-job-id="([^"]+)"', first.text)
+        assert rows == [str(job.id) for job in reversed(many)][:50]  # newest first
+        (cursor,) = re.findall(r"cursor=([A-Za-z0-9_-]{22})", first.text)
+        second = await http.get("/ui", params={"kind": "page.many", "cursor": cursor})
+        rows = re.findall(r'<tr data-job-id="([^"]+)"', second.text)
+        assert rows == [str(job.id) for job in reversed(many)][50:]
+        cancelled = await http.get("/ui", params={"status": "cancelled"})
+        assert re.findall(r'<tr data-job-id="([^"]+)"', cancelled.text) == [str(other.id)]
+        assert 'data-count="queued">55<' in cancelled.text  # counts ignore the filter
+        found = await http.get("/ui", params={"q": f" {other.id} "})
+        assert found.status_code == 303 and found.headers["location"] == f"/ui/jobs/{other.id}"
+        missing = await http.get("/ui", params={"q": str(uuid4())})
+        assert "No job of yours has the id" in missing.text
+        bad = await http.get("/ui", params={"status": "sleeping"})
+        assert bad.status_code == 422 and "Validation error" in bad.text  # a page, not a 500

@@ -11,6 +11,7 @@ import functools
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any
 
@@ -48,6 +49,25 @@ _HEADERS = {
 }
 _STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
 _STATUSES = [s.value for s in JobStatus]
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """Where a listing page starts: a kind (``None``: any) and a keyset cursor."""
+
+    kind: str | None
+    cursor: str | None
+
+
+async def _listing(
+    kind: Annotated[str, Query(max_length=128)] = "",
+    cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN)] = None,
+) -> Listing:
+    # an empty kind (the filter form's "any") is no filter; the manager refuses a malformed one
+    return Listing(kind or None, cursor)
+
+
+ListingDep = Annotated[Listing, Depends(_listing)]
 
 
 def _static_files() -> dict[str, tuple[bytes, str]]:
@@ -130,24 +150,24 @@ def ui_router(
     async def jobs_page(
         request: Request,
         svc: ServicesDep,
+        where: ListingDep,
         me: Caller = who,
         status: Annotated[str, Query(max_length=32)] = "",
-        kind: Annotated[str, Query(max_length=128)] = "",
         q: Annotated[str, Query(max_length=64)] = "",
-        cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN)] = None,
     ) -> Response:
         """Jobs of the tenant, filtered by status and kind (empty: any; the manager refuses
         a malformed one); ``q`` finds a job by its id."""
         if q:
             found = await _find(svc.jobs, me, q.strip())
             if found is not None:
-                return RedirectResponse(request.url_for("ui_job", job_id=str(found.id)), 303)
+                target = request.url_for("ui_job", job_id=str(found.id)).path
+                return RedirectResponse(target, 303)
         counts = await svc.jobs.counts(tenant=me.tenant)
         listing = await svc.jobs.list(
             tenant=me.tenant,
             status=status or None,
-            kind=kind or None,
-            cursor=cursor,
+            kind=where.kind,
+            cursor=where.cursor,
             limit=PAGE_SIZE,
         )
         per_status = {s: 0 for s in _STATUSES}
@@ -159,11 +179,11 @@ def ui_router(
             me,
             jobs=listing.items,
             next_cursor=listing.next_cursor,
-            first_page=cursor is None,
+            first_page=where.cursor is None,
             per_status=per_status,
             kinds=sorted({k for k, _ in counts}),
             status=status,
-            kind=kind,
+            kind=where.kind,
             q=q,
             not_found=bool(q),
         )
@@ -192,13 +212,12 @@ def ui_router(
     async def inbox_page(
         request: Request,
         svc: ServicesDep,
+        where: ListingDep,
         me: Caller = who,
-        kind: Annotated[str, Query(max_length=128)] = "",
-        cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN)] = None,
     ) -> Response:
         """The questions waiting for the caller, each with a form from its schema."""
-        inbox = await waiting_for(svc.jobs, me, kind=kind or None, cursor=cursor)
-        return page(request, "inbox.html", me, inbox=inbox, kind=kind)
+        inbox = await waiting_for(svc.jobs, me, kind=where.kind, cursor=where.cursor)
+        return page(request, "inbox.html", me, inbox=inbox, kind=where.kind)
 
     @router.get("/workers", name="ui_workers")
     @shown
