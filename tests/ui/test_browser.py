@@ -40,9 +40,15 @@ async def shot(page: Page, served: Served, name: str) -> None:
     await page.screenshot(path=served.screenshots / f"{name}.png", full_page=True)
 
 
+async def live(page: Page) -> None:
+    """Wait until the page follows the live rows (its stream is open)."""
+    await page.wait_for_selector("body[data-live-ready]", state="attached")
+
+
 async def test_a_job_progresses_live_in_the_list_and_on_its_page(
     page: Page, served: Served, workers: Any
 ) -> None:
+    await live(page)
     await page.evaluate("window.stayed = true")  # gone if the page reloads
     job = await submit(served, workers.kind("steps"), {"gate": gate(served, "steps")})
     row = page.locator(f'tr[data-job-id="{job.id}"]')
@@ -85,13 +91,17 @@ async def test_cancel_and_pin_from_the_job_page(page: Page, served: Served, work
 async def test_answering_a_question_wrongly_then_rightly_resumes_the_job(
     page: Page, served: Served, workers: Any
 ) -> None:
+    await page.get_by_role("link", name="Inbox").click()
+    await expect(page.get_by_text("Nothing waits for you.")).to_be_visible()
+    await live(page)
     job = await submit(
         served,
         workers.kind("review"),
         {"amount": 120, "customer": "Ada", "gate": gate(served, "review")},
     )
+    # the question arrives while the inbox is open: the page says so
+    await page.get_by_role("link", name="A new question is waiting: show it").click()
     await eventually(lambda: status_of(served, job, JobStatus.WAITING_INPUT), what="a question")
-    await page.get_by_role("link", name="Inbox").click()
     card = page.locator(f'article.question[data-job-id="{job.id}"]')
     await expect(card.get_by_role("heading")).to_have_text("Refund 120 EUR to Ada?")
     await expect(card.locator("[data-deadline]")).to_have_text(re.compile(r"\d+ min \d+ s left"))

@@ -7,6 +7,7 @@ of ``session.KeySessions``. Every page is thin: ask the manager, render a templa
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import uuid
@@ -38,6 +39,7 @@ __all__ = ["ui_router"]
 SSE_PING_SECONDS = 15
 LIVE_WORKER_SECONDS = 90.0
 PAGE_SIZE = 50
+MAX_SHOWN = 100  # the most rows a page asks the live stream to start with
 SUMMARY_CHARS = 120
 # every page: nothing but this origin's own files (no CDN, no inline script), never framed
 _HEADERS = {
@@ -240,13 +242,24 @@ def ui_router(
         )
 
     @router.get("/live", name="ui_live")
-    async def live(svc: ServicesDep, me: Caller = who) -> Response:
-        """The tenant's jobs as they change (SSE ``job`` events: one row each)."""
+    async def live(
+        svc: ServicesDep,
+        me: Caller = who,
+        ids: Annotated[str, Query(max_length=MAX_SHOWN * 37)] = "",
+    ) -> Response:
+        """The tenant's jobs as they change (SSE ``job`` events: one row each), starting with
+        the current rows of ``ids`` (the jobs the page shows, comma-separated), so a change
+        between the page's render and this stream's start is not missed."""
         rows = hub(svc.jobs)
+        shown = _job_ids(ids)
 
         async def stream() -> AsyncIterator[ServerSentEvent]:
             async with rows.watch(me.tenant) as queue:
-                yield ServerSentEvent(comment="watching")
+                # subscribed first, read second: every later change follows
+                for job in await svc.jobs.get_many(shown):
+                    if job.tenant == me.tenant:
+                        yield ServerSentEvent(data=json.dumps(live_row(job)), event="job")
+                yield ServerSentEvent(data="{}", event="ready")
                 while True:
                     job = await queue.get()
                     yield ServerSentEvent(data=json.dumps(live_row(job)), event="job")
@@ -359,6 +372,15 @@ def _path_for(context: Mapping[str, Any], name: str, /, **params: Any) -> str:
     """A route's path (not its absolute URL: right behind a proxy that terminates TLS)."""
     request: Request = context["request"]
     return request.url_for(name, **params).path
+
+
+def _job_ids(text: str) -> list[uuid.UUID]:
+    """The job ids in a comma-separated list (anything else in it is ignored)."""
+    found = []
+    for part in text.split(",")[:MAX_SHOWN]:
+        with contextlib.suppress(ValueError):
+            found.append(uuid.UUID(part.strip()))
+    return found
 
 
 async def _find(jobs: JobManager, me: Caller, text: str) -> Job | None:

@@ -86,6 +86,8 @@ function onRow(row) {
     target = newRow(table, row);
     table.tBodies[0].prepend(target);
   }
+  const fresh = document.getElementById("inbox-new");
+  if (!target && fresh && row.status === "waiting_input") fresh.hidden = false;
   if (!target) return;
   if (target.dataset.version && Number(target.dataset.version) > row.version) return;
   target.dataset.version = row.version;
@@ -127,9 +129,12 @@ function redrawJob(job, row) {
 
 function followLive() {
   const url = document.body.dataset.live;
-  if (!url || !document.querySelector("[data-job-id], #jobs")) return;
-  const source = new EventSource(url, { withCredentials: true });
+  if (!url || !document.querySelector("[data-job-id], #jobs, #inbox-new")) return;
+  // the stream starts with the current state of the rows shown: nothing since the render is lost
+  const ids = [...document.querySelectorAll("[data-job-id]")].map((el) => el.dataset.jobId);
+  const source = new EventSource(`${url}?ids=${ids.slice(0, 100).join(",")}`, { withCredentials: true });
   source.addEventListener("job", (e) => onRow(JSON.parse(e.data)));
+  source.addEventListener("ready", () => { document.body.dataset.liveReady = "yes"; });
 }
 
 function followTimeline() {
