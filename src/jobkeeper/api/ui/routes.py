@@ -108,8 +108,11 @@ def ui_router(
     serve``'s: a page where a person enters an API key once, kept as a signed session cookie.
     The application's lifespan must be jobkeeper's (``jobkeeper.api.lifespan``).
     """
-    sessions = KeySessions() if caller is None else None
-    who = Depends(caller if caller is not None else sessions.caller)  # type: ignore[union-attr]
+    sessions: KeySessions | None = None
+    if caller is None:
+        sessions = KeySessions()
+        caller = sessions.caller
+    who = Depends(caller)
     templates = _templates()
     static = _static_files()
     hubs: dict[int, tuple[JobManager, LiveJobs]] = {}  # one per manager (lifespan)
