@@ -33,7 +33,16 @@ from jobkeeper.domain.validate import (
     validate_new_job,
     validate_tenant,
 )
-from jobkeeper.domain.values import Job, JobEvent, JobLease, JobPage, Lease, NewJob, Progress
+from jobkeeper.domain.values import (
+    Job,
+    JobCounts,
+    JobEvent,
+    JobLease,
+    JobPage,
+    Lease,
+    NewJob,
+    Progress,
+)
 from jobkeeper.errors import (
     IdempotencyConflict,
     InvalidAnswer,
@@ -711,13 +720,20 @@ class JobManager:
             await self.get(job_id, tenant=tenant)  # raises JobNotFound for a missing job
         return tuple(history)
 
-    async def counts(self, *, tenant: str) -> dict[tuple[str, JobStatus], int]:
-        """How many of the tenant's jobs there are per ``(kind, status)`` (the dashboard's
-        counts and queue depth by kind), read from Postgres."""
+    async def counts(self, *, tenant: str, cap: int = 10_000) -> JobCounts:
+        """How many jobs the tenant has: queued, running and waiting per kind (exact), and
+        finished per status, each counted up to ``cap`` so a long history costs a bounded read.
+        Read from Postgres (the dashboard's counts and queue by kind)."""
         tenant = validate_tenant(tenant)
-        return {
-            (kind, JobStatus(status)): n for kind, status, n in await self._pg.jobs.counts(tenant)
-        }
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            raise InvalidRequest("cap", "a positive integer is required")
+        live = await self._pg.jobs.live_counts(tenant)
+        finished = await self._pg.jobs.finished_counts(tenant, cap)
+        return JobCounts(
+            live={(kind, JobStatus(status)): n for kind, status, n in live},
+            finished={JobStatus(status): n for status, n in finished},
+            cap=cap,
+        )
 
     async def get_many(self, job_ids: Iterable[UUID]) -> tuple[Job, ...]:
         """The jobs of ``job_ids`` that exist, of EVERY tenant, in one read of Postgres.

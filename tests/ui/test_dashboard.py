@@ -67,8 +67,17 @@ async def test_counts_leases_and_get_many(job_manager: JobManager, tenant: str) 
     await job_manager.cancel(b.id, tenant=tenant)
     stranger = await job_manager.submit(tenant + "-x", "count.a", None)
 
-    counts = await job_manager.counts(tenant=tenant)
-    assert counts == {("count.a", JobStatus.QUEUED): 2, ("count.b", JobStatus.CANCELLED): 1}
+    counts = await job_manager.counts(tenant=tenant, cap=2)
+    assert counts.live == {("count.a", JobStatus.QUEUED): 2}
+    assert counts.finished == {
+        JobStatus.SUCCEEDED: 0,
+        JobStatus.FAILED: 0,
+        JobStatus.CANCELLED: 1,
+    }
+    for extra in range(2):  # finished jobs are counted up to the cap
+        cancelled = await job_manager.submit(tenant, "count.b", extra)
+        await job_manager.cancel(cancelled.id, tenant=tenant)
+    assert (await job_manager.counts(tenant=tenant, cap=2)).finished[JobStatus.CANCELLED] == 2
     (lease,) = await job_manager.claim(uuid4(), kinds=["count.a"], limit=1, lease_seconds=30)
     held = await job_manager.leases([a.id, stranger.id, lease.job.id], tenant=tenant)
     assert stranger.id not in held  # another tenant's job is not told

@@ -305,11 +305,23 @@ _QUEUE_DEPTH = raw(
        (SELECT count(*) FROM jobs WHERE status = 'running') AS running,
        (SELECT count(*) FROM jobs WHERE status = 'waiting_input') AS waiting_input"""
 )
-# the tenant's jobs per kind and status (the dashboard's counts); the (status, tenant, id) index
-# serves it, so it costs the tenant's rows, not the table's
-_COUNTS = raw(
-    "SELECT kind, status, count(*) AS n FROM jobs WHERE tenant = $1 GROUP BY kind, status",
+# the tenant's live jobs per kind and status (the dashboard's queue by kind): three ranges of the
+# (status, tenant, id) index, so it costs the tenant's queue, not its history
+_LIVE_COUNTS = raw(
+    "SELECT kind, status, count(*) AS n FROM jobs WHERE tenant = $1"
+    " AND status IN ('queued', 'running', 'waiting_input') GROUP BY kind, status",
     "tenant",
+)
+# the tenant's finished jobs per status, each counted up to $2: a range of the (status, tenant,
+# id) index each (the ORDER BY is the index's order, so the plan walks it and stops at $2), so a
+# history of millions costs at most $2 entries per status
+_FINISHED_COUNTS = raw(
+    """SELECT s.status, (SELECT count(*) FROM (SELECT 1 FROM jobs
+         WHERE jobs.status = s.status AND jobs.tenant = $1 ORDER BY jobs.id LIMIT $2)
+         AS capped) AS n
+       FROM unnest(ARRAY['succeeded', 'failed', 'cancelled']) AS s(status)""",
+    "tenant",
+    "cap",
 )
 # the jobs of these ids, whoever's tenant (a fan-out that filters by tenant itself)
 _MANY = raw("SELECT * FROM jobs WHERE id = ANY($1::uuid[])", "ids")
@@ -542,10 +554,15 @@ class JobStatements:
         rows = await self._db.rows(_QUEUE_DEPTH, {}, read=True)
         return dict(rows[0])
 
-    async def counts(self, tenant: str) -> list[tuple[str, str, int]]:
-        """The tenant's jobs counted per ``(kind, status)``."""
-        rows = await self._db.rows(_COUNTS, {"tenant": tenant}, read=True)
+    async def live_counts(self, tenant: str) -> list[tuple[str, str, int]]:
+        """The tenant's queued, running and waiting jobs counted per ``(kind, status)``."""
+        rows = await self._db.rows(_LIVE_COUNTS, {"tenant": tenant}, read=True)
         return [(row["kind"], row["status"], int(row["n"])) for row in rows]
+
+    async def finished_counts(self, tenant: str, cap: int) -> list[tuple[str, int]]:
+        """The tenant's finished jobs per status, each counted up to ``cap``."""
+        rows = await self._db.rows(_FINISHED_COUNTS, {"tenant": tenant, "cap": cap}, read=True)
+        return [(row["status"], int(row["n"])) for row in rows]
 
     async def many(self, ids: list[UUID]) -> list[Job]:
         """The jobs of ``ids`` that exist, of any tenant."""

@@ -175,9 +175,6 @@ def ui_router(
             cursor=where.cursor,
             limit=PAGE_SIZE,
         )
-        per_status = {s: 0 for s in _STATUSES}
-        for (_kind, job_status), n in counts.items():
-            per_status[job_status.value] += n
         return page(
             request,
             "jobs.html",
@@ -185,8 +182,9 @@ def ui_router(
             jobs=listing.items,
             next_cursor=listing.next_cursor,
             first_page=where.cursor is None,
-            per_status=per_status,
-            kinds=sorted({k for k, _ in counts}),
+            per_status={status.value: n for status, n in counts.per_status().items()},
+            cap=counts.cap,
+            kinds=sorted({kind for kind, _ in counts.live}),
             status=status,
             kind=where.kind,
             q=q,
@@ -231,9 +229,8 @@ def ui_router(
         counts = await svc.jobs.counts(tenant=me.tenant)
         live = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.WAITING_INPUT)
         by_kind: dict[str, dict[str, int]] = {}
-        for (kind, job_status), n in sorted(counts.items()):
-            if job_status in live:
-                by_kind.setdefault(kind, {s.value: 0 for s in live})[job_status.value] = n
+        for (kind, job_status), n in sorted(counts.live.items()):
+            by_kind.setdefault(kind, {s.value: 0 for s in live})[job_status.value] = n
         return page(
             request,
             "workers.html",
