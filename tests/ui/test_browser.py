@@ -131,6 +131,22 @@ async def test_answering_a_question_wrongly_then_rightly_resumes_the_job(
     assert REVIEW["required"] == ["approve"]
 
 
+async def test_a_question_whose_deadline_passes_leaves_the_inbox_live(
+    page: Page, served: Served, workers: Any
+) -> None:
+    job = await submit(served, workers.kind("brief"), {"timeout": 3})
+    await eventually(lambda: status_of(served, job, JobStatus.WAITING_INPUT), what="a question")
+    await page.goto(served.url("/ui/inbox"))
+    card = page.locator(f'article.question[data-job-id="{job.id}"]')
+    await expect(card.locator("[data-deadline]")).to_have_text("deadline passed")
+    outcome = card.locator(".resumed")
+    await expect(outcome).to_contain_text("No longer waiting for an answer")
+    await expect(outcome.locator("[data-field=status]")).to_have_text("failed")
+    await expect(card.locator("form")).to_be_hidden()
+    failed = await served.jobs.get(job.id, tenant=TENANT, consistency="strong")
+    assert failed.error is not None and failed.error["code"] == "input_timeout"
+
+
 FORM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {

@@ -66,3 +66,9 @@ async def review(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
 async def form(ctx: JobContext, payload: dict[str, Any]) -> Any:
     """Asks with the schema in the payload and returns the answer as it arrived."""
     return await ctx.ask("Fill in the form", schema=payload["schema"], timeout=600)
+
+
+@tasks.task(f"{PREFIX}.brief")
+async def brief(ctx: JobContext, payload: dict[str, Any]) -> Any:
+    """Asks with a deadline of ``payload["timeout"]`` seconds (then the job fails)."""
+    return await ctx.ask("Quick: ship it?", schema={"type": "boolean"}, timeout=payload["timeout"])

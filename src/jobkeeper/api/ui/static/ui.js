@@ -97,6 +97,9 @@ function onRow(row) {
   if (job && job === target) redrawJob(job, row);
   const question = target.classList.contains("question") ? target : null;
   if (question && row.status !== "waiting_input") {
+    if (!question.dataset.answered) { // not by this page: by someone else, a deadline, a cancel
+      setText(question, "outcome", "No longer waiting for an answer:");
+    }
     question.querySelector("form.answer").hidden = true;
     question.querySelector(".resumed").hidden = false;
   }
@@ -331,8 +334,9 @@ function wireAnswers() {
       const { ok, data } = await post(form.dataset.action, { answer, question_key: form.dataset.key });
       button.disabled = false;
       if (!ok) { showProblem(form, data); return; }
-      onRow(data);
       const card = form.closest(".question");
+      card.dataset.answered = "yes";
+      onRow(data);
       form.hidden = true;
       card.querySelector(".resumed").hidden = false;
     });
