@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import importlib
 import json
 import subprocess
@@ -97,7 +98,7 @@ def _run(work: Coroutine[Any, Any, T]) -> T:
 
 
 async def _with_keys(action: Callable[[ApiKeys], Awaitable[T]]) -> T:
-    async with await JobManager.from_settings(_settings()) as jobs:
+    async with await JobManager.from_settings(_settings(), wait=0) as jobs:
         return await action(ApiKeys(jobs, cache_ttl=0))
 
 
@@ -174,7 +175,7 @@ def sweep() -> None:
     settings = _settings()
 
     async def once() -> SweepReport:
-        async with await JobManager.from_settings(settings) as jobs:
+        async with await JobManager.from_settings(settings, wait=0) as jobs:
             return await Sweeper.from_settings(jobs, settings).sweep()
 
     report = _run(once())
@@ -186,8 +187,13 @@ def sweep() -> None:
             typer.echo(f"{name.replace('_', ' ')}: {value}")
 
 
+async def _reachable(settings: Settings) -> None:
+    """Return once Postgres answers with jobkeeper's schema (``JobkeeperError`` if it does not)."""
+    await (await JobManager.from_settings(settings, role="worker")).close()
+
+
 async def _with_jobs(action: Callable[[JobManager], Awaitable[T]]) -> T:
-    async with await JobManager.from_settings(_settings()) as jobs:
+    async with await JobManager.from_settings(_settings(), wait=0) as jobs:
         return await action(jobs)
 
 
@@ -223,10 +229,17 @@ def jobs_show(job_id: str, tenant: TenantOption) -> None:
     _show(_run(_with_jobs(lambda jobs: jobs.get(job_id, tenant=tenant, consistency="strong"))))
 
 
+def _operator() -> str:
+    """Who acts from this command line, as the job's history records it: ``cli:<os user>``."""
+    return f"cli:{getpass.getuser()}"
+
+
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: str, tenant: TenantOption) -> None:
     """Cancel a job (a running one is asked to stop)."""
-    _show(_run(_with_jobs(lambda jobs: jobs.cancel(job_id, tenant=tenant))))
+    _show(
+        _run(_with_jobs(lambda jobs: jobs.cancel(job_id, tenant=tenant, cancelled_by=_operator())))
+    )
 
 
 @jobs_app.command("answer")
@@ -248,7 +261,7 @@ def jobs_answer(
                     job_id,
                     tenant=tenant,
                     answer=value,
-                    answered_by="cli",
+                    answered_by=_operator(),
                     question_key=question_key,
                 )
             )
@@ -287,9 +300,11 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(help="Server processes (each its own cache).")] = 1,
 ) -> None:
-    """Run the HTTP API with uvicorn."""
+    """Run the HTTP API with uvicorn (once Postgres answers: up to JOBKEEPER_STARTUP_WAIT s)."""
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
+    # wait for Postgres here, where giving up is one line; a failing app lifespan is a traceback
+    _run(_reachable(settings))
     import uvicorn
 
     uvicorn.run(

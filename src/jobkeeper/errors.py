@@ -18,6 +18,7 @@ the HTTP layer maps codes to statuses in one place. Messages are for people and 
     ├── SchemaMissing               schema_missing       the database was never migrated
     │   └── SchemaOutdated          schema_outdated      tables in the layout before schemas
     ├── DatabaseUnavailable         database_unavailable
+    ├── LeaseLost                   lease_lost           a fenced write: the lease is gone
     └── LifespanFailed              lifespan_failed      a worker's task-registry lifespan failed
 
 Raised by handlers to steer the worker (not errors of jobkeeper itself):
@@ -47,6 +48,7 @@ __all__ = [
     "JobFinished",
     "JobNotFound",
     "JobkeeperError",
+    "LeaseLost",
     "NotWaitingForInput",
     "PermanentFailure",
     "QueueFull",
@@ -187,6 +189,18 @@ class DatabaseUnavailable(JobkeeperError):
     code = "database_unavailable"
 
 
+class LeaseLost(JobkeeperError):
+    """The worker no longer holds the job's lease (it expired, or the job was recovered and may
+    run elsewhere), so a write fenced by it (``JobContext.fenced``) must not happen: roll back
+    the transaction it was in. Nothing was written."""
+
+    code = "lease_lost"
+
+    def __init__(self, job_id: UUID) -> None:
+        super().__init__(f"the lease on job {job_id} is no longer held; another worker may own it")
+        self.job_id = job_id
+
+
 class LifespanFailed(JobkeeperError):
     """The task registry's ``lifespan`` raised as a worker entered it; the worker did not start."""
 
@@ -209,6 +223,7 @@ class QueueFull(JobkeeperError):
         self.tenant = tenant
         self.limit = limit
         self.retry_after = retry_after
+        self.kind = kind
 
 
 class InvalidAnswer(JobkeeperError):
@@ -232,6 +247,7 @@ class NotWaitingForInput(JobkeeperError):
         super().__init__(f"job {job_id} is {status}, not waiting for {what}")
         self.job_id = job_id
         self.status = status
+        self.question_key = question_key
 
 
 class Retry(Exception):

@@ -110,6 +110,8 @@ class Sweeper:
     """Runs ``sweep()`` every ``interval`` seconds with ``run()``, or once on demand.
 
     ``retention=None`` skips retention (lease recovery, deadlines and the worker registry only).
+    ``lock_idle_limit``: a sweeper stopped mid-pass for this long loses the sweeper lock, so a
+    paused process cannot keep every other process from recovering leases.
     """
 
     def __init__(
@@ -123,6 +125,7 @@ class Sweeper:
         hooks: ExpiryHooks | None = None,
         on_report: Callable[[SweepReport], object] | None = None,
         forget_workers_after: float = 600.0,
+        lock_idle_limit: float = 30.0,
     ) -> None:
         self._jobs = jobs
         self._interval = interval
@@ -131,6 +134,7 @@ class Sweeper:
         self._hooks = hooks or ExpiryHooks()
         self._on_report = on_report
         self._forget_workers_after = forget_workers_after
+        self._lock_idle_limit = lock_idle_limit
 
     @classmethod
     def from_settings(
@@ -152,11 +156,13 @@ class Sweeper:
             retention=Retention.from_settings(settings),
             hooks=hooks,
             on_report=on_report,
+            # a stopped sweeper delays lease recovery by at most about one more lease
+            lock_idle_limit=settings.lease_seconds,
         )
 
     async def sweep(self) -> SweepReport:
         """One pass, batch by batch until nothing is left, if no other process is sweeping."""
-        async with self._jobs.sweep_lock() as held:
+        async with self._jobs.sweep_lock(idle_limit=self._lock_idle_limit) as held:
             if not held:
                 return SweepReport(swept=False)
             base, cap = self._backoff

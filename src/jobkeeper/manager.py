@@ -48,6 +48,7 @@ from jobkeeper.errors import (
     InvalidAnswer,
     InvalidRequest,
     JobNotFound,
+    LeaseLost,
     NotWaitingForInput,
     QueueFull,
 )
@@ -57,6 +58,7 @@ from jobkeeper.postgres.borrowed import Borrowed, CallerConnection, borrow
 from jobkeeper.postgres.keys import KeyStatements
 from jobkeeper.postgres.workers import WorkerStatements
 from jobkeeper.settings import Settings
+from jobkeeper.supervise import until_reachable
 
 __all__ = ["Consistency", "JobManager", "Role"]
 
@@ -136,6 +138,7 @@ class JobManager:
         max_queued: int | None = None,
         max_queued_per_kind: int | None = None,
         queue_full_retry_after: float = 5.0,
+        wait: float = 0.0,
     ) -> JobManager:
         """Open a pool to ``database``, check that Postgres answers and start the change feed.
 
@@ -154,7 +157,12 @@ class JobManager:
         ``role="worker"`` (what ``jobkeeper worker`` runs) keeps no cache and hears only the
         changes workers act on; ``cache_size=0`` keeps no cache in an API process (every read
         goes to Postgres).
+        ``wait``: seconds to keep trying while Postgres cannot be reached (each failure logged at
+        WARNING, with backoff), then ``DatabaseUnavailable`` saying how long it waited; the
+        default 0 tries once, as a library call should. A missing schema is raised at once.
         """
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not wait >= 0:
+            raise InvalidRequest("wait", "seconds >= 0")
         if role not in ("api", "worker"):
             raise InvalidRequest("role", "'api' or 'worker'")
         if cache_size < 0 or cache_ttl <= 0:
@@ -193,7 +201,7 @@ class JobManager:
         if cache.enabled:
             feed.subscribe(lambda job_id, version, _status: cache.invalidate(job_id, version))
         try:
-            await postgres.ping()
+            await until_reachable("connecting to Postgres", postgres.ping, within=wait)
             await feed.start()
         except BaseException:
             await feed.close()
@@ -209,8 +217,12 @@ class JobManager:
         )
 
     @classmethod
-    async def from_settings(cls, settings: Settings, *, role: Role = "api") -> JobManager:
-        """``connect`` with everything taken from ``Settings`` (``JOBKEEPER_*`` variables)."""
+    async def from_settings(
+        cls, settings: Settings, *, role: Role = "api", wait: float | None = None
+    ) -> JobManager:
+        """``connect`` with everything taken from ``Settings`` (``JOBKEEPER_*`` variables). A
+        process started from settings waits ``settings.startup_wait`` for Postgres (``wait``
+        overrides it: the CLI's one-shot commands pass 0)."""
         if not settings.database_url:
             raise InvalidRequest("database_url", "set JOBKEEPER_DATABASE_URL")
         return await cls.connect(
@@ -226,6 +238,7 @@ class JobManager:
             max_queued=settings.max_queued,
             max_queued_per_kind=settings.max_queued_per_kind,
             queue_full_retry_after=settings.queue_full_retry_after,
+            wait=settings.startup_wait if wait is None else wait,
         )
 
     async def __aenter__(self) -> Self:
@@ -248,7 +261,7 @@ class JobManager:
 
     @property
     def keys(self) -> KeyStatements:
-        """API keys (stored by hash): ``create``, ``tenant_for``, ``revoke``, ``list``."""
+        """API keys (stored by hash): ``create``, ``live``, ``revoke``, ``list``."""
         return self._pg.keys
 
     @property
@@ -380,12 +393,18 @@ class JobManager:
         assert self._max_queued_per_kind is not None
         return QueueFull(new.tenant, self._max_queued_per_kind, self._retry_after, new.kind)
 
-    async def cancel(self, job_id: UUID | str, *, tenant: str) -> Job:
+    async def cancel(
+        self, job_id: UUID | str, *, tenant: str, cancelled_by: str | None = None
+    ) -> Job:
         """Cancel a job: a queued or waiting one becomes ``cancelled`` at once; a running one gets
-        ``cancel_requested`` so its worker stops it. Raises ``JobFinished`` if already terminal."""
+        ``cancel_requested`` so its worker stops it. Raises ``JobFinished`` if already terminal.
+
+        ``cancelled_by`` (a principal such as ``"user:alice"``, never a secret) is recorded in
+        the event's data, as ``answered_by`` is for an answer."""
         job_id, tenant = parse_job_id(job_id), validate_tenant(tenant)
+        cancelled_by = optional_text("cancelled_by", cancelled_by)
         ticket = self._cache.ticket()
-        job, _ = await self._pg.jobs.cancel(job_id, tenant)
+        job, _ = await self._pg.jobs.cancel(job_id, tenant, cancelled_by=cancelled_by)
         self._remember((job,), ticket, "cancelled")
         return job
 
@@ -498,6 +517,16 @@ class JobManager:
         kept = self._pg.leases.checkpoint(lease, key, result_json)
         return await self._recorded("checkpoint", kept)
 
+    async def fence(self, lease: Lease, connection: CallerConnection) -> None:
+        """Make the caller's open transaction on ``connection`` (an ``AsyncSession``, an
+        ``AsyncConnection`` or an asyncpg connection, as ``submit`` takes) conditional on
+        ``lease``: the job's row is locked until that transaction ends if the lease still holds
+        it by Postgres's clock, so no recovery can hand the job to another worker before the
+        caller commits; else ``LeaseLost`` (roll back). A handler calls ``ctx.fenced``."""
+        on = await borrow(connection)
+        if not await self._pg.leases.hold(lease, on):
+            raise LeaseLost(lease.job.id)
+
     async def expire_input_deadlines(self, *, limit: int = 100) -> list[Job]:
         """Apply each overdue question's ``on_timeout`` (fail, cancel or default answer)."""
         return await self._recorded(
@@ -506,9 +535,14 @@ class JobManager:
 
     # --- retention (the sweeper's) -------------------------------------------------------------
 
-    def sweep_lock(self) -> contextlib.AbstractAsyncContextManager[bool]:
-        """Hold the sweeper lock for the block if no other process does; yields whether held."""
-        return self._pg.retention.sweep_lock()
+    def sweep_lock(
+        self, *, idle_limit: float = 30.0
+    ) -> contextlib.AbstractAsyncContextManager[bool]:
+        """Hold the sweeper lock for the block if no other process does; yields whether held.
+
+        A holder that stops talking to Postgres for ``idle_limit`` seconds loses the lock.
+        """
+        return self._pg.retention.sweep_lock(idle_limit=idle_limit)
 
     async def clear_payloads(
         self, *, ttl: float, kinds: Sequence[str] | None, other_kinds: Sequence[str], limit: int

@@ -92,6 +92,13 @@ class Settings(BaseSettings):
         "(JOBKEEPER_SCHEMA), so it shares an application's database without touching its tables.",
     )
     pool_size: int = Field(default=10, ge=1, description="Database connections per process.")
+    startup_wait: float = Field(
+        default=60.0,
+        ge=0,
+        description="Seconds `jobkeeper serve` and `jobkeeper worker` (and an app's "
+        "JobManager.from_settings) keep trying at start while Postgres cannot be reached, "
+        "then exit with one line; 0: fail at once.",
+    )
     prepared_statements: bool = Field(
         default=True,
         description="Keep prepared statements per connection; false behind a transaction-mode "

@@ -18,6 +18,13 @@ import pytest
 ROOT = Path(__file__).parents[2]
 JOBKEEPER = Path(sys.executable).parent / "jobkeeper"
 DEADLINE = 30.0  # the bound of every wait; the expected times are a few seconds
+FAULT_TASKS = "tests.faults.fault_tasks:tasks"
+LEASE_SECONDS = 1.5  # the lease of the conftest's workers
+# where the fault tasks record every start of a handler (tests/faults/fault_tasks.py)
+STARTS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS fault_starts (job_id uuid NOT NULL, n int NOT NULL,"
+    " attempt int NOT NULL, pid int NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())"
+)
 
 
 @dataclass

@@ -86,6 +86,9 @@ async def test_cancel_and_pin_from_the_job_page(page: Page, served: Served, work
     await expect(page.locator("#timeline")).to_contain_text("cancelled")
     found = await served.jobs.get(job.id, tenant=TENANT, consistency="strong")
     assert found.status is JobStatus.CANCELLED and found.pinned
+    history = await served.jobs.events(job.id, tenant=TENANT)
+    asked = [e.data for e in history if e.type in ("cancel_requested", "cancelled")]
+    assert asked[0]["cancelled_by"].startswith("api-key:"), history  # who, never the key
 
 
 async def test_answering_a_question_wrongly_then_rightly_resumes_the_job(

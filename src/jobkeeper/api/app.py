@@ -1,5 +1,5 @@
 """The FastAPI application: ``create_app()`` for the whole service, or ``lifespan()`` and
-``jobs_router`` to mount jobkeeper into an existing app.
+``create_router(caller=...)`` (or ``jobs_router``) to mount jobkeeper into an existing app.
 
 The lifespan opens the ``JobManager`` (and with it the change-feed listener), starts the cache
 cleanup task and the sweeper, and closes all of them on shutdown. Logging is the application's to
@@ -19,9 +19,10 @@ from fastapi import FastAPI
 
 from jobkeeper.api.auth import ApiKeys
 from jobkeeper.api.deps import Services
+from jobkeeper.api.health import health_router
 from jobkeeper.api.middleware import BodyLimit, RequestContext
 from jobkeeper.api.problems import install
-from jobkeeper.api.routes import health_router, jobs_router
+from jobkeeper.api.routes import jobs_router
 from jobkeeper.api.ui import offline_docs, ui_router
 from jobkeeper.maintenance import ExpiryHooks, Sweeper
 from jobkeeper.manager import JobManager

@@ -1,20 +1,43 @@
-"""What the routes depend on: the services the lifespan built, and the caller's tenant."""
+"""What the routes depend on: the services the lifespan built, and who is asking.
+
+``Caller`` dependencies: any FastAPI dependency (a function, sync or async, with dependencies of
+its own) that returns a ``Caller``. ``api_key_caller`` is jobkeeper's own (Bearer API keys); a
+host application passes its own to ``create_router(caller=...)``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from jobkeeper.api.auth import ApiKeys
+from jobkeeper.domain.values import Caller
 from jobkeeper.manager import JobManager
 from jobkeeper.metrics import Metrics
 from jobkeeper.settings import Settings
 
-__all__ = ["Services", "ServicesDep", "TenantDep", "services", "tenant"]
+__all__ = [
+    "ANONYMOUS",
+    "DEV_TENANT",
+    "CallerDependency",
+    "JobManagerDep",
+    "Services",
+    "ServicesDep",
+    "api_key_caller",
+    "job_manager",
+    "services",
+]
 
 DEV_TENANT = "default"
+# who asks when auth is disabled (development only)
+ANONYMOUS = "anonymous"
+
+# a FastAPI dependency that says who is asking
+CallerDependency = Callable[..., Caller | Awaitable[Caller]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,14 +58,29 @@ async def services(request: Request) -> Services:  # async: no threadpool hop pe
 ServicesDep = Annotated[Services, Depends(services)]
 
 
-async def tenant(
+async def job_manager(svc: ServicesDep) -> JobManager:
+    """The lifespan's ``JobManager``."""
+    return svc.jobs
+
+
+# the lifespan's JobManager, for the application's own routes too
+JobManagerDep = Annotated[JobManager, Depends(job_manager)]
+
+# Declares the scheme in OpenAPI; jobkeeper answers a missing key itself (a 401 problem).
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="jobkeeperApiKey",
+    description="A jobkeeper API key (`jobkeeper keys create TENANT`).",
+)
+
+
+async def api_key_caller(
     svc: ServicesDep,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> str:
-    """The tenant of the caller's API key (every request with auth disabled: ``default``)."""
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    """The caller of an ``Authorization: Bearer <API key>``: the key's tenant, principal
+    ``api-key:<key id>``. With ``JOBKEEPER_AUTH=disabled``, everyone is tenant ``default``,
+    principal ``anonymous``."""
     if svc.settings.auth == "disabled":
-        return DEV_TENANT
-    return await svc.keys.tenant_of(authorization)
-
-
-TenantDep = Annotated[str, Depends(tenant)]
+        return Caller(tenant=DEV_TENANT, principal=ANONYMOUS)
+    return await svc.keys.caller_of(None if credentials is None else credentials.credentials)

@@ -173,7 +173,7 @@ _CANCEL = with_event(
         )
     ),
     "CASE changed.status WHEN 'cancelled' THEN 'cancelled' ELSE 'cancel_requested' END",
-    "jsonb_build_object()",
+    "jsonb_build_object('cancelled_by', {cancelled_by}::text)",
 )
 
 _GET = compile_statement(sa.select(jobs).where(*THIS_JOB))
@@ -503,13 +503,17 @@ class JobStatements:
         assert job is not None
         return job
 
-    async def cancel(self, job_id: UUID, tenant: str) -> tuple[Job, bool]:
-        """Cancel a queued or waiting job at once, or flag a running one for its worker.
+    async def cancel(
+        self, job_id: UUID, tenant: str, cancelled_by: str | None = None
+    ) -> tuple[Job, bool]:
+        """Cancel a queued or waiting job at once, or flag a running one for its worker; the
+        event (``cancelled`` or ``cancel_requested``) records ``cancelled_by``.
 
         Returns the job and whether this call changed it (a repeated cancel of a running job that
         is already flagged changes nothing). Raises ``JobNotFound`` or ``JobFinished``.
         """
-        job = await self._db.write_job(_CANCEL, {"job_id": job_id, "tenant": tenant})
+        params = {"job_id": job_id, "tenant": tenant, "cancelled_by": cancelled_by}
+        job = await self._db.write_job(_CANCEL, params)
         if job is not None:
             return job, True
         current = await self.get(job_id, tenant)

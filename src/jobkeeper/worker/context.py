@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn, Protocol, TypeAlias, TypeVar
+from uuid import UUID
 
 from jobkeeper.domain.questions import build_prompt
 from jobkeeper.domain.validate import optional_text, validate_progress
@@ -43,6 +44,9 @@ class JobHost(Protocol):
 
     def schedule_progress(self, ctx: JobContext) -> None:
         """From any thread: ``ctx`` has a report for ``take_progress``; write it in time."""
+
+    async def fence(self, ctx: JobContext, connection: Any) -> None:
+        """Hold ``ctx``'s lease in the caller's transaction on ``connection``, or ``LeaseLost``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +115,32 @@ class JobContext:
                 return
             self._flush_scheduled = True
         self._host.schedule_progress(self)
+
+    # --- fencing the handler's own writes ------------------------------------------------------
+
+    @property
+    def lease_token(self) -> UUID:
+        """This run's lease token: new at every claim, the same for the whole run. A stable
+        public read: tag your own effects with the run that made them, or compare it with a
+        token you stored."""
+        return self.lease.token
+
+    async def fenced(self, connection: Any) -> None:
+        """Make your open transaction on ``connection`` (the application's SQLAlchemy
+        ``AsyncSession`` or ``AsyncConnection``, or an asyncpg connection, in a transaction)
+        count only while this worker still holds the job: it locks the job's row until that
+        transaction ends if the lease holds by Postgres's clock, else raises ``LeaseLost``
+        (roll back and stop; nothing was written, and another worker may run the job).
+
+        Call it in the transaction of your business write, before committing. Until you commit,
+        no recovery can give the job to another worker, so a worker that was paused past its
+        lease (SIGSTOP, a long GC pause, a partition) is refused instead of writing after the
+        job's new owner. The lock also holds up this worker's heartbeat and this job's own
+        writes, so keep the transaction short (well under a third of the lease) and commit it
+        before ``ctx.checkpoint``, ``ctx.ask`` or returning: each of those writes the job's row
+        and would wait for your commit. Async handlers only: a sync handler's thread cannot drive
+        an async connection (docs/workers.md, "Fencing your own writes")."""
+        await self._host.fence(self, connection)
 
     # --- questions and checkpoints (the replay model) ------------------------------------------
 

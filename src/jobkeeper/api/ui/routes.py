@@ -23,7 +23,7 @@ from jinja2 import Environment, PackageLoader, pass_context, select_autoescape
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException
 
-from jobkeeper.api.deps import ServicesDep
+from jobkeeper.api.deps import CallerDependency, ServicesDep
 from jobkeeper.api.problems import STATUS, ApiProblem, problem
 from jobkeeper.api.schemas import CURSOR_PATTERN, AnswerIn, iso
 from jobkeeper.api.ui.inbox import waiting_for
@@ -98,9 +98,7 @@ def _templates() -> Jinja2Templates:
     return Jinja2Templates(env=env)
 
 
-def ui_router(
-    caller: Callable[..., Caller | Awaitable[Caller]] | None = None, *, prefix: str = "/ui"
-) -> APIRouter:
+def ui_router(caller: CallerDependency | None = None, *, prefix: str = "/ui") -> APIRouter:
     """The dashboard, at ``prefix``.
 
     ``caller`` is a FastAPI dependency returning the ``Caller`` (who is asking, in which tenant):
@@ -318,10 +316,14 @@ def ui_router(
         job_id: str, action: str, request: Request, svc: ServicesDep, me: Caller = who
     ) -> Response:
         """Cancel, pin or unpin (the job page's buttons)."""
-        operations = {"cancel": svc.jobs.cancel, "pin": svc.jobs.pin, "unpin": svc.jobs.unpin}
+        operations = {
+            "cancel": lambda: svc.jobs.cancel(job_id, tenant=me.tenant, cancelled_by=me.principal),
+            "pin": lambda: svc.jobs.pin(job_id, tenant=me.tenant),
+            "unpin": lambda: svc.jobs.unpin(job_id, tenant=me.tenant),
+        }
         if action not in operations:
             raise HTTPException(404, "no such action")
-        return await act(request, operations[action](job_id, tenant=me.tenant))
+        return await act(request, operations[action]())
 
     if sessions is not None:
         _sign_in_routes(router, sessions, page)

@@ -1,17 +1,18 @@
 """Who uses the dashboard of ``jobkeeper serve``: an API key entered once, kept as a signed cookie.
 
 The sign-in page posts the key (in the body, never a URL); the server verifies it and sets a
-cookie holding the key's SHA-256 (what the database stores, never the key), its public prefix and
-an expiry, signed with HMAC-SHA256 under ``JOBKEEPER_UI_SECRET``. Every request verifies the
-signature and asks ``ApiKeys`` for the tenant of that digest (cached like a Bearer key), so a
-revoked key signs its sessions out within ``key_cache_ttl``. The cookie is HttpOnly,
-SameSite=Strict and Secure over https; state-changing requests also need the ``X-Jobkeeper-UI``
-header, which no cross-site form can send (``require_ui_header``).
+cookie holding the key's SHA-256 (what the database stores, never the key) and an expiry, signed
+with HMAC-SHA256 under ``JOBKEEPER_UI_SECRET``. Every request verifies the signature and asks
+``ApiKeys`` who that digest stands for (cached like a Bearer key: the same ``Caller``, principal
+``api-key:<key id>``), so a revoked key signs its sessions out within ``key_cache_ttl``. The
+cookie is HttpOnly, SameSite=Strict and Secure over https; state-changing requests also need the
+``X-Jobkeeper-UI`` header, which no cross-site form can send (``require_ui_header``).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -24,7 +25,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from jobkeeper.api.auth import hash_key
-from jobkeeper.api.deps import DEV_TENANT, Services, ServicesDep
+from jobkeeper.api.deps import ANONYMOUS, DEV_TENANT, Services, ServicesDep
 from jobkeeper.api.problems import ApiProblem
 from jobkeeper.domain.values import Caller
 
@@ -42,7 +43,6 @@ COOKIE = "jobkeeper_ui"
 # sent by the dashboard's own scripts with every state-changing request: a cross-site form cannot
 # set a header, and a cross-site fetch with one needs a CORS preflight this server never grants
 UI_HEADER = "X-Jobkeeper-UI"
-_PREFIX_CHARS = 10  # the stored public prefix of a key (auth.ApiKeys)
 
 
 class SessionSigner:
@@ -52,22 +52,22 @@ class SessionSigner:
         self._key = (secret or secrets.token_urlsafe(32)).encode()
         self.ttl = ttl
 
-    def sign(self, digest: str, prefix: str) -> str:
-        body = json.dumps({"d": digest, "p": prefix, "e": int(time.time() + self.ttl)})
+    def sign(self, digest: str) -> str:
+        body = json.dumps({"d": digest, "e": int(time.time() + self.ttl)})
         encoded = base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
         return f"{encoded}.{self._mac(encoded)}"
 
-    def verify(self, cookie: str) -> tuple[str, str] | None:
-        """``(key digest, key prefix)`` of a valid, unexpired cookie, else ``None``."""
+    def verify(self, cookie: str) -> str | None:
+        """The key digest of a valid, unexpired cookie, else ``None``."""
         encoded, _, mac = cookie.partition(".")
         if not hmac.compare_digest(mac, self._mac(encoded)):
             return None
         try:
             body = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
-            digest, prefix, expires = str(body["d"]), str(body["p"]), float(body["e"])
+            digest, expires = str(body["d"]), float(body["e"])
         except (ValueError, KeyError, TypeError):
             return None
-        return (digest, prefix) if expires > time.time() else None
+        return digest if expires > time.time() else None
 
     def _mac(self, encoded: str) -> str:
         return hmac.new(self._key, encoded.encode(), hashlib.sha256).hexdigest()
@@ -92,16 +92,11 @@ class KeySessions:
     async def caller(self, request: Request, svc: ServicesDep) -> Caller:
         """The signed-in caller; not signed in: a redirect (303) to the sign-in page."""
         if svc.settings.auth == "disabled":
-            return Caller(DEV_TENANT, "anonymous")
-        session = self.signer(svc).verify(request.cookies.get(COOKIE, ""))
-        if session is not None:
-            digest, prefix = session
-            try:
-                tenant = await svc.keys.tenant_of_digest(digest)
-            except ApiProblem:  # revoked since: sign in again
-                pass
-            else:
-                return Caller(tenant, f"api-key:{prefix}")
+            return Caller(DEV_TENANT, ANONYMOUS)
+        digest = self.signer(svc).verify(request.cookies.get(COOKIE, ""))
+        if digest is not None:
+            with contextlib.suppress(ApiProblem):  # revoked since: sign in again
+                return await svc.keys.caller_of_digest(digest)
         target = request.url_for("ui_sign_in").include_query_params(next=request.url.path)
         location = f"{target.path}?{target.query}"  # a path: right behind a TLS proxy too
         raise HTTPException(303, "sign in first", headers={"Location": location})
@@ -110,12 +105,12 @@ class KeySessions:
         """Verify ``key`` and answer 204 with the session cookie (401 problem if unknown)."""
         key = key.strip()
         digest = hash_key(key)
-        await svc.keys.tenant_of_digest(digest)  # ApiProblem("unauthorized") if unknown
+        await svc.keys.caller_of_digest(digest)  # ApiProblem("unauthorized") if unknown
         signer = self.signer(svc)
         response = Response(status_code=204)
         response.set_cookie(
             COOKIE,
-            signer.sign(digest, key[:_PREFIX_CHARS]),
+            signer.sign(digest),
             max_age=int(signer.ttl),
             path=_cookie_path(request),
             httponly=True,
