@@ -51,7 +51,16 @@ from jobkeeper.domain.validate import (
     validate_new_job,
     validate_tenant,
 )
-from jobkeeper.domain.values import Job, JobEvent, JobPage, Lease, NewJob, Progress
+from jobkeeper.domain.values import (
+    Job,
+    JobCounts,
+    JobEvent,
+    JobLease,
+    JobPage,
+    Lease,
+    NewJob,
+    Progress,
+)
 from jobkeeper.errors import (
     IdempotencyConflict,
     InvalidAnswer,
@@ -1165,6 +1174,47 @@ class JobManager:
         if not history:
             await self.get(job_id, tenant=tenant)  # raises JobNotFound for a missing job
         return tuple(history)
+
+    async def counts(self, *, tenant: str, cap: int = 10_000) -> JobCounts:
+        """How many jobs the tenant has: queued, running and waiting per kind (exact), and
+        finished per status, each counted up to ``cap`` so a long history costs a bounded read.
+        Read from Postgres (the dashboard's counts and queue by kind)."""
+        tenant = validate_tenant(tenant)
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            raise InvalidRequest("cap", "a positive integer is required")
+        live = await self._pg.jobs.live_counts(tenant)
+        finished = await self._pg.jobs.finished_counts(tenant, cap)
+        return JobCounts(
+            live={(kind, JobStatus(status)): n for kind, status, n in live},
+            finished={JobStatus(status): n for status, n in finished},
+            cap=cap,
+        )
+
+    async def get_many(self, job_ids: Iterable[UUID]) -> tuple[Job, ...]:
+        """The jobs of ``job_ids`` that exist, of EVERY tenant, in one read of Postgres.
+
+        For a service that fans changes out to many watchers and filters by tenant itself (the
+        dashboard's live rows): one read per batch of changes, whoever watches.
+        """
+        ids = list(dict.fromkeys(job_ids))[:MAX_PAGE]
+        if not ids:
+            return ()
+        ticket = self._cache.ticket()
+        found = tuple(await self._pg.jobs.many(ids))
+        for job in found:
+            self._cache.store(job, ticket)
+        return found
+
+    async def leases(self, job_ids: Iterable[UUID | str], *, tenant: str) -> dict[UUID, JobLease]:
+        """Who runs each of these jobs of the tenant and until when, and when a waiting job's
+        question times out (jobs of other tenants are left out)."""
+        tenant = validate_tenant(tenant)
+        ids = list(dict.fromkeys(parse_job_id(j) for j in job_ids))
+        if not ids:
+            return {}
+        if len(ids) > MAX_PAGE:
+            raise InvalidRequest("job_ids", f"at most {MAX_PAGE} at once")
+        return {lease.job_id: lease for lease in await self._pg.jobs.leases(tenant, ids)}
 
     # --- cache upkeep ------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, Field, field_validator
+from pydantic import AliasChoices, BaseModel, BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobkeeper.domain.validate import DEFAULT_SCHEMA, validate_schema
@@ -177,6 +177,18 @@ class Settings(BaseSettings):
         default=10.0,
         ge=0,
         description="Seconds a replica trusts a verified API key (a revocation takes this long).",
+    )
+    ui: bool = Field(
+        default=True,
+        description="Serve the dashboard at /ui in `jobkeeper serve` (false: the API only).",
+    )
+    ui_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs the dashboard's session cookies. Set the same value on every replica "
+        "behind one address; unset: a random one per process (a restart signs everyone out).",
+    )
+    ui_session_ttl: Duration = Field(
+        default=28_800.0, description="How long a dashboard sign-in lasts (8h)."
     )
 
     @field_validator("pg_schema")

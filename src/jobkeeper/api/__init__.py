@@ -2,7 +2,8 @@
 ``create_router(caller=...)`` (the application's own auth) or ``jobs_router`` (jobkeeper's API
 keys) to mount it into an existing application, beside ``create_inbox_router`` (``GET /inbox``)
 and ``create_schedules_router`` (``/schedules``), which take the same ``caller``;
-docs/embedding.md walks through it."""
+docs/embedding.md walks through it.
+``ui_router(caller=...)`` is the dashboard (docs/ui.md)."""
 
 from jobkeeper.api.app import create_app, lifespan
 from jobkeeper.api.deps import CallerDependency, JobManagerDep, api_key_caller
@@ -10,6 +11,7 @@ from jobkeeper.api.health import health_router
 from jobkeeper.api.inbox import create_inbox_router, inbox_router
 from jobkeeper.api.routes import create_router, jobs_router
 from jobkeeper.api.schedules import create_schedules_router, schedules_router
+from jobkeeper.api.ui import ui_router
 from jobkeeper.domain.values import Caller
 
 __all__ = [
@@ -26,4 +28,5 @@ __all__ = [
     "jobs_router",
     "lifespan",
     "schedules_router",
+    "ui_router",
 ]

@@ -71,7 +71,11 @@ class ApiKeys:
         it is missing, unknown or revoked."""
         if not key or not key.strip():
             raise ApiProblem("unauthorized", "send Authorization: Bearer <api key>")
-        digest = hash_key(key.strip())
+        return await self.caller_of_digest(hash_key(key.strip()))
+
+    async def caller_of_digest(self, digest: str) -> Caller:
+        """Who the key whose SHA-256 is ``digest`` stands for (a dashboard session holds only
+        that); ``ApiProblem("unauthorized")`` for an unknown or revoked key."""
         if self._verified is not None:
             known = self._verified.get(digest)
             if known is not None:

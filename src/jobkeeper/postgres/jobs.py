@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from uuid_utils.compat import uuid7
 
 from jobkeeper.domain.status import TERMINAL, JobStatus, sources_of
-from jobkeeper.domain.values import Job, JobEvent, NewJob, Progress
+from jobkeeper.domain.values import Job, JobEvent, JobLease, NewJob, Progress
 from jobkeeper.errors import InvalidTransition, JobExpired, JobFinished, JobNotFound
 from jobkeeper.postgres.borrowed import Borrowed, job_of_text_row, json_as_text
 from jobkeeper.postgres.compile import (
@@ -249,6 +249,34 @@ _QUEUE_DEPTH = raw(
        (SELECT count(*) FROM jobs WHERE status = 'running') AS running,
        (SELECT count(*) FROM jobs WHERE status = 'waiting_input') AS waiting_input"""
 )
+# the tenant's live jobs per kind and status (the dashboard's queue by kind): three ranges of the
+# (status, tenant, id) index, so it costs the tenant's queue, not its history
+_LIVE_COUNTS = raw(
+    "SELECT kind, status, count(*) AS n FROM jobs WHERE tenant = $1"
+    " AND status IN ('queued', 'running', 'waiting_input') GROUP BY kind, status",
+    "tenant",
+)
+# the tenant's finished jobs per status, each counted up to $2: a range of the (status, tenant,
+# id) index each (the ORDER BY is the index's order, so the plan walks it and stops at $2), so a
+# history of millions costs at most $2 entries per status
+_FINISHED_COUNTS = raw(
+    """SELECT s.status, (SELECT count(*) FROM (SELECT 1 FROM jobs
+         WHERE jobs.status = s.status AND jobs.tenant = $1 ORDER BY jobs.id LIMIT $2)
+         AS capped) AS n
+       FROM unnest(ARRAY['succeeded', 'failed', 'cancelled']) AS s(status)""",
+    "tenant",
+    "cap",
+)
+# the jobs of these ids, whoever's tenant (a fan-out that filters by tenant itself)
+_MANY = raw("SELECT * FROM jobs WHERE id = ANY($1::uuid[])", "ids")
+# who runs these jobs and until when, and a waiting job's answer deadline
+_LEASES = raw(
+    "SELECT j.id, j.worker_id, j.lease_expires_at, j.input_deadline, w.host, w.pid"
+    " FROM jobs j LEFT JOIN workers w ON w.id = j.worker_id"
+    " WHERE j.tenant = $1 AND j.id = ANY($2::uuid[])",
+    "tenant",
+    "ids",
+)
 _TOMBSTONE = raw(
     "SELECT expired_at FROM job_tombstones WHERE job_id = $1 AND tenant = $2", "job_id", "tenant"
 )
@@ -456,6 +484,35 @@ class JobStatements:
         """How many jobs are queued, running and waiting for input (all tenants)."""
         rows = await self._db.rows(_QUEUE_DEPTH, {}, read=True)
         return dict(rows[0])
+
+    async def live_counts(self, tenant: str) -> list[tuple[str, str, int]]:
+        """The tenant's queued, running and waiting jobs counted per ``(kind, status)``."""
+        rows = await self._db.rows(_LIVE_COUNTS, {"tenant": tenant}, read=True)
+        return [(row["kind"], row["status"], int(row["n"])) for row in rows]
+
+    async def finished_counts(self, tenant: str, cap: int) -> list[tuple[str, int]]:
+        """The tenant's finished jobs per status, each counted up to ``cap``."""
+        rows = await self._db.rows(_FINISHED_COUNTS, {"tenant": tenant, "cap": cap}, read=True)
+        return [(row["status"], int(row["n"])) for row in rows]
+
+    async def many(self, ids: list[UUID]) -> list[Job]:
+        """The jobs of ``ids`` that exist, of any tenant."""
+        return [to_job(row) for row in await self._db.rows(_MANY, {"ids": ids}, read=True)]
+
+    async def leases(self, tenant: str, ids: list[UUID]) -> list[JobLease]:
+        """Who holds these jobs of the tenant, until when, and their answer deadlines."""
+        rows = await self._db.rows(_LEASES, {"tenant": tenant, "ids": ids}, read=True)
+        return [
+            JobLease(
+                job_id=row["id"],
+                worker_id=row["worker_id"],
+                worker_host=row["host"],
+                worker_pid=row["pid"],
+                lease_expires_at=row["lease_expires_at"],
+                input_deadline=row["input_deadline"],
+            )
+            for row in rows
+        ]
 
     async def missing(self, job_id: UUID, tenant: str) -> JobNotFound | JobExpired:
         """The error for a job that is not there: expired (a tombstone lives) or never existed."""
