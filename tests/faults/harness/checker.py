@@ -164,7 +164,9 @@ class _Tally:
     claims: int = 0
     marked: int = 0  # writes under a lease whose mark was checked
     reruns: Counter[str] = field(default_factory=Counter)
-    recovery: list[float] = field(default_factory=list)
+    # per killed or stopped worker (the fault's index): seconds from the fault to the requeue
+    # of each job it held
+    recovery: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
 
 
 def _histories(
@@ -183,7 +185,8 @@ def _histories(
         if len(succeeded) > 1:
             report.violate("at_most_one_success", f"job {job_id}: succeeded at seq {succeeded}")
         _walk(report, tally, job_id, events, jobs.get(job_id, {}).get("result"), victims)
-    recovery = tally.recovery
+    per_job = [s for seconds in tally.recovery.values() for s in seconds]
+    per_fault = [max(seconds) for seconds in tally.recovery.values()]
     report.figures.update(
         successes=tally.successes,
         duplicate_successes=report.counts["at_most_one_success"],
@@ -193,9 +196,9 @@ def _histories(
         claims=tally.claims,
         reruns=sum(tally.reruns.values()),
         reruns_by_reason=dict(tally.reruns),
-        recovered_jobs=len(recovery),
-        recovery_seconds_max=round(max(recovery), 2) if recovery else None,
-        recovery_seconds_median=round(statistics.median(recovery), 2) if recovery else None,
+        recovered_jobs=len(per_job),
+        recovery_seconds_max=round(max(per_fault), 2) if per_fault else None,
+        recovery_seconds_median=round(statistics.median(per_fault), 2) if per_fault else None,
     )
 
 
@@ -236,7 +239,9 @@ def _walk(
                 )
         if kind in LEASE_ENDS:
             if held is not None:
-                tally.recovery.extend(_recovered(held, event, victims))
+                recovered = _recovered(held, event, victims)
+                if recovered is not None:
+                    tally.recovery[recovered[0]].append(recovered[1])
             held = None
         if kind in LEASE_ENDS or kind == "answered":
             ended = event
@@ -254,18 +259,19 @@ def _mark_of(event: Mapping[str, Any], result: Any) -> int | None:
 
 def _recovered(
     claimed: Mapping[str, Any], end: Mapping[str, Any], victims: Sequence[Mapping[str, Any]]
-) -> list[float]:
-    """Seconds from the fault to the requeue, if this lease was held by a worker that was killed
-    or stopped while holding it and the sweeper recovered it."""
-    error = end["data"].get("error") or {} if end["type"] in ("retried", "failed") else {}
+) -> tuple[int, float] | None:
+    """If this lease was held by a worker when it was killed or stopped (the first such fault)
+    and the sweeper recovered it: that fault's index and the seconds from it to the requeue."""
+    error = (end["data"].get("error") or {}) if end["type"] in ("retried", "failed") else {}
     if error.get("code") != "lease_expired":
-        return []
-    return [
-        end["at"] - fault["at"]
-        for fault in victims
-        if fault["worker_id"] == str(claimed["data"].get("worker"))
-        and claimed["at"] <= fault["at"] <= end["at"]
-    ]
+        return None
+    for index, fault in enumerate(victims):
+        if (
+            fault["worker_id"] == str(claimed["data"].get("worker"))
+            and claimed["at"] <= fault["at"] <= end["at"]
+        ):
+            return index, end["at"] - fault["at"]
+    return None
 
 
 def _leases(report: Report, jobs: Mapping[str, dict[str, Any]], run: Run) -> None:

@@ -166,8 +166,9 @@ class Cluster:
         victim = member.process
         self._record(f"kill_{member.role}", member)
         member.killed.append(victim)
-        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.send_signal(signal.SIGKILL)  # a stopped process dies too
         await asyncio.wait_for(victim.proc.wait(), DEADLINE)
+        member.stopped = False
         member.incarnation += 1
         if member.role == "replica":
             assert member.port is not None
@@ -190,7 +191,7 @@ class Cluster:
             member.process.proc.send_signal(signal.SIGCONT)
             member.stopped = False
             for entry in reversed(self.faults):
-                if entry["pid"] == member.process.pid and entry["fault"].startswith("stop_"):
+                if entry.get("pid") == member.process.pid and entry["fault"].startswith("stop_"):
                     entry["continued_at"] = time.time()
                     break
 
@@ -203,8 +204,12 @@ class Cluster:
             " AND application_name <> $1) AS t",
             ADMIN_APP,
         )
-        self.faults.append({"fault": "terminate_backends", "at": time.time(), "killed": killed})
+        self.record("terminate_backends", killed=killed)
         return killed
+
+    def record(self, fault: str, **more: Any) -> None:
+        """A fault that hits no member in particular."""
+        self.faults.append({"fault": fault, "at": time.time(), **more})
 
     # --- the end ---------------------------------------------------------------------------------
 

@@ -12,7 +12,9 @@ injected every ``interval`` seconds while they are:
 - ``kill_replica``: SIGKILL a replica, then start a new one on the same port;
 - ``stop_worker``: SIGSTOP a worker for twice its lease, then SIGCONT;
 - ``terminate_backends``: ``pg_terminate_backend`` every backend of the database but the
-  harness's own.
+  harness's own;
+- ``restart_postgres``: a fast, then an immediate restart of the scenario's own Postgres cluster
+  (``pgcluster.py``), alternately.
 """
 
 from __future__ import annotations
@@ -30,13 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
+from jobkeeper.settings import asyncpg_dsn
 from jobkeeper.testing import create_database, drop_database
 
 from .checker import Report, Run, check
 from .client import Client
 from .cluster import Cluster, Member
+from .pgcluster import OwnPostgres
 from .tasks import ASK, SHORT, SLOW
 
 __all__ = ["FAULTS", "Scenario", "run_scenario"]
@@ -64,8 +69,8 @@ MONITOR_EVERY = 0.5
 class Scenario:
     name: str
     jobs: int
-    faults: tuple[str, ...]
     rate: float  # jobs submitted per second, so the faults find work in flight throughout
+    faults: tuple[str, ...]
     interval: float = 4.0  # seconds between two injections of each fault
     storm_every: int = 50
     slow_share: float = 0.2
@@ -77,7 +82,9 @@ async def _pause(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-def _injectors(cluster: Cluster) -> dict[str, Callable[[asyncio.Event, float], Awaitable[None]]]:
+def _injectors(
+    cluster: Cluster, postgres: OwnPostgres | None
+) -> dict[str, Callable[[asyncio.Event, float], Awaitable[None]]]:
     async def kill(members: list[Member], stop: asyncio.Event, interval: float) -> None:
         for member in itertools.cycle(members):
             await _pause(stop, interval)
@@ -103,15 +110,26 @@ def _injectors(cluster: Cluster) -> dict[str, Callable[[asyncio.Event, float], A
                 return
             await cluster.terminate_backends()
 
+    async def restart_postgres(stop: asyncio.Event, interval: float) -> None:
+        assert postgres is not None, "restart_postgres needs the scenario's own Postgres"
+        for mode in itertools.cycle(("fast", "immediate")):
+            await _pause(stop, interval)
+            if stop.is_set():
+                return
+            began = time.time()
+            await postgres.restart(mode)
+            cluster.record(f"restart_postgres_{mode}", down_seconds=round(time.time() - began, 2))
+
     return {
         "kill_worker": functools.partial(kill, cluster.workers),
         "kill_replica": functools.partial(kill, cluster.replicas),
         "stop_worker": stop_worker,
         "terminate_backends": terminate_backends,
+        "restart_postgres": restart_postgres,
     }
 
 
-FAULTS = ("kill_worker", "kill_replica", "stop_worker", "terminate_backends")
+FAULTS = ("kill_worker", "kill_replica", "stop_worker", "terminate_backends", "restart_postgres")
 
 
 def _job(n: int, scenario: Scenario, rng: random.Random) -> tuple[str, dict[str, Any]]:
@@ -169,7 +187,12 @@ async def _unfinished(cluster: Cluster, ids: list[str]) -> int:
 
 async def _drain(cluster: Cluster, client: Client) -> None:
     end = time.monotonic() + DRAIN
-    while (left := await _unfinished(cluster, client.acked)) > 0:
+    left = None
+    while True:
+        with contextlib.suppress(asyncpg.PostgresError, OSError):  # Postgres restarting
+            left = await _unfinished(cluster, client.acked)
+        if left == 0:
+            return
         if time.monotonic() > end:
             pytest.fail(f"{left} acknowledged jobs still unfinished after {DRAIN} s")
         for member in cluster.members:
@@ -179,24 +202,31 @@ async def _drain(cluster: Cluster, client: Client) -> None:
 
 
 async def run_scenario(
-    scenario: Scenario, server_url: str, template: str, tmp: Path, *, seed: int = 12
+    scenario: Scenario,
+    server_url: str,
+    template: str,
+    tmp: Path,
+    *,
+    postgres: OwnPostgres | None = None,
+    seed: int = 12,
 ) -> Report:
-    """Run ``scenario`` on a fresh database of ``server_url`` and check it."""
+    """Run ``scenario`` on a fresh database of ``server_url`` (a copy of ``template``) and check
+    it. ``postgres`` is the cluster ``restart_postgres`` restarts (``server_url`` is its)."""
     name = f"faults_{scenario.name.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
     url = await create_database(server_url, name, template=template)
     cluster = Cluster(url, tmp, SETTINGS)
     started = time.monotonic()
     try:
         await cluster.start(replicas=2, workers=3)
-        client = Client(cluster, tmp / "acks.jsonl", tmp / "reads.jsonl")
+        injectors = _injectors(cluster, postgres)
         stop_faults, stop_reads = asyncio.Event(), asyncio.Event()
         overdue: list[float] = []
+        client = Client(cluster, tmp / "acks.jsonl", tmp / "reads.jsonl")
         background = [
             asyncio.ensure_future(client.answerer(stop_reads)),
             asyncio.ensure_future(_monitor(cluster, stop_reads, overdue)),
             *(asyncio.ensure_future(client.poller(r, stop_reads)) for r in cluster.replicas),
         ]
-        injectors = _injectors(cluster)
         faults = [
             asyncio.ensure_future(injectors[f](stop_faults, scenario.interval))
             for f in scenario.faults
@@ -217,8 +247,8 @@ async def run_scenario(
             await client.close()
         deaths = cluster.unexpected_deaths()
         logs = cluster.logs()
-        assert cluster.admin is not None
-        async with cluster.admin.acquire() as conn:
+        conn = await asyncpg.connect(asyncpg_dsn(url))
+        try:
             report = await check(
                 conn,
                 Run(
@@ -232,6 +262,8 @@ async def run_scenario(
                     overdue_bound=OVERDUE_BOUND,
                 ),
             )
+        finally:
+            await conn.close()
         report.figures.update(
             scenario=scenario.name,
             jobs=scenario.jobs,
