@@ -289,74 +289,86 @@ def _leases(report: Report, jobs: Mapping[str, dict[str, Any]], run: Run) -> Non
     report.figures["lease_overdue_seconds_max"] = round(run.overdue_max, 2)
 
 
+@dataclass
+class _Answers:
+    """The answers and cancels of the acknowledgement log, by job."""
+
+    sent: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    acknowledged: dict[str, str] = field(default_factory=dict)  # job: token
+    refused: set[str] = field(default_factory=set)
+    # refused with no earlier attempt that may have been applied unheard: job: token
+    surely_refused: dict[str, str] = field(default_factory=dict)
+    cancelled: dict[str, str] = field(default_factory=dict)  # job: status it answered
+    cancel_refused: set[str] = field(default_factory=set)
+
+    @classmethod
+    def read(cls, acks: Iterable[dict[str, Any]]) -> _Answers:
+        log = cls()
+        for ack in acks:
+            kind, job_id = ack["type"], ack.get("job")
+            if kind == "answer_sent":
+                log.sent[job_id].add(ack["token"])
+            elif kind == "answer":
+                log.acknowledged[job_id] = ack["token"]
+            elif kind == "answer_refused":
+                log.refused.add(job_id)
+                if not ack["uncertain"]:
+                    log.surely_refused[job_id] = ack["token"]
+            elif kind == "cancel":
+                log.cancelled[job_id] = ack["status"]
+            elif kind == "cancel_refused":
+                log.cancel_refused.add(job_id)
+        return log
+
+
+def _answer_seen(row: Mapping[str, Any]) -> Any:
+    """The token of the answer the job's handler returned, if any."""
+    result = row.get("result")
+    answer = result.get("answer") if isinstance(result, dict) else None
+    return answer.get("token") if isinstance(answer, dict) else None
+
+
 def _answers(
     report: Report, acks: Iterable[dict[str, Any]], jobs: Mapping[str, dict[str, Any]]
 ) -> None:
-    sent: dict[str, set[str]] = defaultdict(set)
-    answered: dict[str, str] = {}
-    answer_refused: set[str] = set()
-    cancelled: dict[str, str] = {}
-    cancel_refused: set[str] = set()
-    for ack in acks:
-        kind, job_id = ack["type"], ack.get("job")
-        if kind == "answer_sent":
-            sent[job_id].add(ack["token"])
-        elif kind == "answer":
-            answered[job_id] = ack["token"]
-        elif kind == "answer_refused":
-            answer_refused.add(job_id)
-        elif kind == "cancel":
-            cancelled[job_id] = ack["status"]
-        elif kind == "cancel_refused":
-            cancel_refused.add(job_id)
-    for job_id, token in answered.items():
+    log = _Answers.read(acks)
+
+    def violate(example: str) -> None:
+        report.violate("every_acknowledged_answer_delivered", example)
+
+    for job_id, token in log.acknowledged.items():
         row = jobs.get(job_id, {})
-        result = row.get("result") or {}
-        seen = (result.get("answer") or {}).get("token") if isinstance(result, dict) else None
-        if seen == token:
-            continue
-        if row.get("status") == "cancelled" and job_id in cancelled:
-            continue  # a cancel acknowledged after the answer won
-        report.violate(
-            "every_acknowledged_answer_delivered",
-            f"job {job_id}: answer {token} acknowledged, job {row.get('status')} with {seen}",
-        )
-    for job_id, status in cancelled.items():
-        if status == "cancelled" and jobs.get(job_id, {}).get("status") != "cancelled":
-            report.violate(
-                "every_acknowledged_answer_delivered",
-                f"job {job_id}: cancel acknowledged as cancelled, job ended"
-                f" {jobs.get(job_id, {}).get('status')}",
+        seen = _answer_seen(row)
+        # delivered, unless a cancel acknowledged after the answer ended the job
+        if seen != token and not (row.get("status") == "cancelled" and job_id in log.cancelled):
+            violate(
+                f"job {job_id}: answer {token} acknowledged, job {row.get('status')} saw {seen}"
             )
+    for job_id, token in log.surely_refused.items():
+        if _answer_seen(jobs.get(job_id, {})) == token:
+            violate(f"job {job_id}: answer {token} was refused, yet the handler saw it")
+    for job_id, status in log.cancelled.items():
+        ended = jobs.get(job_id, {}).get("status")
+        if status == "cancelled" and ended != "cancelled":
+            violate(f"job {job_id}: cancel acknowledged as cancelled, the job ended {ended}")
     for job_id, row in jobs.items():
-        result = row["result"] if isinstance(row["result"], dict) else {}
-        if row["kind"] == ASK and row["status"] == "succeeded":
-            token = (result.get("answer") or {}).get("token")
-            if token not in sent[job_id]:
-                report.violate(
-                    "every_acknowledged_answer_delivered",
-                    f"job {job_id} succeeded with answer {token}, never sent for it",
-                )
-    raced = set(cancelled) | cancel_refused
+        token = _answer_seen(row)
+        if row["kind"] == ASK and row["status"] == "succeeded" and token not in log.sent[job_id]:
+            violate(f"job {job_id} succeeded with answer {token}, never sent for it")
+    # each race's winner, from where the job ended (an acknowledgement may have been lost)
     outcomes: Counter[str] = Counter()
-    for job_id in raced:
-        won_answer, won_cancel = job_id in answered, job_id in cancelled
-        if won_answer and won_cancel:
-            outcomes["answer_then_cancel"] += 1
-        elif won_answer:
+    for job_id in set(log.cancelled) | log.cancel_refused:
+        status = jobs.get(job_id, {}).get("status")
+        if status == "succeeded":
             outcomes["answer_won"] += 1
-        elif won_cancel:
-            outcomes["cancel_won"] += 1
+        elif status == "cancelled":
+            outcomes["answer_then_cancel" if job_id in log.acknowledged else "cancel_won"] += 1
         else:
-            outcomes["neither"] += 1
-            report.violate(
-                "every_acknowledged_answer_delivered",
-                f"job {job_id}: neither its answer nor its cancel was acknowledged",
-            )
+            violate(f"job {job_id}: its answer/cancel race ended {status}")
     report.figures.update(
-        answers_acknowledged=len(answered),
-        answers_refused=len(answer_refused),
-        races=len(raced),
+        answers_acknowledged=len(log.acknowledged),
+        answers_refused=len(log.refused),
+        races=sum(outcomes.values()),
         race_outcomes=dict(outcomes),
     )
 

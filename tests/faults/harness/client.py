@@ -176,7 +176,13 @@ class Client:
         else:
             code = _code(response)
             self.log(
-                {"type": "answer_refused", "job": job_id, "code": code, "uncertain": uncertain}
+                {
+                    "type": "answer_refused",
+                    "job": job_id,
+                    "token": token,
+                    "code": code,
+                    "uncertain": uncertain,
+                }
             )
 
     async def cancel(self, job_id: str) -> None:
