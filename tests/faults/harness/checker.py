@@ -125,6 +125,8 @@ async def check(conn: asyncpg.Connection, run: Run) -> Report:
     _statuses(report, run.statuses)
     _processes(report, run)
     report.figures["faults"] = dict(Counter(str(f["fault"]) for f in run.faults))
+    restarts = [float(f["down_seconds"]) for f in run.faults if "down_seconds" in f]
+    report.figures["postgres_restart_seconds_max"] = max(restarts, default=None)
     return report
 
 

@@ -33,6 +33,7 @@ ROWS = (
         ("http_requests", "http_503", "http_transport_errors"),
     ),
     ("faults injected", "faults"),
+    ("longest Postgres restart (s)", "postgres_restart_seconds_max"),
     ("final status", "final_status"),
     ("seconds (fault phase / total)", ("fault_phase_seconds", "total_seconds")),
 )
@@ -49,8 +50,13 @@ def _text(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _written(path: Path) -> float:
+    return path.stat().st_mtime
+
+
 def table(folder: Path) -> str:
-    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    # in the order they ran
+    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"), key=_written)]
     if not runs:
         return f"no figures in {folder}"
     header = "| | " + " | ".join(r["scenario"] for r in runs) + " |"

@@ -271,6 +271,8 @@ async def run_scenario(
             total_seconds=round(time.monotonic() - started, 1),
         )
         (tmp / "report.json").write_text(json.dumps(report.figures, indent=2, default=str))
+        (tmp / "faults.json").write_text(json.dumps(cluster.faults, indent=2, default=str))
+        (tmp / "violations.txt").write_text(report.summary())
         return report
     finally:
         await cluster.close()
