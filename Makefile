@@ -31,7 +31,7 @@ $(BIN)/.installed-bench: $(BIN)/.installed
 	touch $@
 
 # every benchmark, even after one missed a target; fails at the end if any did
-BENCHMARKS := read_path coherence throughput http
+BENCHMARKS := read_path coherence throughput http batch
 BENCH_ARGS ?= --write
 bench: $(BIN)/.installed-bench  ## every benchmark, written into docs/benchmarks.md (smoke run: BENCH_ARGS=--quick)
 	@failed=""; for name in $(BENCHMARKS); do \
@@ -40,11 +40,13 @@ bench: $(BIN)/.installed-bench  ## every benchmark, written into docs/benchmarks
 	done; \
 	if [ -n "$$failed" ]; then echo "bench: failed:$$failed"; exit 1; fi
 
-# every fault scenario, 2,000 jobs each (docs/reliability.md); figures in FAULTS_REPORT, as a table
+# every long fault scenario (marker faults_full): the harness's, 2,000 jobs each, whose figures
+# go to FAULTS_REPORT and are printed as a table (docs/reliability.md), and the network
+# namespaces' (docs/operations.md)
 FAULTS_REPORT ?= .pytest_cache/faults
-faults: install  ## the full fault suite: each fault, then all at once, and Postgres restarts (~10 min)
+faults: install  ## the full fault suite: each fault, all at once, Postgres restarts, partitions
 	rm -rf $(FAULTS_REPORT)
-	FAULTS_REPORT=$(FAULTS_REPORT) $(BIN)/pytest -m faults_full tests/faults/test_harness_full.py; \
+	FAULTS_REPORT=$(FAULTS_REPORT) $(BIN)/pytest -m faults_full tests/faults; \
 		status=$$?; $(BIN)/python -m tests.faults.harness.figures $(FAULTS_REPORT); exit $$status
 
 clean:

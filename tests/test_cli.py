@@ -4,6 +4,7 @@ process. User mistakes end with one line and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import os
 import subprocess
@@ -68,6 +69,8 @@ async def test_jobs_commands(env: dict[str, str], job_manager: JobManager, tenan
     assert code == 0 and json.loads(out)["status"] == "queued"
     code, out = await cli("jobs", "cancel", str(job.id), "--tenant", tenant)
     assert code == 0 and json.loads(out)["status"] == "cancelled"
+    history = await job_manager.events(job.id, tenant=tenant)
+    assert history[-1].data == {"cancelled_by": f"cli:{getpass.getuser()}"}
     code, out = await cli("jobs", "answer", str(job.id), '{"approve": true}', "--tenant", tenant)
     assert code == 1 and "not waiting" in out and "Traceback" not in out
     process = run(env, "jobs", "show", str(job.id), "--tenant", tenant)

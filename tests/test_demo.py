@@ -39,5 +39,7 @@ async def test_demo_story_runs_to_the_end(database_url: str) -> None:
         "curl -X POST",
         "resumed on a worker and succeeded",
         "Done.",
+        "/ui (sign in with the key jk_",
+        "a question waits in its inbox",
     ):
         assert milestone in text, f"{milestone!r} missing from:\n{text[-3000:]}"

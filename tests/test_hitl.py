@@ -186,7 +186,7 @@ async def test_ask_parks_without_a_slot_and_an_answer_resumes_it(
     async with running(worker):
         job = await job_manager.submit(tenant, ask_kind, {"loan": 1})
         waiting = await asking(job_manager, job.id, tenant, "q1")
-        assert waiting.prompt == {
+        assert {k: v for k, v in waiting.prompt.items() if k != "asked_at"} == {
             "key": "q1",
             "text": "Approve the loan?",
             "schema": schema,
@@ -194,7 +194,10 @@ async def test_ask_parks_without_a_slot_and_an_answer_resumes_it(
             "timeout": None,
             "on_timeout": "fail",
             "default": None,
+            "assignee": None,
+            "escalate": (),
         }
+        assert datetime.fromisoformat(waiting.prompt["asked_at"]) <= waiting.updated_at
         assert waiting.attempts == 0  # asking does not count as an attempt
         lease = await db.fetchrow(
             "SELECT lease_token, lease_expires_at, worker_id, input_deadline FROM jobs"
@@ -241,7 +244,7 @@ async def test_ask_parks_without_a_slot_and_an_answer_resumes_it(
     assert_contiguous(history)
     assert history[-1].seq == final.version
     assert history[2].data == waiting.prompt
-    assert history[3].data == {"key": "q1", "answered_by": "alice"}
+    assert history[3].data == {"key": "q1", "answered_by": "alice", "replica": job_manager.replica}
     assert [e.data["attempt"] for e in history if e.type == "claimed"] == [1, 1]
 
 
@@ -274,10 +277,11 @@ async def test_questions_in_sequence_replay_answers_and_checkpoints_run_once(
         await job_manager.answer(job.id, tenant=tenant, answer=100)
         second = await asking(job_manager, job.id, tenant, "q2")
         assert second.prompt["choices"] == ("EUR", "USD")
-        assert dict(second.answers["q1"]) | {"answered_at": None} == {
+        assert dict(second.answers["q1"]) | {"answered_at": None, "asked_at": None} == {
             "answer": 100,
             "answered_by": None,
             "answered_at": None,
+            "asked_at": None,
         }
         await job_manager.answer(job.id, tenant=tenant, answer="EUR", question_key="q2")
         third = await asking(job_manager, job.id, tenant, "note")

@@ -16,7 +16,7 @@ from jobkeeper.errors import InvalidRequest
 from jobkeeper.settings import asyncpg_dsn
 from jobkeeper.testing import create_database, drop_database
 
-TABLES = {"jobs", "job_events", "job_tombstones", "workers", "api_keys"}
+TABLES = {"jobs", "job_events", "job_tombstones", "workers", "api_keys", "schedules"}
 
 
 @pytest.fixture

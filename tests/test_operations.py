@@ -73,12 +73,14 @@ async def _ask(pg: Postgres, job: Job, token: UUID | None) -> Any:
 
 
 async def _answer(pg: Postgres, job: Job, token: UUID | None) -> Any:
-    return await pg.jobs.answer(job.id, job.tenant, "manual", "true", "tester")
+    return await pg.questions.answer(
+        job.id, job.tenant, "manual", "true", "tester", expected_version=None, replica="test"
+    )
 
 
 async def _input_timeout(pg: Postgres, job: Job, token: UUID | None) -> Any:
     await _overdue(pg, job, "input_deadline", JobStatus.WAITING_INPUT)
-    return await pg.jobs.expire_input_deadlines(limit=1000)
+    return await pg.questions.expire_input_deadlines(limit=1000, replica="test")
 
 
 async def _cancel(pg: Postgres, job: Job, token: UUID | None) -> Any:

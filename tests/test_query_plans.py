@@ -10,7 +10,7 @@ import pytest
 
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.manager import JobManager
-from jobkeeper.postgres import jobs, leases, notify, retention
+from jobkeeper.postgres import batch, jobs, leases, notify, questions, retention, schedules
 from jobkeeper.postgres.compile import Sql
 from jobkeeper.postgres.jobs import _list_sql, _transition_sql
 from jobkeeper.postgres.leases import (
@@ -30,7 +30,7 @@ ROWS = 20_000
 JOB_STATEMENTS = {
     **{
         f"{module.__name__.rsplit('.', 1)[1]}.{name}": value.text
-        for module in (jobs, leases, notify, retention)
+        for module in (batch, jobs, leases, notify, questions, retention, schedules)
         for name, value in vars(module).items()
         if isinstance(value, Sql) and re.search(r"\bjobs\b", value.text)
     },
@@ -66,6 +66,12 @@ async def big_table(database_url: str) -> str:
 async def test_claim_uses_the_partial_queue_index(big_table: str) -> None:
     plan = await explain(big_table, _CLAIM.text)
     assert "ix_jobs_claim" in index_names(plan), json.dumps(plan, indent=1)
+
+
+async def test_the_inbox_reads_the_tenants_open_questions_in_index_order(big_table: str) -> None:
+    plan = await explain(big_table, questions._INBOX.text)
+    assert "ix_jobs_inbox" in index_names(plan), json.dumps(plan, indent=1)
+    assert "Sort" not in node_types(plan), json.dumps(plan, indent=1)
 
 
 async def test_lease_recovery_reads_only_the_running_jobs(big_table: str) -> None:

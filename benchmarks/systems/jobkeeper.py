@@ -241,7 +241,8 @@ class Jobkeeper(System):
 
     @asynccontextmanager
     async def producer(self, batch: int) -> AsyncIterator[Producer]:
-        """``JobManager.submit`` on a pool of ``PRODUCERS``; jobkeeper has no batch submit."""
+        """``JobManager.submit`` on a pool of ``PRODUCERS``, one job per call (lists:
+        ``bench_batch.py``)."""
         async with await JobManager.connect(self.url, pool_size=PRODUCERS) as manager:
 
             def submit(i: int) -> Awaitable[object]:

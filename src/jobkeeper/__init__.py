@@ -4,6 +4,9 @@ Postgres is the source of truth; ``JobManager`` puts a bounded, version-aware ho
 """
 
 from jobkeeper.cache import CacheStats
+from jobkeeper.domain.batch import JobSpec, Submitted
+from jobkeeper.domain.questions import Escalate, Question, QuestionPage
+from jobkeeper.domain.schedules import Schedule
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.values import Job, JobEvent, JobPage, Lease, Progress, WorkerInfo
 from jobkeeper.errors import (
@@ -16,9 +19,14 @@ from jobkeeper.errors import (
     JobFinished,
     JobkeeperError,
     JobNotFound,
+    LeaseLost,
     PermanentFailure,
+    QuestionChanged,
+    QuestionClaimed,
     QueueFull,
     Retry,
+    ScheduleExists,
+    ScheduleNotFound,
     TenantRequired,
 )
 from jobkeeper.feed import FeedStatus
@@ -29,6 +37,7 @@ from jobkeeper.worker import JobContext, TaskRegistry, Worker
 __all__ = [
     "CacheStats",
     "DatabaseUnavailable",
+    "Escalate",
     "FeedStatus",
     "IdempotencyConflict",
     "InvalidJobId",
@@ -42,14 +51,24 @@ __all__ = [
     "JobManager",
     "JobNotFound",
     "JobPage",
+    "JobSpec",
     "JobStatus",
     "JobkeeperError",
     "Lease",
+    "LeaseLost",
     "PermanentFailure",
     "Progress",
+    "Question",
+    "QuestionChanged",
+    "QuestionClaimed",
+    "QuestionPage",
     "QueueFull",
     "Retry",
+    "Schedule",
+    "ScheduleExists",
+    "ScheduleNotFound",
     "Settings",
+    "Submitted",
     "TaskRegistry",
     "TenantRequired",
     "Worker",

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import importlib
 import json
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -23,7 +25,11 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from jobkeeper.api.auth import ApiKeys
-from jobkeeper.api.schemas import job_json
+from jobkeeper.api.inbox import question_json
+from jobkeeper.api.schedules import schedule_json
+from jobkeeper.api.schemas import iso, job_json
+from jobkeeper.domain.questions import question_of
+from jobkeeper.domain.schedules import Schedule
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.validate import validate_tenant
 from jobkeeper.domain.values import Job
@@ -33,7 +39,7 @@ from jobkeeper.maintenance import Sweeper, SweepReport
 from jobkeeper.manager import JobManager
 from jobkeeper.metrics import Metrics
 from jobkeeper.migrate import upgrade
-from jobkeeper.settings import Settings
+from jobkeeper.settings import Settings, parse_duration
 from jobkeeper.worker import TaskRegistry, Worker
 
 T = TypeVar("T")
@@ -68,6 +74,8 @@ keys_app = typer.Typer(help="Create, revoke and list API keys.", no_args_is_help
 app.add_typer(keys_app, name="keys")
 jobs_app = typer.Typer(help="Look at and act on jobs.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
+schedules_app = typer.Typer(help="Create and manage periodic schedules.", no_args_is_help=True)
+app.add_typer(schedules_app, name="schedules")
 
 
 def _read_settings() -> Settings:
@@ -97,7 +105,7 @@ def _run(work: Coroutine[Any, Any, T]) -> T:
 
 
 async def _with_keys(action: Callable[[ApiKeys], Awaitable[T]]) -> T:
-    async with await JobManager.from_settings(_settings()) as jobs:
+    async with await JobManager.from_settings(_settings(), wait=0) as jobs:
         return await action(ApiKeys(jobs, cache_ttl=0))
 
 
@@ -174,7 +182,7 @@ def sweep() -> None:
     settings = _settings()
 
     async def once() -> SweepReport:
-        async with await JobManager.from_settings(settings) as jobs:
+        async with await JobManager.from_settings(settings, wait=0) as jobs:
             return await Sweeper.from_settings(jobs, settings).sweep()
 
     report = _run(once())
@@ -186,8 +194,13 @@ def sweep() -> None:
             typer.echo(f"{name.replace('_', ' ')}: {value}")
 
 
+async def _reachable(settings: Settings) -> None:
+    """Return once Postgres answers with jobkeeper's schema (``JobkeeperError`` if it does not)."""
+    await (await JobManager.from_settings(settings, role="worker")).close()
+
+
 async def _with_jobs(action: Callable[[JobManager], Awaitable[T]]) -> T:
-    async with await JobManager.from_settings(_settings()) as jobs:
+    async with await JobManager.from_settings(_settings(), wait=0) as jobs:
         return await action(jobs)
 
 
@@ -196,6 +209,13 @@ def _show(job: Job) -> None:
 
 
 TenantOption = Annotated[str, typer.Option(help="The tenant that owns the jobs.")]
+PrincipalOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Who you are: user:<name> (a bare name is a user), or any principal;"
+        " cli:<os user> if not given."
+    ),
+]
 
 
 @jobs_app.command("list")
@@ -219,14 +239,37 @@ def jobs_list(
 
 @jobs_app.command("show")
 def jobs_show(job_id: str, tenant: TenantOption) -> None:
-    """One job as JSON."""
-    _show(_run(_with_jobs(lambda jobs: jobs.get(job_id, tenant=tenant, consistency="strong"))))
+    """One job as JSON, with its open question (who holds it) and its history: the audit trail
+    of who claimed, released, took over, answered or escalated it, when, from which replica."""
+
+    async def read(jobs: JobManager) -> dict[str, Any]:
+        job = await jobs.get(job_id, tenant=tenant, consistency="strong")
+        history = await jobs.events(job.id, tenant=tenant)
+        question = None
+        if job.status is JobStatus.WAITING_INPUT:
+            question = question_json(question_of(job, now=datetime.now(UTC)))
+        return {
+            **job_json(job),
+            "question": question,
+            "history": [
+                {"seq": e.seq, "type": e.type, "at": iso(e.at), "data": e.data} for e in history
+            ],
+        }
+
+    typer.echo(json.dumps(_run(_with_jobs(read)), indent=2, default=str))
+
+
+def _operator() -> str:
+    """Who acts from this command line, as the job's history records it: ``cli:<os user>``."""
+    return f"cli:{getpass.getuser()}"
 
 
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: str, tenant: TenantOption) -> None:
     """Cancel a job (a running one is asked to stop)."""
-    _show(_run(_with_jobs(lambda jobs: jobs.cancel(job_id, tenant=tenant))))
+    _show(
+        _run(_with_jobs(lambda jobs: jobs.cancel(job_id, tenant=tenant, cancelled_by=_operator())))
+    )
 
 
 @jobs_app.command("answer")
@@ -235,8 +278,12 @@ def jobs_answer(
     answer: Annotated[str, typer.Argument(help="The answer as JSON, e.g. '{\"approve\": true}'.")],
     tenant: TenantOption,
     question_key: Annotated[str | None, typer.Option()] = None,
+    principal: PrincipalOption = None,
+    if_version: Annotated[
+        int | None, typer.Option(min=1, help="Refuse if the question is no longer this version.")
+    ] = None,
 ) -> None:
-    """Answer a job's open question."""
+    """Answer a job's open question (refused while someone else holds it)."""
     try:
         value = json.loads(answer)
     except json.JSONDecodeError as exc:
@@ -248,12 +295,168 @@ def jobs_answer(
                     job_id,
                     tenant=tenant,
                     answer=value,
-                    answered_by="cli",
+                    answered_by=principal or _operator(),
                     question_key=question_key,
+                    expected_version=if_version,
                 )
             )
         )
     )
+
+
+ScheduleArgument = Annotated[str, typer.Argument(help="The schedule's id.")]
+
+
+def _show_schedule(schedule: Schedule) -> None:
+    typer.echo(json.dumps(schedule_json(schedule), indent=2))
+
+
+def _json_option(name: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _fail(f"{name} is not JSON: {exc}", 2) from None
+
+
+@schedules_app.command("create")
+def schedules_create(
+    name: Annotated[str, typer.Argument(help="The schedule's name (unique per tenant).")],
+    tenant: TenantOption,
+    kind: Annotated[str, typer.Option(help="The kind of job each tick submits.")],
+    cron: Annotated[str | None, typer.Option(help="Five cron fields, e.g. '*/5 * * * *'.")] = None,
+    every: Annotated[str | None, typer.Option(help="An interval instead: 30s, 15m, 1h.")] = None,
+    timezone: Annotated[str, typer.Option(help="Whose wall clock cron reads.")] = "UTC",
+    payload: Annotated[str, typer.Option(help="Each job's payload as JSON.")] = "null",
+    misfire: Annotated[str, typer.Option(help="After downtime: latest, all or none.")] = "latest",
+    max_catch_up: Annotated[int, typer.Option(help="Most missed ticks run with 'all'.")] = 100,
+    priority: Annotated[int, typer.Option()] = 0,
+    max_attempts: Annotated[int, typer.Option()] = 3,
+    paused: Annotated[bool, typer.Option(help="Create it paused.")] = False,
+) -> None:
+    """Submit a KIND job at each tick (workers of that kind fire it); prints the schedule."""
+    value = _json_option("the payload", payload)
+    interval = None
+    if every is not None:
+        try:
+            interval = timedelta(seconds=float(parse_duration(every)))  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise _fail(f"--every: {exc}", 2) from None
+    created = _run(
+        _with_jobs(
+            lambda jobs: jobs.create_schedule(
+                tenant,
+                name,
+                kind,
+                cron=cron,
+                every=interval,
+                timezone=timezone,
+                payload=value,
+                misfire=misfire,
+                max_catch_up=max_catch_up,
+                priority=priority,
+                max_attempts=max_attempts,
+                paused=paused,
+            )
+        )
+    )
+    _show_schedule(created)
+
+
+@schedules_app.command("list")
+def schedules_list(tenant: TenantOption) -> None:
+    """The tenant's schedules by name."""
+    for schedule in _run(_with_jobs(lambda jobs: jobs.list_schedules(tenant=tenant))):
+        spec = schedule.spec
+        timing = spec.cron or f"every {int(spec.every.total_seconds())}s"  # type: ignore[union-attr]
+        state = "paused" if schedule.paused else f"next {schedule.next_tick:%Y-%m-%d %H:%M:%S}Z"
+        typer.echo(
+            f"{schedule.id}  {schedule.name:<20} {schedule.kind:<20} {timing} ({spec.timezone})"
+            f"  {state}"
+        )
+
+
+@schedules_app.command("pause")
+def schedules_pause(schedule_id: ScheduleArgument, tenant: TenantOption) -> None:
+    """Stop submitting jobs until resumed."""
+    paused = _run(_with_jobs(lambda jobs: jobs.pause_schedule(schedule_id, tenant=tenant)))
+    _show_schedule(paused)
+
+
+@schedules_app.command("resume")
+def schedules_resume(schedule_id: ScheduleArgument, tenant: TenantOption) -> None:
+    """Submit jobs again from the next tick."""
+    resumed = _run(_with_jobs(lambda jobs: jobs.resume_schedule(schedule_id, tenant=tenant)))
+    _show_schedule(resumed)
+
+
+@schedules_app.command("delete")
+def schedules_delete(schedule_id: ScheduleArgument, tenant: TenantOption) -> None:
+    """Delete a schedule (the jobs it submitted stay)."""
+    _run(_with_jobs(lambda jobs: jobs.delete_schedule(schedule_id, tenant=tenant)))
+    typer.echo(f"deleted {schedule_id}")
+
+
+@jobs_app.command("claim")
+def jobs_claim(
+    job_id: str,
+    tenant: TenantOption,
+    principal: PrincipalOption = None,
+    takeover: Annotated[bool, typer.Option(help="Take it from whoever holds it.")] = False,
+    ttl: Annotated[float, typer.Option(help="Seconds to hold it.")] = 300.0,
+) -> None:
+    """Hold a job's question so that only you may answer it (again: renew)."""
+    held = _run(
+        _with_jobs(
+            lambda jobs: jobs.claim_question(
+                job_id, tenant, principal or _operator(), takeover=takeover, ttl=ttl
+            )
+        )
+    )
+    typer.echo(json.dumps(question_json(held), indent=2))
+
+
+@jobs_app.command("release")
+def jobs_release(job_id: str, tenant: TenantOption, principal: PrincipalOption = None) -> None:
+    """Give back a job's question you hold."""
+    released = _run(
+        _with_jobs(lambda jobs: jobs.release_question(job_id, tenant, principal or _operator()))
+    )
+    typer.echo(json.dumps(question_json(released), indent=2))
+
+
+@app.command()
+def inbox(
+    tenant: TenantOption,
+    principal: PrincipalOption = None,
+    role: Annotated[list[str] | None, typer.Option(help="Your roles (repeatable).")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
+    assignee: Annotated[str | None, typer.Option(help="Only for this assignee.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+) -> None:
+    """The open questions you may answer, oldest deadline first: job, kind, assignee, deadline,
+    who holds it, version, and the question."""
+    page = _run(
+        _with_jobs(
+            lambda jobs: jobs.inbox(
+                tenant,
+                principal=principal or _operator(),
+                roles=role or (),
+                kind=kind,
+                assignee=assignee,
+                limit=limit,
+            )
+        )
+    )
+    for q in page.items:
+        deadline = "-" if q.deadline is None else f"{q.deadline:%Y-%m-%d %H:%M:%S}"
+        held = "-" if q.claimed_by is None else f"held by {q.claimed_by}"
+        text = (q.text or q.key).splitlines()[0][:60]
+        typer.echo(
+            f"{q.job_id}  {q.kind:<24} {q.assignee or 'anyone':<18} {deadline:<19}  "
+            f"v{q.version}  {held}  {text}"
+        )
+    if page.next_cursor:
+        typer.echo(f"(more: --limit, or the cursor {page.next_cursor})")
 
 
 @app.command()
@@ -287,9 +490,11 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(help="Server processes (each its own cache).")] = 1,
 ) -> None:
-    """Run the HTTP API with uvicorn."""
+    """Run the HTTP API with uvicorn (once Postgres answers: up to JOBKEEPER_STARTUP_WAIT s)."""
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
+    # wait for Postgres here, where giving up is one line; a failing app lifespan is a traceback
+    _run(_reachable(settings))
     import uvicorn
 
     uvicorn.run(

@@ -201,7 +201,7 @@ class Story:
         job = await self.until(asking, "waiting_input")
         say(f"   it asks: [italic]{job['prompt']['text']}[/]  (schema: approve bool, comment str)")
         say(
-            "   answer it from anywhere, e.g.:\n"
+            f"   answer it in the dashboard ({self.base}/ui/inbox) or from anywhere, e.g.:\n"
             f"   curl -X POST {self.base}/jobs/{asking}/input -H 'Authorization: Bearer {self.key}'"
             " -H 'content-type: application/json' -d '{\"answer\": {\"approve\": true}}'"
         )
@@ -255,13 +255,19 @@ async def run_story(url: str, *, linger: bool) -> None:
         server, serving = await _serve(create_app(settings), port)
         base = f"http://127.0.0.1:{port}"
         console.print(f"API at [bold]{base}[/] (OpenAPI docs at {base}/docs), worker running")
+        console.print(f"Dashboard at [bold]{base}/ui[/] (sign in with the key {key})")
         headers = {"Authorization": f"Bearer {key}"}
         try:
             async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as http:
                 await Story(http, base, key, console).tell()
+                open_question = await Story(http, base, key, console).submit(
+                    "demo.ask", {"question": "Approve the quarterly report?"}
+                )
             console.print(
                 f"\n[bold]Done.[/] The API is at {base} (docs: {base}/docs), "
-                f"tenant {DEMO_TENANT!r}, key {key}"
+                f"tenant {DEMO_TENANT!r}, key {key}\n"
+                f"Dashboard: {base}/ui; a question waits in its inbox ({base}/ui/inbox): "
+                f"job {open_question}"
             )
             if linger:
                 console.print("Press Ctrl-C to stop.")

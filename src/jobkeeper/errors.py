@@ -9,16 +9,24 @@ the HTTP layer maps codes to statuses in one place. Messages are for people and 
     │   └── InvalidJobId            invalid_job_id
     ├── JobNotFound                 job_not_found        missing, or owned by another tenant
     │   └── JobExpired              job_expired          it existed; retention removed it
+    ├── ScheduleNotFound            schedule_not_found   missing, or owned by another tenant
+    ├── ScheduleExists              schedule_exists      the tenant has a schedule of that name
     ├── InvalidTransition           invalid_transition   the job's status does not allow it
     │   └── JobFinished             job_finished         the job already reached a terminal status
     ├── IdempotencyConflict         idempotency_key_reused
     ├── QueueFull                   queue_full           backpressure; retry after ``retry_after`` s
     ├── InvalidAnswer               invalid_answer       the answer does not fit the question
     ├── NotWaitingForInput          not_waiting_for_input  no open question (or another one)
+    ├── QuestionClaimed             question_claimed     someone else holds the question
+    ├── QuestionChanged             precondition_failed  the question changed since it was read
     ├── SchemaMissing               schema_missing       the database was never migrated
     │   └── SchemaOutdated          schema_outdated      tables in the layout before schemas
     ├── DatabaseUnavailable         database_unavailable
+    ├── LeaseLost                   lease_lost           a fenced write: the lease is gone
     └── LifespanFailed              lifespan_failed      a worker's task-registry lifespan failed
+
+An error about one item of a batch (``JobManager.submit_many``) is raised with ``index``, the
+item's position, and its message starts with ``item <index>:``; otherwise ``index`` is ``None``.
 
 Raised by handlers to steer the worker (not errors of jobkeeper itself):
 
@@ -30,7 +38,7 @@ Raised by handlers to steer the worker (not errors of jobkeeper itself):
 from __future__ import annotations
 
 from datetime import datetime
-from typing import ClassVar
+from typing import ClassVar, Self
 from uuid import UUID
 
 from jobkeeper.clock import utc_text
@@ -47,10 +55,15 @@ __all__ = [
     "JobFinished",
     "JobNotFound",
     "JobkeeperError",
+    "LeaseLost",
     "NotWaitingForInput",
     "PermanentFailure",
+    "QuestionChanged",
+    "QuestionClaimed",
     "QueueFull",
     "Retry",
+    "ScheduleExists",
+    "ScheduleNotFound",
     "SchemaMissing",
     "TenantRequired",
 ]
@@ -60,10 +73,20 @@ class JobkeeperError(Exception):
     """Base of every error jobkeeper raises on purpose."""
 
     code: ClassVar[str] = "jobkeeper_error"
+    # the position of the batch item this error is about (``submit_many``); None otherwise
+    index: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def at_item(self, index: int) -> Self:
+        """This error, as one about item ``index`` of a batch: ``index`` set, the message
+        prefixed with it."""
+        self.index = index
+        self.message = f"item {index}: {self.message}"
+        self.args = (self.message,)
+        return self
 
 
 class InvalidRequest(JobkeeperError):
@@ -117,6 +140,26 @@ class JobExpired(JobNotFound):
         self.message = f"job {job_id} expired at {moment}"
         self.args = (self.message,)
         self.expired_at = expired_at
+
+
+class ScheduleNotFound(JobkeeperError):
+    """No such schedule for this tenant (another tenant's is reported the same way)."""
+
+    code = "schedule_not_found"
+
+    def __init__(self, schedule_id: UUID) -> None:
+        super().__init__(f"schedule {schedule_id} not found")
+        self.schedule_id = schedule_id
+
+
+class ScheduleExists(JobkeeperError):
+    """The tenant already has a schedule of this name; nothing was written."""
+
+    code = "schedule_exists"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"a schedule named {name!r} exists already")
+        self.name = name
 
 
 class InvalidTransition(JobkeeperError):
@@ -187,6 +230,18 @@ class DatabaseUnavailable(JobkeeperError):
     code = "database_unavailable"
 
 
+class LeaseLost(JobkeeperError):
+    """The worker no longer holds the job's lease (it expired, or the job was recovered and may
+    run elsewhere), so a write fenced by it (``JobContext.fenced``) must not happen: roll back
+    the transaction it was in. Nothing was written."""
+
+    code = "lease_lost"
+
+    def __init__(self, job_id: UUID) -> None:
+        super().__init__(f"the lease on job {job_id} is no longer held; another worker may own it")
+        self.job_id = job_id
+
+
 class LifespanFailed(JobkeeperError):
     """The task registry's ``lifespan`` raised as a worker entered it; the worker did not start."""
 
@@ -209,6 +264,7 @@ class QueueFull(JobkeeperError):
         self.tenant = tenant
         self.limit = limit
         self.retry_after = retry_after
+        self.kind = kind
 
 
 class InvalidAnswer(JobkeeperError):
@@ -232,6 +288,40 @@ class NotWaitingForInput(JobkeeperError):
         super().__init__(f"job {job_id} is {status}, not waiting for {what}")
         self.job_id = job_id
         self.status = status
+        self.question_key = question_key
+
+
+class QuestionClaimed(JobkeeperError):
+    """Someone else holds the job's question (``claimed_by`` until ``claim_expires_at``): take
+    it over explicitly (``claim_question(..., takeover=True)``) to answer it; nothing was
+    changed."""
+
+    code = "question_claimed"
+
+    def __init__(self, job_id: UUID, claimed_by: str, claim_expires_at: datetime) -> None:
+        super().__init__(
+            f"the question of job {job_id} is held by {claimed_by}"
+            f" until {utc_text(claim_expires_at)}"
+        )
+        self.job_id = job_id
+        self.claimed_by = claimed_by
+        self.claim_expires_at = claim_expires_at
+
+
+class QuestionChanged(JobkeeperError):
+    """The question is no longer in the version the answer was for (asked anew or escalated
+    since it was read): read it again; nothing was changed."""
+
+    code = "precondition_failed"
+
+    def __init__(self, job_id: UUID, expected_version: int, current_version: int | None) -> None:
+        now = "no open question" if current_version is None else f"version {current_version}"
+        super().__init__(
+            f"the question of job {job_id} changed: expected version {expected_version}, {now}"
+        )
+        self.job_id = job_id
+        self.expected_version = expected_version
+        self.current_version = current_version
 
 
 class Retry(Exception):

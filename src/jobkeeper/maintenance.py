@@ -4,7 +4,8 @@ retention policy it applies, both built from ``Settings`` here.
 One pass, under a session advisory lock (so it dies with a crashed holder and needs no cleanup):
 
 * lease recovery: jobs whose worker stopped renewing its lease are re-queued or failed;
-* input deadlines: each overdue question's ``on_timeout`` is applied;
+* input deadlines: an overdue question with an ``Escalate`` step left goes to that step's
+  assignee with its new deadline; any other overdue question's ``on_timeout`` is applied;
 * retention: the input of jobs finished ``payload_ttl`` ago is cleared; jobs finished ``job_ttl``
   ago are deleted with their history, after their kind's ``on_expire`` hook ran, leaving a
   tombstone so they answer ``job_expired``; tombstones older than ``tombstone_ttl`` are purged.
@@ -99,6 +100,7 @@ class SweepReport:
     swept: bool = True
     leases_recovered: int = 0
     inputs_timed_out: int = 0
+    questions_escalated: int = 0
     payloads_cleared: int = 0
     jobs_expired: int = 0
     hook_failures: int = 0
@@ -110,6 +112,8 @@ class Sweeper:
     """Runs ``sweep()`` every ``interval`` seconds with ``run()``, or once on demand.
 
     ``retention=None`` skips retention (lease recovery, deadlines and the worker registry only).
+    ``lock_idle_limit``: a sweeper stopped mid-pass for this long loses the sweeper lock, so a
+    paused process cannot keep every other process from recovering leases.
     """
 
     def __init__(
@@ -123,6 +127,7 @@ class Sweeper:
         hooks: ExpiryHooks | None = None,
         on_report: Callable[[SweepReport], object] | None = None,
         forget_workers_after: float = 600.0,
+        lock_idle_limit: float = 30.0,
     ) -> None:
         self._jobs = jobs
         self._interval = interval
@@ -131,6 +136,7 @@ class Sweeper:
         self._hooks = hooks or ExpiryHooks()
         self._on_report = on_report
         self._forget_workers_after = forget_workers_after
+        self._lock_idle_limit = lock_idle_limit
 
     @classmethod
     def from_settings(
@@ -152,24 +158,31 @@ class Sweeper:
             retention=Retention.from_settings(settings),
             hooks=hooks,
             on_report=on_report,
+            # a stopped sweeper delays lease recovery by at most about one more lease
+            lock_idle_limit=settings.lease_seconds,
         )
 
     async def sweep(self) -> SweepReport:
         """One pass, batch by batch until nothing is left, if no other process is sweeping."""
-        async with self._jobs.sweep_lock() as held:
+        async with self._jobs.sweep_lock(idle_limit=self._lock_idle_limit) as held:
             if not held:
                 return SweepReport(swept=False)
             base, cap = self._backoff
-            recovered = timed_out = 0
+            recovered = escalated = timed_out = 0
             while batch := await self._jobs.recover_expired(
                 limit=_BATCH, backoff_base=base, backoff_max=cap
             ):
                 recovered += len(batch)
+            while batch := await self._jobs.escalate_questions(limit=_BATCH):
+                escalated += len(batch)
             while batch := await self._jobs.expire_input_deadlines(limit=_BATCH):
                 timed_out += len(batch)
             pruned = await self._jobs.workers.prune(self._forget_workers_after)
             report = SweepReport(
-                leases_recovered=recovered, inputs_timed_out=timed_out, workers_pruned=pruned
+                leases_recovered=recovered,
+                inputs_timed_out=timed_out,
+                questions_escalated=escalated,
+                workers_pruned=pruned,
             )
             if self._retention is not None:
                 report = await self._retain(self._retention, report)

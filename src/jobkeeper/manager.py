@@ -12,8 +12,10 @@ import base64
 import binascii
 import contextlib
 import json
+import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 from uuid import UUID
@@ -21,7 +23,23 @@ from uuid import UUID
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobkeeper.cache import CacheStats, JobCache, Ticket
-from jobkeeper.domain.questions import answer_problems, same_json
+from jobkeeper.domain.batch import JobSpec, Submitted, validate_batch
+from jobkeeper.domain.questions import (
+    Question,
+    QuestionPage,
+    addressees,
+    answer_problems,
+    question_of,
+    same_json,
+    validate_assignee,
+)
+from jobkeeper.domain.schedules import (
+    NewSchedule,
+    Schedule,
+    next_tick,
+    validate_schedule,
+    validate_spec,
+)
 from jobkeeper.domain.status import TERMINAL_EVENTS, JobStatus
 from jobkeeper.domain.validate import (
     DEFAULT_SCHEMA,
@@ -33,21 +51,38 @@ from jobkeeper.domain.validate import (
     validate_new_job,
     validate_tenant,
 )
-from jobkeeper.domain.values import Job, JobEvent, JobPage, Lease, NewJob, Progress
+from jobkeeper.domain.values import (
+    Job,
+    JobCounts,
+    JobEvent,
+    JobLease,
+    JobPage,
+    Lease,
+    NewJob,
+    Progress,
+)
 from jobkeeper.errors import (
     IdempotencyConflict,
     InvalidAnswer,
     InvalidRequest,
+    JobkeeperError,
     JobNotFound,
+    LeaseLost,
     NotWaitingForInput,
+    QuestionChanged,
+    QuestionClaimed,
     QueueFull,
+    ScheduleExists,
+    ScheduleNotFound,
 )
 from jobkeeper.feed import BatchListener, ChangeFeed, ChangeListener, FeedMode, FeedStatus
 from jobkeeper.postgres import EXPIRED_VERSION, Postgres
+from jobkeeper.postgres.batch import Full
 from jobkeeper.postgres.borrowed import Borrowed, CallerConnection, borrow
 from jobkeeper.postgres.keys import KeyStatements
 from jobkeeper.postgres.workers import WorkerStatements
 from jobkeeper.settings import Settings
+from jobkeeper.supervise import until_reachable
 
 __all__ = ["Consistency", "JobManager", "Role"]
 
@@ -62,6 +97,9 @@ MAX_PAGE = 500
 _SUBMIT_ROUNDS = 3
 # a catch-up lists at most this many changed jobs (more than the cache holds: it is reset instead)
 _MIN_CATCH_UP = 1_000
+# an answer refused for a claim that expired (or a question escalated) just then is tried again
+_ANSWER_ROUNDS = 3
+MAX_CLAIM_SECONDS = 3_600.0
 
 
 def _answered_with(job: Job, key: str | None, answer: Any) -> bool:
@@ -71,6 +109,68 @@ def _answered_with(job: Job, key: str | None, answer: Any) -> bool:
         key = max(answers, key=lambda k: str(answers[k].get("answered_at")))
     entry = answers.get(key) if key is not None else None
     return entry is not None and same_json(entry.get("answer"), json.loads(answer))
+
+
+def _schedule_id(value: object) -> UUID:
+    if isinstance(value, UUID):
+        return value
+    try:
+        return UUID(str(value))
+    except ValueError:
+        raise InvalidRequest("schedule_id", f"not a UUID: {value!r}") from None
+
+
+def _principal(value: object) -> str:
+    principal = optional_text("principal", value)
+    if principal is None:
+        raise InvalidRequest("principal", "who is asking is required")
+    return principal
+
+
+# an inbox cursor: the last question's deadline (microseconds since the epoch, this for none)
+# and job id, 24 bytes as 32 base64url characters; any 32 such characters are a cursor
+_NO_DEADLINE = -(2**63)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_EARLIEST = (datetime(1, 1, 2, tzinfo=UTC) - _EPOCH) // _MICROSECOND
+_LATEST = (datetime(9999, 12, 30, tzinfo=UTC) - _EPOCH) // _MICROSECOND
+
+
+def _encode_inbox_cursor(question: Question) -> str:
+    deadline = question.deadline
+    micros = _NO_DEADLINE if deadline is None else (deadline - _EPOCH) // _MICROSECOND
+    raw = micros.to_bytes(8, "big", signed=True) + question.job_id.bytes
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_inbox_cursor(cursor: str) -> tuple[datetime | None, UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor.encode("ascii"))
+    except (ValueError, binascii.Error):
+        raw = b""
+    if len(raw) != 24:
+        raise InvalidRequest("cursor", "not a cursor returned by inbox()")
+    micros = int.from_bytes(raw[:8], "big", signed=True)
+    if micros == _NO_DEADLINE:
+        return None, UUID(bytes=raw[8:])
+    micros = min(max(micros, _EARLIEST), _LATEST)
+    return _EPOCH + micros * _MICROSECOND, UUID(bytes=raw[8:])
+
+
+def _held_by_other(job: Job, principal: str | None) -> QuestionClaimed | None:
+    """``QuestionClaimed`` if someone other than ``principal`` holds the job's question now."""
+    holder, until = job.claimed_by, job.claim_expires_at
+    if holder is None or until is None or holder == principal or until <= datetime.now(UTC):
+        return None
+    return QuestionClaimed(job.id, holder, until)
+
+
+class _NotHeld(JobkeeperError):
+    """A release by a principal that holds nothing: not an error, the question as it is."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__("nothing held")
+        self.job = job
 
 
 def _encode_cursor(job_id: UUID) -> str:
@@ -110,6 +210,8 @@ class JobManager:
         self._max_queued_per_kind = max_queued_per_kind
         self._retry_after = queue_full_retry_after
         self._observers: list[Callable[[str, Job], object]] = []
+        # who wrote a change, in the audit trail of questions: this process
+        self.replica = f"{socket.gethostname()}:{os.getpid()}"
 
     @classmethod
     async def connect(
@@ -122,11 +224,13 @@ class JobManager:
         cache_ttl: float = 30.0,
         pool_size: int = 10,
         prepared_statements: bool = True,
+        command_timeout: float = 10.0,
         feed_mode: FeedMode = "notify",
         feed_interval: float | None = None,
         max_queued: int | None = None,
         max_queued_per_kind: int | None = None,
         queue_full_retry_after: float = 5.0,
+        wait: float = 0.0,
     ) -> JobManager:
         """Open a pool to ``database``, check that Postgres answers and start the change feed.
 
@@ -138,6 +242,9 @@ class JobManager:
         ``feed_mode="poll"`` is for transaction-mode poolers (no LISTEN/NOTIFY), with
         ``prepared_statements=False`` for one that cannot keep them (PgBouncer before 1.21;
         docs/operations.md); every process on one database must use the same mode.
+        ``command_timeout``: seconds a statement may take before its connection counts as lost
+        (``DatabaseUnavailable``), so a silently dead network link fails reads and writes
+        instead of hanging them.
         ``feed_interval`` is the catch-up period (default 1 s with notify, where it is a safety
         net, and 0.25 s with poll, where it is the bound).
         ``max_queued`` (per tenant) and ``max_queued_per_kind`` bound the queue: ``submit`` then
@@ -145,9 +252,16 @@ class JobManager:
         ``role="worker"`` (what ``jobkeeper worker`` runs) keeps no cache and hears only the
         changes workers act on; ``cache_size=0`` keeps no cache in an API process (every read
         goes to Postgres).
+        ``wait``: seconds to keep trying while Postgres cannot be reached (each failure logged at
+        WARNING, with backoff), then ``DatabaseUnavailable`` saying how long it waited; the
+        default 0 tries once, as a library call should. A missing schema is raised at once.
         """
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not wait >= 0:
+            raise InvalidRequest("wait", "seconds >= 0")
         if role not in ("api", "worker"):
             raise InvalidRequest("role", "'api' or 'worker'")
+        if command_timeout <= 0:
+            raise InvalidRequest("command_timeout", "seconds, more than 0")
         if cache_size < 0 or cache_ttl <= 0:
             raise InvalidRequest("cache", "cache_size must be >= 0 and cache_ttl > 0")
         if feed_mode not in ("notify", "poll"):
@@ -170,6 +284,7 @@ class JobManager:
             pool_size=pool_size,
             notify=feed_mode == "notify",
             prepared_statements=prepared_statements,
+            command_timeout=command_timeout,
         )
         cache = JobCache(cache_size if role == "api" else 0, cache_ttl)
         feed = ChangeFeed(
@@ -184,7 +299,7 @@ class JobManager:
         if cache.enabled:
             feed.subscribe(lambda job_id, version, _status: cache.invalidate(job_id, version))
         try:
-            await postgres.ping()
+            await until_reachable("connecting to Postgres", postgres.ping, within=wait)
             await feed.start()
         except BaseException:
             await feed.close()
@@ -200,8 +315,12 @@ class JobManager:
         )
 
     @classmethod
-    async def from_settings(cls, settings: Settings, *, role: Role = "api") -> JobManager:
-        """``connect`` with everything taken from ``Settings`` (``JOBKEEPER_*`` variables)."""
+    async def from_settings(
+        cls, settings: Settings, *, role: Role = "api", wait: float | None = None
+    ) -> JobManager:
+        """``connect`` with everything taken from ``Settings`` (``JOBKEEPER_*`` variables). A
+        process started from settings waits ``settings.startup_wait`` for Postgres (``wait``
+        overrides it: the CLI's one-shot commands pass 0)."""
         if not settings.database_url:
             raise InvalidRequest("database_url", "set JOBKEEPER_DATABASE_URL")
         return await cls.connect(
@@ -212,11 +331,13 @@ class JobManager:
             cache_ttl=settings.cache_ttl,
             pool_size=settings.pool_size,
             prepared_statements=settings.prepared_statements,
+            command_timeout=settings.command_timeout,
             feed_mode=settings.feed_mode,
             feed_interval=settings.feed_interval,
             max_queued=settings.max_queued,
             max_queued_per_kind=settings.max_queued_per_kind,
             queue_full_retry_after=settings.queue_full_retry_after,
+            wait=settings.startup_wait if wait is None else wait,
         )
 
     async def __aenter__(self) -> Self:
@@ -239,7 +360,7 @@ class JobManager:
 
     @property
     def keys(self) -> KeyStatements:
-        """API keys (stored by hash): ``create``, ``tenant_for``, ``revoke``, ``list``."""
+        """API keys (stored by hash): ``create``, ``live``, ``revoke``, ``list``."""
         return self._pg.keys
 
     @property
@@ -361,6 +482,58 @@ class JobManager:
             return job, False
         raise RuntimeError("idempotent submit kept losing its row; is something deleting jobs?")
 
+    async def submit_many(
+        self,
+        tenant: str,
+        items: Iterable[JobSpec | Mapping[str, Any]],
+        *,
+        connection: CallerConnection | None = None,
+    ) -> list[Submitted]:
+        """Record many new jobs at once, all or nothing: one ``Submitted(job, created)`` per
+        item, in the items' order.
+
+        Each item is a ``JobSpec`` (or a mapping of its fields): the options of ``submit``.
+        An item whose ``idempotency_key`` holds the same request already returns that job
+        (``created`` is ``False``); one whose key holds another request raises
+        ``IdempotencyConflict``. Items sharing a key within the batch name one job if their
+        requests are the same, else the later one is refused (``InvalidRequest``). Every error
+        about an item names it (``index``, and ``item <index>:`` in the message), and then
+        nothing is written. ``max_queued`` and ``max_queued_per_kind`` apply to the batch as a
+        whole: ``QueueFull`` if its new jobs would not all fit.
+
+        The new jobs and their ``submitted`` events are written by one statement (one round
+        trip when no key already exists and no queue limit is set). ``connection`` works as for
+        ``submit``: everything happens in the caller's transaction.
+        """
+        batch = validate_batch(tenant, items)
+        on = None if connection is None else await borrow(connection)
+        if not batch.rows:
+            return []
+        ticket = self._cache.ticket()
+        written = await self._pg.batch.insert(
+            batch,
+            max_queued=self._max_queued,
+            max_queued_per_kind=self._max_queued_per_kind,
+            on=on,
+            notify=self._pg.notifies,
+        )
+        if isinstance(written, Full):
+            limit = self._max_queued if written.kind is None else self._max_queued_per_kind
+            assert limit is not None
+            raise QueueFull(batch.tenant, limit, self._retry_after, written.kind)
+        if on is None:  # in the caller's transaction, it may never commit
+            self._remember((job for job, created in written if created), ticket, "submitted")
+            for job, created in written:
+                if not created:
+                    self._cache.store(job, ticket)
+        seen: set[int] = set()
+        submitted = []
+        for row in batch.row_of:  # a later item with the same key and request: a replay
+            job, created = written[row]
+            submitted.append(Submitted(job, created and row not in seen))
+            seen.add(row)
+        return submitted
+
     async def _queue_full(self, new: NewJob, on: Borrowed | None) -> QueueFull:
         """Which limit refused the job: the tenant's, unless only the kind's is reached."""
         if self._max_queued is not None and (
@@ -371,12 +544,18 @@ class JobManager:
         assert self._max_queued_per_kind is not None
         return QueueFull(new.tenant, self._max_queued_per_kind, self._retry_after, new.kind)
 
-    async def cancel(self, job_id: UUID | str, *, tenant: str) -> Job:
+    async def cancel(
+        self, job_id: UUID | str, *, tenant: str, cancelled_by: str | None = None
+    ) -> Job:
         """Cancel a job: a queued or waiting one becomes ``cancelled`` at once; a running one gets
-        ``cancel_requested`` so its worker stops it. Raises ``JobFinished`` if already terminal."""
+        ``cancel_requested`` so its worker stops it. Raises ``JobFinished`` if already terminal.
+
+        ``cancelled_by`` (a principal such as ``"user:alice"``, never a secret) is recorded in
+        the event's data, as ``answered_by`` is for an answer."""
         job_id, tenant = parse_job_id(job_id), validate_tenant(tenant)
+        cancelled_by = optional_text("cancelled_by", cancelled_by)
         ticket = self._cache.ticket()
-        job, _ = await self._pg.jobs.cancel(job_id, tenant)
+        job, _ = await self._pg.jobs.cancel(job_id, tenant, cancelled_by=cancelled_by)
         self._remember((job,), ticket, "cancelled")
         return job
 
@@ -489,17 +668,37 @@ class JobManager:
         kept = self._pg.leases.checkpoint(lease, key, result_json)
         return await self._recorded("checkpoint", kept)
 
+    async def fence(self, lease: Lease, connection: CallerConnection) -> None:
+        """Make the caller's open transaction on ``connection`` (an ``AsyncSession``, an
+        ``AsyncConnection`` or an asyncpg connection, as ``submit`` takes) conditional on
+        ``lease``: the job's row is locked until that transaction ends if the lease still holds
+        it by Postgres's clock, so no recovery can hand the job to another worker before the
+        caller commits; else ``LeaseLost`` (roll back). A handler calls ``ctx.fenced``."""
+        on = await borrow(connection)
+        if not await self._pg.leases.hold(lease, on):
+            raise LeaseLost(lease.job.id)
+
+    async def escalate_questions(self, *, limit: int = 100) -> list[Job]:
+        """Move each overdue question with an ``Escalate`` step left to that step's assignee,
+        with its new deadline (the sweeper runs this before ``expire_input_deadlines``)."""
+        escalated = self._pg.questions.escalate(limit=limit, replica=self.replica)
+        return await self._recorded("escalated", escalated)
+
     async def expire_input_deadlines(self, *, limit: int = 100) -> list[Job]:
         """Apply each overdue question's ``on_timeout`` (fail, cancel or default answer)."""
-        return await self._recorded(
-            "input_timeout", self._pg.jobs.expire_input_deadlines(limit=limit)
-        )
+        timed_out = self._pg.questions.expire_input_deadlines(limit=limit, replica=self.replica)
+        return await self._recorded("input_timeout", timed_out)
 
     # --- retention (the sweeper's) -------------------------------------------------------------
 
-    def sweep_lock(self) -> contextlib.AbstractAsyncContextManager[bool]:
-        """Hold the sweeper lock for the block if no other process does; yields whether held."""
-        return self._pg.retention.sweep_lock()
+    def sweep_lock(
+        self, *, idle_limit: float = 30.0
+    ) -> contextlib.AbstractAsyncContextManager[bool]:
+        """Hold the sweeper lock for the block if no other process does; yields whether held.
+
+        A holder that stops talking to Postgres for ``idle_limit`` seconds loses the lock.
+        """
+        return self._pg.retention.sweep_lock(idle_limit=idle_limit)
 
     async def clear_payloads(
         self, *, ttl: float, kinds: Sequence[str] | None, other_kinds: Sequence[str], limit: int
@@ -557,6 +756,118 @@ class JobManager:
             return await self.get(job_id, tenant=tenant, consistency="strong")
         return job
 
+    # --- periodic schedules (domain/schedules.py; fired by workers: worker/scheduler.py) -------
+
+    async def create_schedule(
+        self,
+        tenant: str,
+        name: str,
+        kind: str,
+        *,
+        cron: str | None = None,
+        every: timedelta | None = None,
+        timezone: str = "UTC",
+        payload: Any = None,
+        misfire: str = "latest",
+        max_catch_up: int = 100,
+        priority: int = 0,
+        max_attempts: int = 3,
+        concurrency_key: str | None = None,
+        paused: bool = False,
+    ) -> Schedule:
+        """Submit a ``kind`` job with ``payload`` at each tick of ``cron`` (five fields, read on
+        the wall clock of ``timezone``) or of ``every`` (whole seconds); workers of that kind
+        fire it, one job per tick. ``misfire`` (``latest``, ``all`` up to ``max_catch_up``, or
+        ``none``) says what runs of ticks missed while no worker ran. ``ScheduleExists`` if the
+        tenant has a schedule of that ``name``."""
+        spec = validate_spec(
+            cron=cron, every=every, timezone=timezone, misfire=misfire, max_catch_up=max_catch_up
+        )
+        if callable(payload):
+            raise InvalidRequest("payload", "a JSON value (a function only in @tasks.periodic)")
+        new = validate_schedule(
+            tenant=tenant,
+            name=name,
+            kind=kind,
+            spec=spec,
+            payload=payload,
+            priority=priority,
+            max_attempts=max_attempts,
+            concurrency_key=concurrency_key,
+            paused=paused,
+        )
+        created = await self._pg.schedules.create(new, next_tick(spec, datetime.now(UTC)))
+        if created is None:
+            raise ScheduleExists(new.name)
+        return created
+
+    async def declare_schedule(self, new: NewSchedule) -> Schedule:
+        """Write a schedule a worker's registry declares (``@tasks.periodic``): created, or
+        updated to the code's definition with its pause kept."""
+        return await self._pg.schedules.declare(new, next_tick(new.spec, datetime.now(UTC)))
+
+    async def list_schedules(self, *, tenant: str, limit: int = MAX_PAGE) -> tuple[Schedule, ...]:
+        """The tenant's schedules by name (at most ``limit``)."""
+        tenant = validate_tenant(tenant)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise InvalidRequest("limit", f"an integer from 1 to {MAX_PAGE} is required")
+        return tuple(await self._pg.schedules.of_tenant(tenant, limit=limit))
+
+    async def get_schedule(self, schedule_id: UUID | str, *, tenant: str) -> Schedule:
+        schedule_id, tenant = _schedule_id(schedule_id), validate_tenant(tenant)
+        found = await self._pg.schedules.get(schedule_id, tenant)
+        if found is None:
+            raise ScheduleNotFound(schedule_id)
+        return found
+
+    async def pause_schedule(self, schedule_id: UUID | str, *, tenant: str) -> Schedule:
+        """Stop submitting jobs (pausing a paused schedule changes nothing)."""
+        schedule_id, tenant = _schedule_id(schedule_id), validate_tenant(tenant)
+        paused = await self._pg.schedules.pause(schedule_id, tenant)
+        return paused or await self.get_schedule(schedule_id, tenant=tenant)
+
+    async def resume_schedule(self, schedule_id: UUID | str, *, tenant: str) -> Schedule:
+        """Submit jobs again from the first tick after now: ticks that passed while paused are
+        skipped, not missed."""
+        for _ in range(_SUBMIT_ROUNDS):  # the definition changed between the read and the write
+            current = await self.get_schedule(schedule_id, tenant=tenant)
+            if not current.paused:
+                return current
+            following = next_tick(current.spec, datetime.now(UTC))
+            resumed = await self._pg.schedules.resume(
+                current.id, current.tenant, following, current.updated_at
+            )
+            if resumed is not None:
+                return resumed
+        raise RuntimeError("resuming kept losing to concurrent changes of the schedule")
+
+    async def delete_schedule(self, schedule_id: UUID | str, *, tenant: str) -> None:
+        """Delete a schedule (the jobs it submitted stay; a declared one comes back when a
+        worker that declares it starts)."""
+        schedule_id, tenant = _schedule_id(schedule_id), validate_tenant(tenant)
+        if not await self._pg.schedules.delete(schedule_id, tenant):
+            raise ScheduleNotFound(schedule_id)
+
+    async def due_schedules(
+        self, kinds: Sequence[str], computed: Sequence[UUID], *, limit: int = 100
+    ) -> tuple[datetime | None, list[Schedule]]:
+        """For a scheduler: the database's clock and the running schedules of ``kinds`` (those
+        with computed payloads only if in ``computed``), soonest first."""
+        return await self._pg.schedules.soonest(kinds, computed, limit=limit)
+
+    async def fire_schedule(
+        self, schedule: Schedule, ticks: Sequence[tuple[datetime, Any]], following: datetime
+    ) -> list[Job]:
+        """Submit one job per ``(tick, payload)`` (``None`` as the payload of a schedule's own
+        payload) and move the schedule on to ``following``, unless another scheduler did so
+        first: Postgres lets exactly one job per schedule and tick exist. The jobs created."""
+        encoded = [
+            (tick, encode_json("payload", value) if schedule.computed_payload else None)
+            for tick, value in ticks
+        ]
+        fired = self._pg.schedules.fire(schedule, encoded, following)
+        return await self._recorded("submitted", fired)
+
     # --- human in the loop -------------------------------------------------------------------
 
     async def answer(
@@ -567,6 +878,7 @@ class JobManager:
         answer: Any,
         answered_by: str | None = None,
         question_key: str | None = None,
+        expected_version: int | None = None,
     ) -> Job:
         """Answer the question a waiting job asked; the job is queued again to resume.
 
@@ -574,34 +886,186 @@ class JobManager:
         (``InvalidAnswer``), committed before this returns, and recorded with who answered and
         when. A job not waiting (or waiting on another question than ``question_key``) raises
         ``NotWaitingForInput``; of two concurrent answers one wins. Repeating the answer that was
-        accepted returns the job again instead (a safe retry).
+        accepted returns the job again instead (a safe retry). While someone other than
+        ``answered_by`` holds the question (``claim_question``) it raises ``QuestionClaimed``;
+        with ``expected_version``, a question that changed since (asked anew, escalated) raises
+        ``QuestionChanged``. Nothing is changed by a refusal.
         """
         job_id, tenant = parse_job_id(job_id), validate_tenant(tenant)
         answered_by = optional_text("answered_by", answered_by)
         question_key = optional_text("question_key", question_key)
-        current = await self._pg.jobs.get(job_id, tenant)
-        if current is None:  # before judging the answer: another tenant's job is simply not found
-            raise await self._pg.jobs.missing(job_id, tenant)
+        if expected_version is not None and (
+            isinstance(expected_version, bool)
+            or not isinstance(expected_version, int)
+            or not 1 <= expected_version <= MAX_SEQUENCE
+        ):
+            raise InvalidRequest("expected_version", f"an integer from 1 to {MAX_SEQUENCE}")
+        # before judging the answer: another tenant's job is simply not found
+        current = await self._committed(job_id, tenant)
         try:
             answer_json = encode_json("answer", answer)
         except InvalidRequest as exc:
             raise InvalidAnswer(job_id, [exc.message]) from None
-        key = question_key
-        if current.status is JobStatus.WAITING_INPUT and key in (None, current.prompt["key"]):
+        for round_ in range(_ANSWER_ROUNDS):
+            if round_:  # refused: answered by someone else, claimed, or changed: look again
+                current = await self._committed(job_id, tenant)
+            key = question_key
+            if current.status is not JobStatus.WAITING_INPUT or key not in (
+                None,
+                current.prompt["key"],
+            ):
+                break
             key = current.prompt["key"]
+            version = current.question_version
+            if expected_version is not None and version != expected_version:
+                raise QuestionChanged(job_id, expected_version, version)
             problems = answer_problems(current.prompt, answer)
             if problems:
                 raise InvalidAnswer(job_id, problems)
-            answered = self._pg.jobs.answer(job_id, tenant, key, answer_json, answered_by)
+            held = _held_by_other(current, answered_by)
+            if held is not None:
+                raise held
+            answered = self._pg.questions.answer(
+                job_id,
+                tenant,
+                key,
+                answer_json,
+                answered_by,
+                expected_version=version,  # the version whose schema the answer was checked by
+                replica=self.replica,
+            )
             job = await self._recorded("answered", answered)
             if job is not None:
                 return job
-            current = await self._pg.jobs.get(job_id, tenant)  # lost a race: to whom?
-            if current is None:
-                raise await self._pg.jobs.missing(job_id, tenant)
+        else:  # refused every round: held (whatever this host's clock says) or changing
+            holder, until = current.claimed_by, current.claim_expires_at
+            if holder is not None and until is not None and holder != answered_by:
+                raise QuestionClaimed(job_id, holder, until)
+            raise QuestionChanged(job_id, current.question_version or 0, current.question_version)
         if _answered_with(current, key, answer_json):  # a retry of the accepted answer
             return current
         raise NotWaitingForInput(job_id, current.status.value, question_key)
+
+    # --- the work queue of questions ---------------------------------------------------------
+
+    async def inbox(
+        self,
+        tenant: str,
+        *,
+        principal: str,
+        roles: Iterable[str] = (),
+        kind: str | None = None,
+        assignee: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> QuestionPage:
+        """The open questions of ``tenant`` that ``principal`` (with ``roles``) may answer: those
+        for anyone, for ``user:<principal>`` (or the principal itself) and for ``role:<r>`` of its
+        roles; oldest deadline first, those without one last. ``kind`` and ``assignee`` narrow
+        it; pass ``next_cursor`` back as ``cursor`` for the next page. Read from Postgres."""
+        tenant, principal = validate_tenant(tenant), _principal(principal)
+        role_names = [_principal(role) for role in roles]
+        kind = None if kind is None else validate_kind(kind)
+        assignee = validate_assignee("assignee", assignee)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise InvalidRequest("limit", f"an integer from 1 to {MAX_PAGE} is required")
+        after = None if cursor is None else _decode_inbox_cursor(cursor)
+        rows = await self._pg.questions.inbox(
+            tenant,
+            addressees=addressees(principal, role_names),
+            kind=kind,
+            assignee=assignee,
+            after=after,
+            limit=limit + 1,
+        )
+        now = datetime.now(UTC)
+        items = tuple(question_of(job, now=now) for job in rows[:limit])
+        next_cursor = _encode_inbox_cursor(items[-1]) if len(rows) > limit else None
+        return QuestionPage(items=items, next_cursor=next_cursor)
+
+    async def question(self, job_id: UUID | str, *, tenant: str) -> Question:
+        """The open question of a waiting job, with who holds it (``NotWaitingForInput`` if the
+        job waits for nothing). Read from Postgres."""
+        job = await self.get(job_id, tenant=tenant, consistency="strong")
+        if job.status is not JobStatus.WAITING_INPUT:
+            raise NotWaitingForInput(job.id, job.status.value)
+        return question_of(job, now=datetime.now(UTC))
+
+    async def claim_question(
+        self,
+        job_id: UUID | str,
+        tenant: str,
+        principal: str,
+        *,
+        takeover: bool = False,
+        ttl: float = 300.0,
+    ) -> Question:
+        """Hold the job's question for ``ttl`` seconds (again: renew), so that only
+        ``principal`` may answer it meanwhile. Someone else's live claim raises
+        ``QuestionClaimed`` unless ``takeover`` (recorded as ``question_taken_over``); a job not
+        waiting raises ``NotWaitingForInput``. The claim ends with the answer, a release, an
+        escalation, or its expiry."""
+        job_id, tenant, principal = (
+            parse_job_id(job_id),
+            validate_tenant(tenant),
+            _principal(principal),
+        )
+        if (
+            isinstance(ttl, bool)
+            or not isinstance(ttl, int | float)
+            or not 0 < ttl <= MAX_CLAIM_SECONDS
+        ):
+            raise InvalidRequest("ttl", f"seconds, more than 0 and at most {MAX_CLAIM_SECONDS:g}")
+        claim = self._pg.questions.claim(
+            job_id,
+            tenant,
+            principal,
+            takeover=takeover is True,
+            ttl=float(ttl),
+            replica=self.replica,
+        )
+        job = await self._recorded("question_claimed", claim)
+        if job is None:
+            raise await self._refused_question(job_id, tenant, principal)
+        return question_of(job, now=datetime.now(UTC))
+
+    async def release_question(self, job_id: UUID | str, tenant: str, principal: str) -> Question:
+        """Give back the job's question ``principal`` holds (nothing to do if it holds none;
+        ``QuestionClaimed`` if someone else does)."""
+        job_id, tenant, principal = (
+            parse_job_id(job_id),
+            validate_tenant(tenant),
+            _principal(principal),
+        )
+        released = self._pg.questions.release(job_id, tenant, principal, self.replica)
+        job = await self._recorded("question_released", released)
+        if job is None:
+            error = await self._refused_question(job_id, tenant, principal)
+            if not isinstance(error, _NotHeld):
+                raise error
+            job = error.job
+        return question_of(job, now=datetime.now(UTC))
+
+    async def _refused_question(self, job_id: UUID, tenant: str, principal: str) -> JobkeeperError:
+        """Why a claim or release matched no row (read only to build the error)."""
+        try:
+            current = await self._committed(job_id, tenant)
+        except JobNotFound as exc:
+            return exc
+        if current.status is not JobStatus.WAITING_INPUT:
+            return NotWaitingForInput(job_id, current.status.value)
+        return _held_by_other(current, principal) or _NotHeld(current)
+
+    async def _committed(self, job_id: UUID, tenant: str) -> Job:
+        """The job as Postgres has it now (``JobNotFound`` or ``JobExpired`` if it has not)."""
+        current = await self._pg.jobs.get(job_id, tenant)
+        if current is None:
+            raise await self._pg.jobs.missing(job_id, tenant)
+        return current
+
+    async def waiting_questions(self) -> list[tuple[str, str, int]]:
+        """``(tenant, kind, open questions)`` for every pair that has some (for metrics)."""
+        return await self._pg.questions.waiting_counts()
 
     async def watch(
         self, job_id: UUID | str, *, tenant: str, after: int = 0
@@ -710,6 +1174,47 @@ class JobManager:
         if not history:
             await self.get(job_id, tenant=tenant)  # raises JobNotFound for a missing job
         return tuple(history)
+
+    async def counts(self, *, tenant: str, cap: int = 10_000) -> JobCounts:
+        """How many jobs the tenant has: queued, running and waiting per kind (exact), and
+        finished per status, each counted up to ``cap`` so a long history costs a bounded read.
+        Read from Postgres (the dashboard's counts and queue by kind)."""
+        tenant = validate_tenant(tenant)
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            raise InvalidRequest("cap", "a positive integer is required")
+        live = await self._pg.jobs.live_counts(tenant)
+        finished = await self._pg.jobs.finished_counts(tenant, cap)
+        return JobCounts(
+            live={(kind, JobStatus(status)): n for kind, status, n in live},
+            finished={JobStatus(status): n for status, n in finished},
+            cap=cap,
+        )
+
+    async def get_many(self, job_ids: Iterable[UUID]) -> tuple[Job, ...]:
+        """The jobs of ``job_ids`` that exist, of EVERY tenant, in one read of Postgres.
+
+        For a service that fans changes out to many watchers and filters by tenant itself (the
+        dashboard's live rows): one read per batch of changes, whoever watches.
+        """
+        ids = list(dict.fromkeys(job_ids))[:MAX_PAGE]
+        if not ids:
+            return ()
+        ticket = self._cache.ticket()
+        found = tuple(await self._pg.jobs.many(ids))
+        for job in found:
+            self._cache.store(job, ticket)
+        return found
+
+    async def leases(self, job_ids: Iterable[UUID | str], *, tenant: str) -> dict[UUID, JobLease]:
+        """Who runs each of these jobs of the tenant and until when, and when a waiting job's
+        question times out (jobs of other tenants are left out)."""
+        tenant = validate_tenant(tenant)
+        ids = list(dict.fromkeys(parse_job_id(j) for j in job_ids))
+        if not ids:
+            return {}
+        if len(ids) > MAX_PAGE:
+            raise InvalidRequest("job_ids", f"at most {MAX_PAGE} at once")
+        return {lease.job_id: lease for lease in await self._pg.jobs.leases(tenant, ids)}
 
     # --- cache upkeep ------------------------------------------------------------------------
 

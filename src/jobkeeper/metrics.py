@@ -8,6 +8,7 @@ reads the shared state from Postgres; the HTTP ``/metrics`` route calls it befor
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -22,6 +23,13 @@ __all__ = ["Metrics"]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _RUN_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400)
+_ANSWER_BUCKETS = (1, 10, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 3 * 86400, 7 * 86400)
+# what a question's last deadline did, by the status it left the job in
+_TIMEOUT_OUTCOME = {
+    JobStatus.FAILED: "failed",
+    JobStatus.CANCELLED: "cancelled",
+    JobStatus.QUEUED: "defaulted",
+}
 LIVE_WORKER_SECONDS = 90.0
 
 
@@ -60,7 +68,27 @@ class Metrics:
             ["action"],
             registry=self.registry,
         )
+        self.answer_time = Histogram(
+            "jobkeeper_question_answer_seconds",
+            "From a question asked to a person's answer.",
+            ["kind"],
+            buckets=_ANSWER_BUCKETS,
+            registry=self.registry,
+        )
+        self.escalated = Counter(
+            "jobkeeper_questions_escalated_total",
+            "Questions handed to their next assignee at a deadline.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.timed_out = Counter(
+            "jobkeeper_questions_timed_out_total",
+            "Questions whose last deadline passed, by what it did (failed, cancelled, defaulted).",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
         self._depth: dict[str, int] = {}
+        self._waiting: list[tuple[str, str, int]] = []
         self._live_workers = 0
         self.registry.register(_StateCollector(self))
         jobs.observe(self.observe)
@@ -71,16 +99,33 @@ class Metrics:
             self.submitted.labels(job.kind).inc()
         elif operation == "claimed":
             self.claim_latency.observe(max(0.0, (job.updated_at - job.run_after).total_seconds()))
+        elif operation == "answered":
+            self._observe_answer(job)
+        elif operation == "escalated":
+            self.escalated.labels(job.kind).inc()
+        elif operation == "input_timeout":
+            self.timed_out.labels(job.kind, _TIMEOUT_OUTCOME.get(job.status, "failed")).inc()
         if job.status in TERMINAL and operation not in ("pinned", "submitted"):
             self.finished.labels(job.kind, job.status.value).inc()
             if job.started_at is not None and job.finished_at is not None:
                 seconds = (job.finished_at - job.started_at).total_seconds()
                 self.run_time.labels(job.kind).observe(max(0.0, seconds))
 
+    def _observe_answer(self, job: Job) -> None:
+        """Time to answer: from the question's ``asked_at`` to the answer just stored."""
+        entries = [e for e in (job.answers or {}).values() if e.get("asked_at")]
+        if not entries:
+            return
+        latest = max(entries, key=lambda e: str(e.get("answered_at")))
+        asked = datetime.fromisoformat(latest["asked_at"])
+        answered = datetime.fromisoformat(latest["answered_at"])
+        self.answer_time.labels(job.kind).observe(max(0.0, (answered - asked).total_seconds()))
+
     def record_sweep(self, report: SweepReport) -> None:
         for action in (
             "leases_recovered",
             "inputs_timed_out",
+            "questions_escalated",
             "payloads_cleared",
             "jobs_expired",
             "hook_failures",
@@ -94,6 +139,7 @@ class Metrics:
     async def refresh(self) -> None:
         """Read the shared gauges (queue depth, live workers) from Postgres."""
         self._depth = await self._jobs.queue_depth()
+        self._waiting = await self._jobs.waiting_questions()
         self._live_workers = len(await self._jobs.workers.live(LIVE_WORKER_SECONDS))
 
     def render(self) -> bytes:
@@ -132,6 +178,14 @@ class _StateCollector(Collector):
         for status in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.WAITING_INPUT):
             depth.add_metric([status.value], self._metrics._depth.get(status.value, 0))
         yield depth
+        waiting = GaugeMetricFamily(
+            "jobkeeper_questions_waiting",
+            "Open questions waiting for a person, by tenant and kind.",
+            labels=["tenant", "kind"],
+        )
+        for tenant, kind, count in self._metrics._waiting:
+            waiting.add_metric([tenant, kind], count)
+        yield waiting
         yield GaugeMetricFamily(
             "jobkeeper_live_workers",
             "Workers that heartbeat recently.",

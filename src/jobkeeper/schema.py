@@ -20,6 +20,7 @@ __all__ = [
     "job_tombstones",
     "jobs",
     "metadata",
+    "schedules",
     "workers",
 ]
 
@@ -79,6 +80,14 @@ jobs = sa.Table(
     sa.Column("input_deadline", _TZ, nullable=True),
     sa.Column("answers", JSONB(), nullable=False, server_default=sa.text("'{}'::jsonb")),
     sa.Column("checkpoints", JSONB(), nullable=False, server_default=sa.text("'{}'::jsonb")),
+    # a job a schedule submitted: which schedule, and the tick it stands for
+    sa.Column("schedule_id", sa.Uuid(), nullable=True),
+    sa.Column("scheduled_for", _TZ, nullable=True),
+    # the open question's version (the job's version when it was asked or last escalated: an
+    # answer may require it) and who holds it until when (a person's claim; expired = free)
+    sa.Column("question_version", sa.BigInteger(), nullable=True),
+    sa.Column("claimed_by", sa.Text(), nullable=True),
+    sa.Column("claim_expires_at", _TZ, nullable=True),
     sa.CheckConstraint(f"status IN ({_STATUSES})", name="status"),
     sa.CheckConstraint("tenant <> ''", name="tenant"),
     sa.CheckConstraint(f"priority BETWEEN 0 AND {MAX_PRIORITY}", name="priority"),
@@ -91,6 +100,12 @@ jobs = sa.Table(
         name="lease",
     ),
     sa.CheckConstraint("(status = 'waiting_input') = (prompt IS NOT NULL)", name="prompt"),
+    # a question's state never outlives the question; a claim has a holder and an expiry
+    sa.CheckConstraint(
+        "status = 'waiting_input' OR (question_version IS NULL AND claimed_by IS NULL)",
+        name="question",
+    ),
+    sa.CheckConstraint("(claimed_by IS NULL) = (claim_expires_at IS NULL)", name="claim"),
 )
 # Every status change adds an entry to each index below whose predicate the new row meets (a
 # status change is never a HOT update), so the hot path keeps to few indexes and narrow predicates.
@@ -121,6 +136,14 @@ sa.Index(
     jobs.c.input_deadline,
     postgresql_where=jobs.c.status == "waiting_input",
 )
+# the inbox: a tenant's open questions, oldest deadline first (no deadline last), keyset-paged
+sa.Index(
+    "ix_jobs_inbox",
+    jobs.c.tenant,
+    jobs.c.input_deadline,
+    jobs.c.id,
+    postgresql_where=jobs.c.status == "waiting_input",
+)
 # retention scans, oldest first; a row leaves each index once handled, so a sweep's cost follows
 # what expired, not the table size
 sa.Index(
@@ -142,6 +165,16 @@ sa.Index(
     jobs.c.concurrency_key,
     unique=True,
     postgresql_where=sa.and_(jobs.c.status == "running", jobs.c.concurrency_key.is_not(None)),
+)
+
+# exactly one job per schedule and tick, however many schedulers race (postgres/schedules.py);
+# jobs no schedule submitted stay out of the index
+sa.Index(
+    "uq_jobs_schedule_tick",
+    jobs.c.schedule_id,
+    jobs.c.scheduled_for,
+    unique=True,
+    postgresql_where=jobs.c.schedule_id.is_not(None),
 )
 
 job_events = sa.Table(
@@ -208,3 +241,41 @@ sa.Index(
     job_tombstones.c.idempotency_key,
     postgresql_where=job_tombstones.c.idempotency_key.is_not(None),
 )
+
+# periodic schedules (domain/schedules.py): a cron expression or an interval, the job each tick
+# submits, and ``next_tick``, the next tick not yet handled, which only ever moves forward
+schedules = sa.Table(
+    "schedules",
+    metadata,
+    sa.Column("id", sa.Uuid(), primary_key=True),
+    sa.Column("tenant", sa.Text(), nullable=False),
+    sa.Column("name", sa.Text(), nullable=False),
+    sa.Column("kind", sa.Text(), nullable=False),
+    sa.Column("cron", sa.Text(), nullable=True),
+    sa.Column("every_seconds", sa.BigInteger(), nullable=True),
+    sa.Column("timezone", sa.Text(), nullable=False, server_default="UTC"),
+    sa.Column("misfire", sa.Text(), nullable=False, server_default="latest"),
+    sa.Column("max_catch_up", sa.Integer(), nullable=False, server_default="100"),
+    sa.Column("payload", JSONB(none_as_null=True), nullable=True),
+    # the payload is computed per tick by the workers that declare this schedule
+    sa.Column("computed_payload", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("priority", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("max_attempts", sa.Integer(), nullable=False, server_default="3"),
+    sa.Column("concurrency_key", sa.Text(), nullable=True),
+    sa.Column("paused", sa.Boolean(), nullable=False, server_default=sa.false()),
+    # written by workers from @tasks.periodic (not through the API)
+    sa.Column("declared", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("next_tick", _TZ, nullable=False),
+    sa.Column("last_tick", _TZ, nullable=True),
+    sa.Column("created_at", _TZ, nullable=False, server_default=_NOW),
+    sa.Column("updated_at", _TZ, nullable=False, server_default=_NOW),
+    sa.UniqueConstraint("tenant", "name"),
+    sa.CheckConstraint("(cron IS NULL) <> (every_seconds IS NULL)", name="cron_or_every"),
+    sa.CheckConstraint("every_seconds > 0", name="every_seconds"),
+    sa.CheckConstraint("misfire IN ('latest', 'all', 'none')", name="misfire"),
+    sa.CheckConstraint("max_catch_up >= 1", name="max_catch_up"),
+    sa.CheckConstraint(f"priority BETWEEN 0 AND {MAX_PRIORITY}", name="priority"),
+    sa.CheckConstraint(f"max_attempts BETWEEN 1 AND {MAX_ATTEMPTS}", name="max_attempts"),
+)
+# what schedulers poll: the schedules that run, by their next tick
+sa.Index("ix_schedules_next_tick", schedules.c.next_tick, postgresql_where=~schedules.c.paused)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, Field, field_validator
+from pydantic import AliasChoices, BaseModel, BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobkeeper.domain.validate import DEFAULT_SCHEMA, validate_schema
@@ -92,10 +92,23 @@ class Settings(BaseSettings):
         "(JOBKEEPER_SCHEMA), so it shares an application's database without touching its tables.",
     )
     pool_size: int = Field(default=10, ge=1, description="Database connections per process.")
+    startup_wait: float = Field(
+        default=60.0,
+        ge=0,
+        description="Seconds `jobkeeper serve` and `jobkeeper worker` (and an app's "
+        "JobManager.from_settings) keep trying at start while Postgres cannot be reached, "
+        "then exit with one line; 0: fail at once.",
+    )
     prepared_statements: bool = Field(
         default=True,
         description="Keep prepared statements per connection; false behind a transaction-mode "
         "pooler that cannot (PgBouncer before 1.21).",
+    )
+    command_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a statement may take before its connection counts as lost "
+        "(503, retried): a network partition fails requests instead of hanging them.",
     )
     feed_mode: Literal["notify", "poll"] = Field(
         default="notify",
@@ -135,6 +148,9 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(
         default=1_048_576, ge=1, description="Largest request body the HTTP API accepts."
     )
+    max_batch: int = Field(
+        default=1_000, ge=1, description="Most jobs one POST /jobs:batch may submit."
+    )
     sweep_interval: float = Field(
         default=5.0, gt=0, description="Seconds between the API's sweeps (leases, deadlines)."
     )
@@ -161,6 +177,18 @@ class Settings(BaseSettings):
         default=10.0,
         ge=0,
         description="Seconds a replica trusts a verified API key (a revocation takes this long).",
+    )
+    ui: bool = Field(
+        default=True,
+        description="Serve the dashboard at /ui in `jobkeeper serve` (false: the API only).",
+    )
+    ui_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs the dashboard's session cookies. Set the same value on every replica "
+        "behind one address; unset: a random one per process (a restart signs everyone out).",
+    )
+    ui_session_ttl: Duration = Field(
+        default=28_800.0, description="How long a dashboard sign-in lasts (8h)."
     )
 
     @field_validator("pg_schema")

@@ -57,6 +57,8 @@ JOB_FIELDS = {
     "updated_at",
     "started_at",
     "finished_at",
+    "schedule_id",
+    "scheduled_for",
 }
 TIMESTAMP_FIELDS = ("run_after", "created_at", "updated_at", "started_at", "finished_at")
 # a kind no worker of these tests handles: such jobs stay queued

@@ -38,7 +38,7 @@ from jobkeeper import (
 from jobkeeper.api import jobs_router, lifespan
 from jobkeeper.api.app import create_app
 from jobkeeper.api.problems import install
-from jobkeeper.client import UNKNOWN, ApiConnectionError, ApiError, AsyncJobClient, JobOut
+from jobkeeper.client import ApiConnectionError, ApiError, AsyncJobClient, JobOut
 from jobkeeper.client.errors import _BUILDERS
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.errors import InvalidAnswer, JobExpired, NotWaitingForInput
@@ -177,7 +177,7 @@ async def test_answer_and_events_of_a_job_that_asks(
         assert invalid.value.problems == ["approve: 'yes' is not of type 'boolean'"]
         with pytest.raises(NotWaitingForInput) as other:
             await jobs.client.answer(job, {"approve": True}, question_key="another")
-        assert other.value.job_id == UUID(job.id) and other.value.status == UNKNOWN
+        assert other.value.job_id == UUID(job.id) and other.value.status == "waiting_input"
 
         answered = await jobs.client.answer(job, {"approve": True}, question_key=asked.prompt.key)
         assert answered.status is not JobStatus.WAITING_INPUT and answered.prompt is None

@@ -4,10 +4,14 @@ Loaded as ``tests.faults.fault_tasks:tasks`` (``PYTHONPATH`` = the repository ro
 ``{FAULT_KIND_PREFIX}.slow`` and ``{FAULT_KIND_PREFIX}.blocking``, so every test registers kinds
 no other test's workers can claim.
 
-Both handlers first record their start in the ``fault_starts`` side table (created by the test in
+Every handler first records its start in the ``fault_starts`` side table (created by the test in
 the same database): the job, the how-manieth start of that job it is, the attempt and the pid. The
 payload ``{"seconds": [s0, s1, ...]}`` says how long start ``n`` runs (the last entry for later
 starts), so a job can run long on its first worker and briefly once recovered.
+
+``{FAULT_KIND_PREFIX}.pay`` then makes a business write of the application's own, fenced by its
+lease (``ctx.fenced``), into ``public.fence_payments``; a refused one is noted in
+``public.fence_refusals`` (``test_fencing_processes.py`` creates both).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 import asyncpg
 
+from jobkeeper.errors import LeaseLost
 from jobkeeper.settings import asyncpg_dsn
 from jobkeeper.worker import JobContext, TaskRegistry
 
@@ -36,8 +41,12 @@ RETURNING n
 """
 
 
+async def _connect() -> asyncpg.Connection:
+    return await asyncpg.connect(asyncpg_dsn(os.environ["JOBKEEPER_DATABASE_URL"]))
+
+
 async def _record_start(ctx: JobContext) -> int:
-    conn = await asyncpg.connect(asyncpg_dsn(os.environ["JOBKEEPER_DATABASE_URL"]))
+    conn = await _connect()
     try:
         n = await conn.fetchval(_RECORD, ctx.job.id, ctx.job.attempts, os.getpid())
     finally:
@@ -73,3 +82,33 @@ def blocking(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
         time.sleep(min(STEP, left))
         ctx.progress(1 - max(0.0, end - time.monotonic()) / seconds, f"start {start}")
     return {"pid": os.getpid(), "start": start, "attempt": ctx.job.attempts}
+
+
+@tasks.task(f"{PREFIX}.pay")
+async def pay(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Async: record the start, work (sleep) for this start's seconds, then pay: a write to the
+    application's table in its own transaction, fenced by the lease. The payment is shielded from
+    cancellation, as a handler keeps a payment from being cut in half: a worker that finds its
+    lease lost after a pause still makes the attempt, and the fence must refuse it."""
+    start = await _record_start(ctx)
+    await asyncio.sleep(_duration(payload, start))
+    return await asyncio.shield(_pay(ctx, start))
+
+
+_NOTE = "INSERT INTO public.{} (job_id, token, pid, start) VALUES ($1, $2, $3, $4)"
+
+
+async def _pay(ctx: JobContext, start: int) -> dict[str, Any]:
+    row = (ctx.job.id, ctx.lease_token, os.getpid(), start)
+    conn = await _connect()
+    try:
+        try:
+            async with conn.transaction():
+                await ctx.fenced(conn)
+                await conn.execute(_NOTE.format("fence_payments"), *row)
+        except LeaseLost:
+            await conn.execute(_NOTE.format("fence_refusals"), *row)
+            raise
+    finally:
+        await conn.close()
+    return {"pid": os.getpid(), "start": start, "token": str(ctx.lease_token)}

@@ -9,15 +9,26 @@ import contextlib
 import os
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
+import asyncpg
 import pytest
 
 ROOT = Path(__file__).parents[2]
 JOBKEEPER = Path(sys.executable).parent / "jobkeeper"
 DEADLINE = 30.0  # the bound of every wait; the expected times are a few seconds
+FAULT_TASKS = "tests.faults.fault_tasks:tasks"
+LEASE_SECONDS = 1.5  # the lease of the conftest's workers
+# where the fault tasks record every start of a handler (tests/faults/fault_tasks.py)
+STARTS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS fault_starts (job_id uuid NOT NULL, n int NOT NULL,"
+    " attempt int NOT NULL, pid int NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())"
+)
 
 
 @dataclass
@@ -71,14 +82,20 @@ class Workers:
         return f"{self.prefix}.{name}"
 
     async def start(
-        self, *args: str, target: str | None = None, grace: float = 30.0, **settings: str
+        self,
+        *args: str,
+        target: str | None = None,
+        grace: float = 30.0,
+        via: Sequence[str] = (),
+        **settings: str,
     ) -> WorkerProcess:
-        """``jobkeeper worker TARGET ARGS`` with ``JOBKEEPER_<SETTING>`` from ``settings``."""
+        """``jobkeeper worker TARGET ARGS`` with ``JOBKEEPER_<SETTING>`` from ``settings``,
+        run through ``via`` if given (``ip netns exec NAME``: on another host)."""
         log = self._tmp / f"worker-{len(self.started)}.log"
         chosen = {**self._settings, "shutdown_grace": str(grace), **settings}
         env = {**process_env(self.database_url, chosen), self._prefix_var: self.prefix}
         worker = await spawn(
-            "worker", target or self._tasks, *args, env=env, log=log, cwd=self._tmp
+            "worker", target or self._tasks, *args, env=env, log=log, cwd=self._tmp, via=via
         )
         self.started.append(worker)
         return worker
@@ -105,12 +122,15 @@ def process_env(database_url: str, settings: Mapping[str, str]) -> dict[str, str
     return env
 
 
-async def spawn(*args: str, env: Mapping[str, str], log: Path, cwd: Path) -> WorkerProcess:
+async def spawn(
+    *args: str, env: Mapping[str, str], log: Path, cwd: Path, via: Sequence[str] = ()
+) -> WorkerProcess:
     """``jobkeeper ARGS`` with its output in ``log``, started in ``cwd`` (so no stray ``.env``
-    file is read)."""
+    file is read), through ``via`` if given (``ip netns exec NAME``: on another host)."""
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         proc = await asyncio.create_subprocess_exec(
+            *via,
             str(JOBKEEPER),
             *args,
             stdin=asyncio.subprocess.DEVNULL,
@@ -129,3 +149,38 @@ async def exit_code(worker: WorkerProcess, within: float) -> int:
         return await asyncio.wait_for(worker.proc.wait(), within)
     except TimeoutError:
         pytest.fail(f"worker did not exit within {within} s\n{worker.tail()}")
+
+
+async def running_on(db: asyncpg.Connection, job_id: UUID, worker: WorkerProcess) -> Any:
+    """The job's lease row while ``worker`` holds it and its handler has started there."""
+    return await db.fetchrow(
+        "SELECT j.lease_token, j.worker_id, j.attempts FROM jobs AS j"
+        " JOIN fault_starts AS s ON s.job_id = j.id AND s.pid = $2"
+        " WHERE j.id = $1 AND j.status = 'running'"
+        " AND j.worker_id IN (SELECT id FROM workers WHERE pid = $2)",
+        job_id,
+        worker.pid,
+    )
+
+
+@asynccontextmanager
+async def fault_workers(
+    database_url: str, tmp: Path, *, lease_seconds: float
+) -> AsyncIterator[Workers]:
+    """A ``Workers`` of the fault tasks (``tests/faults/fault_tasks.py``) with a short lease and
+    quick retries, every process killed when the block ends."""
+    started = Workers(
+        database_url,
+        tmp,
+        tasks=FAULT_TASKS,
+        prefix_var="FAULT_KIND_PREFIX",
+        settings={
+            "lease_seconds": str(lease_seconds),
+            "backoff_base": "0.05",
+            "backoff_max": "0.2",
+        },
+    )
+    try:
+        yield started
+    finally:
+        await started.close()

@@ -48,8 +48,8 @@ async def loop(url: str, kind: str, seconds: float, go: Path, ready: Path) -> di
         take_lock = manager.sweep_lock
 
         @asynccontextmanager
-        async def observed_lock() -> AsyncIterator[bool]:
-            async with take_lock() as held:
+        async def observed_lock(*, idle_limit: float) -> AsyncIterator[bool]:
+            async with take_lock(idle_limit=idle_limit) as held:
                 if held:
                     window.append(time.monotonic_ns())
                 try:
@@ -86,9 +86,9 @@ async def once(url: str) -> dict[str, Any]:
         return asdict(await Sweeper(manager, retention=RETENTION).sweep())
 
 
-async def hold(url: str, ready: Path) -> None:
+async def hold(url: str, ready: Path, idle_limit: float) -> None:
     manager = await JobManager.connect(url, pool_size=2)
-    async with manager, manager.sweep_lock() as held:
+    async with manager, manager.sweep_lock(idle_limit=idle_limit) as held:
         await asyncio.to_thread(ready.write_text, json.dumps({"held": held}))
         await asyncio.sleep(300)  # until killed
 
@@ -102,7 +102,8 @@ def main(argv: list[str]) -> None:
     elif mode == "once":
         Path(rest[0]).write_text(json.dumps(asyncio.run(once(url))))
     elif mode == "hold":
-        asyncio.run(hold(url, Path(rest[0])))
+        ready, idle_limit = rest
+        asyncio.run(hold(url, Path(ready), float(idle_limit)))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 

@@ -204,15 +204,39 @@ async def test_a_held_lock_makes_another_process_skip_its_sweep(
     assert await advisory_locks(database_url) == 0
 
 
-async def test_a_killed_holder_frees_the_lock(
-    job_manager: JobManager, database_url: str, processes: Processes
-) -> None:
+async def _holding(processes: Processes, *, idle_limit: float) -> asyncio.subprocess.Process:
+    """A process that takes the sweeper lock and then does nothing."""
     ready = processes.tmp / "holding.json"
-    holder = await processes.start("hold", str(ready))
+    holder = await processes.start("hold", str(ready), str(idle_limit))
     await eventually(
         exists(ready), timeout=DEADLINE, what="the holder to take the lock", watch=[processes]
     )
     assert json.loads(ready.read_text()) == {"held": True}
+    return holder
+
+
+async def test_a_stopped_holder_loses_the_lock_after_its_idle_limit(
+    job_manager: JobManager, database_url: str, processes: Processes
+) -> None:
+    """A sweeper paused mid-pass (SIGSTOP: its connection stays open) must not keep every other
+    process from sweeping, and so from recovering leases, for longer than its idle limit."""
+    holder = await _holding(processes, idle_limit=1.0)
+    holder.send_signal(signal.SIGSTOP)
+    try:
+        sweeper = Sweeper(job_manager)
+
+        async def swept() -> bool:
+            return (await sweeper.sweep()).swept
+
+        await eventually(swept, timeout=DEADLINE, what="the stopped holder's lock to be freed")
+    finally:
+        holder.send_signal(signal.SIGCONT)
+
+
+async def test_a_killed_holder_frees_the_lock(
+    job_manager: JobManager, database_url: str, processes: Processes
+) -> None:
+    holder = await _holding(processes, idle_limit=300.0)
 
     sweeper = Sweeper(job_manager)
     assert (await sweeper.sweep()).swept is False

@@ -16,9 +16,9 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -31,35 +31,21 @@ from jobkeeper.settings import asyncpg_dsn
 from jobkeeper.testing import create_database, drop_database
 from support import eventually
 
-from .support import DEADLINE, JOBKEEPER, WorkerProcess, Workers, exit_code
+from .support import (
+    DEADLINE,
+    JOBKEEPER,
+    WorkerProcess,
+    Workers,
+    exit_code,
+    running_on,
+)
 
 T = TypeVar("T")
 
-TASKS = "tests.faults.fault_tasks:tasks"
-LEASE_SECONDS = 1.5
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/postgres"
 
 
 # --- processes ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def workers(database_url: str, tmp_path: Path) -> AsyncIterator[Workers]:
-    started = Workers(
-        database_url,
-        tmp_path,
-        tasks=TASKS,
-        prefix_var="FAULT_KIND_PREFIX",
-        settings={
-            "lease_seconds": str(LEASE_SECONDS),
-            "backoff_base": "0.05",
-            "backoff_max": "0.2",
-        },
-    )
-    try:
-        yield started
-    finally:
-        await started.close()
 
 
 async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
@@ -82,28 +68,7 @@ async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str,
     return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
 
-# --- the database, as the test sees it -----------------------------------------------------------
-
-
-@pytest.fixture
-async def db(database_url: str, starts_table: None) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(asyncpg_dsn(database_url))
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-async def running_on(db: asyncpg.Connection, job_id: UUID, worker: WorkerProcess) -> Any:
-    """The job's lease row while ``worker`` holds it and its handler has started there."""
-    return await db.fetchrow(
-        "SELECT j.lease_token, j.worker_id, j.attempts FROM jobs AS j"
-        " JOIN fault_starts AS s ON s.job_id = j.id AND s.pid = $2"
-        " WHERE j.id = $1 AND j.status = 'running'"
-        " AND j.worker_id IN (SELECT id FROM workers WHERE pid = $2)",
-        job_id,
-        worker.pid,
-    )
+# --- the database, as the test sees it (the db and workers fixtures: conftest.py) ---------------
 
 
 async def starts(db: asyncpg.Connection, job_id: UUID) -> list[tuple[int, int]]:
@@ -369,7 +334,8 @@ def assert_one_line_error(code: int, out: str, err: str, expected_code: int, tex
 async def test_cli_mistakes_end_in_one_line(
     tmp_path: Path, target: str, url: str | None, code: int, text: str
 ) -> None:
-    returned, out, err = await run_cli("worker", target, env=_cli_env(url), cwd=tmp_path)
+    env = {**_cli_env(url), "JOBKEEPER_STARTUP_WAIT": "0"}  # tests/faults/test_startup.py waits
+    returned, out, err = await run_cli("worker", target, env=env, cwd=tmp_path)
     assert_one_line_error(returned, out, err, code, text)
 
 
@@ -409,9 +375,9 @@ async def test_cli_unmigrated_database_ends_in_one_line(
     name = f"jobkeeper_empty_{uuid.uuid4().hex[:12]}"
     url = await create_database(postgres_server_url, name)
     try:
-        returned, out, err = await run_cli(
-            "worker", "jobkeeper.demo:tasks", env=_cli_env(url), cwd=tmp_path
-        )
+        # a missing schema is not waited for, however long the wait for Postgres may be
+        env = {**_cli_env(url), "JOBKEEPER_STARTUP_WAIT": "600"}
+        returned, out, err = await run_cli("worker", "jobkeeper.demo:tasks", env=env, cwd=tmp_path)
     finally:
         await drop_database(postgres_server_url, name)
     assert "Traceback" not in out + err, err[-2000:]

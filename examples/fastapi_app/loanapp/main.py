@@ -1,7 +1,6 @@
 """The loan office's API: its own auth (a bearer token per user), its own routes that create a
-row and its job in one transaction, and the decision of a person answering a job's question."""
-
-from __future__ import annotations
+row and its job in one transaction, the decision of a person answering a job's question, and
+jobkeeper's own routes under ``/api/jobs`` on the same auth (``create_router(caller=...)``)."""
 
 import os
 from collections.abc import AsyncIterator
@@ -10,8 +9,10 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
-from jobkeeper import JobManager
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from jobkeeper.api import Caller, JobManagerDep, create_router, lifespan
+from jobkeeper.settings import Settings
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
@@ -42,22 +43,18 @@ async def session(request: Request) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(session)]
 
 
-def jobs_of(request: Request) -> JobManager:
-    manager: JobManager = request.app.state.jobs
-    return manager
-
-
-JobsDep = Annotated[JobManager, Depends(jobs_of)]
+# the application's scheme, declared in its OpenAPI (jobkeeper's routes list it too)
+bearer = HTTPBearer(auto_error=False, scheme_name="loanOfficeToken")
 
 
 async def current_user(
-    db: SessionDep, authorization: Annotated[str | None, Header()] = None
+    db: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> User:
     """The application's own auth: its 401 is its own, whatever jobkeeper is mounted."""
-    scheme, _, token = (authorization or "").partition(" ")
     user = None
-    if scheme.lower() == "bearer" and token:
-        user = await db.scalar(sa.select(User).where(User.token == token))
+    if credentials is not None:
+        user = await db.scalar(sa.select(User).where(User.token == credentials.credentials))
     if user is None:
         raise HTTPException(401, "who are you?", headers={"WWW-Authenticate": "Bearer"})
     return user
@@ -66,23 +63,39 @@ async def current_user(
 UserDep = Annotated[User, Depends(current_user)]
 
 
+async def caller(user: UserDep) -> Caller:
+    """Who calls, as jobkeeper's routes see it: the user's office is the tenant of its jobs, and
+    ``user:<name>`` is what ``answered_by`` and ``cancelled_by`` record."""
+    roles = frozenset({"role:underwriter"}) if user.underwriter else frozenset()
+    return Caller(tenant=user.office, principal=f"user:{user.name}", roles=roles)
+
+
+CallerDep = Annotated[Caller, Depends(caller)]
+
+
 def create_app(database_url: str | None = None) -> FastAPI:
     url = database_url or os.environ["LOANAPP_DATABASE_URL"]
 
+    # one configuration: jobkeeper takes the application's URL and opens a small pool of its own
+    jobkeeper = lifespan(Settings(_env_file=None, database_url=url, pool_size=4))
+
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def both(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         engine = create_async_engine(url, pool_size=5)
         app.state.sessions = async_sessionmaker(engine, expire_on_commit=False)
-        # one configuration: jobkeeper takes the engine's URL and opens a small pool of its own
-        async with await JobManager.connect(engine, pool_size=4) as jobs:
-            app.state.jobs = jobs
-            yield
-        await engine.dispose()
+        try:
+            # jobkeeper's manager, sweeper and change feed; its state reaches JobManagerDep
+            async with jobkeeper(app) as state:
+                yield state
+        finally:
+            await engine.dispose()
 
-    app = FastAPI(title="loan office", lifespan=lifespan)
+    app = FastAPI(title="loan office", lifespan=both)
+    # jobkeeper's routes (/api/jobs/...) on the application's own auth
+    app.include_router(create_router(caller=caller), prefix="/api")
 
     @app.post("/documents", status_code=201)
-    async def upload(body: DocumentIn, db: SessionDep, jobs: JobsDep, user: UserDep) -> Any:
+    async def upload(body: DocumentIn, db: SessionDep, jobs: JobManagerDep, user: UserDep) -> Any:
         """The document and its conversion job commit together, or neither does."""
         document = Document(office=user.office, title=body.title)
         db.add(document)
@@ -101,7 +114,7 @@ def create_app(database_url: str | None = None) -> FastAPI:
         return {"id": found.id, "title": found.title, "pages": found.pages}
 
     @app.post("/loans", status_code=201)
-    async def apply(body: LoanIn, db: SessionDep, jobs: JobsDep, user: UserDep) -> Any:
+    async def apply(body: LoanIn, db: SessionDep, jobs: JobManagerDep, user: UserDep) -> Any:
         loan = Loan(office=user.office, applicant=body.applicant, amount=body.amount)
         db.add(loan)
         await db.flush()
@@ -112,7 +125,7 @@ def create_app(database_url: str | None = None) -> FastAPI:
         return {"id": loan.id, "job_id": loan.job_id}
 
     @app.get("/loans/{loan_id}")
-    async def loan(loan_id: int, db: SessionDep, jobs: JobsDep, user: UserDep) -> Any:
+    async def loan(loan_id: int, db: SessionDep, jobs: JobManagerDep, user: UserDep) -> Any:
         found = await db.get(Loan, loan_id)
         if found is None or found.office != user.office or found.job_id is None:
             raise HTTPException(404, "no such loan")
@@ -126,19 +139,19 @@ def create_app(database_url: str | None = None) -> FastAPI:
 
     @app.post("/loans/{loan_id}/decision", status_code=202)
     async def decide(
-        loan_id: int, body: DecisionIn, db: SessionDep, jobs: JobsDep, user: UserDep
+        loan_id: int, body: DecisionIn, db: SessionDep, jobs: JobManagerDep, who: CallerDep
     ) -> Any:
         """An underwriter answers the question the loan's job asked; the job resumes."""
-        if not user.underwriter:
+        if "role:underwriter" not in who.roles:
             raise HTTPException(403, "only underwriters decide loans")
         found = await db.get(Loan, loan_id)
-        if found is None or found.office != user.office or found.job_id is None:
+        if found is None or found.office != who.tenant or found.job_id is None:
             raise HTTPException(404, "no such loan")
         job = await jobs.answer(
             found.job_id,
-            tenant=user.office,
+            tenant=who.tenant,
             answer=body.model_dump(),
-            answered_by=f"user:{user.name}",
+            answered_by=who.principal,
             question_key=APPROVAL,
         )
         return {"job": job.status.value}

@@ -1,18 +1,18 @@
-"""The loan office's own test setup: a real Postgres from jobkeeper's test kit, a database per
-module migrated by the application's own Alembic (which brings jobkeeper along), and a client
-with the application's lifespan running."""
+"""The loan office's own test setup, on jobkeeper's test kit: a real Postgres, a template database
+built by the application's own Alembic (which brings jobkeeper along) through the kit's one hook,
+a clone of it per module, and a client with the application's lifespan running."""
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from alembic import command
 from alembic.config import Config
 from jobkeeper.settings import sqlalchemy_url
+from jobkeeper.testing import Migrations, hash_files, lifespan_client
 
 pytest_plugins = ["jobkeeper.testing"]
 
@@ -25,18 +25,22 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-@pytest.fixture(scope="module")
-async def app_database(postgres_server_url: str) -> AsyncIterator[str]:
-    from alembic import command
-    from jobkeeper.testing import create_database, drop_database
+def migrate(url: str) -> None:
+    """The application's Alembic history; its revision 0002 migrates jobkeeper's schema."""
+    command.upgrade(alembic_config(url), "head")
 
-    name = f"loanapp_test_{uuid.uuid4().hex[:12]}"
-    url = await create_database(postgres_server_url, name)
-    try:
-        await asyncio.to_thread(command.upgrade, alembic_config(url), "head")
-        yield sqlalchemy_url(url)
-    finally:
-        await drop_database(postgres_server_url, name)
+
+@pytest.fixture(scope="session")
+def jobkeeper_migrations() -> Migrations:
+    """The kit's one hook: the template holds what ``alembic upgrade head`` builds, and is built
+    again when the application's migrations change."""
+    return Migrations(upgrade=migrate, version=hash_files(APP / "loanapp/migrations"))
+
+
+@pytest.fixture(scope="module")
+def app_database(database_url: str) -> str:
+    """The module's clone of the template, in the form the application's engine takes."""
+    return sqlalchemy_url(database_url)
 
 
 @pytest.fixture
@@ -47,9 +51,5 @@ async def client(
     from loanapp.main import create_app
 
     monkeypatch.setenv("LOANAPP_DATABASE_URL", app_database)  # what the worker's lifespan reads
-    app = create_app(app_database)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://loans") as http:
-            http.app = app  # type: ignore[attr-defined]
-            yield http
+    async with lifespan_client(create_app(app_database), base_url="http://loans") as http:
+        yield http

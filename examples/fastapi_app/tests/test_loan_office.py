@@ -1,12 +1,14 @@
 """The loan office end to end, against a real Postgres: its own Alembic check with jobkeeper
 migrated beside it, a row and its job created atomically, a worker using the application's own
-sessions, and a loan that waits for an underwriter who answers through the application's own
-route as the application's own user."""
+sessions, a loan that waits for an underwriter who answers through the application's own route
+as the application's own user, and jobkeeper's routes on the application's auth: its users are
+who answered and who cancelled, its 401 stays its own."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -55,10 +57,10 @@ async def staff(app_database: str) -> None:
 
 
 @pytest.fixture
-async def worker(client: httpx.AsyncClient) -> AsyncIterator[Worker]:
-    """A worker on the application's jobs, as `jobkeeper worker loanapp.tasks:tasks` runs one."""
-    jobs: JobManager = client.app.state.jobs  # type: ignore[attr-defined]
-    running = Worker(jobs, tasks, concurrency=2, lease_seconds=10, poll_interval=0.2)
+async def worker(client: httpx.AsyncClient, job_manager: JobManager) -> AsyncIterator[Worker]:
+    """A worker on the application's jobs, as `jobkeeper worker loanapp.tasks:tasks` runs one
+    (its own manager, beside the application's)."""
+    running = Worker(job_manager, tasks, concurrency=2, lease_seconds=10, poll_interval=0.2)
     task = asyncio.create_task(running.run())
     try:
         yield running
@@ -114,11 +116,12 @@ async def test_a_large_loan_waits_for_an_underwriter_who_answers_as_herself(
     assert decided.status_code == 202, decided.text
 
     async def approved() -> Any:
+        # the handler approves the loan, then its job succeeds: wait for both
         loan = (await client.get(f"/loans/{loan_id}", headers=CLERK)).json()
-        return loan if loan["status"] == "approved" else None
+        return loan if loan["job"]["status"] == "succeeded" else None
 
     final = await eventually(approved, "the resumed job to approve the loan")
-    assert final["decided_by"] == "user:uma" and final["job"]["status"] == "succeeded"
+    assert (final["status"], final["decided_by"]) == ("approved", "user:uma")
 
 
 async def test_a_small_loan_is_approved_without_asking(
@@ -133,3 +136,69 @@ async def test_a_small_loan_is_approved_without_asking(
 
     loan = await eventually(decided, "the automatic approval")
     assert (loan["status"], loan["decided_by"]) == ("approved", None)
+
+
+async def waiting_loan(client: httpx.AsyncClient, amount: str) -> dict[str, Any]:
+    applied = await client.post("/loans", json={"applicant": "Cy", "amount": amount}, headers=CLERK)
+    assert applied.status_code == 201, applied.text
+
+    async def waiting() -> Any:
+        loan = (await client.get(f"/loans/{applied.json()['id']}", headers=CLERK)).json()
+        return loan if loan["job"]["status"] == "waiting_input" else None
+
+    loan: dict[str, Any] = await eventually(waiting, "the loan's job to ask")
+    return {**loan, "job_id": applied.json()["job_id"]}
+
+
+async def test_jobkeepers_routes_on_the_applications_auth_record_its_user(
+    client: httpx.AsyncClient, worker: Worker, job_manager: JobManager
+) -> None:
+    """An underwriter answers through jobkeeper's own route (``/api/jobs/{id}/input``): the
+    application's caller says who she is, and that is who the loan records."""
+    loan = await waiting_loan(client, "75000")
+    job_id = loan["job_id"]
+    seen = await client.get(f"/api/jobs/{job_id}", headers=UNDERWRITER)
+    assert seen.json()["prompt"]["key"] == "decision"
+    answered = await client.post(
+        f"/api/jobs/{job_id}/input",
+        json={"answer": {"approve": False, "note": "too much"}},
+        headers=UNDERWRITER,
+    )
+    assert answered.status_code == 200, answered.text
+
+    async def declined() -> Any:
+        found = (await client.get(f"/loans/{loan['id']}", headers=CLERK)).json()
+        return found if found["status"] == "declined" else None
+
+    assert (await eventually(declined, "the declined loan"))["decided_by"] == "user:uma"
+    history = await job_manager.events(job_id, tenant="north")
+    assert [e.data for e in history if e.type == "answered"] == [
+        {"key": "decision", "answered_by": "user:uma"}
+    ]
+
+
+async def test_a_clerk_cancels_through_jobkeepers_route_as_herself(
+    client: httpx.AsyncClient, worker: Worker, job_manager: JobManager
+) -> None:
+    loan = await waiting_loan(client, "90000")
+    cancelled = await client.post(f"/api/jobs/{loan['job_id']}/cancel", headers=CLERK)
+    assert cancelled.status_code == 202, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    history = await job_manager.events(loan["job_id"], tenant="north")
+    assert (history[-1].type, history[-1].data) == ("cancelled", {"cancelled_by": "user:carol"})
+
+
+async def test_jobkeepers_errors_are_problems_and_the_applications_stay_its_own(
+    client: httpx.AsyncClient,
+) -> None:
+    missing = await client.get(f"/api/jobs/{uuid.uuid4()}", headers=CLERK)
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert missing.json()["code"] == "job_not_found"
+    anonymous = await client.get("/api/jobs")
+    assert (anonymous.status_code, anonymous.json()) == (401, {"detail": "who are you?"})
+    submitted = await client.post("/api/jobs", json={"kind": "audit.report"}, headers=CLERK)
+    assert submitted.headers["location"] == f"/api/jobs/{submitted.json()['id']}"
+    # jobkeeper's routes ask for the application's scheme in its OpenAPI
+    spec = (await client.get("/openapi.json")).json()
+    assert spec["paths"]["/api/jobs"]["post"]["security"] == [{"loanOfficeToken": []}]

@@ -1,5 +1,5 @@
 """The FastAPI application: ``create_app()`` for the whole service, or ``lifespan()`` and
-``jobs_router`` to mount jobkeeper into an existing app.
+``create_router(caller=...)`` (or ``jobs_router``) to mount jobkeeper into an existing app.
 
 The lifespan opens the ``JobManager`` (and with it the change-feed listener), starts the cache
 cleanup task and the sweeper, and closes all of them on shutdown. Logging is the application's to
@@ -19,9 +19,13 @@ from fastapi import FastAPI
 
 from jobkeeper.api.auth import ApiKeys
 from jobkeeper.api.deps import Services
+from jobkeeper.api.health import health_router
+from jobkeeper.api.inbox import inbox_router
 from jobkeeper.api.middleware import BodyLimit, RequestContext
 from jobkeeper.api.problems import install
-from jobkeeper.api.routes import health_router, jobs_router
+from jobkeeper.api.routes import jobs_router
+from jobkeeper.api.schedules import schedules_router
+from jobkeeper.api.ui import offline_docs, ui_router
 from jobkeeper.maintenance import ExpiryHooks, Sweeper
 from jobkeeper.manager import JobManager
 from jobkeeper.metrics import Metrics
@@ -78,17 +82,25 @@ def lifespan(settings: Settings | None = None, *, hooks: ExpiryHooks | None = No
 
 
 def create_app(settings: Settings | None = None, *, hooks: ExpiryHooks | None = None) -> FastAPI:
-    """The complete jobkeeper HTTP service."""
+    """The complete jobkeeper HTTP service: the API, ``/docs`` (served offline) and, unless
+    ``JOBKEEPER_UI=false``, the dashboard at ``/ui`` with an API-key sign-in."""
     config = settings or Settings()
     app = FastAPI(
         title="jobkeeper",
         summary="Durable state for long-running jobs: submit, watch, cancel, answer.",
         version="0.1.0",
         lifespan=lifespan(config, hooks=hooks),
+        docs_url=None,  # FastAPI's loads Swagger UI from a CDN: offline_docs serves it itself
+        redoc_url=None,
     )
     install(app)
+    offline_docs(app)
     app.include_router(jobs_router)
+    app.include_router(schedules_router)
+    app.include_router(inbox_router)
     app.include_router(health_router)
+    if config.ui:
+        app.include_router(ui_router())
     app.add_middleware(BodyLimit, max_bytes=config.max_payload_bytes)
     app.add_middleware(RequestContext)  # outermost: every response, even a 413, has an id
     return app

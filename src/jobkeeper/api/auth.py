@@ -3,6 +3,10 @@
 Keys are 256-bit random tokens (``jk_...``); only their SHA-256 is stored, with a short prefix
 to name them. A replica trusts a verified key for ``key_cache_ttl`` seconds (so a revocation takes
 effect within that time) to keep the database off the hot read path.
+
+A verified key is the ``Caller`` of its tenant with principal ``api-key:<key id>``: the key's
+UUID, which names it in ``answered_by``, ``cancelled_by`` and the history without revealing any
+part of the token.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 from cachetools import TTLCache
 
 from jobkeeper.api.problems import ApiProblem
+from jobkeeper.domain.values import Caller
 from jobkeeper.manager import JobManager
 
 __all__ = ["ApiKeys", "NewKey", "hash_key"]
@@ -43,7 +48,7 @@ class ApiKeys:
 
     def __init__(self, jobs: JobManager, *, cache_ttl: float = 10.0) -> None:
         self._store = jobs.keys
-        self._verified: TTLCache[str, str] | None = (
+        self._verified: TTLCache[str, Caller] | None = (
             TTLCache(maxsize=10_000, ttl=cache_ttl, timer=time.monotonic) if cache_ttl > 0 else None
         )
 
@@ -61,19 +66,25 @@ class ApiKeys:
     async def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
         return await self._store.list(tenant)
 
-    async def tenant_of(self, authorization: str | None) -> str:
-        """The tenant of a ``Bearer`` key; ``ApiProblem("unauthorized")`` otherwise."""
-        scheme, _, key = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
+    async def caller_of(self, key: str | None) -> Caller:
+        """Who a ``Bearer`` key (the token alone) stands for; ``ApiProblem("unauthorized")`` if
+        it is missing, unknown or revoked."""
+        if not key or not key.strip():
             raise ApiProblem("unauthorized", "send Authorization: Bearer <api key>")
-        digest = hash_key(key.strip())
+        return await self.caller_of_digest(hash_key(key.strip()))
+
+    async def caller_of_digest(self, digest: str) -> Caller:
+        """Who the key whose SHA-256 is ``digest`` stands for (a dashboard session holds only
+        that); ``ApiProblem("unauthorized")`` for an unknown or revoked key."""
         if self._verified is not None:
-            tenant = self._verified.get(digest)
-            if tenant is not None:
-                return tenant
-        tenant = await self._store.tenant_for(digest)
-        if tenant is None:
+            known = self._verified.get(digest)
+            if known is not None:
+                return known
+        live = await self._store.live(digest)
+        if live is None:
             raise ApiProblem("unauthorized", "unknown or revoked API key")
+        key_id, tenant = live
+        caller = Caller(tenant=tenant, principal=f"api-key:{key_id}")
         if self._verified is not None:
-            self._verified[digest] = tenant
-        return tenant
+            self._verified[digest] = caller
+        return caller

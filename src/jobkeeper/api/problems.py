@@ -1,30 +1,46 @@
 """RFC 9457 problem details: every error of the HTTP API, mapped from stable codes in one place.
 
 A problem body is ``{"type", "title", "status", "detail", "code", "instance", "request_id"}`` plus
-fields of the error (``expired_at``, ``errors``, ...), served as ``application/problem+json``.
+fields of the error (``job_id``, ``expired_at``, ``errors``, ...), served as
+``application/problem+json``.
+
+Two ways in. ``ProblemRoute``, the route class of jobkeeper's routers, answers the errors of
+jobkeeper's own routes (domain errors, ``ApiProblem``, request validation) wherever they are
+mounted, and touches nothing else: a host application's own errors keep its own responses.
+``install(app)`` makes every error of an app a problem (unknown routes, wrong methods, the app's
+own ``HTTPException``): ``create_app`` does it for jobkeeper's own service; a host app need not.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine
+from datetime import datetime
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from jobkeeper.clock import utc_text
 from jobkeeper.errors import (
     DatabaseUnavailable,
-    IdempotencyConflict,
-    InvalidAnswer,
-    JobExpired,
     JobkeeperError,
     QueueFull,
 )
 
-__all__ = ["PROBLEM_JSON", "STATUS", "ApiProblem", "install", "problem"]
+__all__ = [
+    "PROBLEM_JSON",
+    "PROBLEM_RESPONSE",
+    "STATUS",
+    "ApiProblem",
+    "ProblemRoute",
+    "install",
+    "problem",
+]
 
 log = logging.getLogger("jobkeeper.api")
 
@@ -38,11 +54,17 @@ STATUS: dict[str, int] = {
     "job_not_found": 404,
     "job_expired": 404,
     "not_found": 404,
+    "schedule_not_found": 404,
+    "schedule_exists": 409,
     "method_not_allowed": 405,
     "invalid_transition": 409,
     "job_finished": 409,
     "not_waiting_for_input": 409,
+    "lease_lost": 409,
+    "question_claimed": 409,
+    "precondition_failed": 412,
     "payload_too_large": 413,
+    "batch_too_large": 413,
     "idempotency_key_reused": 422,
     "invalid_answer": 422,
     "queue_full": 429,
@@ -56,6 +78,11 @@ STATUS: dict[str, int] = {
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")
 _TITLES = {code: code.replace("_", " ").capitalize() for code in STATUS}
 PROBLEM_JSON = "application/problem+json"
+# how OpenAPI describes a problem response
+PROBLEM_RESPONSE: dict[str, Any] = {
+    "content": {PROBLEM_JSON: {}},
+    "description": "A problem (RFC 9457).",
+}
 
 
 class ApiProblem(Exception):
@@ -74,9 +101,12 @@ def problem(
     detail: str,
     *,
     headers: dict[str, str] | None = None,
+    status: int | None = None,
     **extra: Any,
 ) -> JSONResponse:
-    status = STATUS.get(code, 500)
+    """The problem response of ``code``, with the status ``STATUS`` maps it to (``status``: an
+    ``HTTPException``'s own)."""
+    status = status or STATUS.get(code, 500)
     body = {
         "type": f"urn:jobkeeper:problem:{code}",
         "title": _TITLES.get(code, "Error"),
@@ -90,27 +120,40 @@ def problem(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
+# an error's attribute -> its name in a problem body, where the two differ (a job's ``status``
+# must not replace the problem's)
+_RENAMED = {"problems": "errors", "status": "job_status"}
+
+
+def _error_fields(exc: JobkeeperError) -> dict[str, Any]:
+    """Every field of the error (``job_id``, ``expired_at``, ``limit``...), as JSON, so a client
+    can rebuild the error it stands for."""
+    fields: dict[str, Any] = {}
+    for name, value in vars(exc).items():
+        if name == "message" or name.startswith("_"):
+            continue
+        if isinstance(value, datetime):
+            value = utc_text(value)
+        elif not isinstance(value, str | int | float | list | None):  # a UUID, say
+            value = str(value)
+        fields[_RENAMED.get(name, name)] = value
+    return fields
+
+
 def _domain(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, JobkeeperError)
     headers: dict[str, str] = {}
-    extra: dict[str, Any] = {}
     if isinstance(exc, QueueFull):
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-        extra["retry_after"] = exc.retry_after
     elif isinstance(exc, DatabaseUnavailable):
         headers["Retry-After"] = "1"
-    elif isinstance(exc, InvalidAnswer):
-        extra["errors"] = exc.problems
-    elif isinstance(exc, IdempotencyConflict):
-        extra["job_id"] = str(exc.job_id)
-    elif isinstance(exc, JobExpired):
-        extra["expired_at"] = exc.expired_at.isoformat().replace("+00:00", "Z")
-    field = getattr(exc, "field", None)
-    if field is not None:
-        extra["field"] = field
     if exc.code not in STATUS:
         log.error("error code %r has no HTTP status", exc.code)
-    return problem(request, exc.code, exc.message, headers=headers, **extra)
+    return problem(request, exc.code, exc.message, headers=headers, **_error_fields(exc))
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _api(request: Request, exc: Exception) -> JSONResponse:
@@ -128,15 +171,21 @@ def _validation(request: Request, exc: Exception) -> JSONResponse:
     return problem(request, "validation_error", "the request is not valid", errors=errors)
 
 
+# an HTTPException's status -> its code; any other keeps its status, with code invalid_request
+_HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
+
+
+def _not_utf8(request: Request) -> JSONResponse:
+    return problem(request, "validation_error", "the request body is not UTF-8 JSON")
+
+
 def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if isinstance(exc.__cause__, UnicodeDecodeError):  # FastAPI's body parser: not UTF-8
-        return problem(request, "validation_error", "the request body is not UTF-8 JSON")
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
-    response = problem(request, code, str(exc.detail))
-    response.status_code = exc.status_code
-    if exc.headers:
-        response.headers.update(exc.headers)
+        return _not_utf8(request)
+    code = _HTTP_CODES.get(exc.status_code, "invalid_request")
+    headers = dict(exc.headers or {})
+    response = problem(request, code, str(exc.detail), headers=headers, status=exc.status_code)
     if exc.status_code == 405:
         response.headers["Allow"] = _allowed_methods(request)
     return response
@@ -153,6 +202,34 @@ def _allowed_methods(request: Request) -> str:
             route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
         )
     )
+
+
+class ProblemRoute(APIRoute):
+    """The route class of jobkeeper's routers: the route's own errors (domain errors,
+    ``ApiProblem``, a request that fails validation) are answered as problems by the route
+    itself, with or without ``install``; every other exception (the host's ``HTTPException``
+    from its own ``caller`` dependency, say) goes on to the application's handlers untouched."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def answered(request: Request) -> Response:
+            try:
+                return await handle(request)
+            except JobkeeperError as exc:
+                return _domain(request, exc)
+            except ApiProblem as exc:
+                return _api(request, exc)
+            except RequestValidationError as exc:
+                return _validation(request, exc)
+            except StarletteHTTPException as exc:
+                # FastAPI's body parser, before any dependency ran; any other (the caller's
+                # own 401, say) is the application's to answer
+                if isinstance(exc.__cause__, UnicodeDecodeError):
+                    return _not_utf8(request)
+                raise
+
+        return answered
 
 
 def install(app: FastAPI) -> None:

@@ -33,11 +33,15 @@ from jobkeeper.domain.values import Job
 __all__ = [
     "CURSOR_PATTERN",
     "AnswerIn",
+    "BatchIn",
+    "BatchItemIn",
+    "BatchOut",
     "JobId",
     "JobOut",
     "JobPageOut",
     "ResumeAfter",
     "SubmitIn",
+    "SubmittedOut",
     "iso",
     "job_json",
 ]
@@ -164,6 +168,32 @@ class SubmitIn(BaseModel):
     pinned: Annotated[bool, Strict()] = False
 
 
+class BatchItemIn(SubmitIn):
+    """One job of ``POST /jobs:batch``: ``POST /jobs``'s body, with its idempotency key."""
+
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="As `POST /jobs` takes it in its `Idempotency-Key` header: the same key "
+        "with the same job is a replay; with another job, 422 `idempotency_key_reused`.",
+        json_schema_extra={"pattern": _STORABLE_TEXT},
+    )
+
+
+class BatchIn(BaseModel):
+    """``POST /jobs:batch``: jobs to submit together, all or nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[BatchItemIn] = Field(
+        min_length=1,
+        description="At most `JOBKEEPER_MAX_BATCH` jobs (default 1,000): more is 413 "
+        "`batch_too_large`. Items sharing an idempotency key must ask for the same job "
+        "(they then name one job); otherwise 422 `validation_error` for the later one.",
+    )
+
+
 class AnswerIn(BaseModel):
     """``POST /jobs/{id}/input``: the answer to the job's open question."""
 
@@ -218,6 +248,21 @@ class JobOut(BaseModel):
     updated_at: str
     started_at: str | None
     finished_at: str | None
+    schedule_id: str | None = Field(description="The schedule that submitted the job, if any.")
+    scheduled_for: str | None = Field(description="The schedule's tick the job stands for.")
+
+
+class SubmittedOut(BaseModel):
+    """What one item of a batch became: the job, and whether this request created it."""
+
+    created: bool = Field(description="False: an idempotent replay (of a stored job or an item).")
+    job: JobOut
+
+
+class BatchOut(BaseModel):
+    """The jobs of a batch, in the order of its items."""
+
+    jobs: list[SubmittedOut]
 
 
 class JobPageOut(BaseModel):
@@ -256,4 +301,6 @@ def job_json(job: Job) -> dict[str, Any]:
         "updated_at": iso(job.updated_at),
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
+        "schedule_id": None if job.schedule_id is None else str(job.schedule_id),
+        "scheduled_for": iso(job.scheduled_for),
     }

@@ -6,12 +6,13 @@ and problems as jobkeeper's errors (``JobNotFound``, ``QueueFull``...; ``ApiErro
 ``ApiConnectionError`` for the rest). Importing it starts nothing. See ``docs/client.md``.
 """
 
-from jobkeeper.api.schemas import JobOut, JobPageOut
+from jobkeeper.api.schemas import JobOut, JobPageOut, SubmittedOut
 from jobkeeper.client.asynchronous import AsyncJobClient
 from jobkeeper.client.calls import JobRef, ListFilters, ListQuery, SubmitOptions
 from jobkeeper.client.errors import UNKNOWN, ApiConnectionError, ApiError
 from jobkeeper.client.sync import JobClient
 from jobkeeper.client.target import ClientOptions
+from jobkeeper.domain.batch import JobSpec
 from jobkeeper.domain.values import JobEvent
 
 __all__ = [
@@ -25,7 +26,9 @@ __all__ = [
     "JobOut",
     "JobPageOut",
     "JobRef",
+    "JobSpec",
     "ListFilters",
     "ListQuery",
     "SubmitOptions",
+    "SubmittedOut",
 ]

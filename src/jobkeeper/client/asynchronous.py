@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, Self, TypeVar, Unpack
 
 import httpx
 
-from jobkeeper.api.schemas import JobOut, JobPageOut
+from jobkeeper.api.schemas import JobOut, JobPageOut, SubmittedOut
 from jobkeeper.client import calls
 from jobkeeper.client.calls import Call, JobRef, ListFilters, ListQuery, SubmitOptions
 from jobkeeper.client.errors import connection_error
 from jobkeeper.client.events import RETRIED, Resume
 from jobkeeper.client.target import Connection
+from jobkeeper.domain.batch import JobSpec
 from jobkeeper.domain.values import JobEvent
 from jobkeeper.manager import Consistency
 
@@ -58,6 +59,13 @@ class AsyncJobClient(Connection[httpx.AsyncClient]):
     ) -> JobOut:
         """Submit a job; with ``idempotency_key``, a retry returns the same job."""
         return await self._run(calls.submit(kind, payload, options))
+
+    async def submit_many(self, items: Iterable[JobSpec | Mapping[str, Any]]) -> list[SubmittedOut]:
+        """Submit many jobs at once, all or nothing (``POST /jobs:batch``): one
+        ``SubmittedOut(created, job)`` per item, in order. Each item is a ``JobSpec`` or a
+        mapping of its fields, its idempotency key included. An error about an item names it
+        (``index``); then nothing was written."""
+        return await self._run(calls.submit_many(items))
 
     async def get(self, job: JobRef, *, consistency: Consistency = "cached") -> JobOut:
         """The job. Given the ``JobOut`` you hold, its ETag is sent, and while the job has not

@@ -3,8 +3,8 @@ response is read, without I/O, so that the async and the sync client speak one c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypedDict, TypeVar
 from urllib.parse import quote
@@ -13,8 +13,9 @@ from uuid import UUID
 import httpx
 from pydantic import ValidationError
 
-from jobkeeper.api.schemas import JobOut, JobPageOut
+from jobkeeper.api.schemas import BatchOut, JobOut, JobPageOut, SubmittedOut
 from jobkeeper.client.errors import ApiError, problem_error
+from jobkeeper.domain.batch import JobSpec
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.manager import Consistency
 
@@ -31,6 +32,7 @@ __all__ = [
     "next_page",
     "pin",
     "submit",
+    "submit_many",
     "unpin",
 ]
 
@@ -130,6 +132,24 @@ def submit(kind: str, payload: Any, options: SubmitOptions) -> Call[JobOut]:
         body["run_after"] = run_after.isoformat()
     headers = {} if key is None else {"Idempotency-Key": str(key)}
     return Call("POST", "/jobs", _job, frozenset({200, 201}), body=body, headers=headers)
+
+
+def _batch(response: httpx.Response) -> list[SubmittedOut]:
+    return BatchOut.model_validate_json(response.content).jobs
+
+
+def submit_many(items: Iterable[JobSpec | Mapping[str, Any]]) -> Call[list[SubmittedOut]]:
+    """``POST /jobs:batch``: 201 (some created), 200 (every item a replay). An item is a
+    ``JobSpec`` or a mapping of its fields; ``None`` fields are not sent (the server's default
+    applies)."""
+    jobs = []
+    for item in items:
+        fields = asdict(item) if isinstance(item, JobSpec) else dict(item)
+        body = {name: value for name, value in fields.items() if value is not None}
+        if isinstance(run_after := body.get("run_after"), datetime):
+            body["run_after"] = run_after.isoformat()
+        jobs.append(body)
+    return Call("POST", "/jobs:batch", _batch, frozenset({200, 201}), body={"jobs": jobs})
 
 
 def get(job: JobRef, consistency: Consistency) -> Call[JobOut]:

@@ -16,9 +16,10 @@ request id. Codes of the HTTP layer alone get ``ApiError``, and no response at a
     └── ApiConnectionError      api_connection_error  no response: connect, read or write failed
                                                       or timed out (a write may have happened)
 
-A problem body does not carry every field of every class; what it cannot tell is ``UNKNOWN``
-(``InvalidTransition.current``, ``NotWaitingForInput.status``, ``QueueFull.tenant``...), ``0``
-for ``QueueFull.limit`` and the nil UUID for a ``job_id`` neither the body nor the path names.
+A problem body carries every field of its error (``job_id``, ``expired_at``, ``limit``,
+``current``...; a job's ``status`` as ``job_status``); a field a server older than these bodies
+left out is ``UNKNOWN``, ``0`` for ``QueueFull.limit``, and the nil UUID for a ``job_id`` neither
+the body nor the path names.
 """
 
 from __future__ import annotations
@@ -42,9 +43,14 @@ from jobkeeper.errors import (
     JobFinished,
     JobkeeperError,
     JobNotFound,
+    LeaseLost,
     LifespanFailed,
     NotWaitingForInput,
+    QuestionChanged,
+    QuestionClaimed,
     QueueFull,
+    ScheduleExists,
+    ScheduleNotFound,
     SchemaMissing,
     SchemaOutdated,
     TenantRequired,
@@ -139,6 +145,15 @@ class _Problem:
         return float(self.response.headers.get("retry-after", 0))
 
     @property
+    def transition(self) -> tuple[str, str]:
+        """An ``InvalidTransition``'s ``current`` and ``requested`` statuses."""
+        return self.text("current"), self.text("requested")
+
+    def text(self, name: str) -> str:
+        """A text field of the body, ``UNKNOWN`` if it has none."""
+        return str(self.body.get(name, UNKNOWN))
+
+    @property
     def expired_at(self) -> datetime:
         return datetime.fromisoformat(str(self.body["expired_at"]))
 
@@ -151,21 +166,35 @@ def _field(loc: list[Any]) -> str:
 _BUILDERS: dict[str, Callable[[_Problem], JobkeeperError]] = {
     InvalidRequest.code: lambda p: InvalidRequest(p.field, p.message),
     TenantRequired.code: lambda p: TenantRequired(),
-    InvalidJobId.code: lambda p: InvalidJobId(p.path_job_id),
+    InvalidJobId.code: lambda p: InvalidJobId(p.body.get("value", p.path_job_id)),
     JobNotFound.code: lambda p: JobNotFound(p.job_id),
     JobExpired.code: lambda p: JobExpired(p.job_id, p.expired_at),
-    InvalidTransition.code: lambda p: InvalidTransition(p.job_id, UNKNOWN, UNKNOWN),
-    JobFinished.code: lambda p: JobFinished(p.job_id, UNKNOWN, UNKNOWN),
+    InvalidTransition.code: lambda p: InvalidTransition(p.job_id, *p.transition),
+    JobFinished.code: lambda p: JobFinished(p.job_id, *p.transition),
     IdempotencyConflict.code: lambda p: IdempotencyConflict(
-        p.response.request.headers.get("idempotency-key", UNKNOWN), p.job_id
+        p.body.get("idempotency_key", p.response.request.headers.get("idempotency-key", UNKNOWN)),
+        p.job_id,
     ),
-    QueueFull.code: lambda p: QueueFull(UNKNOWN, 0, p.retry_after),
+    QueueFull.code: lambda p: QueueFull(
+        p.text("tenant"), int(p.body.get("limit", 0)), p.retry_after, p.body.get("kind")
+    ),
     InvalidAnswer.code: lambda p: InvalidAnswer(p.job_id, [str(e) for e in p.body["errors"]]),
-    NotWaitingForInput.code: lambda p: NotWaitingForInput(p.job_id, UNKNOWN),
-    SchemaMissing.code: lambda p: SchemaMissing(UNKNOWN, p.message),
-    SchemaOutdated.code: lambda p: SchemaOutdated(UNKNOWN),
+    NotWaitingForInput.code: lambda p: NotWaitingForInput(
+        p.job_id, p.text("job_status"), p.body.get("question_key")
+    ),
+    QuestionClaimed.code: lambda p: QuestionClaimed(
+        p.job_id, p.text("claimed_by"), datetime.fromisoformat(p.text("claim_expires_at"))
+    ),
+    QuestionChanged.code: lambda p: QuestionChanged(
+        p.job_id, int(p.body["expected_version"]), p.body.get("current_version")
+    ),
+    SchemaMissing.code: lambda p: SchemaMissing(p.text("schema"), p.message),
+    SchemaOutdated.code: lambda p: SchemaOutdated(p.text("schema")),
     LifespanFailed.code: lambda p: LifespanFailed(RuntimeError(p.message)),
+    LeaseLost.code: lambda p: LeaseLost(p.job_id),
     DatabaseUnavailable.code: lambda p: DatabaseUnavailable(p.message),
+    ScheduleNotFound.code: lambda p: ScheduleNotFound(UUID(str(p.body["schedule_id"]))),
+    ScheduleExists.code: lambda p: ScheduleExists(str(p.body["name"])),
 }
 
 
@@ -189,6 +218,8 @@ def problem_error(response: httpx.Response, *, job_id: str | None = None) -> Job
         return ApiError(
             response.status_code, code, problem.message, body=body, request_id=request_id
         )
+    if isinstance(body.get("index"), int):  # about an item of a batch
+        error.index = body["index"]
     error.add_note(
         f"{request.method} {request.url}: HTTP {response.status_code} {code}"
         f" (request id {request_id})"

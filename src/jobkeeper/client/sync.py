@@ -4,17 +4,18 @@ operations as ``AsyncJobClient`` (see its docstrings), each one blocking until i
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Self, TypeVar, Unpack
 
 import httpx
 
-from jobkeeper.api.schemas import JobOut, JobPageOut
+from jobkeeper.api.schemas import JobOut, JobPageOut, SubmittedOut
 from jobkeeper.client import calls
 from jobkeeper.client.calls import Call, JobRef, ListFilters, ListQuery, SubmitOptions
 from jobkeeper.client.errors import connection_error
 from jobkeeper.client.events import RETRIED, Resume
 from jobkeeper.client.target import Connection
+from jobkeeper.domain.batch import JobSpec
 from jobkeeper.domain.values import JobEvent
 from jobkeeper.manager import Consistency
 
@@ -51,6 +52,10 @@ class JobClient(Connection[httpx.Client]):
     def submit(self, kind: str, payload: Any = None, **options: Unpack[SubmitOptions]) -> JobOut:
         """Submit a job; with ``idempotency_key``, a retry returns the same job."""
         return self._run(calls.submit(kind, payload, options))
+
+    def submit_many(self, items: Iterable[JobSpec | Mapping[str, Any]]) -> list[SubmittedOut]:
+        """Submit many jobs at once, all or nothing; one ``SubmittedOut`` per item."""
+        return self._run(calls.submit_many(items))
 
     def get(self, job: JobRef, *, consistency: Consistency = "cached") -> JobOut:
         """The job; given a ``JobOut``, conditional on its ETag (304: that same object)."""

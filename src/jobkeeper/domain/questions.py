@@ -1,18 +1,148 @@
-"""Questions a job asks a person: building the stored prompt and checking answers against it."""
+"""Questions a job asks a person: building the stored prompt, checking answers against it, who
+a question is for (its assignee), what its deadline does (``on_timeout``, ``Escalate``), and the
+question as a work queue shows it (``Question``).
+
+The stored prompt is the open question as it stands: ``assignee`` is whom it is for now, and
+``escalate`` the escalation steps still to come (``[{"to", "after"}]``, the first one next);
+``on_timeout`` is what the last deadline does: ``fail``, ``cancel`` or ``default``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal, TypeAlias
+from uuid import UUID
 
 import jsonschema
 
 from jobkeeper.domain.validate import encode_json, storable
+from jobkeeper.domain.values import Job
 from jobkeeper.errors import InvalidRequest
 
-__all__ = ["ON_TIMEOUT", "answer_problems", "build_prompt", "same_json"]
+__all__ = [
+    "ON_TIMEOUT",
+    "Escalate",
+    "OnTimeout",
+    "Question",
+    "QuestionPage",
+    "addressees",
+    "answer_problems",
+    "build_prompt",
+    "question_of",
+    "same_json",
+    "validate_assignee",
+]
 
 ON_TIMEOUT = ("fail", "cancel", "default")
+# "user:<name>" or "role:<name>": a name of 1 to 200 characters without control characters
+_ASSIGNEE = re.compile(r"(user|role):[^\x00-\x1f\x7f]{1,200}")
+
+
+@dataclass(frozen=True, slots=True)
+class Escalate:
+    """``on_timeout=Escalate(to="role:manager", after=timedelta(hours=4))``: at the deadline the
+    question goes to ``to`` (any claim on it ends) with a new deadline ``after`` from then; at
+    that deadline ``then`` applies: ``"fail"`` (default), ``"cancel"``, ``"default"`` or another
+    ``Escalate``."""
+
+    to: str
+    after: timedelta | float
+    then: OnTimeout = "fail"
+
+
+OnTimeout: TypeAlias = Literal["fail", "cancel", "default"] | Escalate
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    """A waiting job's open question as a work queue shows it.
+
+    ``version`` changes whenever the question does (asked, escalated): an answer may name it
+    (``expected_version``, HTTP ``If-Match``) to be refused if it changed since it was read.
+    ``claimed_by`` holds it until ``claim_expires_at`` (both ``None`` when nobody does).
+    """
+
+    job_id: UUID
+    tenant: str
+    kind: str
+    key: str
+    text: str | None
+    schema: Any
+    choices: Any
+    assignee: str | None
+    deadline: datetime | None
+    version: int
+    claimed_by: str | None
+    claim_expires_at: datetime | None
+    asked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class QuestionPage:
+    """One page of an inbox, oldest deadline first; pass ``next_cursor`` back for the next."""
+
+    items: tuple[Question, ...]
+    next_cursor: str | None
+
+
+def question_of(job: Job, *, now: datetime) -> Question:
+    """The open question of a waiting job (its claim shown only while it lasts at ``now``)."""
+    prompt = job.prompt
+    held = job.claim_expires_at is not None and job.claim_expires_at > now
+    asked_at = prompt.get("asked_at")
+    return Question(
+        job_id=job.id,
+        tenant=job.tenant,
+        kind=job.kind,
+        key=prompt["key"],
+        text=prompt.get("text"),
+        schema=prompt.get("schema"),
+        choices=prompt.get("choices"),
+        assignee=prompt.get("assignee"),
+        deadline=job.input_deadline,
+        version=job.question_version or 0,
+        claimed_by=job.claimed_by if held else None,
+        claim_expires_at=job.claim_expires_at if held else None,
+        asked_at=None if asked_at is None else datetime.fromisoformat(asked_at),
+    )
+
+
+def validate_assignee(field: str, value: object) -> str | None:
+    """``None`` (anyone in the tenant), ``"user:<name>"`` or ``"role:<name>"``."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _ASSIGNEE.fullmatch(value):
+        raise InvalidRequest(field, "None, 'user:<name>' or 'role:<name>' is required")
+    return value
+
+
+def addressees(principal: str, roles: Collection[str]) -> list[str]:
+    """The assignees a principal with ``roles`` answers for: itself (a bare ``alice`` is
+    ``user:alice``) and ``role:<r>`` for each role."""
+    names = [principal] if ":" in principal else [principal, f"user:{principal}"]
+    return names + [f"role:{role}" for role in sorted(roles)]
+
+
+def _seconds(field: str, value: object) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+        raise InvalidRequest(field, "a positive number of seconds (or a timedelta) is required")
+    return float(seconds)
+
+
+def _plan(on_timeout: object) -> tuple[object, list[dict[str, Any]]]:
+    """``on_timeout`` as the final action and the escalation steps before it."""
+    steps: list[dict[str, Any]] = []
+    while isinstance(on_timeout, Escalate):
+        if len(steps) >= 10:
+            raise InvalidRequest("on_timeout", "at most 10 escalations")
+        to = validate_assignee("on_timeout.to", on_timeout.to)
+        steps.append({"to": to, "after": _seconds("on_timeout.after", on_timeout.after)})
+        on_timeout = on_timeout.then
+    return on_timeout, steps
 
 
 def build_prompt(
@@ -24,6 +154,7 @@ def build_prompt(
     timeout: object,
     on_timeout: object,
     default: Any,
+    assignee: object = None,
 ) -> dict[str, Any]:
     """Validate a question's parts and return the prompt stored with a waiting job."""
     if not isinstance(text, str) or not text.strip() or len(text) > 10_000:
@@ -44,6 +175,9 @@ def build_prompt(
         isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
     ):
         raise InvalidRequest("timeout", "a positive number of seconds is required")
+    on_timeout, escalate = _plan(on_timeout)
+    if escalate and timeout is None:
+        raise InvalidRequest("timeout", "an escalation needs a first deadline (timeout)")
     if on_timeout not in ON_TIMEOUT:
         raise InvalidRequest("on_timeout", f"one of {list(ON_TIMEOUT)}")
     prompt = {
@@ -54,6 +188,8 @@ def build_prompt(
         "timeout": timeout,
         "on_timeout": on_timeout,
         "default": default,
+        "assignee": validate_assignee("assignee", assignee),
+        "escalate": escalate,
     }
     if on_timeout == "default":
         problems = answer_problems(prompt, default)

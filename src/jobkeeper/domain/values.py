@@ -7,6 +7,7 @@ caller under another's feet, yet it still serialises with ``json.dumps`` as plai
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NoReturn
@@ -18,7 +19,9 @@ __all__ = [
     "Caller",
     "FrozenDict",
     "Job",
+    "JobCounts",
     "JobEvent",
+    "JobLease",
     "JobPage",
     "Lease",
     "NewJob",
@@ -111,6 +114,13 @@ class Job:
     prompt: Any = None  # the open question while waiting_input, else None
     answers: Any = field(default_factory=lambda: FrozenDict())  # key -> answer, who, when
     checkpoints: Any = field(default_factory=lambda: FrozenDict())  # key -> stored result
+    schedule_id: UUID | None = None  # the schedule that submitted it, if one did
+    scheduled_for: datetime | None = None  # and the tick it stands for
+    # the open question's deadline, version (it changes when the question does) and claim
+    input_deadline: datetime | None = None
+    question_version: int | None = None
+    claimed_by: str | None = None
+    claim_expires_at: datetime | None = None
 
     @property
     def terminal(self) -> bool:
@@ -172,3 +182,34 @@ class NewJob:
     concurrency_key: str | None
     pinned: bool
     fingerprint: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobLease:
+    """Who runs a job and until when (a running job), and when a waiting job's question times
+    out: what the dashboard shows beside the job."""
+
+    job_id: UUID
+    worker_id: UUID | None
+    worker_host: str | None
+    worker_pid: int | None
+    lease_expires_at: datetime | None
+    input_deadline: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobCounts:
+    """A tenant's jobs counted: the live ones per ``(kind, status)``, exactly, and the finished
+    ones per status, each up to ``cap`` (a count equal to ``cap`` means "at least")."""
+
+    live: Mapping[tuple[str, JobStatus], int]
+    finished: Mapping[JobStatus, int]
+    cap: int
+
+    def per_status(self) -> dict[JobStatus, int]:
+        """Every status with its count (0 when none)."""
+        totals = dict.fromkeys(JobStatus, 0)
+        for (_kind, status), n in self.live.items():
+            totals[status] += n
+        totals.update(self.finished)
+        return totals

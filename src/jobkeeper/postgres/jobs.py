@@ -1,5 +1,5 @@
-"""Statements on jobs that are not a worker's: submit, reads, listings, history, cancel, answers,
-input deadlines, pins, queue counts, and what a missing job was."""
+"""Statements on jobs that are not a worker's: submit, reads, listings, history, cancel, pins,
+queue counts, and what a missing job was. A waiting job's question is questions.py's."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from uuid_utils.compat import uuid7
 
 from jobkeeper.domain.status import TERMINAL, JobStatus, sources_of
-from jobkeeper.domain.values import Job, JobEvent, NewJob, Progress
+from jobkeeper.domain.values import Job, JobEvent, JobLease, NewJob, Progress
 from jobkeeper.errors import InvalidTransition, JobExpired, JobFinished, JobNotFound
 from jobkeeper.postgres.borrowed import Borrowed, job_of_text_row, json_as_text
 from jobkeeper.postgres.compile import (
@@ -25,7 +25,6 @@ from jobkeeper.postgres.compile import (
     compile_statement,
     param,
     raw,
-    sources,
     status_literals,
     target,
     update_job,
@@ -109,6 +108,12 @@ _INSERT_BORROWED = _insert(*_LIMITS, select=json_as_text("changed"))
 _QUEUE_LOCK = raw("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", "key")
 
 
+# what every change that ends a job's wait clears (ck_jobs_question: nothing of it outlives it)
+_NO_QUESTION: dict[str, None] = dict.fromkeys(
+    ("prompt", "input_deadline", "question_version", "claimed_by", "claim_expires_at")
+)
+
+
 @functools.cache
 def _transition_sql(target_status: JobStatus) -> Sql:
     changes: dict[str, Any] = {"status": sa.literal_column(f"'{target_status.value}'")}
@@ -126,8 +131,9 @@ def _transition_sql(target_status: JobStatus) -> Sql:
     if target_status is _W:
         # a bare question for whoever moved it (the status/prompt CHECK requires one)
         changes["prompt"] = sa.cast(sa.literal_column("""'{"key": "manual"}'"""), JSONB)
+        changes["question_version"] = jobs.c.version + 1
     else:
-        changes.update(prompt=None, input_deadline=None)
+        changes.update(_NO_QUESTION)
     condition = jobs.c.status.in_(status_literals(sorted(sources_of(target_status))))
     return with_event(
         changed_by(update_job(changes, condition)), "{event_type}", "{event_data}::jsonb"
@@ -160,8 +166,7 @@ _CANCEL = with_event(
                 "finished_at": sa.case((_AT_ONCE, NOW), else_=jobs.c.finished_at),
                 "cancel_requested": sa.true(),
                 # a running job has no question (CHECK), so this only clears a waiting job's
-                "prompt": None,
-                "input_deadline": None,
+                **_NO_QUESTION,
             },
             sa.or_(
                 _AT_ONCE,
@@ -173,7 +178,7 @@ _CANCEL = with_event(
         )
     ),
     "CASE changed.status WHEN 'cancelled' THEN 'cancelled' ELSE 'cancel_requested' END",
-    "jsonb_build_object()",
+    "jsonb_build_object('cancelled_by', {cancelled_by}::text)",
 )
 
 _GET = compile_statement(sa.select(jobs).where(*THIS_JOB))
@@ -227,67 +232,6 @@ def _list_sql(by_status: bool, by_kind: bool, after_cursor: bool) -> Sql:
     return compile_statement(sa.select(merged).order_by(merged.c.id.desc()).limit(limit))
 
 
-_BUMP = "version = jobs.version + 1, updated_at = now()"
-
-# A person answers question $3 ($4: the answer as JSON, $5: who): stored with the job's answers,
-# and the job is queued again for any worker to resume. Only the question still open is answered.
-_ANSWER = with_event(
-    raw(
-        f"""WITH changed AS (
-    UPDATE jobs SET status = {target("answer", _Q)}, run_after = now(), prompt = NULL,
-        input_deadline = NULL,
-        answers = jobs.answers || jsonb_build_object($3::text, jsonb_build_object(
-            'answer', $4::jsonb, 'answered_by', $5::text, 'answered_at', now())),
-        {_BUMP}
-    WHERE jobs.id = $1::uuid AND jobs.tenant = $2::text AND jobs.status IN ({sources("answer")})
-      AND jobs.prompt ->> 'key' = $3::text
-    RETURNING jobs.*
-)""",
-        "job_id",
-        "tenant",
-        "key",
-        "answer",
-        "answered_by",
-    ),
-    "'answered'",
-    "jsonb_build_object('key', $3::text, 'answered_by', $5::text)",
-)
-
-# Input deadlines (run by sweepers): what the question's on_timeout says: fail with code
-# input_timeout (the default), cancel, or resume with its default answer.
-_INPUT_TIMEOUTS = with_event(
-    raw(
-        f"""WITH due AS (
-    SELECT id FROM jobs WHERE status IN ({sources("input_timeout")}) AND input_deadline < now()
-    ORDER BY input_deadline LIMIT $1 FOR UPDATE SKIP LOCKED
-), changed AS (
-    UPDATE jobs SET
-        status = CASE jobs.prompt ->> 'on_timeout'
-                 WHEN 'cancel' THEN {target("input_timeout", _C)}
-                 WHEN 'default' THEN {target("input_timeout", _Q)}
-                 ELSE {target("input_timeout", JobStatus.FAILED)} END,
-        answers = CASE WHEN jobs.prompt ->> 'on_timeout' = 'default'
-                  THEN jobs.answers || jsonb_build_object(jobs.prompt ->> 'key', jsonb_build_object(
-                      'answer', jobs.prompt -> 'default', 'answered_by', NULL,
-                      'answered_at', now(), 'timed_out', true))
-                  ELSE jobs.answers END,
-        error = CASE WHEN coalesce(jobs.prompt ->> 'on_timeout', 'fail') = 'fail'
-                THEN jsonb_build_object('code', 'input_timeout', 'message',
-                    'no answer to question ' || (jobs.prompt ->> 'key') || ' before its deadline')
-                ELSE jobs.error END,
-        finished_at = CASE WHEN jobs.prompt ->> 'on_timeout' = 'default' THEN NULL ELSE now() END,
-        run_after = now(), prompt = NULL, input_deadline = NULL, {_BUMP}
-    FROM due WHERE jobs.id = due.id AND jobs.status IN ({sources("input_timeout")})
-      AND jobs.input_deadline < now()
-    RETURNING jobs.*
-)""",
-        "limit",
-    ),
-    "CASE changed.status WHEN 'queued' THEN 'answered' WHEN 'cancelled' THEN 'cancelled'"
-    " ELSE 'failed' END",
-    "jsonb_build_object('timed_out', true, 'error', changed.error)",
-)
-
 _PIN = {
     pinned: with_event(
         changed_by(update_job({"pinned": sa.literal(pinned)}, jobs.c.pinned != sa.literal(pinned))),
@@ -304,6 +248,34 @@ _QUEUE_DEPTH = raw(
     """SELECT (SELECT count(*) FROM jobs WHERE status = 'queued') AS queued,
        (SELECT count(*) FROM jobs WHERE status = 'running') AS running,
        (SELECT count(*) FROM jobs WHERE status = 'waiting_input') AS waiting_input"""
+)
+# the tenant's live jobs per kind and status (the dashboard's queue by kind): three ranges of the
+# (status, tenant, id) index, so it costs the tenant's queue, not its history
+_LIVE_COUNTS = raw(
+    "SELECT kind, status, count(*) AS n FROM jobs WHERE tenant = $1"
+    " AND status IN ('queued', 'running', 'waiting_input') GROUP BY kind, status",
+    "tenant",
+)
+# the tenant's finished jobs per status, each counted up to $2: a range of the (status, tenant,
+# id) index each (the ORDER BY is the index's order, so the plan walks it and stops at $2), so a
+# history of millions costs at most $2 entries per status
+_FINISHED_COUNTS = raw(
+    """SELECT s.status, (SELECT count(*) FROM (SELECT 1 FROM jobs
+         WHERE jobs.status = s.status AND jobs.tenant = $1 ORDER BY jobs.id LIMIT $2)
+         AS capped) AS n
+       FROM unnest(ARRAY['succeeded', 'failed', 'cancelled']) AS s(status)""",
+    "tenant",
+    "cap",
+)
+# the jobs of these ids, whoever's tenant (a fan-out that filters by tenant itself)
+_MANY = raw("SELECT * FROM jobs WHERE id = ANY($1::uuid[])", "ids")
+# who runs these jobs and until when, and a waiting job's answer deadline
+_LEASES = raw(
+    "SELECT j.id, j.worker_id, j.lease_expires_at, j.input_deadline, w.host, w.pid"
+    " FROM jobs j LEFT JOIN workers w ON w.id = j.worker_id"
+    " WHERE j.tenant = $1 AND j.id = ANY($2::uuid[])",
+    "tenant",
+    "ids",
 )
 _TOMBSTONE = raw(
     "SELECT expired_at FROM job_tombstones WHERE job_id = $1 AND tenant = $2", "job_id", "tenant"
@@ -475,13 +447,17 @@ class JobStatements:
         assert job is not None
         return job
 
-    async def cancel(self, job_id: UUID, tenant: str) -> tuple[Job, bool]:
-        """Cancel a queued or waiting job at once, or flag a running one for its worker.
+    async def cancel(
+        self, job_id: UUID, tenant: str, cancelled_by: str | None = None
+    ) -> tuple[Job, bool]:
+        """Cancel a queued or waiting job at once, or flag a running one for its worker; the
+        event (``cancelled`` or ``cancel_requested``) records ``cancelled_by``.
 
         Returns the job and whether this call changed it (a repeated cancel of a running job that
         is already flagged changes nothing). Raises ``JobNotFound`` or ``JobFinished``.
         """
-        job = await self._db.write_job(_CANCEL, {"job_id": job_id, "tenant": tenant})
+        params = {"job_id": job_id, "tenant": tenant, "cancelled_by": cancelled_by}
+        job = await self._db.write_job(_CANCEL, params)
         if job is not None:
             return job, True
         current = await self.get(job_id, tenant)
@@ -490,23 +466,6 @@ class JobStatements:
         if current.terminal:
             raise JobFinished(job_id, current.status.value, _C.value)
         return current, False
-
-    async def answer(
-        self, job_id: UUID, tenant: str, key: str, answer_json: str, answered_by: str | None
-    ) -> Job | None:
-        """Answer the open question ``key``; ``None`` if the job is not waiting for it."""
-        params = {
-            "job_id": job_id,
-            "tenant": tenant,
-            "key": key,
-            "answer": answer_json,
-            "answered_by": answered_by,
-        }
-        return await self._db.write_job(_ANSWER, params)
-
-    async def expire_input_deadlines(self, *, limit: int) -> list[Job]:
-        """Apply ``on_timeout`` to up to ``limit`` jobs whose question's deadline passed."""
-        return await self._db.write_jobs(_INPUT_TIMEOUTS, {"limit": limit})
 
     async def set_pinned(self, job_id: UUID, tenant: str, pinned: bool) -> Job | None:
         """Pin (exempt from retention) or unpin; ``None`` if it already was."""
@@ -525,6 +484,35 @@ class JobStatements:
         """How many jobs are queued, running and waiting for input (all tenants)."""
         rows = await self._db.rows(_QUEUE_DEPTH, {}, read=True)
         return dict(rows[0])
+
+    async def live_counts(self, tenant: str) -> list[tuple[str, str, int]]:
+        """The tenant's queued, running and waiting jobs counted per ``(kind, status)``."""
+        rows = await self._db.rows(_LIVE_COUNTS, {"tenant": tenant}, read=True)
+        return [(row["kind"], row["status"], int(row["n"])) for row in rows]
+
+    async def finished_counts(self, tenant: str, cap: int) -> list[tuple[str, int]]:
+        """The tenant's finished jobs per status, each counted up to ``cap``."""
+        rows = await self._db.rows(_FINISHED_COUNTS, {"tenant": tenant, "cap": cap}, read=True)
+        return [(row["status"], int(row["n"])) for row in rows]
+
+    async def many(self, ids: list[UUID]) -> list[Job]:
+        """The jobs of ``ids`` that exist, of any tenant."""
+        return [to_job(row) for row in await self._db.rows(_MANY, {"ids": ids}, read=True)]
+
+    async def leases(self, tenant: str, ids: list[UUID]) -> list[JobLease]:
+        """Who holds these jobs of the tenant, until when, and their answer deadlines."""
+        rows = await self._db.rows(_LEASES, {"tenant": tenant, "ids": ids}, read=True)
+        return [
+            JobLease(
+                job_id=row["id"],
+                worker_id=row["worker_id"],
+                worker_host=row["host"],
+                worker_pid=row["pid"],
+                lease_expires_at=row["lease_expires_at"],
+                input_deadline=row["input_deadline"],
+            )
+            for row in rows
+        ]
 
     async def missing(self, job_id: UUID, tenant: str) -> JobNotFound | JobExpired:
         """The error for a job that is not there: expired (a tombstone lives) or never existed."""

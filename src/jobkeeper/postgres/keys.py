@@ -18,7 +18,9 @@ _CREATE = raw(
     "prefix",
     "label",
 )
-_TENANT = raw("SELECT tenant FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", "key_hash")
+_LIVE = raw(
+    "SELECT id, tenant FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", "key_hash"
+)
 _REVOKE = raw(
     "UPDATE api_keys SET revoked_at = now() WHERE prefix = $1 AND revoked_at IS NULL RETURNING id",
     "prefix",
@@ -48,10 +50,10 @@ class KeyStatements:
         }
         await self._db.rows(_CREATE, params, read=False)
 
-    async def tenant_for(self, key_hash: str) -> str | None:
-        """The tenant of a live (not revoked) key, by the key's hash."""
-        rows = await self._db.rows(_TENANT, {"key_hash": key_hash}, read=True)
-        return rows[0]["tenant"] if rows else None
+    async def live(self, key_hash: str) -> tuple[UUID, str] | None:
+        """The id and tenant of a live (not revoked) key, by the key's hash."""
+        rows = await self._db.rows(_LIVE, {"key_hash": key_hash}, read=True)
+        return (rows[0]["id"], rows[0]["tenant"]) if rows else None
 
     async def revoke(self, prefix: str) -> bool:
         """Revoke the live key with this prefix; ``False`` if there is none."""

@@ -1,5 +1,6 @@
 """A worker's statements: claims, heartbeats, and every write fenced by a lease token (progress,
-success, failure, cancel, release, questions, checkpoints), plus lease recovery.
+success, failure, cancel, release, questions, checkpoints), plus lease recovery and the fence a
+handler puts around its own writes in the application's transaction.
 
 A lease token matches only while its job runs (ck_jobs_lease: a token if and only if running), so
 fenced writes match on id and token alone, and batches find their rows by id (= ANY, the primary
@@ -18,6 +19,7 @@ import asyncpg
 
 from jobkeeper.domain.status import OPERATIONS, JobStatus
 from jobkeeper.domain.values import Job, Lease, Progress
+from jobkeeper.postgres.borrowed import Borrowed
 from jobkeeper.postgres.compile import Sql, raw, sources, target, with_event
 from jobkeeper.postgres.pool import Database, to_job
 
@@ -238,10 +240,13 @@ _RECOVER = with_event(
 
 # A handler asks a person ($3: the prompt as JSON, with its "key"): the job waits for input with a
 # deadline in $4 s (NULL: none), the lease is given up so no worker slot is held, and the attempt
-# is not counted. A job asked to cancel does not start waiting.
+# is not counted. The question's version is the job's new one; it is stamped with when it was
+# asked. A job asked to cancel does not start waiting.
 _ASK = with_event(
     _fenced(
-        f"status = {target('ask', _W)}, prompt = $3::jsonb,"
+        f"status = {target('ask', _W)},"
+        " prompt = $3::jsonb || jsonb_build_object('asked_at', now()),"
+        " question_version = jobs.version + 1,"
         " input_deadline = now() + make_interval(secs => $4::float8),"
         f" attempts = greatest(jobs.attempts - 1, 0), {_CLEAR_LEASE}",
         "prompt",
@@ -266,6 +271,30 @@ _PROGRESS = with_event(
     _fenced("progress_fraction = $3::float8, progress_message = $4::text", "fraction", "message"),
     "'progress'",
     "jsonb_build_object('fraction', $3::float8, 'message', $4::text)",
+)
+
+
+# The fence around a handler's own writes, run in the APPLICATION's open transaction: the job's
+# row is locked FOR SHARE if this lease still holds it by Postgres's clock. clock_timestamp(), not
+# now(): now() is when the caller's transaction began, which may be before the lease expired.
+# The lock lasts until the caller's transaction ends. Whatever could take the job from this lease
+# needs a conflicting lock on the row first: recovery (FOR UPDATE SKIP LOCKED: it skips the row
+# and tries again on its next pass), a cancel request, and this worker's own heartbeat, progress,
+# checkpoint, question and outcome writes (UPDATEs: they wait). So between this check and the
+# caller's commit the lease cannot be superseded, and a business write committed behind the fence
+# was made while the lease held: a worker recovered from a pause (SIGSTOP, a long GC, a partition)
+# is refused instead of writing after the job's new owner. FOR KEY SHARE would not do: an UPDATE
+# of non-key columns, as recovery is, does not wait for it. The cost: those writes (the whole
+# heartbeat batch of this worker among them) wait until the caller commits, so the fenced
+# transaction must be short, well under the heartbeat interval (a third of the lease).
+# A token exists only while the job runs (ck_jobs_lease); the status test says so for the reader.
+_HOLD = raw(
+    """SELECT jobs.id FROM jobs
+WHERE jobs.id = $1::uuid AND jobs.lease_token = $2::uuid AND jobs.status = 'running'
+  AND jobs.lease_expires_at > clock_timestamp()
+FOR SHARE""",
+    "job_id",
+    "token",
 )
 
 
@@ -399,3 +428,9 @@ class LeaseStatements:
         """Keep a side effect's result; ``None``: the lease was lost."""
         params = {"job_id": lease.job.id, "token": lease.token, "key": key, "result": result_json}
         return await self._db.write_job(_CHECKPOINT, params)
+
+    async def hold(self, lease: Lease, on: Borrowed) -> bool:
+        """In the caller's open transaction ``on``, lock the job's row until that transaction
+        ends if ``lease`` still holds it (``_HOLD``); whether it does."""
+        params = {"job_id": lease.job.id, "token": lease.token}
+        return bool(await on.fetch(self._db.text(_HOLD), _HOLD.args(params)))

@@ -39,8 +39,8 @@ LINK_ERRORS = (
     asyncpg.TooManyConnectionsError,
 )
 # every table of the current schema exists in schema $1 (a cheap check at connect)
-_SCHEMA_PRESENT = """SELECT count(*) = 5 FROM pg_catalog.pg_tables WHERE schemaname = $1
-  AND tablename IN ('jobs', 'job_events', 'job_tombstones', 'api_keys', 'workers')"""
+_SCHEMA_PRESENT = """SELECT count(*) = 6 FROM pg_catalog.pg_tables WHERE schemaname = $1
+  AND tablename IN ('jobs', 'job_events', 'job_tombstones', 'api_keys', 'workers', 'schedules')"""
 # jobkeeper's tables in public with Alembic's default version table: the layout before schemas
 _OLD_LAYOUT = """SELECT to_regclass('public.job_tombstones') IS NOT NULL
   AND to_regclass('public.alembic_version') IS NOT NULL"""
@@ -84,6 +84,12 @@ def to_job(row: asyncpg.Record | Mapping[str, Any]) -> Job:
         updated_at=row["updated_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        schedule_id=row["schedule_id"],
+        scheduled_for=row["scheduled_for"],
+        input_deadline=row["input_deadline"],
+        question_version=row["question_version"],
+        claimed_by=row["claimed_by"],
+        claim_expires_at=row["claim_expires_at"],
     )
 
 
@@ -119,7 +125,8 @@ def _discard(conn: Pooled) -> None:
 
 class Database:
     """One asyncpg pool (no I/O until the first statement) and the ways to run statements on it,
-    each with its tables in ``schema`` (``text``).
+    each with its tables in ``schema`` (``text``). A statement that takes longer than
+    ``command_timeout`` seconds counts as a lost connection.
 
     ``announce`` is called with the rows of every committed change (``write``); the change
     announcer (``notify.Announcer``) sets it.
@@ -132,6 +139,7 @@ class Database:
         schema: str,
         pool_size: int = 10,
         connect_timeout: float = 5.0,
+        command_timeout: float = 10.0,
         prepared_statements: bool = True,
     ) -> None:
         self.dsn = dsn
@@ -146,6 +154,11 @@ class Database:
             init=_set_codecs,
             reset=_keep_as_is,
             timeout=connect_timeout,
+            # a link that dies silently (a partition, a dead switch port) drops packets without
+            # a reset: a statement on it would wait for TCP to give up, minutes later. Past this
+            # it ends in TimeoutError, a LINK_ERROR: the connection is dropped, the caller gets
+            # DatabaseUnavailable (HTTP 503) and a worker's loops carry on.
+            command_timeout=command_timeout,
             # a transaction-mode pooler (PgBouncer before 1.21) cannot keep a connection's
             # named prepared statements: each statement is then prepared unnamed, per call
             statement_cache_size=1024 if prepared_statements else 0,

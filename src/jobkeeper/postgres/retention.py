@@ -85,6 +85,8 @@ _PURGE_TOMBSTONES = raw(
 # cut-off holder, and holds through a transaction-mode pooler (which keeps a transaction on one
 # server connection, but not a session)
 _SWEEP_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))"
+# Ends the lock's transaction (and frees the lock) once it has sat idle for $1 (a duration).
+_BOUND_IDLE = "SELECT set_config('idle_in_transaction_session_timeout', $1, true)"
 
 
 class RetentionStatements:
@@ -138,7 +140,19 @@ class RetentionStatements:
         return len(rows)
 
     @asynccontextmanager
-    async def sweep_lock(self) -> AsyncIterator[bool]:
-        """Hold the sweeper lock for the block if no other process does; yields whether held."""
+    async def sweep_lock(self, *, idle_limit: float) -> AsyncIterator[bool]:
+        """Hold the sweeper lock for the block if no other process does; yields whether held.
+
+        The lock belongs to a transaction that sits idle while the pass runs its statements on
+        other connections. Were this process stopped mid-pass (SIGSTOP, a partition, a long
+        pause), its connection would stay open and no process could sweep, so no lease would be
+        recovered, until TCP gave up. Postgres ends the transaction once it has been idle for
+        ``idle_limit`` seconds instead, freeing the lock; a pass that outlives the limit then
+        ends in ``DatabaseUnavailable`` at the block's exit, and another process may have begun
+        a pass meanwhile (every statement of a pass is conditional, so two passes are safe).
+        """
         async with self._db.connection() as conn, conn.transaction():
-            yield bool(await conn.fetchval(_SWEEP_LOCK, f"{self._db.schema}.sweeper"))
+            held = bool(await conn.fetchval(_SWEEP_LOCK, f"{self._db.schema}.sweeper"))
+            if held:
+                await conn.fetchval(_BOUND_IDLE, f"{max(1, round(idle_limit * 1000))}ms")
+            yield held

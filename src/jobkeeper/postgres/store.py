@@ -4,12 +4,15 @@ the statements grouped by what they touch."""
 from __future__ import annotations
 
 from jobkeeper.domain.validate import DEFAULT_SCHEMA, validate_schema
+from jobkeeper.postgres.batch import BatchStatements
 from jobkeeper.postgres.jobs import JobStatements
 from jobkeeper.postgres.keys import KeyStatements
 from jobkeeper.postgres.leases import LeaseStatements
 from jobkeeper.postgres.notify import Announcer
 from jobkeeper.postgres.pool import Database
+from jobkeeper.postgres.questions import QuestionStatements
 from jobkeeper.postgres.retention import RetentionStatements
+from jobkeeper.postgres.schedules import ScheduleStatements
 from jobkeeper.postgres.workers import WorkerStatements
 from jobkeeper.settings import asyncpg_dsn
 
@@ -29,10 +32,13 @@ class Postgres:
         if self._announcer is not None:
             database.announce = self._announcer.queue
         self.jobs = JobStatements(database)
+        self.batch = BatchStatements(database)
         self.leases = LeaseStatements(database)
+        self.questions = QuestionStatements(database)
         self.retention = RetentionStatements(database)
         self.keys = KeyStatements(database)
         self.workers = WorkerStatements(database)
+        self.schedules = ScheduleStatements(database)
 
     @classmethod
     def create(
@@ -42,6 +48,7 @@ class Postgres:
         schema: str = DEFAULT_SCHEMA,
         pool_size: int = 10,
         connect_timeout: float = 5.0,
+        command_timeout: float = 10.0,
         notify: bool = True,
         prepared_statements: bool = True,
     ) -> Postgres:
@@ -53,6 +60,7 @@ class Postgres:
             schema=validate_schema(schema),
             pool_size=pool_size,
             connect_timeout=connect_timeout,
+            command_timeout=command_timeout,
             prepared_statements=prepared_statements,
         )
         return cls(database, notify=notify)

@@ -24,13 +24,17 @@ await worker.run()        # until worker.stop(); SIGTERM/SIGINT with install_sig
 * **Shutdown**: ``stop()`` stops claiming, lets handlers finish for ``shutdown_grace`` seconds, then
   releases the remaining leases (the jobs are queued again, the attempt not counted); a second
   ``stop()`` (a second signal) releases at once.
+* **Schedules**: ``@tasks.periodic("*/5 * * * *", timezone=...)`` on a handler; every worker
+  fires the due ticks of its kinds' schedules (``scheduler``), and Postgres keeps it to exactly
+  one job per schedule and tick.
 * **Questions**: ``await ctx.ask(...)`` parks the job in ``waiting_input`` without holding a slot;
   an answer queues it again and the handler is re-invoked from the start, where ``ctx.ask``
   returns stored answers at once (replay) and ``ctx.checkpoint`` returns stored side effects.
 
 The modules: ``registry`` (kinds to handlers), ``context`` (the handler's ``JobContext`` and its
 replay), ``executor`` (one job: run its handler, record its outcome) and ``worker`` (the claim,
-heartbeat, completion and progress loops, and the shutdown drain).
+heartbeat, completion and progress loops, and the shutdown drain), and ``scheduler`` (periodic
+schedules' ticks into jobs).
 """
 
 from jobkeeper.worker.context import JobContext

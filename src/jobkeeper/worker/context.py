@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn, Protocol, TypeAlias, TypeVar
+from uuid import UUID
 
-from jobkeeper.domain.questions import build_prompt
+from jobkeeper.domain.questions import OnTimeout, build_prompt
 from jobkeeper.domain.validate import optional_text, validate_progress
 from jobkeeper.domain.values import Job, Lease, Progress
 from jobkeeper.errors import JobCancelled
@@ -43,6 +44,9 @@ class JobHost(Protocol):
 
     def schedule_progress(self, ctx: JobContext) -> None:
         """From any thread: ``ctx`` has a report for ``take_progress``; write it in time."""
+
+    async def fence(self, ctx: JobContext, connection: Any) -> None:
+        """Hold ``ctx``'s lease in the caller's transaction on ``connection``, or ``LeaseLost``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +116,32 @@ class JobContext:
             self._flush_scheduled = True
         self._host.schedule_progress(self)
 
+    # --- fencing the handler's own writes ------------------------------------------------------
+
+    @property
+    def lease_token(self) -> UUID:
+        """This run's lease token: new at every claim, the same for the whole run. A stable
+        public read: tag your own effects with the run that made them, or compare it with a
+        token you stored."""
+        return self.lease.token
+
+    async def fenced(self, connection: Any) -> None:
+        """Make your open transaction on ``connection`` (the application's SQLAlchemy
+        ``AsyncSession`` or ``AsyncConnection``, or an asyncpg connection, in a transaction)
+        count only while this worker still holds the job: it locks the job's row until that
+        transaction ends if the lease holds by Postgres's clock, else raises ``LeaseLost``
+        (roll back and stop; nothing was written, and another worker may run the job).
+
+        Call it in the transaction of your business write, before committing. Until you commit,
+        no recovery can give the job to another worker, so a worker that was paused past its
+        lease (SIGSTOP, a long GC pause, a partition) is refused instead of writing after the
+        job's new owner. The lock also holds up this worker's heartbeat and this job's own
+        writes, so keep the transaction short (well under a third of the lease) and commit it
+        before ``ctx.checkpoint``, ``ctx.ask`` or returning: each of those writes the job's row
+        and would wait for your commit. Async handlers only: a sync handler's thread cannot drive
+        an async connection (docs/workers.md, "Fencing your own writes")."""
+        await self._host.fence(self, connection)
+
     # --- questions and checkpoints (the replay model) ------------------------------------------
 
     async def ask(
@@ -121,9 +151,10 @@ class JobContext:
         schema: dict[str, Any] | None = None,
         choices: Sequence[Any] | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the person's deadline, not the call's
-        on_timeout: Literal["fail", "cancel", "default"] = "fail",
+        on_timeout: OnTimeout = "fail",
         default: Any = None,
         key: str | None = None,
+        assignee: str | None = None,
     ) -> Any:
         """Ask a person and return the answer.
 
@@ -132,9 +163,14 @@ class JobContext:
         Once answered, any worker re-invokes the handler, and this call returns the stored answer
         at once. Questions are matched by ``key`` (default: their order, ``q1``, ``q2``...), so
         ask them in a stable order. ``timeout`` seconds without an answer: ``on_timeout`` fails
-        the job (code ``input_timeout``), cancels it, or resumes with ``default``.
+        the job (code ``input_timeout``), cancels it, resumes with ``default``, or
+        ``Escalate(to=..., after=...)`` hands the question to another assignee with a new
+        deadline. ``assignee`` (``"user:alice"``, ``"role:underwriter"``; ``None``: anyone in the
+        tenant) is whose inbox the question is in.
         """
-        question = self._question(prompt, schema, choices, timeout, on_timeout, default, key)
+        question = self._question(
+            prompt, schema, choices, timeout, on_timeout, default, key, assignee
+        )
         if isinstance(question, _Answered):
             return question.answer
         await self._host.park(self, question)  # never returns: the handler unwinds
@@ -146,9 +182,10 @@ class JobContext:
         schema: dict[str, Any] | None = None,
         choices: Sequence[Any] | None = None,
         timeout: float | None = None,
-        on_timeout: Literal["fail", "cancel", "default"] = "fail",
+        on_timeout: OnTimeout = "fail",
         default: Any = None,
         key: str | None = None,
+        assignee: str | None = None,
     ) -> Any:
         """``ask`` for a sync handler (from its thread): same replay model, same arguments.
         It runs ``ask`` on the worker's loop and waits for it."""
@@ -161,6 +198,7 @@ class JobContext:
                 on_timeout=on_timeout,
                 default=default,
                 key=key,
+                assignee=assignee,
             )
         )
 
@@ -170,9 +208,10 @@ class JobContext:
         schema: dict[str, Any] | None,
         choices: Sequence[Any] | None,
         timeout: float | None,
-        on_timeout: str,
+        on_timeout: OnTimeout,
         default: Any,
         key: str | None,
+        assignee: str | None,
     ) -> dict[str, Any] | _Answered:
         self._asked += 1
         key = optional_text("key", key) or f"q{self._asked}"
@@ -186,6 +225,7 @@ class JobContext:
             timeout=timeout,
             on_timeout=on_timeout,
             default=default,
+            assignee=assignee,
         )
 
     async def checkpoint(self, key: str, fn: Callable[[], Any]) -> Any:

@@ -21,6 +21,7 @@ from jobkeeper.errors import (
     DatabaseUnavailable,
     InvalidRequest,
     JobCancelled,
+    LeaseLost,
     PermanentFailure,
     Retry,
 )
@@ -89,6 +90,9 @@ class Executor:
                 result = await loop.run_in_executor(self._threads, spec.handler, ctx, job.payload)
         except _Suspended:
             return  # the job waits for input (or its lease is gone): nothing more to write
+        except LeaseLost:
+            # a fenced write found the lease gone: the job is recovered and runs elsewhere
+            log.warning("job %s stopped: a fenced write found its lease lost", job.id)
         except asyncio.CancelledError:
             if ctx.stop_reason is None:
                 raise  # not ours: the worker itself is being torn down
@@ -184,6 +188,14 @@ class Executor:
         job = await self._jobs.checkpoint(ctx.lease, key, encode_json("checkpoint", value))
         if job is None:
             raise _Suspended  # the lease is gone: stop quietly, another worker owns the job
+
+    async def fence(self, ctx: JobContext, connection: Any) -> None:
+        """Hold the lease in the caller's transaction; a lost lease also stops the handler."""
+        try:
+            await self._jobs.fence(ctx.lease, connection)
+        except LeaseLost:
+            ctx.stop("lease_lost")
+            raise
 
     def schedule_progress(self, ctx: JobContext) -> None:
         """Called by ``JobContext.progress`` from any thread: hand it to the flush on the loop."""

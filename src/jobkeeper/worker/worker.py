@@ -31,6 +31,7 @@ from jobkeeper.supervise import supervised, while_leased
 from jobkeeper.worker.context import JobContext, StopReason
 from jobkeeper.worker.executor import Executor
 from jobkeeper.worker.registry import TaskRegistry
+from jobkeeper.worker.scheduler import Scheduler
 
 log = logging.getLogger("jobkeeper.worker")
 
@@ -159,6 +160,11 @@ class Worker:
             retention=retention,
             hooks=tasks.expiry_hooks,
         )
+        # every worker fires the due ticks of its kinds' schedules; Postgres keeps it to one job
+        # per tick (worker/scheduler.py)
+        self._scheduler = Scheduler(
+            jobs, tasks.periodic_schedules(self._kinds), self._kinds, interval=poll_interval
+        )
 
     def _spawn(self, work: Awaitable[None]) -> None:
         """Run a short side task, keeping a reference until it ends."""
@@ -218,6 +224,7 @@ class Worker:
                 ("heartbeat", self._heartbeat_loop),
                 ("sweeper", self._sweeper.run),
                 ("completion", self._completer.run),
+                ("scheduler", self._scheduler.run),
             )
         ]
         log.info(
