@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint migrate-roundtrip bench clean
+.PHONY: install demo test lint migrate-roundtrip bench faults clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,15 @@ bench: $(BIN)/.installed-bench  ## every benchmark, written into docs/benchmarks
 		$(BIN)/python benchmarks/bench_$$name.py $(BENCH_ARGS) || failed="$$failed $$name"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "bench: failed:$$failed"; exit 1; fi
+
+# every long fault scenario (marker faults_full): the harness's, 2,000 jobs each, whose figures
+# go to FAULTS_REPORT and are printed as a table (docs/reliability.md), and the network
+# namespaces' (docs/operations.md)
+FAULTS_REPORT ?= .pytest_cache/faults
+faults: install  ## the full fault suite: each fault, all at once, Postgres restarts, partitions
+	rm -rf $(FAULTS_REPORT)
+	FAULTS_REPORT=$(FAULTS_REPORT) $(BIN)/pytest -m faults_full tests/faults; \
+		status=$$?; $(BIN)/python -m tests.faults.harness.figures $(FAULTS_REPORT); exit $$status
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -92,31 +92,11 @@ class Workers:
         """``jobkeeper worker TARGET ARGS`` with ``JOBKEEPER_<SETTING>`` from ``settings``,
         run through ``via`` if given (``ip netns exec NAME``: on another host)."""
         log = self._tmp / f"worker-{len(self.started)}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JOBKEEPER_")}
         chosen = {**self._settings, "shutdown_grace": str(grace), **settings}
-        env.update(
-            PYTHONPATH=str(ROOT),
-            JOBKEEPER_DATABASE_URL=self.database_url,
-            **{self._prefix_var: self.prefix},
-            **{f"JOBKEEPER_{name.upper()}": value for name, value in chosen.items()},
+        env = {**process_env(self.database_url, chosen), self._prefix_var: self.prefix}
+        worker = await spawn(
+            "worker", target or self._tasks, *args, env=env, log=log, cwd=self._tmp, via=via
         )
-        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *via,
-                str(JOBKEEPER),
-                "worker",
-                target or self._tasks,
-                *args,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=fd,
-                stderr=asyncio.subprocess.STDOUT,
-                env=env,
-                cwd=self._tmp,  # no stray .env file is read
-            )
-        finally:
-            os.close(fd)
-        worker = WorkerProcess(proc, log)
         self.started.append(worker)
         return worker
 
@@ -127,6 +107,41 @@ class Workers:
                     worker.proc.kill()
         for worker in self.started:
             await asyncio.wait_for(worker.proc.wait(), DEADLINE)
+
+
+def process_env(database_url: str, settings: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a ``jobkeeper`` process: this one's without any ``JOBKEEPER_*``, plus
+    the database, ``JOBKEEPER_<SETTING>`` for each of ``settings`` and the repository on
+    ``PYTHONPATH`` (task modules are imported from ``tests``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBKEEPER_")}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        JOBKEEPER_DATABASE_URL=database_url,
+        **{f"JOBKEEPER_{name.upper()}": value for name, value in settings.items()},
+    )
+    return env
+
+
+async def spawn(
+    *args: str, env: Mapping[str, str], log: Path, cwd: Path, via: Sequence[str] = ()
+) -> WorkerProcess:
+    """``jobkeeper ARGS`` with its output in ``log``, started in ``cwd`` (so no stray ``.env``
+    file is read), through ``via`` if given (``ip netns exec NAME``: on another host)."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *via,
+            str(JOBKEEPER),
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=fd,
+            stderr=asyncio.subprocess.STDOUT,
+            env=dict(env),
+            cwd=cwd,
+        )
+    finally:
+        os.close(fd)
+    return WorkerProcess(proc, log)
 
 
 async def exit_code(worker: WorkerProcess, within: float) -> int:
