@@ -156,6 +156,7 @@ function redrawQuestion(card, question) {
   const deadline = card.querySelector("[data-deadline]");
   deadline.dataset.deadline = question.deadline || "";
   deadline.closest(".deadline-box").hidden = !question.deadline;
+  if (question.deadline) drawDeadline(deadline);
   const form = card.querySelector("form.answer");
   if (Number(form.dataset.version) !== question.version) {
     setText(card, "changed", question.assignee
@@ -166,10 +167,16 @@ function redrawQuestion(card, question) {
   drawHold(card);
 }
 
+const REFUSALS = {
+  question_claimed: "Someone else holds this question: take it over to answer it.",
+  precondition_failed: "This question changed since you read it (escalated or asked anew).",
+};
+
 function showRefusal(box, data, status) {
   box.replaceChildren();
   const text = document.createElement("p");
-  text.textContent = (data && data.detail) || "Refused.";
+  const lead = data && REFUSALS[data.code];
+  text.textContent = (lead ? `${lead} ` : "") + ((data && data.detail) || "Refused.");
   box.append(text);
   if (status === 409 || status === 412 || status === 404) { // the page is behind: offer a fresh one
     const reload = document.createElement("button");
@@ -322,15 +329,17 @@ function remaining(ms) {
   return (h ? `${h} h ` : "") + (h || m ? `${m} min ` : "") + `${r} s left`;
 }
 
+function drawDeadline(el) {
+  const ms = Date.parse(el.dataset.deadline) - Date.now();
+  el.textContent = remaining(ms);
+  el.title = `answer by ${el.dataset.deadline}`;
+  el.classList.toggle("overdue", ms <= 0);
+}
+
 function countDown() {
   const all = document.querySelectorAll("[data-deadline]");
   if (!all.length) return;
-  const tick = () => all.forEach((el) => {
-    const ms = Date.parse(el.dataset.deadline) - Date.now();
-    el.textContent = remaining(ms);
-    el.title = `answer by ${el.dataset.deadline}`;
-    el.classList.toggle("overdue", ms <= 0);
-  });
+  const tick = () => all.forEach(drawDeadline);
   tick();
   setInterval(tick, 1000);
 }
