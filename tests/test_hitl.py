@@ -29,7 +29,6 @@ from jobkeeper.domain.values import Job, JobEvent
 from jobkeeper.errors import InvalidAnswer, JobFinished, JobNotFound, NotWaitingForInput
 from jobkeeper.maintenance import Sweeper
 from jobkeeper.manager import JobManager
-from jobkeeper.settings import asyncpg_dsn
 from jobkeeper.worker import JobContext, TaskRegistry, Worker
 from support import eventually, make_worker, terminate_feeds
 
@@ -130,16 +129,6 @@ def assert_contiguous(events: list[JobEvent] | tuple[JobEvent, ...], first: int 
     assert [e.seq for e in events] == list(range(first, first + len(events))), [
         (e.seq, e.type) for e in events
     ]
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    """A plain connection, for what ``Job`` does not show (lease columns, the deadline)."""
-    conn = await asyncpg.connect(asyncpg_dsn(database_url))
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 def question_registry(kind: str) -> TaskRegistry:

@@ -51,16 +51,6 @@ def _kind() -> str:
     return f"ret.{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    """A plain connection to the module's database, for moving time and looking at rows."""
-    conn = await asyncpg.connect(asyncpg_dsn(database_url))
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
 async def backdate(
     db: asyncpg.Connection, ids: Sequence[UUID], *, days: float = 2, column: str = "finished_at"
 ) -> None:

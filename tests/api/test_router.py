@@ -25,7 +25,9 @@ from jobkeeper.api import (
     Caller,
     JobManagerDep,
     create_app,
+    create_inbox_router,
     create_router,
+    create_schedules_router,
     health_router,
     jobs_router,
     lifespan,
@@ -63,6 +65,8 @@ def host_app(database_url: str, tenant: str) -> FastAPI:
 
     app = FastAPI(lifespan=lifespan(make_settings(database_url)))
     app.include_router(create_router(caller=caller), prefix="/api")
+    app.include_router(create_schedules_router(caller=caller), prefix="/api")
+    app.include_router(create_inbox_router(caller=caller), prefix="/api")
 
     @app.get("/me")
     async def me(user: Annotated[str, Depends(current_user)]) -> dict[str, str]:
@@ -209,6 +213,28 @@ async def test_location_follows_the_mount_prefix(database_url: str, tenant: str)
         assert (await client.get(created.headers["location"])).json() == created.json()
         mine = await client.get(f"/my-jobs/{created.json()['id']}")
         assert mine.json() == {"status": "queued", "seen_by": "uma"}  # JobManagerDep
+
+
+async def test_the_schedules_and_inbox_routers_take_the_hosts_caller_and_prefix(
+    database_url: str, tenant: str, job_manager: JobManager
+) -> None:
+    async with host(database_url, tenant) as client:
+        created = await client.post(
+            "/api/schedules", json={"name": "nightly", "kind": IDLE_KIND, "cron": "0 3 * * *"}
+        )
+        assert created.status_code == 201, created.text
+        assert created.headers["location"] == f"/api/schedules/{created.json()['id']}"
+        assert (await client.get(created.headers["location"])).json() == created.json()
+        # the host's caller decided the tenant
+        (mine,) = await job_manager.list_schedules(tenant=tenant)
+        assert str(mine.id) == created.json()["id"]
+        inbox = await client.get("/api/inbox")
+        assert inbox.status_code == 200 and inbox.json() == {"items": [], "next_cursor": None}
+        # without the host's credentials: the host's own 401, not a jobkeeper problem
+        for path in ("/api/schedules", "/api/inbox"):
+            refused = await client.get(path, headers={"Authorization": ""})
+            assert refused.status_code == 401
+            assert refused.headers["content-type"] == "application/json"
 
 
 async def test_location_follows_a_proxys_root_path(database_url: str, tenant: str) -> None:

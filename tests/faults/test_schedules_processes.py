@@ -14,7 +14,6 @@ import asyncpg
 import pytest
 
 from jobkeeper.manager import JobManager
-from jobkeeper.settings import asyncpg_dsn
 from support import eventually
 
 from .support import DEADLINE, Workers
@@ -36,15 +35,6 @@ async def workers(database_url: str, tmp_path: Path) -> AsyncIterator[Workers]:
         yield started
     finally:
         await started.close()
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(asyncpg_dsn(database_url))
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 async def fired(db: asyncpg.Connection, kind: str) -> list[Any]:
