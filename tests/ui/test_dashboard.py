@@ -257,6 +257,8 @@ async def test_the_inbox_lists_what_the_caller_may_answer_and_its_buttons_call_t
         assert blocked.status_code == 409  # Bob holds it now
         released = await http.post(f"/ui/jobs/{underwriters}/question/release", headers=bob)
         assert released.json()["claimed_by"] is None
+        garbled = await http.post(answer, json=approve, headers={**alice, "If-Match": "v1"})
+        assert garbled.status_code == 400 and garbled.json()["code"] == "invalid_request"
         stale = await http.post(answer, json=approve, headers={**alice, "If-Match": '"999"'})
         assert stale.status_code == 412 and stale.json()["code"] == "precondition_failed"
         done = await http.post(answer, json=approve, headers={**alice, "If-Match": f'"{version}"'})

@@ -339,13 +339,17 @@ def ui_router(caller: CallerDependency | None = None, *, prefix: str = "/ui") ->
         """Answer the job's question (the inbox's forms) in the version the page showed
         (``If-Match``); a refused answer is a problem: ``invalid_answer``, 409
         ``question_claimed`` (someone else holds it), 412 (the question changed since)."""
+        try:  # a problem here too, whatever error handlers the application has
+            expected = if_match_version(if_match)
+        except ApiProblem as exc:
+            return problem(request, exc.code, exc.detail)
         answered = svc.jobs.answer(
             job_id,
             tenant=me.tenant,
             answer=body.answer,
             answered_by=me.principal,
             question_key=body.question_key,
-            expected_version=if_match_version(if_match),
+            expected_version=expected,
         )
         return await act(request, answered)
 
