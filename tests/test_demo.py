@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 
 import pytest
 
+from jobkeeper.demo import DEMO_TENANT
+from jobkeeper.manager import JobManager
 from jobkeeper.settings import asyncpg_dsn
 
 
@@ -43,3 +46,8 @@ async def test_demo_story_runs_to_the_end(database_url: str) -> None:
         "a question waits in its inbox",
     ):
         assert milestone in text, f"{milestone!r} missing from:\n{text[-3000:]}"
+    # the question it leaves is in the inbox of whoever signs in with a key of the tenant
+    (waiting,) = re.findall(r"/ui/inbox\): job ([0-9a-f-]{36})", text)
+    async with await JobManager.connect(database_url) as jobs:
+        inbox = await jobs.inbox(DEMO_TENANT, principal="api-key:someone")
+    assert waiting in [str(q.job_id) for q in inbox.items]

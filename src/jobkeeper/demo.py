@@ -260,9 +260,11 @@ async def run_story(url: str, *, linger: bool) -> None:
         try:
             async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as http:
                 await Story(http, base, key, console).tell()
-                open_question = await Story(http, base, key, console).submit(
+                story = Story(http, base, key, console)
+                open_question = await story.submit(
                     "demo.ask", {"question": "Approve the quarterly report?"}
                 )
+                await story.until(open_question, "waiting_input")  # asked: in the inbox now
             console.print(
                 f"\n[bold]Done.[/] The API is at {base} (docs: {base}/docs), "
                 f"tenant {DEMO_TENANT!r}, key {key}\n"

@@ -1,7 +1,8 @@
 """The dashboard in headless chromium against a real server and a real worker process: live rows,
 a job's page, cancel, the inbox's generated forms (client checks, the server's refusal shown
-inline, the job resuming), workers and health, sign-in, and an offline /docs. Every page is
-screenshotted (``JOBKEEPER_UI_SCREENSHOTS`` keeps them; docs/img/ holds the chosen ones)."""
+inline, the job resuming), claims and takeovers between two people, an escalation on screen,
+the audit trail on the timeline, workers and health, sign-in, and an offline /docs. Every page
+is screenshotted (``JOBKEEPER_UI_SCREENSHOTS`` keeps them; docs/img/ holds the chosen ones)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,15 @@ from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.values import Job
 from support import eventually
 
-from .conftest import EXPECT_MS, TENANT, Offline, Served, new_context, sign_in
+from .conftest import (
+    EXPECT_MS,
+    TENANT,
+    Offline,
+    Served,
+    as_person,
+    new_context,
+    sign_in,
+)
 from .ui_tasks import REVIEW
 
 pytestmark = pytest.mark.timeout(90)
@@ -150,6 +159,167 @@ async def test_a_question_whose_deadline_passes_leaves_the_inbox_live(
     assert failed.error is not None and failed.error["code"] == "input_timeout"
 
 
+async def test_a_claimed_question_is_held_for_others_until_taken_over(
+    page: Page, browser: Browser, served: Served, offline: Offline, workers: Any
+) -> None:
+    """Two people (two API keys of the tenant): one claims, the other sees it held, is refused
+    while it is, takes it over, answers wrongly and then rightly; the job resumes and finishes,
+    and its timeline tells who did what."""
+    assert served.second is not None
+    first, second = f"api-key:{served.first_id}", f"api-key:{served.second.id}"
+    job = await submit(
+        served,
+        workers.kind("review"),
+        {"amount": 75, "customer": "Grace", "gate": gate(served, "claims")},
+    )
+    await eventually(lambda: status_of(served, job, JobStatus.WAITING_INPUT), what="a question")
+    other = await new_context(browser, offline, viewport={"width": 1280, "height": 800})
+    try:
+        theirs = await other.new_page()
+        await sign_in(theirs, served, "/ui/inbox", key=served.second.key)
+        # a second tab of the same person whose live stream is cut: its view goes stale
+        stale = await other.new_page()
+        await stale.route("**/ui/live*", lambda route: route.abort())
+        await stale.goto(served.url("/ui/inbox"))
+        await page.goto(served.url("/ui/inbox"))
+        for each in (page, theirs):
+            await live(each)
+        mine_card, their_card, stale_card = (
+            p.locator(f'article.question[data-job-id="{job.id}"]') for p in (page, theirs, stale)
+        )
+        await expect(their_card.locator("[data-field=holder]")).to_have_text("nobody holds it")
+
+        await mine_card.get_by_role("button", name="Claim").click()
+        await expect(mine_card.locator("[data-field=holder]")).to_have_text(
+            re.compile(r"^held by you until \d")
+        )
+        await expect(mine_card.get_by_role("button", name="Release")).to_be_visible()
+        # the other person sees it held, live, and cannot fill the form
+        await expect(their_card.locator("[data-field=holder]")).to_have_text(
+            re.compile(rf"^held by {first} until \d")
+        )
+        await expect(their_card.get_by_label("Approve the refund")).to_be_disabled()
+        await expect(their_card.get_by_role("button", name="Answer")).to_be_disabled()
+        await expect(their_card.get_by_role("button", name="Claim")).to_be_hidden()
+        await shot(theirs, served, "inbox-held")
+
+        # the stale tab still offers the form: the server refuses the answer, inline
+        await expect(stale_card.locator("[data-field=holder]")).to_have_text("nobody holds it")
+        await stale_card.get_by_label("Approve the refund").check()
+        await stale_card.get_by_role("button", name="Answer").click()
+        refusal = stale_card.locator(".problem")
+        await expect(refusal).to_contain_text(f"is held by {first} until")
+        await stale_card.locator(".problem").get_by_role("button", name="Reload").click()
+        await expect(stale_card.locator("[data-field=holder]")).to_have_text(
+            re.compile(rf"^held by {first} until")
+        )
+        assert (await status_of(served, job, JobStatus.WAITING_INPUT)) is not None
+
+        # taking over asks first; dismissed, nothing happens
+        their_takeover = their_card.get_by_role("button", name="Take over")
+        theirs.once("dialog", lambda dialog: dialog.dismiss())
+        await their_takeover.click()
+        await expect(their_card.get_by_role("button", name="Answer")).to_be_disabled()
+        theirs.once("dialog", lambda dialog: dialog.accept())
+        await their_takeover.click()
+        await expect(their_card.locator("[data-field=holder]")).to_have_text(
+            re.compile(r"^held by you until")
+        )
+        # ... and the first person sees it taken, live
+        await expect(mine_card.locator("[data-field=holder]")).to_have_text(
+            re.compile(rf"^held by {second} until")
+        )
+        await expect(mine_card.get_by_role("button", name="Answer")).to_be_disabled()
+
+        # a rejection without a reason: the schema's if/then, refused by the server, inline
+        await their_card.get_by_role("button", name="Answer").click()
+        problem = their_card.locator(".problem")
+        await expect(problem).to_contain_text("'reason' is a required property")
+        await their_card.get_by_label("Reason").fill("no receipt")
+        await their_card.get_by_role("button", name="Answer").click()
+        resumed = their_card.locator(".resumed")
+        await expect(resumed.locator("[data-field=message]")).to_have_text("refunding")
+        await expect(mine_card.locator(".resumed")).to_contain_text("No longer waiting")
+        (served.gates / "claims").touch()
+        await expect(resumed.locator("[data-field=status]")).to_have_text("succeeded")
+        done = await served.jobs.get(job.id, tenant=TENANT, consistency="strong")
+        (answered,) = done.answers.values()
+        assert answered["answered_by"] == second
+
+        # the job's timeline: who claimed, took over and answered, from which replica
+        await theirs.goto(served.url(f"/ui/jobs/{job.id}"))
+        timeline = theirs.locator("#timeline")
+        await expect(timeline).to_contain_text(re.compile(rf"claimed by {first} until \d"))
+        await expect(timeline).to_contain_text(f"taken over by {second} from {first}")
+        await expect(timeline).to_contain_text(
+            re.compile(rf"answered by {second} \(from \S+:\d+\)")
+        )
+        await shot(theirs, served, "job-audit")
+    finally:
+        await other.close()
+
+
+async def test_a_question_escalates_on_screen(
+    browser: Browser, team: str, offline: Offline, served: Served, workers: Any
+) -> None:
+    """In an application with its own sign-in (people with roles): a question for underwriters
+    reaches Alice; at its deadline it escalates to managers: on Alice's screen it changes (her
+    answer to the old version is refused, 412) and it appears for Carol, who answers it."""
+    alice = await as_person(browser, offline, team, "alice")
+    carol = await as_person(browser, offline, team, "carol")
+    try:
+        for each in (alice, carol):
+            await each.goto(f"{team}/team/inbox")
+            await live(each)
+        job = await submit(
+            served,
+            workers.kind("escalating"),
+            {"assignee": "role:underwriter", "to": "role:manager", "timeout": 6},
+        )
+        # the question is for underwriters: Alice is told, Carol is not
+        await alice.get_by_role("link", name="A new question is waiting: show it").click()
+        card = alice.locator(f'article.question[data-job-id="{job.id}"]')
+        await expect(card.locator("[data-field=assignee]")).to_have_text("role:underwriter")
+        await expect(carol.locator("#inbox-new")).to_be_hidden()
+        await expect(carol.locator("#inbox-empty")).to_be_visible()
+
+        # the deadline passes: the question goes to managers, live on both screens
+        await expect(card.locator("[data-field=assignee]")).to_have_text(
+            "role:manager", timeout=EXPECT_MS + 6_000
+        )
+        await expect(card.locator(".changed")).to_contain_text("it is now for role:manager")
+        await expect(card.locator("[data-deadline]")).to_have_text(re.compile(r"^9 min \d+ s left"))
+        await card.get_by_label("Approve").check()
+        await card.get_by_role("button", name="Answer").click()  # the version Alice read
+        await expect(card.locator(".problem")).to_contain_text("changed: expected version")
+        await expect(card.locator(".problem").get_by_role("button", name="Reload")).to_be_visible()
+        await shot(alice, served, "inbox-escalated")
+
+        await carol.get_by_role("link", name="A new question is waiting: show it").click()
+        theirs = carol.locator(f'article.question[data-job-id="{job.id}"]')
+        await expect(theirs.locator("[data-field=assignee]")).to_have_text("role:manager")
+        await expect(theirs.locator("[data-deadline]")).to_have_text(re.compile(r"\d+ min"))
+        await theirs.get_by_role("button", name="Claim").click()
+        await expect(theirs.locator("[data-field=holder]")).to_have_text(
+            re.compile(r"^held by you until")
+        )
+        await theirs.get_by_label("Approve").check()
+        await theirs.get_by_role("button", name="Answer").click()
+        await expect(theirs.locator(".resumed [data-field=status]")).to_have_text("succeeded")
+        done = await served.jobs.get(job.id, tenant=TENANT, consistency="strong")
+        assert done.result == {"approve": True}
+        history = await served.jobs.events(job.id, tenant=TENANT)
+        (escalated,) = [e.data for e in history if e.type == "escalated"]
+        assert (escalated["from"], escalated["to"]) == ("role:underwriter", "role:manager")
+        await carol.goto(f"{team}/team/jobs/{job.id}")
+        await expect(carol.locator("#timeline")).to_contain_text(
+            "escalated from role:underwriter to role:manager"
+        )
+    finally:
+        await alice.context.close()
+        await carol.context.close()
+
+
 FORM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -255,7 +425,15 @@ async def test_workers_and_health(page: Page, served: Served, workers: Any) -> N
     await expect(page.locator("#health")).to_contain_text(str(worker.pid))
     await expect(page.locator("#health")).to_contain_text("Connected")
     await expect(page.get_by_role("heading", name="Queue by kind")).to_be_visible()
+    waiting = await submit(served, workers.kind("form"), {"schema": {"type": "boolean"}})
+    await eventually(lambda: status_of(served, waiting, JobStatus.WAITING_INPUT), what="asked")
+    await page.reload()
+    # the open questions per kind, as the metrics count them
+    await expect(page.locator(f'[data-questions="{workers.kind("form")}"]')).to_have_text(
+        re.compile(r"^[1-9]\d*$")
+    )
     await shot(page, served, "workers")
+    await served.jobs.cancel(waiting.id, tenant=TENANT)
 
 
 async def test_a_phone_sees_one_column(browser: Browser, served: Served, offline: Offline) -> None:

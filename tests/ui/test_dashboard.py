@@ -16,11 +16,15 @@ from jobkeeper.api import Caller, create_app, lifespan, ui_router
 from jobkeeper.api.ui.forms import form_of
 from jobkeeper.api.ui.live import LiveJobs
 from jobkeeper.api.ui.session import SessionSigner
+from jobkeeper.api.ui.timeline import describe
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.values import Job
 from jobkeeper.manager import JobManager
 from jobkeeper.settings import Settings
 from jobkeeper.testing import lifespan_client
+from support import make_worker
+from test_hitl import WORKER_SETTINGS, new_kind, running
+from test_inbox import ask, asker
 
 
 async def test_live_rows_reach_only_their_tenant_with_one_read_per_batch(
@@ -200,3 +204,90 @@ async def test_filters_pages_and_search(database_url: str, tenant: str) -> None:
         assert "No job of yours has the id" in missing.text
         bad = await http.get("/ui", params={"status": "sleeping"})
         assert bad.status_code == 422 and "Validation error" in bad.text  # a page, not a 500
+
+
+async def test_the_inbox_lists_what_the_caller_may_answer_and_its_buttons_call_the_manager(
+    job_manager: JobManager, database_url: str, tenant: str
+) -> None:
+    async def app_caller(
+        x_user: Annotated[str, Header()], x_roles: Annotated[str, Header()] = ""
+    ) -> Caller:
+        return Caller(tenant, f"user:{x_user}", frozenset(filter(None, x_roles.split(","))))
+
+    app = FastAPI(lifespan=lifespan(Settings(database_url=database_url)))
+    app.include_router(ui_router(caller=app_caller))
+    kind = new_kind("ui-inbox")
+    async with running(make_worker(job_manager, asker(kind), **WORKER_SETTINGS)):
+        anyone = await ask(job_manager, tenant, kind, text="For anyone?")
+        underwriters = await ask(
+            job_manager, tenant, kind, text="For underwriters?", assignee="role:underwriter"
+        )
+        bobs = await ask(job_manager, tenant, kind, text="For Bob?", assignee="user:bob")
+    alice = {"X-User": "alice", "X-Roles": "underwriter", "X-Jobkeeper-UI": "1"}
+    bob = {"X-User": "bob", "X-Jobkeeper-UI": "1"}
+    async with lifespan_client(app) as http:
+
+        def cards(page: str) -> list[str]:
+            return re.findall(r'<article class="card question" data-job-id="([^"]+)"', page)
+
+        mine = await http.get("/ui/inbox", headers=alice)
+        assert set(cards(mine.text)) == {str(anyone), str(underwriters)}  # not Bob's
+        assert 'For <strong data-field="assignee">role:underwriter</strong>' in mine.text
+        only = await http.get("/ui/inbox", params={"assignee": "role:underwriter"}, headers=alice)
+        assert cards(only.text) == [str(underwriters)]
+        other_kind = await http.get("/ui/inbox", params={"kind": kind + "x"}, headers=alice)
+        assert cards(other_kind.text) == []
+        bad = await http.get("/ui/inbox", params={"assignee": "team:x"}, headers=alice)
+        assert bad.status_code == 422 and "is required" in bad.text  # a page, not a 500
+        assert str(bobs) in (await http.get("/ui/inbox", headers=bob)).text
+
+        claim = f"/ui/jobs/{underwriters}/question/claim"
+        held = await http.post(claim, headers=alice)
+        assert held.status_code == 200 and held.json()["claimed_by"] == "user:alice"
+        version = held.json()["version"]
+        refused = await http.post(claim, headers=bob)
+        assert refused.status_code == 409 and refused.json()["code"] == "question_claimed"
+        taken = await http.post(claim, json={"takeover": True}, headers=bob)
+        assert taken.json()["claimed_by"] == "user:bob"
+        answer = f"/ui/jobs/{underwriters}/answer"
+        approve = {"answer": {"approve": True}}
+        blocked = await http.post(
+            answer, json=approve, headers={**alice, "If-Match": f'"{version}"'}
+        )
+        assert blocked.status_code == 409  # Bob holds it now
+        released = await http.post(f"/ui/jobs/{underwriters}/question/release", headers=bob)
+        assert released.json()["claimed_by"] is None
+        garbled = await http.post(answer, json=approve, headers={**alice, "If-Match": "v1"})
+        assert garbled.status_code == 400 and garbled.json()["code"] == "invalid_request"
+        stale = await http.post(answer, json=approve, headers={**alice, "If-Match": '"999"'})
+        assert stale.status_code == 412 and stale.json()["code"] == "precondition_failed"
+        done = await http.post(answer, json=approve, headers={**alice, "If-Match": f'"{version}"'})
+        assert done.status_code == 200 and done.json()["status"] == "queued"
+        assert done.json()["question"] is None  # a live row: it waits for nothing now
+    events = [e.type for e in await job_manager.events(underwriters, tenant=tenant)]
+    assert events[-4:] == [
+        "question_claimed",
+        "question_taken_over",
+        "question_released",
+        "answered",
+    ]
+
+
+def test_the_timeline_says_who_did_what_from_where() -> None:
+    at = "2026-12-06T04:30:48.123456Z"
+    assert (
+        describe("question_claimed", {"by": "user:alice", "until": at, "replica": "vm:12"})
+        == "claimed by user:alice until 04:30:48 (from vm:12)"
+    )
+    assert describe(
+        "question_taken_over", {"by": "user:bob", "from": "user:alice", "until": at}
+    ) == ("taken over by user:bob from user:alice until 04:30:48")
+    assert describe("escalated", {"from": None, "to": "role:manager", "deadline": at}) == (
+        "escalated from anyone to role:manager, new deadline 04:30:48"
+    )
+    assert describe("answered", {"answered_by": "user:bob", "replica": "vm:1"}) == (
+        "answered by user:bob (from vm:1)"
+    )
+    assert describe("answered", {"timed_out": True}) == "answered with its default at the deadline"
+    assert describe("failed", {"timed_out": True, "error": {}}).startswith("failed: no answer")
+    assert describe("progress", {"fraction": 0.5}) == '{"fraction": 0.5}'  # others: their data

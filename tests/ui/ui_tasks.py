@@ -11,6 +11,7 @@ import asyncio
 import os
 from typing import Any
 
+from jobkeeper import Escalate
 from jobkeeper.worker import JobContext, TaskRegistry
 
 __all__ = ["REVIEW", "tasks"]
@@ -72,3 +73,23 @@ async def form(ctx: JobContext, payload: dict[str, Any]) -> Any:
 async def brief(ctx: JobContext, payload: dict[str, Any]) -> Any:
     """Asks with a deadline of ``payload["timeout"]`` seconds (then the job fails)."""
     return await ctx.ask("Quick: ship it?", schema={"type": "boolean"}, timeout=payload["timeout"])
+
+
+APPROVE: dict[str, Any] = {
+    "type": "object",
+    "properties": {"approve": {"type": "boolean", "title": "Approve"}},
+    "required": ["approve"],
+}
+
+
+@tasks.task(f"{PREFIX}.escalating")
+async def escalating(ctx: JobContext, payload: dict[str, Any]) -> Any:
+    """Asks ``payload["assignee"]`` with a deadline of ``payload["timeout"]`` seconds, then
+    escalates to ``payload["to"]`` (for ten minutes more)."""
+    return await ctx.ask(
+        "Sign off the audit?",
+        schema=APPROVE,
+        assignee=payload["assignee"],
+        timeout=payload["timeout"],
+        on_timeout=Escalate(to=payload["to"], after=600),
+    )

@@ -1,57 +1,82 @@
-"""What the inbox page lists: the questions waiting in the caller's tenant.
+"""What the inbox page lists: the questions the caller may answer, from ``JobManager.inbox``.
 
-``waiting_for`` is the one seam for the work queue of issue #14: today it lists the tenant's jobs
-in ``waiting_input`` (newest first, keyset-paged) with their answer deadlines. Once
-``JobManager.inbox`` exists (assignees, claims), it becomes that call and ``Question`` gains the
-assignee and the holder; the page's ``question_actions`` block is where claim and release go.
+Each item is the work queue's ``Question`` (assignee, deadline, version, who holds it) with the
+form its schema draws. ``question_state`` is what a live row carries of a waiting job's
+question, so a page redraws a claim, a takeover or an escalation without asking the database:
+the live fan-out already read the job.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+from jobkeeper.api.schemas import iso
 from jobkeeper.api.ui.forms import Field, form_of
+from jobkeeper.domain.questions import Question, addressees, question_of
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.values import Caller, Job
 from jobkeeper.manager import JobManager
 
-__all__ = ["Inbox", "Question", "waiting_for"]
+__all__ = ["Inbox", "Item", "addressed_to", "question_state", "waiting_for"]
+
+PAGE_SIZE = 50
 
 
 @dataclass(frozen=True, slots=True)
-class Question:
-    """One waiting question: its job, prompt, form and deadline."""
+class Item:
+    """One waiting question and the form that answers it."""
 
-    job: Job
-    prompt: dict[str, Any]
+    question: Question
     fields: tuple[Field, ...]
-    deadline: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
 class Inbox:
-    questions: tuple[Question, ...]
+    items: tuple[Item, ...]
     next_cursor: str | None
 
 
 async def waiting_for(
-    jobs: JobManager, caller: Caller, *, kind: str | None = None, cursor: str | None = None
+    jobs: JobManager,
+    caller: Caller,
+    *,
+    kind: str | None = None,
+    assignee: str | None = None,
+    cursor: str | None = None,
 ) -> Inbox:
-    """The questions ``caller`` may answer (today: every one of their tenant)."""
-    page = await jobs.list(
-        tenant=caller.tenant, status=JobStatus.WAITING_INPUT, kind=kind, cursor=cursor, limit=50
+    """The questions ``caller`` may answer (for anyone, for them, for one of their roles),
+    oldest deadline first; the manager refuses a malformed filter or cursor."""
+    page = await jobs.inbox(
+        caller.tenant,
+        principal=caller.principal,
+        roles=caller.roles,
+        kind=kind,
+        assignee=assignee,
+        cursor=cursor,
+        limit=PAGE_SIZE,
     )
-    waiting = [job for job in page.items if job.prompt is not None]
-    leases = await jobs.leases([job.id for job in waiting], tenant=caller.tenant)
-    questions = tuple(
-        Question(
-            job=job,
-            prompt=dict(job.prompt),
-            fields=form_of(job.prompt),
-            deadline=leases[job.id].input_deadline if job.id in leases else None,
-        )
-        for job in waiting
-    )
-    return Inbox(questions, page.next_cursor)
+    items = tuple(Item(q, form_of({"schema": q.schema, "choices": q.choices})) for q in page.items)
+    return Inbox(items, page.next_cursor)
+
+
+def addressed_to(caller: Caller) -> list[str]:
+    """The assignees whose questions reach ``caller``'s inbox (besides those for anyone)."""
+    return addressees(caller.principal, sorted(caller.roles))
+
+
+def question_state(job: Job) -> dict[str, Any] | None:
+    """A waiting job's question as a live row carries it (``None``: it waits for nothing);
+    a claim shows only while it lasts."""
+    if job.status is not JobStatus.WAITING_INPUT or job.prompt is None:
+        return None
+    question = question_of(job, now=datetime.now(UTC))
+    return {
+        "key": question.key,
+        "version": question.version,
+        "assignee": question.assignee,
+        "deadline": iso(question.deadline),
+        "claimed_by": question.claimed_by,
+        "claim_expires_at": iso(question.claim_expires_at),
+    }

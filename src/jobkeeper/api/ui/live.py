@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 from uuid import UUID
 
+from jobkeeper.api.ui.inbox import question_state
 from jobkeeper.domain.values import Job
 from jobkeeper.errors import JobkeeperError
 from jobkeeper.manager import JobManager
@@ -102,7 +103,8 @@ def _offer(queue: asyncio.Queue[Job], job: Job) -> None:
 
 
 def live_row(job: Job) -> dict[str, Any]:
-    """What a live row carries: enough to redraw a job's row, bar and buttons."""
+    """What a live row carries: enough to redraw a job's row, bar and buttons, and the inbox
+    card of its question (who it is for, who holds it, its version and deadline)."""
     return {
         "id": str(job.id),
         "kind": job.kind,
@@ -116,4 +118,5 @@ def live_row(job: Job) -> dict[str, Any]:
         "version": job.version,
         "created_at": job.created_at.isoformat(),
         "updated_at": job.updated_at.isoformat(),
+        "question": question_state(job),
     }

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, PackageLoader, pass_context, select_autoescape
@@ -24,11 +24,20 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException
 
 from jobkeeper.api.deps import CallerDependency, ServicesDep
+from jobkeeper.api.inbox import (
+    INBOX_CURSOR_PATTERN,
+    ClaimIn,
+    IfMatch,
+    if_match_version,
+    question_json,
+)
 from jobkeeper.api.problems import STATUS, ApiProblem, problem
 from jobkeeper.api.schemas import CURSOR_PATTERN, AnswerIn, iso
-from jobkeeper.api.ui.inbox import waiting_for
+from jobkeeper.api.ui.inbox import addressed_to, waiting_for
 from jobkeeper.api.ui.live import LiveJobs, live_row
 from jobkeeper.api.ui.session import KeySessions, RequireUiHeader, sign_out
+from jobkeeper.api.ui.timeline import describe
+from jobkeeper.domain.questions import Question
 from jobkeeper.domain.status import TERMINAL, JobStatus
 from jobkeeper.domain.values import Caller, Job
 from jobkeeper.errors import InvalidAnswer, JobkeeperError
@@ -40,7 +49,6 @@ SSE_PING_SECONDS = 15
 LIVE_WORKER_SECONDS = 90.0
 PAGE_SIZE = 50
 MAX_SHOWN = 100  # the most rows a page asks the live stream to start with
-SUMMARY_CHARS = 120
 # every page: nothing but this origin's own files (no CDN, no inline script), never framed
 _HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none';"
@@ -91,7 +99,7 @@ def _templates() -> Jinja2Templates:
     env.globals["path_for"] = _path_for
     env.filters["pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False)
     env.filters["iso"] = iso
-    env.filters["summary"] = summary
+    env.globals["describe"] = describe
     env.filters["percent"] = lambda job: (
         None if job.progress.fraction is None else round(job.progress.fraction * 100)
     )
@@ -213,12 +221,26 @@ def ui_router(caller: CallerDependency | None = None, *, prefix: str = "/ui") ->
     async def inbox_page(
         request: Request,
         svc: ServicesDep,
-        where: ListingDep,
         me: Caller = who,
+        kind: Annotated[str, Query(max_length=128)] = "",
+        assignee: Annotated[str, Query(max_length=205)] = "",
+        cursor: Annotated[str | None, Query(pattern=INBOX_CURSOR_PATTERN)] = None,
     ) -> Response:
-        """The questions waiting for the caller, each with a form from its schema."""
-        inbox = await waiting_for(svc.jobs, me, kind=where.kind, cursor=where.cursor)
-        return page(request, "inbox.html", me, inbox=inbox, kind=where.kind)
+        """The questions the caller may answer, oldest deadline first, each with a form from its
+        schema, who it is for and who holds it; filtered by kind and assignee (empty: any)."""
+        inbox = await waiting_for(
+            svc.jobs, me, kind=kind or None, assignee=assignee or None, cursor=cursor
+        )
+        return page(
+            request,
+            "inbox.html",
+            me,
+            inbox=inbox,
+            kind=kind,
+            assignee=assignee,
+            first_page=cursor is None,
+            addressees=addressed_to(me),
+        )
 
     @router.get("/workers", name="ui_workers")
     @shown
@@ -229,13 +251,20 @@ def ui_router(caller: CallerDependency | None = None, *, prefix: str = "/ui") ->
         by_kind: dict[str, dict[str, int]] = {}
         for (kind, job_status), n in sorted(counts.live.items()):
             by_kind.setdefault(kind, {s.value: 0 for s in live})[job_status.value] = n
+        # the open questions per kind, as the questions_waiting metric counts them
+        questions = {
+            kind: n
+            for tenant, kind, n in sorted(await svc.jobs.waiting_questions())
+            if tenant == me.tenant
+        }
         return page(
             request,
             "workers.html",
             me,
             workers=await svc.jobs.workers.live(LIVE_WORKER_SECONDS),
             by_kind=by_kind,
-            waiting=sum(row["waiting_input"] for row in by_kind.values()),
+            questions=questions,
+            waiting=sum(questions.values()),
             feed=svc.jobs.feed_status(),
         )
 
@@ -282,34 +311,70 @@ def ui_router(caller: CallerDependency | None = None, *, prefix: str = "/ui") ->
                     "seq": event.seq,
                     "type": event.type,
                     "at": iso(event.at),
-                    "summary": summary(event.data),
+                    "summary": describe(event.type, event.data),
                 }
                 yield ServerSentEvent(data=json.dumps(data), event="event", id=str(event.seq))
 
         return EventSourceResponse(stream(), ping=SSE_PING_SECONDS, headers=_HEADERS)
 
-    async def act(request: Request, action: Awaitable[Job]) -> Response:
+    async def act(request: Request, action: Awaitable[Job | Question]) -> Response:
         try:
-            job = await action
+            done = await action
         except JobkeeperError as exc:
             if isinstance(exc, InvalidAnswer):
                 return problem(request, exc.code, exc.message, errors=exc.problems)
             return problem(request, exc.code, exc.message)
-        return Response(json.dumps(live_row(job)), media_type="application/json")
+        body = question_json(done) if isinstance(done, Question) else live_row(done)
+        return Response(json.dumps(body), media_type="application/json")
 
     @router.post("/jobs/{job_id}/answer", name="ui_answer", dependencies=[RequireUiHeader])
     async def answer(
-        job_id: str, body: AnswerIn, request: Request, svc: ServicesDep, me: Caller = who
+        job_id: str,
+        body: AnswerIn,
+        request: Request,
+        svc: ServicesDep,
+        me: Caller = who,
+        if_match: IfMatch = None,
     ) -> Response:
-        """Answer the job's question (the inbox's forms); a refused answer is a problem."""
+        """Answer the job's question (the inbox's forms) in the version the page showed
+        (``If-Match``); a refused answer is a problem: ``invalid_answer``, 409
+        ``question_claimed`` (someone else holds it), 412 (the question changed since)."""
+        try:  # a problem here too, whatever error handlers the application has
+            expected = if_match_version(if_match)
+        except ApiProblem as exc:
+            return problem(request, exc.code, exc.detail)
         answered = svc.jobs.answer(
             job_id,
             tenant=me.tenant,
             answer=body.answer,
             answered_by=me.principal,
             question_key=body.question_key,
+            expected_version=expected,
         )
         return await act(request, answered)
+
+    @router.post("/jobs/{job_id}/question/claim", name="ui_claim", dependencies=[RequireUiHeader])
+    async def claim(
+        job_id: str,
+        request: Request,
+        svc: ServicesDep,
+        me: Caller = who,
+        body: Annotated[ClaimIn | None, Body()] = None,
+    ) -> Response:
+        """Hold the question (the inbox's Claim; ``{"takeover": true}``: Take over); the
+        question as it is now, or a problem (409 while someone else holds it)."""
+        takeover = body is not None and body.takeover
+        held = svc.jobs.claim_question(job_id, me.tenant, me.principal, takeover=takeover)
+        return await act(request, held)
+
+    @router.post(
+        "/jobs/{job_id}/question/release", name="ui_release", dependencies=[RequireUiHeader]
+    )
+    async def release(
+        job_id: str, request: Request, svc: ServicesDep, me: Caller = who
+    ) -> Response:
+        """Give the question back (the inbox's Release)."""
+        return await act(request, svc.jobs.release_question(job_id, me.tenant, me.principal))
 
     @router.post("/jobs/{job_id}/{action}", name="ui_job_action", dependencies=[RequireUiHeader])
     async def job_action(
@@ -359,14 +424,6 @@ def _sign_in_routes(
     async def sign_out_route(request: Request) -> Response:
         """Forget the session cookie."""
         return sign_out(request)
-
-
-def summary(data: Any) -> str:
-    """An event's data in one short line for the timeline (its details are on the job)."""
-    if not data:
-        return ""
-    text = json.dumps(data, ensure_ascii=False, separators=(", ", ": "))
-    return text if len(text) <= SUMMARY_CHARS else text[: SUMMARY_CHARS - 1] + "…"
 
 
 @pass_context

@@ -3,11 +3,11 @@
 
 const UI_HEADER = { "X-Jobkeeper-UI": "1" };
 
-async function post(url, body) {
+async function post(url, body, headers = {}) {
   const response = await fetch(url, {
     method: "POST",
     credentials: "same-origin",
-    headers: { ...UI_HEADER, "Content-Type": "application/json" },
+    headers: { ...UI_HEADER, "Content-Type": "application/json", ...headers },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   if (response.redirected) { // the session ended: the server sent us to the sign-in page
@@ -86,8 +86,9 @@ function onRow(row) {
     target = newRow(table, row);
     table.tBodies[0].prepend(target);
   }
-  const fresh = document.getElementById("inbox-new");
-  if (!target && fresh && row.status === "waiting_input") fresh.hidden = false;
+  if (!target && row.status === "waiting_input" && forMe(row)) {
+    document.getElementById("inbox-new").hidden = false;
+  }
   if (!target) return;
   if (target.dataset.version && Number(target.dataset.version) > row.version) return;
   target.dataset.version = row.version;
@@ -96,12 +97,124 @@ function onRow(row) {
   const job = document.getElementById("job");
   if (job && job === target) redrawJob(job, row);
   const question = target.classList.contains("question") ? target : null;
+  if (question && row.status === "waiting_input" && row.question) redrawQuestion(question, row.question);
   if (question && row.status !== "waiting_input") {
     if (!question.dataset.answered) { // not by this page: by someone else, a deadline, a cancel
       setText(question, "outcome", "No longer waiting for an answer:");
     }
     question.querySelector("form.answer").hidden = true;
     question.querySelector(".resumed").hidden = false;
+  }
+}
+
+// --- the inbox: who a question is for, who holds it, claims ----------------------------------
+
+// whether a waiting job's question (a live row) belongs in this inbox page: for anyone or for
+// one of the caller's addressees (principal, roles), and of the filters shown
+function forMe(row) {
+  const inbox = document.getElementById("inbox");
+  if (!inbox || !row.question) return false;
+  const assignee = row.question.assignee;
+  const mine = JSON.parse(inbox.dataset.addressees);
+  return (!assignee || mine.includes(assignee))
+    && (!inbox.dataset.kind || inbox.dataset.kind === row.kind)
+    && (!inbox.dataset.assignee || inbox.dataset.assignee === assignee);
+}
+
+function clock(iso) {
+  return new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+}
+
+// the claim as the card's data has it, while it lasts
+function holder(card) {
+  const by = card.dataset.claimedBy, until = card.dataset.claimUntil;
+  if (!by || !until || Date.parse(until) <= Date.now()) return null;
+  return { by, until, mine: by === document.getElementById("inbox").dataset.principal };
+}
+
+// who holds the question: the text, the buttons, and the form (disabled while someone else does)
+function drawHold(card) {
+  const held = holder(card);
+  const state = !held ? "free" : held.mine ? "mine" : "theirs";
+  if (card.dataset.hold === state && !held) return;
+  card.dataset.hold = state;
+  setText(card, "holder", !held ? "nobody holds it"
+    : `held by ${held.mine ? "you" : held.by} until ${clock(held.until)}`);
+  card.querySelectorAll(".question-actions [data-when]").forEach((b) => { b.hidden = b.dataset.when !== state; });
+  const fields = card.querySelector("fieldset.answer-fields");
+  if (fields) fields.disabled = state === "theirs";
+}
+
+// a live change of the question: its assignee, deadline and holder; a new version (escalated,
+// asked anew) is announced, and the form keeps the version it was drawn for (an answer to it is
+// refused with 412 rather than applied to a question the person has not read)
+function redrawQuestion(card, question) {
+  card.dataset.assignee = question.assignee || "";
+  card.dataset.claimedBy = question.claimed_by || "";
+  card.dataset.claimUntil = question.claim_expires_at || "";
+  setText(card, "assignee", question.assignee || "anyone");
+  const deadline = card.querySelector("[data-deadline]");
+  deadline.dataset.deadline = question.deadline || "";
+  deadline.closest(".deadline-box").hidden = !question.deadline;
+  if (question.deadline) drawDeadline(deadline);
+  const form = card.querySelector("form.answer");
+  if (Number(form.dataset.version) !== question.version) {
+    setText(card, "changed", question.assignee
+      ? `This question changed: it is now for ${question.assignee}.`
+      : "This question changed since the page showed it.");
+    card.querySelector(".changed").hidden = false;
+  }
+  drawHold(card);
+}
+
+const REFUSALS = {
+  question_claimed: "Someone else holds this question: take it over to answer it.",
+  precondition_failed: "This question changed since you read it (escalated or asked anew).",
+};
+
+function showRefusal(box, data, status) {
+  box.replaceChildren();
+  const text = document.createElement("p");
+  const lead = data && REFUSALS[data.code];
+  text.textContent = (lead ? `${lead} ` : "") + ((data && data.detail) || "Refused.");
+  box.append(text);
+  if (status === 409 || status === 412 || status === 404) { // the page is behind: offer a fresh one
+    const reload = document.createElement("button");
+    reload.type = "button";
+    reload.className = "link";
+    reload.dataset.reload = "";
+    reload.textContent = "Reload";
+    reload.addEventListener("click", () => window.location.reload());
+    box.append(" ", reload);
+  }
+  box.hidden = false;
+}
+
+function wireQuestions() {
+  document.querySelectorAll("article.question").forEach((card) => {
+    const box = card.querySelector(".problem");
+    const act = async (url, body) => {
+      box.hidden = true;
+      const { ok, status, data } = await post(url, body);
+      if (!ok) { showRefusal(box, data, status); return; }
+      card.dataset.claimedBy = data.claimed_by || "";
+      card.dataset.claimUntil = data.claim_expires_at || "";
+      drawHold(card);
+    };
+    card.querySelectorAll("[data-claim]").forEach((b) => b.addEventListener("click", () => act(b.dataset.claim)));
+    card.querySelectorAll("[data-release]").forEach((b) => b.addEventListener("click", () => act(b.dataset.release)));
+    card.querySelectorAll("[data-takeover]").forEach((b) => b.addEventListener("click", () => {
+      const held = holder(card);
+      const from = held ? held.by : "its holder";
+      if (window.confirm(`Take this question over from ${from}? They can no longer answer it.`)) {
+        act(b.dataset.takeover, { takeover: true });
+      }
+    }));
+    card.querySelectorAll("[data-reload]").forEach((b) => b.addEventListener("click", () => window.location.reload()));
+    drawHold(card);
+  });
+  if (document.querySelector("article.question")) {
+    setInterval(() => document.querySelectorAll("article.question").forEach(drawHold), 1000);
   }
 }
 
@@ -216,15 +329,17 @@ function remaining(ms) {
   return (h ? `${h} h ` : "") + (h || m ? `${m} min ` : "") + `${r} s left`;
 }
 
+function drawDeadline(el) {
+  const ms = Date.parse(el.dataset.deadline) - Date.now();
+  el.textContent = remaining(ms);
+  el.title = `answer by ${el.dataset.deadline}`;
+  el.classList.toggle("overdue", ms <= 0);
+}
+
 function countDown() {
   const all = document.querySelectorAll("[data-deadline]");
   if (!all.length) return;
-  const tick = () => all.forEach((el) => {
-    const ms = Date.parse(el.dataset.deadline) - Date.now();
-    el.textContent = remaining(ms);
-    el.title = `answer by ${el.dataset.deadline}`;
-    el.classList.toggle("overdue", ms <= 0);
-  });
+  const tick = () => all.forEach(drawDeadline);
   tick();
   setInterval(tick, 1000);
 }
@@ -331,9 +446,11 @@ function wireAnswers() {
       }
       const button = form.querySelector("button[type=submit]");
       button.disabled = true;
-      const { ok, data } = await post(form.dataset.action, { answer, question_key: form.dataset.key });
+      const { ok, status, data } = await post(form.dataset.action,
+        { answer, question_key: form.dataset.key }, { "If-Match": `"${form.dataset.version}"` });
       button.disabled = false;
-      if (!ok) { showProblem(form, data); return; }
+      if (!ok && data && data.code === "invalid_answer") { showProblem(form, data); return; }
+      if (!ok) { showRefusal(form.querySelector(".problem"), data, status); return; }
       const card = form.closest(".question");
       card.dataset.answered = "yes";
       onRow(data);
@@ -346,6 +463,7 @@ function wireAnswers() {
 document.addEventListener("DOMContentLoaded", () => {
   wireActions();
   wireAnswers();
+  wireQuestions();
   countDown();
   followLive();
   followTimeline();
