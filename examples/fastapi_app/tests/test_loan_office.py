@@ -172,9 +172,14 @@ async def test_jobkeepers_routes_on_the_applications_auth_record_its_user(
 
     assert (await eventually(declined, "the declined loan"))["decided_by"] == "user:uma"
     history = await job_manager.events(job_id, tenant="north")
-    assert [e.data for e in history if e.type == "answered"] == [
-        {"key": "decision", "answered_by": "user:uma"}
-    ]
+    (answered_event,) = [e.data for e in history if e.type == "answered"]
+    # who answered, and from which replica (host:pid) the answer came
+    assert answered_event == {
+        "key": "decision",
+        "answered_by": "user:uma",
+        "replica": answered_event["replica"],
+    }
+    assert answered_event["replica"].rsplit(":", 1)[1].isdigit()
 
 
 async def test_a_clerk_cancels_through_jobkeepers_route_as_herself(
