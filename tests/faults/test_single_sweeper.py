@@ -19,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -231,6 +232,35 @@ async def test_a_stopped_holder_loses_the_lock_after_its_idle_limit(
         await eventually(swept, timeout=DEADLINE, what="the stopped holder's lock to be freed")
     finally:
         holder.send_signal(signal.SIGCONT)
+
+
+async def test_a_shorter_idle_timeout_of_the_database_is_kept(
+    database_url: str, processes: Processes
+) -> None:
+    """The sweeper's bound only ever shortens how long its lock's transaction may idle: where the
+    database (or role) already ends idle transactions sooner, that stays (a stopped sweeper of
+    the fault suites held up recovery for its own 30 s instead of the database's 2 s)."""
+    name = urlsplit(database_url).path.lstrip("/")
+    admin = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        await admin.execute(
+            f'ALTER DATABASE "{name}" SET idle_in_transaction_session_timeout = 1000'
+        )
+        holder = await _holding(processes, idle_limit=300.0)
+        holder.send_signal(signal.SIGSTOP)
+        try:
+            async with await JobManager.connect(database_url, pool_size=2) as other:
+                sweeper = Sweeper(other)
+
+                async def swept() -> bool:
+                    return (await sweeper.sweep()).swept
+
+                await eventually(swept, timeout=DEADLINE, what="the database's bound to end it")
+        finally:
+            holder.send_signal(signal.SIGCONT)
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" RESET idle_in_transaction_session_timeout')
+        await admin.close()
 
 
 async def test_a_killed_holder_frees_the_lock(

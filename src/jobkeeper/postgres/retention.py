@@ -83,10 +83,14 @@ _PURGE_TOMBSTONES = raw(
 # One sweeper at a time per install ($1: "<schema>.sweeper"), whoever it is: a lock of a
 # transaction held open for the pass on a connection of its own, so it ends with a crashed or
 # cut-off holder, and holds through a transaction-mode pooler (which keeps a transaction on one
-# server connection, but not a session)
-_SWEEP_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))"
-# Ends the lock's transaction (and frees the lock) once it has sat idle for $1 (a duration).
-_BOUND_IDLE = "SELECT set_config('idle_in_transaction_session_timeout', $1, true)"
+# server connection, but not a session). In the lock's own statement, so no moment passes with
+# the lock held and no bound: the lock's transaction ends once idle for $2 (an interval), or
+# sooner if the role or database already ends idle transactions sooner (0 means never: ours).
+_SWEEP_LOCK = """SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0)) AS held,
+  set_config('idle_in_transaction_session_timeout',
+    CASE WHEN current_setting('idle_in_transaction_session_timeout')::interval > interval '0'
+          AND current_setting('idle_in_transaction_session_timeout')::interval < $2::text::interval
+         THEN current_setting('idle_in_transaction_session_timeout') ELSE $2::text END, true)"""
 
 
 class RetentionStatements:
@@ -147,12 +151,11 @@ class RetentionStatements:
         other connections. Were this process stopped mid-pass (SIGSTOP, a partition, a long
         pause), its connection would stay open and no process could sweep, so no lease would be
         recovered, until TCP gave up. Postgres ends the transaction once it has been idle for
-        ``idle_limit`` seconds instead, freeing the lock; a pass that outlives the limit then
-        ends in ``DatabaseUnavailable`` at the block's exit, and another process may have begun
-        a pass meanwhile (every statement of a pass is conditional, so two passes are safe).
+        ``idle_limit`` seconds instead (or sooner, where the role or database says so), freeing
+        the lock; a pass that outlives the limit then ends in ``DatabaseUnavailable`` at the
+        block's exit, and another process may have begun a pass meanwhile (every statement of a
+        pass is conditional, so two passes are safe).
         """
+        bound = f"{max(1, round(idle_limit * 1000))}ms"
         async with self._db.connection() as conn, conn.transaction():
-            held = bool(await conn.fetchval(_SWEEP_LOCK, f"{self._db.schema}.sweeper"))
-            if held:
-                await conn.fetchval(_BOUND_IDLE, f"{max(1, round(idle_limit * 1000))}ms")
-            yield held
+            yield bool(await conn.fetchval(_SWEEP_LOCK, f"{self._db.schema}.sweeper", bound))

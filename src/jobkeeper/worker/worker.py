@@ -159,6 +159,8 @@ class Worker:
             backoff_max=backoff_max,
             retention=retention,
             hooks=tasks.expiry_hooks,
+            # paused mid-pass, this worker holds up others' recovery for about one lease at most
+            lock_idle_limit=lease_seconds,
         )
         # every worker fires the due ticks of its kinds' schedules; Postgres keeps it to one job
         # per tick (worker/scheduler.py)
