@@ -1,6 +1,9 @@
 """HTTP benchmark: ``GET /jobs/{id}`` (cache hit vs ``Cache-Control: no-cache``) and ``POST /jobs``
 against ONE ``jobkeeper serve`` process (one uvicorn worker), loaded by ``wrk`` (or, without wrk,
-this file's asyncio load generator) in its own process.
+this file's asyncio load generator) in its own process; then ABAB rounds of the cached read
+against its peer, a bare Starlette route under the same uvicorn options (this file as
+``--role bare``), with the same read's ``If-None-Match`` 304s in each round. Target: the cached
+read at >= 0.7x the peer's rate, the 304s at least as fast as the 200s.
 
 The server is ``JOBKEEPER_DATABASE_URL`` when set (its user must be allowed to ``CREATE DATABASE``),
 else an embedded Postgres (pgserver). A fresh scratch database is created, migrated with
@@ -14,7 +17,8 @@ else an embedded Postgres (pgserver). A fresh scratch database is created, migra
     .venv/bin/python benchmarks/bench_http.py --loadgen python   # without wrk
 
 Uses ``wrk`` when it is on the PATH (``apt-get install wrk``). Exits with status 1 when a request
-failed (a non-2xx status, a socket error or a timeout) or the cache-hit rows reached Postgres.
+failed (a non-2xx status, a socket error or a timeout), the cache-hit rows reached Postgres or a
+target was missed.
 """
 
 from __future__ import annotations
@@ -813,8 +817,9 @@ def method_lines(plan: Plan, results: Results) -> list[str]:
         "request (verified keys are trusted for 10 s, then checked again).",
         f"- Data: a fresh database migrated to head; {plan.jobs:,} jobs submitted with "
         "`POST /jobs` (8 at a time) before any load, so the server's cache holds every one; the "
-        "GET rows cycle through them in order. Checked before the load: both GET variants "
-        "answer 200.",
+        "GET rows cycle through them in order (the 304 rows send each job's `ETag` from its "
+        "submit as `If-None-Match`). Checked before the load: a cached and a `no-cache` GET "
+        "answer 200, an `If-None-Match` one 304.",
         f"- Load: for each row an untimed {plan.warmup_s} s {tool} run, then a measured "
         f"{plan.duration_s} s run, with {conns} keep-alive HTTP/1.1 connections (closed loop: each "
         "connection sends its next request when the previous response arrived, so latency at "
