@@ -1,6 +1,9 @@
 """HTTP benchmark: ``GET /jobs/{id}`` (cache hit vs ``Cache-Control: no-cache``) and ``POST /jobs``
 against ONE ``jobkeeper serve`` process (one uvicorn worker), loaded by ``wrk`` (or, without wrk,
-this file's asyncio load generator) in its own process.
+this file's asyncio load generator) in its own process; then ABAB rounds of the cached read
+against its peer, a bare Starlette route under the same uvicorn options (this file as
+``--role bare``), with the same read's ``If-None-Match`` 304s in each round. Target: the cached
+read at >= 0.7x the peer's rate, the 304s at least as fast as the 200s.
 
 The server is ``JOBKEEPER_DATABASE_URL`` when set (its user must be allowed to ``CREATE DATABASE``),
 else an embedded Postgres (pgserver). A fresh scratch database is created, migrated with
@@ -14,7 +17,8 @@ else an embedded Postgres (pgserver). A fresh scratch database is created, migra
     .venv/bin/python benchmarks/bench_http.py --loadgen python   # without wrk
 
 Uses ``wrk`` when it is on the PATH (``apt-get install wrk``). Exits with status 1 when a request
-failed (a non-2xx status, a socket error or a timeout) or the cache-hit rows reached Postgres.
+failed (a non-2xx status, a socket error or a timeout), the cache-hit rows reached Postgres or a
+target was missed.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -52,7 +57,7 @@ from common import (
     publish,
     scratch,
 )
-from systems.jobkeeper import asyncpg_dsn, in_schema
+from systems.jobkeeper import asyncpg_dsn, in_schema, serve_uvicorn
 
 SCRIPT = str(Path(__file__).resolve())
 
@@ -66,8 +71,11 @@ WRK_TIMEOUT_S = 5  # a request slower than this counts as a timeout error
 MS = "ms"
 
 HIT = "`GET /jobs/{id}`, cache hit"
+NOT_MODIFIED = "`GET /jobs/{id}`, cache hit, `If-None-Match` (304)"
+BARE = "peer: bare Starlette route, Bearer key in a dict, pre-encoded JSON"
 STRONG = "`GET /jobs/{id}`, `Cache-Control: no-cache` (reads Postgres)"
 POST = "`POST /jobs` (one insert each)"
+PEER_TARGET = 0.7  # a cached read's rate over the bare route's, at least
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +84,14 @@ class Plan:
     duration_s: int  # each measured load run
     warmup_s: int  # an untimed load run before each measured one
     connections: tuple[int, ...]
+    rounds: int  # ABAB rounds of the cached read against the bare peer
+    peer_connections: int  # the connections of those rounds
 
 
-FULL = Plan(jobs=1_000, duration_s=10, warmup_s=2, connections=(1, 32))
-QUICK = Plan(jobs=100, duration_s=2, warmup_s=1, connections=(1, 16))
+FULL = Plan(
+    jobs=1_000, duration_s=10, warmup_s=2, connections=(1, 32), rounds=4, peer_connections=32
+)
+QUICK = Plan(jobs=100, duration_s=2, warmup_s=1, connections=(1, 16), rounds=2, peer_connections=16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,20 +227,51 @@ class ApiServer:
 
 
 async def start_api(url: str, workdir: Path) -> ApiServer:
-    """``jobkeeper serve`` on a free loopback port, ready when uvicorn says it listens (so a
-    port taken meanwhile by someone else cannot pass for ours) and ``/readyz`` is 200."""
+    """``jobkeeper serve`` on a free loopback port, ready when ``/readyz`` is 200."""
     port = free_port()
-    log = workdir / "serve.log"
+    argv = [*_jobkeeper(), "serve", "--host", HOST, "--port", str(port)]
+    env = child_env(url, cache_ttl=str(CACHE_TTL))
+    return await _start(argv, env, port, workdir / "serve.log", "/readyz", {})
+
+
+async def start_bare(key: str, body: bytes, workdir: Path) -> ApiServer:
+    """The peer: this file as ``--role bare`` (a bare Starlette route under uvicorn with
+    ``jobkeeper serve``'s options) on a free loopback port, ready when it answers a GET."""
+    port = free_port()
+    body_file = workdir / "bare-body.json"
+    body_file.write_bytes(body)
+    argv = [
+        sys.executable,
+        SCRIPT,
+        "--role",
+        "bare",
+        "--bare-args",
+        json.dumps([HOST, port, key, TENANT, str(body_file)]),
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBKEEPER_")}
+    headers = {"Authorization": f"Bearer {key}"}
+    return await _start(argv, env, port, workdir / "bare.log", "/jobs/ready", headers)
+
+
+def _text(log: Path) -> str:
+    return log.read_text(errors="replace")
+
+
+async def _start(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    port: int,
+    log: Path,
+    ready: str,
+    headers: Mapping[str, str],
+) -> ApiServer:
+    """A uvicorn server as a child process, ready when uvicorn says it listens on ``port`` (so
+    a port taken meanwhile by someone else cannot pass for ours) and ``ready`` is 200."""
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
-            *_jobkeeper(),
-            "serve",
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            cwd=workdir,
-            env=child_env(url, cache_ttl=str(CACHE_TTL)),
+            *argv,
+            cwd=log.parent,
+            env=dict(env),
             stdout=out,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
@@ -236,18 +279,51 @@ async def start_api(url: str, workdir: Path) -> ApiServer:
     server = ApiServer(proc, f"http://{HOST}:{port}", log)
     listening = f"Uvicorn running on http://{HOST}:{port}"
     deadline = time.monotonic() + START_TIMEOUT_S
-    async with httpx.AsyncClient(base_url=server.base) as client:
+    async with httpx.AsyncClient(base_url=server.base, headers=dict(headers)) as client:
         while time.monotonic() < deadline:
             if proc.returncode is not None:
                 break
-            if listening in log.read_text(errors="replace"):
+            if listening in _text(log):
                 with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get("/readyz")).status_code == 200:
+                    if (await client.get(ready)).status_code == 200:
                         return server
             await asyncio.sleep(0.1)
     await stop_process(proc)
-    tail = log.read_text(errors="replace")[-2000:]
-    raise RuntimeError(f"jobkeeper serve did not become ready:\n{tail}")
+    tail = _text(log)[-2000:]
+    raise RuntimeError(f"{' '.join(argv[:3])} did not become ready:\n{tail}")
+
+
+def bare_app(key: str, tenant: str, body: bytes) -> Any:
+    """The peer of a cached ``GET /jobs/{id}``: a Starlette route that looks the Bearer key up
+    in a dict and answers pre-encoded JSON (the bytes jobkeeper answered for a seeded job)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    tenants = {key: tenant}
+
+    async def get_job(request: Request) -> Response:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or tenants.get(token.strip()) is None:
+            return Response(status_code=401)
+        return Response(body, media_type="application/json")
+
+    return Starlette(routes=[Route("/jobs/{job_id}", get_job)])
+
+
+def bare_main(args_json: str) -> int:
+    """Serve ``bare_app`` as ``jobkeeper serve`` serves jobkeeper: the same uvicorn options
+    (event loop, HTTP parser, access log) and the same logging, on one process."""
+    import uvicorn
+
+    host, port, key, tenant, body_file = json.loads(args_json)
+    options, configure_logging = serve_uvicorn()
+    configure_logging()
+    uvicorn.run(
+        bare_app(key, tenant, Path(body_file).read_bytes()), host=host, port=port, **options
+    )
+    return 0
 
 
 # --- load ----------------------------------------------------------------------------------------
@@ -271,15 +347,29 @@ def _lua(text: str) -> str:
     return json.dumps(text)  # a JSON string of ASCII text is a valid Lua string literal
 
 
-def get_script(key: str, ids: Sequence[str], *, strong: bool) -> str:
-    """GET each seeded job in turn (one wrk thread, so one counter)."""
+def get_script(
+    key: str, ids: Sequence[str], *, strong: bool, etags: Sequence[str] | None = None
+) -> str:
+    """GET each seeded job in turn (one wrk thread, so one counter); with ``etags`` (one per
+    job), each request sends its job's ``If-None-Match``."""
     paths = ",\n".join(_lua(f"/jobs/{i}") for i in ids)
     no_cache = 'wrk.headers["Cache-Control"] = "no-cache"\n' if strong else ""
+    auth = _lua("Bearer " + key)
+    if etags is None:
+        per_request = "return wrk.format(nil, paths[k])"
+        tags = ""
+    else:
+        per_request = (
+            f'return wrk.format(nil, paths[k], {{["Authorization"] = {auth}, '
+            '["If-None-Match"] = tags[k]})'
+        )
+        tags = "local tags = {\n" + ",\n".join(_lua(t) for t in etags) + "\n}\n"
     return (
-        f"local paths = {{\n{paths}\n}}\nlocal n = #paths\nlocal i = 0\n"
-        f'wrk.method = "GET"\nwrk.headers["Authorization"] = {_lua("Bearer " + key)}\n'
+        f"local paths = {{\n{paths}\n}}\n{tags}local n = #paths\nlocal i = 0\n"
+        f'wrk.method = "GET"\nwrk.headers["Authorization"] = {auth}\n'
         f"{no_cache}"
-        "request = function()\n  i = i + 1\n  return wrk.format(nil, paths[(i % n) + 1])\nend\n"
+        "request = function()\n  i = i + 1\n  local k = (i % n) + 1\n"
+        f"  {per_request}\nend\n"
         f"{_DONE}"
     )
 
@@ -294,12 +384,16 @@ def post_script(key: str) -> str:
     )
 
 
-def get_raw(host: str, key: str, ids: Sequence[str], strong: bool) -> list[str]:
+def get_raw(
+    host: str, key: str, ids: Sequence[str], strong: bool, etags: Sequence[str] | None = None
+) -> list[str]:
     """The GET requests as HTTP/1.1 text, one per seeded job (python loadgen)."""
     extra = "Cache-Control: no-cache\r\n" if strong else ""
+    matches = [""] * len(ids) if etags is None else [f"If-None-Match: {t}\r\n" for t in etags]
     return [
-        f"GET /jobs/{i} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n{extra}\r\n"
-        for i in ids
+        f"GET /jobs/{i} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+        f"{extra}{match}\r\n"
+        for i, match in zip(ids, matches, strict=True)
     ]
 
 
@@ -517,16 +611,18 @@ async def measure(
     connections: int,
     plan: Plan,
     workdir: Path,
+    *,
+    counters: bool = True,
 ) -> Row:
-    """Warm-up run, then the measured run with the server's CPU time and cache counters read
-    around it."""
+    """Warm-up run, then the measured run with the server's CPU time and (with ``counters``)
+    cache counters read around it."""
     out = workdir / "load-result.json"
     warm = await run_load(generator, server.base, load, connections, plan.warmup_s, out)
-    before = await cache_count(server)
+    before = await cache_count(server) if counters else None
     cpu = proc_cpu(server.proc.pid)
     run = await run_load(generator, server.base, load, connections, plan.duration_s, out)
     cpu = proc_cpu(server.proc.pid) - cpu
-    after = await cache_count(server)
+    after = await cache_count(server) if counters else None
     counted = None if before is None or after is None else after - before
     row = Row(load.name, connections, run, cpu, counted, warm.requests + run.requests)
     sys.stderr.write(
@@ -536,9 +632,17 @@ async def measure(
     return row
 
 
-async def seed(base: str, key: str, count: int) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class Seeded:
+    ids: list[str]
+    etags: list[str]  # each job's ETag, in the order of ids
+    body: bytes  # what a cached GET of the first job answered
+
+
+async def seed(base: str, key: str, count: int) -> Seeded:
     """``count`` jobs submitted over HTTP (so the server's cache holds them), 8 at a time."""
     ids: list[str] = []
+    etags: dict[str, str] = {}
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
 
@@ -548,21 +652,28 @@ async def seed(base: str, key: str, count: int) -> list[str]:
             if response.status_code != 201:
                 raise RuntimeError(f"seeding: {response.status_code} {response.text}")
             job_id: str = response.json()["id"]
+            etags[job_id] = response.headers["ETag"]
             return job_id
 
         for start in range(0, count, 8):
             ids += await asyncio.gather(*(submit(i) for i in range(start, min(count, start + 8))))
-        # the two ways a GET row reads must answer 200 before any load
-        for extra in ({}, {"Cache-Control": "no-cache"}):
+        # the ways a GET row reads must answer as expected before any load
+        for extra, status in (
+            ({}, 200),
+            ({"Cache-Control": "no-cache"}, 200),
+            ({"If-None-Match": etags[ids[0]]}, 304),
+        ):
             response = await client.get(f"/jobs/{ids[0]}", headers=extra)
-            if response.status_code != 200:
+            if response.status_code != status:
                 raise RuntimeError(f"GET check: {response.status_code} {response.text}")
-    return ids
+        body = (await client.get(f"/jobs/{ids[0]}")).content
+    return Seeded(ids, [etags[i] for i in ids], body)
 
 
 @dataclass(frozen=True, slots=True)
 class Results:
     rows: list[Row]
+    rounds: list[list[Row]]  # ABAB rounds: the cached read, its 304 and the bare peer, each
     postgres: str
     load: tuple[tuple[float, float, float], tuple[float, float, float]]
     posted_jobs: int  # jobs of POST_KIND in the table at the end
@@ -579,28 +690,54 @@ async def run(server_url: str, plan: Plan, generator: str) -> Results:
             try:
                 key = await create_key(url, workdir)
                 server = await start_api(url, workdir)
+                bare: ApiServer | None = None
                 try:
                     sys.stderr.write(f"seeding {plan.jobs} jobs over HTTP, then measuring:\n")
-                    ids = await seed(server.base, key, plan.jobs)
+                    seeded = await seed(server.base, key, plan.jobs)
+                    ids, etags = seeded.ids, seeded.etags
+                    bare = await start_bare(key, seeded.body, workdir)
                     host = server.base.removeprefix("http://")
                     forms = {
                         HIT: (get_script(key, ids, strong=False), get_raw(host, key, ids, False)),
+                        NOT_MODIFIED: (
+                            get_script(key, ids, strong=False, etags=etags),
+                            get_raw(host, key, ids, False, etags),
+                        ),
                         STRONG: (get_script(key, ids, strong=True), get_raw(host, key, ids, True)),
                         POST: (post_script(key), post_raw(host, key)),
                     }
-                    loads = []
+                    loads = {}
                     for n, (name, (lua, raw)) in enumerate(forms.items()):
                         script, requests = workdir / f"load{n}.lua", workdir / f"load{n}.json"
                         script.write_text(lua)
                         requests.write_text(json.dumps(raw))
-                        loads.append(Load(name, script, requests))
+                        loads[name] = Load(name, script, requests)
                     rows = [
-                        await measure(server, generator, load, c, plan, workdir)
-                        for load in loads
+                        await measure(server, generator, loads[name], c, plan, workdir)
+                        for name in (HIT, STRONG, POST)
                         for c in plan.connections
                     ]
+                    # the bare peer reads the same paths with the same key (host: its own)
+                    peer = Load(BARE, loads[HIT].script, loads[HIT].raw)
+                    c = plan.peer_connections
+                    rounds = []
+                    for n in range(plan.rounds):
+                        sys.stderr.write(f"ABAB round {n + 1} of {plan.rounds}:\n")
+                        rounds.append(
+                            [
+                                await measure(server, generator, loads[HIT], c, plan, workdir),
+                                await measure(
+                                    bare, generator, peer, c, plan, workdir, counters=False
+                                ),
+                                await measure(
+                                    server, generator, loads[NOT_MODIFIED], c, plan, workdir
+                                ),
+                            ]
+                        )
                 finally:
                     await stop_process(server.proc)
+                    if bare is not None:
+                        await stop_process(bare.proc)
                 postgres = str(await admin.fetchval("SELECT version()"))
                 target = await asyncpg.connect(asyncpg_dsn(url))
                 try:
@@ -615,7 +752,7 @@ async def run(server_url: str, plan: Plan, generator: str) -> Results:
                 await admin.close()
     posted_requests = sum(r.row_requests for r in rows if r.name == POST)
     return Results(
-        rows, postgres, (load_before, os.getloadavg()), posted, posted_requests, generator
+        rows, rounds, postgres, (load_before, os.getloadavg()), posted, posted_requests, generator
     )
 
 
@@ -646,11 +783,13 @@ def _generator(results: Results) -> str:
 
 
 def machine_lines(results: Results, server: str) -> list[str]:
-    parser = "httptools" if _version("httptools") != "not installed" else "h11"
-    loop = "uvloop" if _version("uvloop") != "not installed" else "asyncio"
+    options, _ = serve_uvicorn()
+    loop, parser = options["loop"], options["http"]
     return [
         *machine(server, results.postgres),
-        f"HTTP: uvicorn {_version('uvicorn')} (`loop=auto`: {loop}, `http=auto`: {parser}), "
+        f"HTTP: uvicorn {_version('uvicorn')} (`jobkeeper serve` sets `loop={loop}`: "
+        f"{loop} {_version(loop) if loop == 'uvloop' else ''}, `http={parser}`: "
+        f"{parser} {_version(parser)}), "
         f"FastAPI {_version('fastapi')}, Starlette {_version('starlette')}, "
         f"sse-starlette {_version('sse-starlette')}; load generator: {_generator(results)}",
         f"{load_average(*results.load)} (other work may share the machine)",
@@ -678,8 +817,9 @@ def method_lines(plan: Plan, results: Results) -> list[str]:
         "request (verified keys are trusted for 10 s, then checked again).",
         f"- Data: a fresh database migrated to head; {plan.jobs:,} jobs submitted with "
         "`POST /jobs` (8 at a time) before any load, so the server's cache holds every one; the "
-        "GET rows cycle through them in order. Checked before the load: both GET variants "
-        "answer 200.",
+        "GET rows cycle through them in order (the 304 rows send each job's `ETag` from its "
+        "submit as `If-None-Match`). Checked before the load: a cached and a `no-cache` GET "
+        "answer 200, an `If-None-Match` one 304.",
         f"- Load: for each row an untimed {plan.warmup_s} s {tool} run, then a measured "
         f"{plan.duration_s} s run, with {conns} keep-alive HTTP/1.1 connections (closed loop: each "
         "connection sends its next request when the previous response arrived, so latency at "
@@ -696,6 +836,16 @@ def method_lines(plan: Plan, results: Results) -> list[str]:
         "`jobkeeper_cache_misses_total` from `GET /metrics`, read just before and after the "
         "measured run. A strong read (`Cache-Control: no-cache`) does not consult the cache, so "
         "it counts neither; a submit stores the new job without a lookup.",
+        f"- The peer, measured in the same run: {plan.rounds} rounds at "
+        f"{plan.peer_connections} connections, each round one {tool} run (warm-up, then "
+        "measured, as above) of: the cached `GET /jobs/{id}` (A), the bare peer (B), the same "
+        "GET with each job's `If-None-Match` (304), so A and B alternate (ABAB) and machine noise "
+        "falls on both. The bare peer is a second process started by this script: a Starlette "
+        "route `/jobs/{job_id}` that looks the Bearer key up in a dict and answers the bytes "
+        "jobkeeper answered for a seeded job (same size), served by `uvicorn.run` with "
+        "`jobkeeper serve`'s options (event loop, HTTP parser, `log_config=None`) after "
+        "`configure_logging()`, so it writes the same access log line. The ratio of a round is "
+        "A's req/s over B's; the verdict takes the median round.",
     ]
 
 
@@ -710,18 +860,61 @@ def _row(r: Row) -> str:
     )
 
 
+def _ratio(a: Row, b: Row) -> float:
+    return a.run.rps / b.run.rps if b.run.rps else 0.0
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def peer_lines(results: Results) -> tuple[list[str], bool]:
+    """The ABAB rounds as a table and the two verdicts: the cached read at least
+    ``PEER_TARGET`` of the bare route, and its 304 at least as fast as its 200."""
+    if not results.rounds:
+        return [], True
+    lines = [
+        "| Round | cached GET req/s | bare peer req/s | cached GET / peer | 304 req/s "
+        "| 304 / 200 | cached GET CPU µs/req | peer CPU µs/req | 304 CPU µs/req |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for n, (hit, bare, same) in enumerate(results.rounds, 1):
+        lines.append(
+            f"| {n} | {hit.run.rps:,.0f} | {bare.run.rps:,.0f} | {_ratio(hit, bare):.2f} "
+            f"| {same.run.rps:,.0f} | {_ratio(same, hit):.2f} | {hit.cpu_us_per_request:,.0f} "
+            f"| {bare.cpu_us_per_request:,.0f} | {same.cpu_us_per_request:,.0f} |"
+        )
+    peer = _median([_ratio(hit, bare) for hit, bare, _ in results.rounds])
+    not_modified = _median([_ratio(same, hit) for hit, _, same in results.rounds])
+    peer_ok, not_modified_ok = peer >= PEER_TARGET, not_modified >= 1.0
+    lines += [
+        "",
+        f"- Cached `GET /jobs/{{id}}` over the bare peer, median of the rounds: **{peer:.2f}x** "
+        f"(target >= {PEER_TARGET}x): {'**PASS**' if peer_ok else '**MISSED**'}.",
+        f"- `If-None-Match` (304) over the 200 of the same round, median: **{not_modified:.2f}x** "
+        f"(target >= 1.0x): {'**PASS**' if not_modified_ok else '**MISSED**'}.",
+    ]
+    return lines, peer_ok and not_modified_ok
+
+
 def checks(results: Results) -> tuple[list[str], bool]:
-    rows = results.rows
+    rows = [*results.rows, *(r for round_ in results.rounds for r in round_)]
     errors = sum(r.run.errors for r in rows)
     lines = [f"- Failed requests (non-2xx, socket errors, timeouts): {errors} (expected 0)."]
     ok = errors == 0
-    counted = [r for r in rows if r.cache is not None and r.name in (HIT, STRONG)]
+    counted = [r for r in rows if r.cache is not None and r.name in (HIT, NOT_MODIFIED, STRONG)]
     if counted:
         # a cache hit never reaches Postgres; in-flight requests at a run's edges may add a few
         hit_ok = all(
             r.cache is not None
             and (
-                (r.name == HIT and r.cache.misses == 0 and r.cache.hits >= r.run.requests)
+                (
+                    r.name in (HIT, NOT_MODIFIED)
+                    and r.cache.misses == 0
+                    and r.cache.hits >= r.run.requests
+                )
                 or (r.name == STRONG and r.cache.hits == 0)
             )
             for r in counted
@@ -746,6 +939,7 @@ def report(plan: Plan, results: Results, server: str, quick: bool) -> tuple[str,
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     mode = " (`--quick` smoke run: short loads, not for comparison)" if quick else ""
     check_lines, ok = checks(results)
+    peer, peer_ok = peer_lines(results)
     lines = [
         "### HTTP API: one `jobkeeper serve` process under load (`benchmarks/bench_http.py`)",
         "",
@@ -764,9 +958,13 @@ def report(plan: Plan, results: Results, server: str, quick: bool) -> tuple[str,
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         *(_row(r) for r in results.rows),
         "",
+        "**Against the bare peer** (ABAB rounds, same run)",
+        "",
+        *peer,
+        "",
         *check_lines,
     ]
-    return "\n".join(lines) + "\n", ok
+    return "\n".join(lines) + "\n", ok and peer_ok
 
 
 # --- entry point ---------------------------------------------------------------------------------
@@ -781,9 +979,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="load generator: wrk, this file's asyncio one, or wrk when installed (default)",
     )
     parser.add_argument(
-        "--role", choices=("main", "loadgen"), default="main", help=argparse.SUPPRESS
+        "--role", choices=("main", "loadgen", "bare"), default="main", help=argparse.SUPPRESS
     )
     parser.add_argument("--loadgen-args", help=argparse.SUPPRESS)
+    parser.add_argument("--bare-args", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -791,6 +990,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.role == "loadgen":
         return loadgen_main(args.loadgen_args)
+    if args.role == "bare":
+        return bare_main(args.bare_args)
     generator = args.loadgen
     if generator == "auto":
         generator = "wrk" if shutil.which("wrk") else "python"

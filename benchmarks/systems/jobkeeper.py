@@ -53,6 +53,7 @@ __all__ = [
     "move_to_running",
     "open_repository",
     "repository_of",
+    "serve_uvicorn",
     "sqlalchemy_url",
 ]
 
@@ -106,6 +107,16 @@ async def drop_database(server_url: str, name: str) -> None:
     from jobkeeper.testing import drop_database as drop
 
     await drop(server_url, name)
+
+
+def serve_uvicorn() -> tuple[dict[str, Any], Callable[[], None]]:
+    """The uvicorn options of ``jobkeeper serve`` (event loop, HTTP parser, its own logging in
+    place of uvicorn's) and the function that configures that logging, for a peer server run
+    the same way (imported here, when called: the CLI loads typer and rich)."""
+    from jobkeeper.cli import SERVE_HTTP, SERVE_LOOP
+    from jobkeeper.logs import configure_logging
+
+    return {"loop": SERVE_LOOP, "http": SERVE_HTTP, "log_config": None}, configure_logging
 
 
 def in_schema(text: str) -> str:

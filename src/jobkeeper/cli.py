@@ -484,6 +484,12 @@ def bench(
             raise _fail(f"{script.name} failed")
 
 
+# the event loop and HTTP parser of ``jobkeeper serve``: uvloop and httptools (dependencies of
+# jobkeeper; uvloop has no Windows build, where asyncio's own loop serves)
+SERVE_LOOP = "asyncio" if sys.platform == "win32" else "uvloop"
+SERVE_HTTP = "httptools"
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -504,6 +510,8 @@ def serve(
         port=port,
         workers=workers,
         log_config=None,  # keep configure_logging's handler
+        loop=SERVE_LOOP,
+        http=SERVE_HTTP,
     )
 
 

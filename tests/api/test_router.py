@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from jobkeeper.api import (
     Caller,
     JobManagerDep,
+    api_key_caller,
     create_app,
     create_inbox_router,
     create_router,
@@ -269,6 +270,24 @@ async def test_an_api_keys_principal_is_its_id_never_its_token(
     (cancelled,) = [e for e in await job_manager.events(job["id"], tenant=tenant)][-1:]
     assert cancelled.data == {"cancelled_by": f"api-key:{key.id}"}
     assert key.key[3:13] not in str(cancelled.data)
+
+
+async def test_dependency_overrides_of_the_key_check_reach_the_polled_read(
+    database_url: str, tenant: str
+) -> None:
+    """A host's tests override ``api_key_caller`` (no keys needed): ``GET /jobs/{id}``, which
+    reads its headers itself for speed, honours the override like every route, in ``create_app``
+    and on ``jobs_router`` mounted by a host."""
+    served = create_app(make_settings(database_url))
+    mounted = FastAPI(lifespan=lifespan(make_settings(database_url)))
+    mounted.include_router(jobs_router, prefix="/v1")
+    for app, prefix in ((served, ""), (mounted, "/v1")):
+        app.dependency_overrides[api_key_caller] = lambda: Caller(tenant=tenant, principal="test")
+        async with lifespan_client(app) as client:
+            job = (await client.post(f"{prefix}/jobs", json={"kind": IDLE_KIND})).json()
+            read = await client.get(f"{prefix}/jobs/{job['id']}")
+            assert read.status_code == 200, read.text
+            assert read.json() == job
 
 
 async def test_with_auth_disabled_everyone_is_the_default_tenant(database_url: str) -> None:

@@ -23,7 +23,7 @@ from jobkeeper.api.health import health_router
 from jobkeeper.api.inbox import inbox_router
 from jobkeeper.api.middleware import BodyLimit, RequestContext
 from jobkeeper.api.problems import install
-from jobkeeper.api.routes import jobs_router
+from jobkeeper.api.routes import KeyedReads, jobs_router
 from jobkeeper.api.schedules import schedules_router
 from jobkeeper.api.ui import offline_docs, ui_router
 from jobkeeper.maintenance import ExpiryHooks, Sweeper
@@ -101,6 +101,7 @@ def create_app(settings: Settings | None = None, *, hooks: ExpiryHooks | None = 
     app.include_router(health_router)
     if config.ui:
         app.include_router(ui_router())
+    app.add_middleware(KeyedReads)  # innermost: the polled GET /jobs/{id}, without routing
     app.add_middleware(BodyLimit, max_bytes=config.max_payload_bytes)
     app.add_middleware(RequestContext)  # outermost: every response, even a 413, has an id
     return app

@@ -8,11 +8,14 @@ host application passes its own to ``create_router(caller=...)``.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
+from uuid import UUID
 
+from cachetools import LRUCache
 from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from jobkeeper.api.auth import ApiKeys
 from jobkeeper.api.problems import PROBLEM_RESPONSE, ProblemRoute
@@ -29,12 +32,15 @@ __all__ = [
     "Services",
     "ServicesDep",
     "api_key_caller",
+    "bearer_token",
+    "caller_of_token",
     "caller_router",
     "job_manager",
     "services",
 ]
 
 DEV_TENANT = "default"
+ENCODED_JOBS = 4096  # encoded jobs kept (about 0.5 KiB each for small payloads)
 # who asks when auth is disabled (development only)
 ANONYMOUS = "anonymous"
 
@@ -50,6 +56,11 @@ class Services:
     jobs: JobManager
     keys: ApiKeys
     metrics: Metrics
+    # a job's JSON by (id, version) for GET /jobs/{id}: a version names one state of a job (its
+    # ETag says so), so a polled job is encoded once per change, not once per read
+    encoded: LRUCache[tuple[UUID, int], bytes] = field(
+        default_factory=lambda: LRUCache(maxsize=ENCODED_JOBS)
+    )
 
 
 async def services(request: Request) -> Services:  # async: no threadpool hop per request
@@ -83,9 +94,24 @@ async def api_key_caller(
     """The caller of an ``Authorization: Bearer <API key>``: the key's tenant, principal
     ``api-key:<key id>``. With ``JOBKEEPER_AUTH=disabled``, everyone is tenant ``default``,
     principal ``anonymous``."""
+    return await caller_of_token(svc, None if credentials is None else credentials.credentials)
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, as ``_bearer`` reads it
+    (``None`` when the header is missing, empty or of another scheme): for a route that reads
+    the header itself rather than through FastAPI's dependency resolution."""
+    scheme, credentials = get_authorization_scheme_param(authorization)
+    if not (authorization and scheme and credentials) or scheme.lower() != "bearer":
+        return None
+    return credentials
+
+
+async def caller_of_token(svc: Services, token: str | None) -> Caller:
+    """What ``api_key_caller`` answers for the Bearer ``token`` (``None``: none was sent)."""
     if svc.settings.auth == "disabled":
         return Caller(tenant=DEV_TENANT, principal=ANONYMOUS)
-    return await svc.keys.caller_of(None if credentials is None else credentials.credentials)
+    return await svc.keys.caller_of(token)
 
 
 def caller_router(prefix: str, tag: str, caller: CallerDependency) -> APIRouter:

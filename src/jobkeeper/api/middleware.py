@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from typing import Any
 
+import uuid_utils
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobkeeper.api.problems import PROBLEM_JSON, STATUS
@@ -46,6 +46,15 @@ def _body(code: str, detail: str, scope: Scope, request_id: str) -> dict[str, An
     }
 
 
+def _header(scope: Scope, name: bytes) -> bytes:
+    """The last value of header ``name`` (lower case, as ASGI gives names), ``b""`` if none."""
+    found = b""
+    for key, value in scope["headers"]:
+        if key == name:
+            found = value
+    return bytes(found)
+
+
 class RequestContext:
     """Gives each request an id (``X-Request-ID``, taken from the request if it has a sane one),
     and answers an unhandled exception with a 500 problem that leaks nothing but that id."""
@@ -57,9 +66,10 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        incoming = _header(scope, b"x-request-id").decode("latin-1")
         request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else ""
-        request_id = request_id or uuid.uuid4().hex
+        # uuid_utils: a random UUID without the system call uuid.uuid4 makes each time
+        request_id = request_id or uuid_utils.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
         started = False
@@ -101,9 +111,18 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        declared = _header(scope, b"content-length")
+        if (
+            not declared
+            and scope.get("http_version") in ("1.0", "1.1")
+            and not _header(scope, b"transfer-encoding")
+        ):
+            # HTTP/1 (RFC 9112 6.3): a request with neither header has no body to count (an
+            # HTTP/2 one may: its body is framed, so it is counted below)
+            await self.app(scope, receive, send)
+            return
         request_id = scope.get("state", {}).get("request_id", "")
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(scope, send, request_id)
             return
         seen = 0

@@ -38,6 +38,7 @@ __all__ = [
     "STATUS",
     "ApiProblem",
     "ProblemRoute",
+    "answering_problems",
     "install",
     "problem",
 ]
@@ -204,32 +205,40 @@ def _allowed_methods(request: Request) -> str:
     )
 
 
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+def answering_problems(handle: Handler) -> Handler:
+    """``handle`` with its own errors (domain errors, ``ApiProblem``, a request that fails
+    validation) answered as problems; every other exception goes on untouched."""
+
+    async def answered(request: Request) -> Response:
+        try:
+            return await handle(request)
+        except JobkeeperError as exc:
+            return _domain(request, exc)
+        except ApiProblem as exc:
+            return _api(request, exc)
+        except RequestValidationError as exc:
+            return _validation(request, exc)
+        except StarletteHTTPException as exc:
+            # FastAPI's body parser, before any dependency ran; any other (the caller's
+            # own 401, say) is the application's to answer
+            if isinstance(exc.__cause__, UnicodeDecodeError):
+                return _not_utf8(request)
+            raise
+
+    return answered
+
+
 class ProblemRoute(APIRoute):
     """The route class of jobkeeper's routers: the route's own errors (domain errors,
     ``ApiProblem``, a request that fails validation) are answered as problems by the route
     itself, with or without ``install``; every other exception (the host's ``HTTPException``
     from its own ``caller`` dependency, say) goes on to the application's handlers untouched."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handle = super().get_route_handler()
-
-        async def answered(request: Request) -> Response:
-            try:
-                return await handle(request)
-            except JobkeeperError as exc:
-                return _domain(request, exc)
-            except ApiProblem as exc:
-                return _api(request, exc)
-            except RequestValidationError as exc:
-                return _validation(request, exc)
-            except StarletteHTTPException as exc:
-                # FastAPI's body parser, before any dependency ran; any other (the caller's
-                # own 401, say) is the application's to answer
-                if isinstance(exc.__cause__, UnicodeDecodeError):
-                    return _not_utf8(request)
-                raise
-
-        return answered
+    def get_route_handler(self) -> Handler:
+        return answering_problems(super().get_route_handler())
 
 
 def install(app: FastAPI) -> None:

@@ -16,12 +16,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from jobkeeper.api.deps import (
     CallerDependency,
     Services,
     ServicesDep,
     api_key_caller,
+    bearer_token,
+    caller_of_token,
     caller_router,
 )
 from jobkeeper.api.inbox import (
@@ -31,7 +34,13 @@ from jobkeeper.api.inbox import (
     if_match_version,
     question_response,
 )
-from jobkeeper.api.problems import PROBLEM_RESPONSE, ApiProblem
+from jobkeeper.api.problems import (
+    PROBLEM_RESPONSE,
+    ApiProblem,
+    Handler,
+    ProblemRoute,
+    answering_problems,
+)
 from jobkeeper.api.schemas import (
     CURSOR_PATTERN,
     AnswerIn,
@@ -49,7 +58,7 @@ from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.validate import KIND_PATTERN
 from jobkeeper.domain.values import Caller, Job
 
-__all__ = ["create_router", "jobs_router"]
+__all__ = ["KeyedReads", "create_router", "jobs_router"]
 
 _PROBLEM = PROBLEM_RESPONSE
 _JOB = {"model": JobOut}
@@ -97,6 +106,97 @@ def _location(request: Request, job: Job) -> str:
     """The path of the job's own route, as the client reaches it: with the prefix the router is
     mounted under and the ``root_path`` a proxy or a mount sets."""
     return request.url_for(_GET_JOB, job_id=str(job.id)).path
+
+
+async def _read_job(
+    svc: Services, who: Caller, job_id: str, if_none_match: str | None, cache_control: str | None
+) -> Response:
+    """``GET /jobs/{job_id}``: the job with its ``ETag``, or 304 when ``If-None-Match`` names
+    it; ``Cache-Control: no-cache`` reads Postgres instead of this replica's cache."""
+    strong = cache_control is not None and "no-cache" in cache_control.lower()
+    job = await svc.jobs.get(
+        job_id, tenant=who.tenant, consistency="strong" if strong else "cached"
+    )
+    etag = f'"{job.version}"'
+    if if_none_match is not None and (
+        if_none_match.strip() == "*"
+        or etag in (t.strip().removeprefix("W/") for t in if_none_match.split(","))
+    ):
+        return Response(status_code=304, headers={"ETag": etag})
+    return Response(_encoded(svc, job), media_type="application/json", headers={"ETag": etag})
+
+
+def _encoded(svc: Services, job: Job) -> bytes:
+    """The job's JSON, encoded once per version (``Services.encoded``)."""
+    key = (job.id, job.version)
+    body = svc.encoded.get(key)
+    if body is None:
+        body = svc.encoded[key] = bytes(JSONResponse(job_json(job)).body)
+    return body
+
+
+async def _keyed_read(request: Request, job_id: str) -> Response:
+    """``GET /jobs/{job_id}`` for the caller of the request's Bearer key (``api_key_caller``),
+    its parameters read from the headers as the declared ones are."""
+    headers = request.headers
+    svc: Services = request.state.jobkeeper
+    who = await caller_of_token(svc, bearer_token(headers.get("authorization")))
+    return await _read_job(
+        svc, who, job_id, headers.get("if-none-match"), headers.get("cache-control")
+    )
+
+
+class _KeyedReadRoute(ProblemRoute):
+    """``GET /jobs/{job_id}`` on jobkeeper's own API keys (``api_key_caller``), answered without
+    FastAPI's dependency resolution, which the profile in docs/benchmarks.md showed to be the
+    largest cost of a cached read: the handler reads the ``Authorization``, ``If-None-Match`` and
+    ``Cache-Control`` headers as the declared parameters do, so the answers (and the OpenAPI,
+    made from the declared endpoint) are the same. With ``app.dependency_overrides`` set, the
+    declared endpoint answers, so overrides keep working."""
+
+    def get_route_handler(self) -> Handler:
+        declared = super().get_route_handler()
+
+        async def read(request: Request) -> Response:
+            if getattr(request.app, "dependency_overrides", None):
+                return await declared(request)
+            return await _keyed_read(request, request.path_params["job_id"])
+
+        return answering_problems(read)
+
+
+_JOB_PATH = "/jobs/"
+
+
+class KeyedReads:
+    """Pure ASGI middleware of ``create_app``: answers ``GET /jobs/{job_id}`` of its
+    ``jobs_router`` (mounted at ``/jobs``, on jobkeeper's API keys) before FastAPI's middleware
+    stack, routing and request handling, which the profile in docs/benchmarks.md showed to cost
+    several times what the read itself does. The answers are the route's, problems included
+    (the route stays, for OpenAPI and for every request this does not take: another method or
+    path, a ``root_path``, ``app.dependency_overrides``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._answer = answering_problems(self._read)
+
+    @staticmethod
+    async def _read(request: Request) -> Response:
+        return await _keyed_read(request, request.scope["path"][len(_JOB_PATH) :])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and not scope.get("root_path"):
+            path: str = scope["path"]
+            if (
+                path.startswith(_JOB_PATH)
+                and len(path) > len(_JOB_PATH)
+                and "/" not in path[len(_JOB_PATH) :]
+                and not getattr(scope.get("app"), "dependency_overrides", None)
+            ):
+                response = await self._answer(Request(scope, receive))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_router(*, caller: CallerDependency = api_key_caller) -> APIRouter:
@@ -192,17 +292,6 @@ def create_router(*, caller: CallerDependency = api_key_caller) -> APIRouter:
             {"items": [job_json(j) for j in page.items], "next_cursor": page.next_cursor}
         )
 
-    @router.get(
-        "/{job_id}",
-        name=_GET_JOB,
-        operation_id="getJob",
-        responses={
-            200: _JOB,
-            304: {"description": "Not modified."},
-            400: _PROBLEM,
-            404: _PROBLEM,
-        },
-    )
     async def get_job(
         job_id: JobId,
         svc: ServicesDep,
@@ -212,17 +301,23 @@ def create_router(*, caller: CallerDependency = api_key_caller) -> APIRouter:
     ) -> Response:
         """The job. ``ETag`` is its version (``If-None-Match`` gives 304);
         ``Cache-Control: no-cache`` reads Postgres instead of this replica's cache."""
-        strong = cache_control is not None and "no-cache" in cache_control.lower()
-        job = await svc.jobs.get(
-            job_id, tenant=who.tenant, consistency="strong" if strong else "cached"
-        )
-        etag = f'"{job.version}"'
-        if if_none_match is not None and (
-            if_none_match.strip() == "*"
-            or etag in (t.strip().removeprefix("W/") for t in if_none_match.split(","))
-        ):
-            return Response(status_code=304, headers={"ETag": etag})
-        return _job_response(job)
+        return await _read_job(svc, who, job_id, if_none_match, cache_control)
+
+    # the route clients poll: on jobkeeper's own keys it reads its headers itself (same answers)
+    router.add_api_route(
+        "/{job_id}",
+        get_job,
+        methods=["GET"],
+        name=_GET_JOB,
+        operation_id="getJob",
+        responses={
+            200: _JOB,
+            304: {"description": "Not modified."},
+            400: _PROBLEM,
+            404: _PROBLEM,
+        },
+        route_class_override=_KeyedReadRoute if caller is api_key_caller else None,
+    )
 
     @router.post(
         "/{job_id}/cancel",
