@@ -17,6 +17,7 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
+from jobkeeper.domain.batch import JobSpec
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.errors import InvalidRequest, PermanentFailure
 from jobkeeper.manager import JobManager
@@ -230,3 +231,23 @@ async def test_a_parent_whose_children_finished_before_it_parked_is_woken(
     again = await job_manager.wait_for_children(lease, [child.id])
     assert again is not None
     assert (await fresh(job_manager, parent.id, tenant)).status is JobStatus.QUEUED
+
+
+async def test_cancelling_a_parent_cancels_its_grandchildren_too(
+    job_manager: JobManager, tenant: str
+) -> None:
+    kind = new_kind("tree")
+    root = await job_manager.submit(tenant, kind, {})
+    [lease] = await job_manager.claim(uuid4(), kinds=[kind], limit=1, lease_seconds=30)
+    child, _ = await job_manager.spawn(lease, "spawn:c1", JobSpec(kind, {}))
+    await job_manager.wait_for_children(lease, [child.id])
+    [lease] = await job_manager.claim(uuid4(), kinds=[kind], limit=1, lease_seconds=30)
+    assert lease.job.id == child.id
+    grandchild, _ = await job_manager.spawn(lease, "spawn:c1", JobSpec(new_kind("idle"), {}))
+    await job_manager.wait_for_children(lease, [grandchild.id])
+
+    await job_manager.cancel(root.id, tenant=tenant, cancelled_by="user:test")
+    for job in (root, child, grandchild):
+        assert (await fresh(job_manager, job.id, tenant)).status is JobStatus.CANCELLED
+    history = await job_manager.events(grandchild.id, tenant=tenant)
+    assert history[-1].type == "cancelled" and history[-1].data["parent"] == str(child.id)

@@ -567,16 +567,22 @@ class JobManager:
         job, _ = await self._pg.jobs.cancel(job_id, tenant, cancelled_by=cancelled_by)
         self._remember((job,), ticket, "cancelled")
         await self._wake_parents_of((job,))
-        await self._cancel_children(job, cancelled_by)
+        await self._cancel_children([job], cancelled_by)  # a running one's too: it is flagged
         return job
 
-    async def _cancel_children(self, parent: Job, cancelled_by: str | None) -> None:
-        """Cancel the unfinished children of ``parent``, and theirs, level by level (a running
-        child is flagged, and its own children are cancelled at once)."""
-        parents = [parent.id]
-        while parents:
-            cancelled = self._pg.jobs.cancel_children(parents, parent.tenant, cancelled_by)
-            parents = [job.id for job in await self._recorded("cancelled", cancelled)]
+    async def _cancel_children(self, parents: Iterable[Job], cancelled_by: str | None) -> None:
+        """Cancel the unfinished children of ``parents`` (a running child is flagged); through
+        ``_recorded``, a cancelled child's own children follow, level by level."""
+        by_tenant: dict[str, list[UUID]] = {}
+        for parent in parents:
+            by_tenant.setdefault(parent.tenant, []).append(parent.id)
+        for tenant, ids in by_tenant.items():
+            try:
+                await self._recorded(
+                    "cancelled", self._pg.jobs.cancel_children(ids, tenant, cancelled_by)
+                )
+            except DatabaseUnavailable as exc:  # the parents' change is committed: report it
+                log.warning("cancelling the children of %s failed: %s", ids, exc)
 
     # --- for workers: fenced writes (the lease token must match) ------------------------------
 
@@ -588,6 +594,8 @@ class JobManager:
         changed = result if isinstance(result, list) else [] if result is None else [result]
         self._remember(changed, ticket, operation)
         await self._wake_parents_of(changed)
+        # a job cancelled any way (a request, a cancelling timeout, a release) takes its children
+        await self._cancel_children([j for j in changed if j.status is JobStatus.CANCELLED], None)
         return result
 
     def _remember(self, changed: Iterable[Job], ticket: Ticket, operation: str) -> None:
@@ -663,10 +671,7 @@ class JobManager:
     async def mark_cancelled(self, lease: Lease) -> Job | None:
         """The handler stopped on a cancel request (children it spawned meanwhile are cancelled
         too); ``None`` if the lease was lost."""
-        job = await self._recorded("cancelled", self._pg.leases.mark_cancelled(lease))
-        if job is not None:
-            await self._cancel_children(job, None)
-        return job
+        return await self._recorded("cancelled", self._pg.leases.mark_cancelled(lease))
 
     async def release(self, leases: Sequence[Lease]) -> list[Job]:
         """Give leases back so other workers run the jobs (graceful shutdown)."""
