@@ -176,3 +176,38 @@ async def test_a_durable_sleep_outlives_the_worker_that_started_it(
     assert events[3].at >= until  # claimed again only once it was due
     starts = await db.fetch("SELECT pid FROM workflow_starts WHERE job_id = $1", job.id)
     assert [r["pid"] for r in starts] == [first.pid, second.pid]
+
+
+async def test_cancelling_a_waiting_parent_stops_its_children_on_the_workers(
+    workers: Workers, db: asyncpg.Connection, database_url: str, tenant: str
+) -> None:
+    kinds = ("--kind", workers.kind("parent"), "--kind", workers.kind("child"))
+    worker = await workers.start(*kinds, "--concurrency", "3")
+    async with await JobManager.connect(database_url) as jobs:
+        parent = await jobs.submit(tenant, workers.kind("parent"), {"children": 4, "hold": True})
+        await eventually(
+            lambda: _job(jobs, parent.id, tenant, JobStatus.WAITING_CHILDREN),
+            timeout=DEADLINE,
+            what="the parent to wait for its children",
+            watch=[worker],
+        )
+
+        async def three_running() -> bool:
+            count = await db.fetchval(
+                "SELECT count(*) FROM jobs WHERE parent_id = $1 AND status = 'running'", parent.id
+            )
+            return bool(count == 3)
+
+        await eventually(three_running, timeout=DEADLINE, what="3 children to run", watch=[worker])
+        cancelled = await jobs.cancel(parent.id, tenant=tenant, cancelled_by="user:ops")
+        assert cancelled.status is JobStatus.CANCELLED
+
+        async def children_over() -> list[str] | None:
+            rows = await db.fetch("SELECT status FROM jobs WHERE parent_id = $1", parent.id)
+            statuses = [r["status"] for r in rows]
+            return statuses if all(JobStatus(s).terminal for s in statuses) else None
+
+        statuses = await eventually(
+            children_over, timeout=DEADLINE, what="every child to stop", watch=[worker]
+        )
+    assert statuses == ["cancelled"] * 4  # three stopped by their worker, one never ran
