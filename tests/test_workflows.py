@@ -251,3 +251,55 @@ async def test_cancelling_a_parent_cancels_its_grandchildren_too(
         assert (await fresh(job_manager, job.id, tenant)).status is JobStatus.CANCELLED
     history = await job_manager.events(grandchild.id, tenant=tenant)
     assert history[-1].type == "cancelled" and history[-1].data["parent"] == str(child.id)
+
+
+async def test_a_sync_handler_spawns_waits_and_sleeps_from_its_thread(
+    job_manager: JobManager, tenant: str
+) -> None:
+    tasks, parent_kind, child_kind = TaskRegistry(), new_kind("sync"), new_kind("sync-child")
+    runs = Counter[str]()
+
+    @tasks.task(child_kind)
+    def double(ctx: JobContext, payload: Any) -> int:
+        return int(payload) * 2
+
+    @tasks.task(parent_kind)
+    def parent(ctx: JobContext, payload: Any) -> list[int]:
+        runs["parent"] += 1
+        ctx.sleep_sync(0.2, key="first")
+        children = [ctx.spawn_sync(child_kind, n, key=f"n{n}") for n in (1, 2)]
+        return [job.result for job in ctx.wait_for_sync(children)]
+
+    job = await job_manager.submit(tenant, parent_kind, {})
+    async with running(make_worker(job_manager, tasks)):
+        done = await finished(job_manager, job.id, tenant)
+    assert done.status is JobStatus.SUCCEEDED, done.error
+    assert done.result == (2, 4)
+    assert set(done.checkpoints) == {"sleep:first", "spawn:n1", "spawn:n2"}
+    history = await types(job_manager, job.id, tenant)
+    assert history.count("sleeping") == 1 and history.count("woke") == 1
+    assert history.count("spawned") == 2
+    assert runs["parent"] == history.count("claimed")  # every run after a park starts over
+
+
+async def test_two_children_finishing_at_once_wake_their_parent_exactly_once(
+    job_manager: JobManager, tenant: str
+) -> None:
+    """The last two children commit concurrently: neither may miss the wake-up, and only one
+    may make it (postgres/workflows.py)."""
+    for _ in range(15):
+        kind = new_kind("race")
+        parent = await job_manager.submit(tenant, kind, {})
+        [lease] = await job_manager.claim(uuid4(), kinds=[kind], limit=1, lease_seconds=30)
+        children = [
+            (await job_manager.spawn(lease, f"spawn:c{n}", JobSpec(f"{kind}-child", n)))[0]
+            for n in (1, 2)
+        ]
+        await job_manager.wait_for_children(lease, [c.id for c in children])
+        held = await job_manager.claim(uuid4(), kinds=[f"{kind}-child"], limit=2, lease_seconds=30)
+        assert len(held) == 2
+        await asyncio.gather(*(job_manager.mark_succeeded([(h, "1", None)]) for h in held))
+        woken = await fresh(job_manager, parent.id, tenant)
+        assert woken.status is JobStatus.QUEUED and woken.waiting_for is None
+        history = await types(job_manager, parent.id, tenant)
+        assert history.count("children_done") == 1
