@@ -379,7 +379,8 @@ class JobManager:
         await self._pg.ping()
 
     async def queue_depth(self) -> dict[str, int]:
-        """How many jobs are queued, running and waiting for input (all tenants)."""
+        """How many jobs are queued, running, waiting for input and waiting for their children
+        (all tenants)."""
         return await self._pg.jobs.queue_depth()
 
     # --- writes ------------------------------------------------------------------------------

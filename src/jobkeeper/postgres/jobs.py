@@ -262,7 +262,8 @@ _QUEUED_FOR = raw("SELECT count(*) FROM jobs WHERE tenant = $1 AND status = 'que
 _QUEUE_DEPTH = raw(
     """SELECT (SELECT count(*) FROM jobs WHERE status = 'queued') AS queued,
        (SELECT count(*) FROM jobs WHERE status = 'running') AS running,
-       (SELECT count(*) FROM jobs WHERE status = 'waiting_input') AS waiting_input"""
+       (SELECT count(*) FROM jobs WHERE status = 'waiting_input') AS waiting_input,
+       (SELECT count(*) FROM jobs WHERE status = 'waiting_children') AS waiting_children"""
 )
 # the tenant's live jobs per kind and status (the dashboard's queue by kind): three ranges of the
 # (status, tenant, id) index, so it costs the tenant's queue, not its history
