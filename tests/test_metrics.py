@@ -72,7 +72,7 @@ async def test_counters_and_gauges(job_manager: JobManager, tenant: str) -> None
     assert (
         found[("jobkeeper_cache_hits_total", ())] + found[("jobkeeper_cache_misses_total", ())] > 0
     )
-    for status in ("queued", "running", "waiting_input"):
+    for status in ("queued", "running", "waiting_input", "waiting_children"):
         assert ("jobkeeper_jobs", (("status", status),)) in found
     assert found[("jobkeeper_live_workers", ())] >= 1  # it was still registered at refresh
 

@@ -90,6 +90,18 @@ async def _cancel(pg: Postgres, job: Job, token: UUID | None) -> Any:
         return refused
 
 
+async def _sleep(pg: Postgres, job: Job, token: UUID | None) -> Any:
+    return await pg.workflows.sleep(_lease(job, token), "sleep:s1", until=None, seconds=60.0)
+
+
+async def _wait_children(pg: Postgres, job: Job, token: UUID | None) -> Any:
+    return await pg.workflows.wait(_lease(job, token), [])
+
+
+async def _wake(pg: Postgres, job: Job, token: UUID | None) -> Any:
+    return await pg.workflows.wake([job.id])
+
+
 RUNS: dict[str, Run] = {
     "claim": _claim,
     "succeed": _succeed,
@@ -100,6 +112,9 @@ RUNS: dict[str, Run] = {
     "ask": _ask,
     "answer": _answer,
     "input_timeout": _input_timeout,
+    "sleep": _sleep,
+    "wait_children": _wait_children,
+    "wake": _wake,
     "cancel": _cancel,
 }
 

@@ -10,7 +10,16 @@ import pytest
 
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.manager import JobManager
-from jobkeeper.postgres import batch, jobs, leases, notify, questions, retention, schedules
+from jobkeeper.postgres import (
+    batch,
+    jobs,
+    leases,
+    notify,
+    questions,
+    retention,
+    schedules,
+    workflows,
+)
 from jobkeeper.postgres.compile import Sql
 from jobkeeper.postgres.jobs import _list_sql, _transition_sql
 from jobkeeper.postgres.leases import (
@@ -30,7 +39,7 @@ ROWS = 20_000
 JOB_STATEMENTS = {
     **{
         f"{module.__name__.rsplit('.', 1)[1]}.{name}": value.text
-        for module in (batch, jobs, leases, notify, questions, retention, schedules)
+        for module in (batch, jobs, leases, notify, questions, retention, schedules, workflows)
         for name, value in vars(module).items()
         if isinstance(value, Sql) and re.search(r"\bjobs\b", value.text)
     },

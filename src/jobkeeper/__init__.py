@@ -10,6 +10,7 @@ from jobkeeper.domain.schedules import Schedule
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.values import Job, JobEvent, JobPage, Lease, Progress, WorkerInfo
 from jobkeeper.errors import (
+    ChildFailed,
     DatabaseUnavailable,
     IdempotencyConflict,
     InvalidJobId,
@@ -36,6 +37,7 @@ from jobkeeper.worker import JobContext, TaskRegistry, Worker
 
 __all__ = [
     "CacheStats",
+    "ChildFailed",
     "DatabaseUnavailable",
     "Escalate",
     "FeedStatus",

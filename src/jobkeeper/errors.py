@@ -32,11 +32,13 @@ Raised by handlers to steer the worker (not errors of jobkeeper itself):
 
     Retry(delay=None)               retry this job (after ``delay`` s, else the backoff)
     PermanentFailure                fail this job now, without retrying
+    └── ChildFailed                 raised by ``ctx.wait_for``: a child did not succeed
     JobCancelled                    raised by ``JobContext.raise_if_cancelled()``
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import ClassVar, Self
 from uuid import UUID
@@ -335,6 +337,19 @@ class Retry(Exception):
 
 class PermanentFailure(Exception):
     """Raised by a handler: fail the job now; retrying cannot help."""
+
+
+class ChildFailed(PermanentFailure):
+    """Raised by ``ctx.wait_for`` (``on_failure="fail"``, the default) when a child job did not
+    succeed: the parent fails at once (code ``child_failed``; a re-run would find the same
+    outcomes). ``failed`` maps each such child's id to its status."""
+
+    code = "child_failed"
+
+    def __init__(self, failed: Mapping[UUID, str]) -> None:
+        listed = ", ".join(f"{job_id} ({status})" for job_id, status in failed.items())
+        super().__init__(f"child jobs did not succeed: {listed}")
+        self.failed = dict(failed)
 
 
 class JobCancelled(Exception):

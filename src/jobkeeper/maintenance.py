@@ -106,6 +106,7 @@ class SweepReport:
     hook_failures: int = 0
     tombstones_purged: int = 0
     workers_pruned: int = 0
+    parents_woken: int = 0
 
 
 class Sweeper:
@@ -177,12 +178,16 @@ class Sweeper:
                 escalated += len(batch)
             while batch := await self._jobs.expire_input_deadlines(limit=_BATCH):
                 timed_out += len(batch)
+            woken = 0  # parents whose last child's process died before waking them
+            while batch := await self._jobs.wake_waiting_parents(limit=_BATCH):
+                woken += len(batch)
             pruned = await self._jobs.workers.prune(self._forget_workers_after)
             report = SweepReport(
                 leases_recovered=recovered,
                 inputs_timed_out=timed_out,
                 questions_escalated=escalated,
                 workers_pruned=pruned,
+                parents_woken=woken,
             )
             if self._retention is not None:
                 report = await self._retain(self._retention, report)

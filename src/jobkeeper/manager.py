@@ -12,9 +12,11 @@ import base64
 import binascii
 import contextlib
 import json
+import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
@@ -62,6 +64,7 @@ from jobkeeper.domain.values import (
     Progress,
 )
 from jobkeeper.errors import (
+    DatabaseUnavailable,
     IdempotencyConflict,
     InvalidAnswer,
     InvalidRequest,
@@ -85,6 +88,8 @@ from jobkeeper.settings import Settings
 from jobkeeper.supervise import until_reachable
 
 __all__ = ["Consistency", "JobManager", "Role"]
+
+log = logging.getLogger("jobkeeper.manager")
 
 Consistency = Literal["cached", "strong"]
 # an API process keeps a cache in step with every change; a worker process keeps none and hears
@@ -374,7 +379,8 @@ class JobManager:
         await self._pg.ping()
 
     async def queue_depth(self) -> dict[str, int]:
-        """How many jobs are queued, running and waiting for input (all tenants)."""
+        """How many jobs are queued, running, waiting for input and waiting for their children
+        (all tenants)."""
         return await self._pg.jobs.queue_depth()
 
     # --- writes ------------------------------------------------------------------------------
@@ -446,6 +452,10 @@ class JobManager:
             pinned=pinned,
         )
         on = None if connection is None else await borrow(connection)
+        return await self._insert_or_replay(new, on)
+
+    async def _insert_or_replay(self, new: NewJob, on: Borrowed | None) -> tuple[Job, bool]:
+        """Insert ``new``, or find the job its idempotency key already names (``False``)."""
         for _ in range(_SUBMIT_ROUNDS):
             ticket = self._cache.ticket()
             job = await self._pg.jobs.insert(
@@ -557,7 +567,23 @@ class JobManager:
         ticket = self._cache.ticket()
         job, _ = await self._pg.jobs.cancel(job_id, tenant, cancelled_by=cancelled_by)
         self._remember((job,), ticket, "cancelled")
+        await self._wake_parents_of((job,))
+        await self._cancel_children([job], cancelled_by)  # a running one's too: it is flagged
         return job
+
+    async def _cancel_children(self, parents: Iterable[Job], cancelled_by: str | None) -> None:
+        """Cancel the unfinished children of ``parents`` (a running child is flagged); through
+        ``_recorded``, a cancelled child's own children follow, level by level."""
+        by_tenant: dict[str, list[UUID]] = {}
+        for parent in parents:
+            by_tenant.setdefault(parent.tenant, []).append(parent.id)
+        for tenant, ids in by_tenant.items():
+            try:
+                await self._recorded(
+                    "cancelled", self._pg.jobs.cancel_children(ids, tenant, cancelled_by)
+                )
+            except DatabaseUnavailable as exc:  # the parents' change is committed: report it
+                log.warning("cancelling the children of %s failed: %s", ids, exc)
 
     # --- for workers: fenced writes (the lease token must match) ------------------------------
 
@@ -566,10 +592,11 @@ class JobManager:
         what it changed: the one path of every job write that returns rows."""
         ticket = self._cache.ticket()
         result = await write
-        if isinstance(result, list):
-            self._remember(result, ticket, operation)
-        elif result is not None:
-            self._remember((result,), ticket, operation)
+        changed = result if isinstance(result, list) else [] if result is None else [result]
+        self._remember(changed, ticket, operation)
+        await self._wake_parents_of(changed)
+        # a job cancelled any way (a request, a cancelling timeout, a release) takes its children
+        await self._cancel_children([j for j in changed if j.status is JobStatus.CANCELLED], None)
         return result
 
     def _remember(self, changed: Iterable[Job], ticket: Ticket, operation: str) -> None:
@@ -615,7 +642,9 @@ class JobManager:
         has neither and is spared decoding them."""
         completions = [(lease.job.id, lease.token, result, last) for lease, result, last in done]
         if not (self._cache.enabled or self._observers):
-            return await self._pg.leases.complete_ids(completions)
+            succeeded = await self._pg.leases.complete_ids(completions)
+            await self._wake({parent for _, parent in succeeded if parent is not None})
+            return [job_id for job_id, _ in succeeded]
         changed = await self._recorded("succeeded", self._pg.leases.complete(completions))
         return [job.id for job in changed]
 
@@ -641,7 +670,8 @@ class JobManager:
         return await self._recorded("failed", failed)
 
     async def mark_cancelled(self, lease: Lease) -> Job | None:
-        """The handler stopped on a cancel request; ``None`` if the lease was lost."""
+        """The handler stopped on a cancel request (children it spawned meanwhile are cancelled
+        too); ``None`` if the lease was lost."""
         return await self._recorded("cancelled", self._pg.leases.mark_cancelled(lease))
 
     async def release(self, leases: Sequence[Lease]) -> list[Job]:
@@ -688,6 +718,79 @@ class JobManager:
         """Apply each overdue question's ``on_timeout`` (fail, cancel or default answer)."""
         timed_out = self._pg.questions.expire_input_deadlines(limit=limit, replica=self.replica)
         return await self._recorded("input_timeout", timed_out)
+
+    # --- workflows: durable sleeps, child jobs, parents waiting for them -----------------------
+
+    async def sleep(
+        self, lease: Lease, key: str, *, until: datetime | None = None, seconds: float = 0.0
+    ) -> Job | None:
+        """Park the job until ``until`` (or ``seconds`` from now, by Postgres's clock), keeping
+        the wake-up time under ``key``; ``None``: the lease is gone or cancel was requested."""
+        slept = self._pg.workflows.sleep(lease, key, until=until, seconds=seconds)
+        return await self._recorded("sleeping", slept)
+
+    async def woke(self, lease: Lease, key: str) -> Job | None:
+        """The re-run reached the sleep under ``key`` it was parked in; ``None``: lease gone."""
+        return await self._recorded("woke", self._pg.workflows.woke(lease, key))
+
+    async def spawn(self, lease: Lease, key: str, spec: JobSpec) -> tuple[Job, Job | None]:
+        """Submit ``spec`` as a child of the leased job, idempotently per ``key`` (its key is
+        ``<parent id>/<key>``: a re-run gets the same child), and record it under ``key`` in the
+        parent. The child, and the parent as recorded (``None``: the lease is gone)."""
+        new = replace(
+            validate_new_job(
+                tenant=lease.job.tenant,
+                kind=spec.kind,
+                payload=spec.payload,
+                priority=spec.priority,
+                max_attempts=spec.max_attempts,
+                run_after=spec.run_after,
+                idempotency_key=f"{lease.job.id}/{key}",
+                concurrency_key=spec.concurrency_key,
+                pinned=spec.pinned,
+            ),
+            parent_id=lease.job.id,
+        )
+        child, _ = await self._insert_or_replay(new, None)
+        parent = await self._recorded("spawned", self._pg.workflows.spawned(lease, key, child))
+        return child, parent
+
+    async def children(self, tenant: str, job_ids: Sequence[UUID]) -> list[Job]:
+        """The jobs ``job_ids`` of ``tenant`` as Postgres has them now, in that order
+        (``JobNotFound`` for one that is missing)."""
+        found = {job.id: job for job in await self._pg.jobs.many(list(job_ids))}
+        for job_id in job_ids:
+            if job_id not in found or found[job_id].tenant != tenant:
+                raise JobNotFound(job_id)
+        return [found[job_id] for job_id in job_ids]
+
+    async def wait_for_children(self, lease: Lease, job_ids: Sequence[UUID]) -> Job | None:
+        """Park the job until the jobs ``job_ids`` have finished; ``None``: the lease is gone or
+        cancel was requested. If they finished meanwhile, it is queued again at once."""
+        parked = await self._recorded("waiting", self._pg.workflows.wait(lease, job_ids))
+        if parked is not None:
+            await self._wake({parked.id})  # after the park commits: postgres/workflows.py
+        return parked
+
+    async def wake_waiting_parents(self, *, limit: int = 100) -> list[Job]:
+        """Queue again up to ``limit`` parents whose children have all finished: the sweeper's
+        backstop for a process that died between a child's end and its parent's wake-up."""
+        return await self._recorded("woken", self._pg.workflows.wake_due(limit=limit))
+
+    async def _wake_parents_of(self, changed: Iterable[Job]) -> None:
+        await self._wake({job.parent_id for job in changed if job.terminal and job.parent_id})
+
+    async def _wake(self, parents: set[UUID]) -> None:
+        """Queue again those of ``parents`` whose children have all finished. Run after the
+        commit that may have finished them (postgres/workflows.py says why no wake-up is lost);
+        a failure is only logged: the change it follows is committed, and the sweeper wakes the
+        parent later."""
+        if not parents:
+            return
+        try:
+            await self._recorded("woken", self._pg.workflows.wake(sorted(parents)))
+        except DatabaseUnavailable as exc:
+            log.warning("waking the parents %s failed (the sweeper will): %s", parents, exc)
 
     # --- retention (the sweeper's) -------------------------------------------------------------
 

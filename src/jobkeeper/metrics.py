@@ -64,7 +64,7 @@ class Metrics:
         self.swept = Counter(
             "jobkeeper_sweeper_actions_total",
             "What the sweeper did: leases recovered, questions timed out, payloads cleared, "
-            "jobs expired, hook failures, tombstones purged, workers pruned.",
+            "jobs expired, hook failures, tombstones purged, workers pruned, parents woken.",
             ["action"],
             registry=self.registry,
         )
@@ -131,6 +131,7 @@ class Metrics:
             "hook_failures",
             "tombstones_purged",
             "workers_pruned",
+            "parents_woken",
         ):
             count = getattr(report, action)
             if count:
@@ -175,7 +176,13 @@ class _StateCollector(Collector):
             value=feed.seconds_since_sync if feed.seconds_since_sync is not None else float("inf"),
         )
         depth = GaugeMetricFamily("jobkeeper_jobs", "Jobs by live status.", labels=["status"])
-        for status in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.WAITING_INPUT):
+        live = (
+            JobStatus.QUEUED,
+            JobStatus.RUNNING,
+            JobStatus.WAITING_INPUT,
+            JobStatus.WAITING_CHILDREN,
+        )
+        for status in live:
             depth.add_metric([status.value], self._metrics._depth.get(status.value, 0))
         yield depth
         waiting = GaugeMetricFamily(

@@ -88,6 +88,11 @@ jobs = sa.Table(
     sa.Column("question_version", sa.BigInteger(), nullable=True),
     sa.Column("claimed_by", sa.Text(), nullable=True),
     sa.Column("claim_expires_at", _TZ, nullable=True),
+    # workflows: the job whose handler spawned this one; the children a waiting_children job
+    # waits for; the wake-up time of a job parked by a durable sleep (until it wakes)
+    sa.Column("parent_id", sa.Uuid(), nullable=True),
+    sa.Column("waiting_for", sa.ARRAY(sa.Uuid()), nullable=True),
+    sa.Column("sleeping_until", _TZ, nullable=True),
     sa.CheckConstraint(f"status IN ({_STATUSES})", name="status"),
     sa.CheckConstraint("tenant <> ''", name="tenant"),
     sa.CheckConstraint(f"priority BETWEEN 0 AND {MAX_PRIORITY}", name="priority"),
@@ -106,6 +111,9 @@ jobs = sa.Table(
         name="question",
     ),
     sa.CheckConstraint("(claimed_by IS NULL) = (claim_expires_at IS NULL)", name="claim"),
+    sa.CheckConstraint(
+        "(status = 'waiting_children') = (waiting_for IS NOT NULL)", name="waiting_for"
+    ),
 )
 # Every status change adds an entry to each index below whose predicate the new row meets (a
 # status change is never a HOT update), so the hot path keeps to few indexes and narrow predicates.
@@ -166,6 +174,9 @@ sa.Index(
     unique=True,
     postgresql_where=sa.and_(jobs.c.status == "running", jobs.c.concurrency_key.is_not(None)),
 )
+
+# a parent's children (cancelling a parent cancels them); jobs without a parent stay out
+sa.Index("ix_jobs_parent", jobs.c.parent_id, postgresql_where=jobs.c.parent_id.is_not(None))
 
 # exactly one job per schedule and tick, however many schedulers race (postgres/schedules.py);
 # jobs no schedule submitted stay out of the index

@@ -59,8 +59,18 @@ JOB_FIELDS = {
     "finished_at",
     "schedule_id",
     "scheduled_for",
+    "parent_id",
+    "waiting_for",
+    "sleeping_until",
 }
-TIMESTAMP_FIELDS = ("run_after", "created_at", "updated_at", "started_at", "finished_at")
+TIMESTAMP_FIELDS = (
+    "run_after",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "finished_at",
+    "sleeping_until",
+)
 # a kind no worker of these tests handles: such jobs stay queued
 IDLE_KIND = "report.build"
 BIN = Path(sys.executable).parent

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from jobkeeper.api.app import create_app
+from jobkeeper.domain.batch import JobSpec
 from jobkeeper.errors import InvalidRequest
 from jobkeeper.manager import JobManager
 
@@ -573,3 +574,27 @@ async def test_a_malformed_input_body_is_422(api: httpx.AsyncClient, body: dict[
     job = await submit(api)
     response = await api.post(f"/jobs/{job['id']}/input", json=body)
     assert_problem(response, 422, "validation_error")
+
+
+async def test_get_shows_a_parents_children_and_a_sleepers_wake_up_time(
+    api: httpx.AsyncClient, job_manager: JobManager
+) -> None:
+    kind = f"parent-{uuid.uuid4().hex[:10]}"
+    parent = await submit(api, kind)
+    [lease] = await job_manager.claim(uuid.uuid4(), kinds=[kind], limit=1, lease_seconds=30)
+    child, _ = await job_manager.spawn(lease, "spawn:c1", JobSpec(IDLE_KIND, {"n": 1}))
+    await job_manager.wait_for_children(lease, [child.id])
+    shown = assert_job((await api.get(f"/jobs/{parent['id']}", headers=NO_CACHE)).json())
+    assert shown["status"] == "waiting_children"
+    assert shown["waiting_for"] == [str(child.id)] and shown["parent_id"] is None
+    shown_child = assert_job((await api.get(f"/jobs/{child.id}", headers=NO_CACHE)).json())
+    assert shown_child["parent_id"] == parent["id"] and shown_child["waiting_for"] is None
+
+    sleeper = await submit(api, kind)
+    [lease] = await job_manager.claim(uuid.uuid4(), kinds=[kind], limit=1, lease_seconds=30)
+    await job_manager.sleep(lease, "sleep:s1", seconds=3600.0)
+    shown = assert_job((await api.get(f"/jobs/{sleeper['id']}", headers=NO_CACHE)).json())
+    assert shown["status"] == "queued" and shown["sleeping_until"] == shown["run_after"]
+    assert datetime.fromisoformat(shown["sleeping_until"]) > datetime.now(UTC) + timedelta(
+        minutes=59
+    )

@@ -250,6 +250,18 @@ class JobOut(BaseModel):
     finished_at: str | None
     schedule_id: str | None = Field(description="The schedule that submitted the job, if any.")
     scheduled_for: str | None = Field(description="The schedule's tick the job stands for.")
+    parent_id: str | None = Field(
+        default=None, description="The job whose handler spawned this one (ctx.spawn), if any."
+    )
+    waiting_for: list[str] | None = Field(
+        default=None,
+        description="The child jobs a waiting_children job waits for (ctx.wait_for).",
+    )
+    sleeping_until: str | None = Field(
+        default=None,
+        description="When a job parked by a durable sleep (ctx.sleep) wakes up (cleared when"
+        " its re-run reaches that sleep).",
+    )
 
 
 class SubmittedOut(BaseModel):
@@ -303,4 +315,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "finished_at": iso(job.finished_at),
         "schedule_id": None if job.schedule_id is None else str(job.schedule_id),
         "scheduled_for": iso(job.scheduled_for),
+        "parent_id": None if job.parent_id is None else str(job.parent_id),
+        "waiting_for": None if job.waiting_for is None else [str(c) for c in job.waiting_for],
+        "sleeping_until": iso(job.sleeping_until),
     }

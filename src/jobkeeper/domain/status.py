@@ -24,6 +24,7 @@ class JobStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     WAITING_INPUT = "waiting_input"
+    WAITING_CHILDREN = "waiting_children"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -42,7 +43,8 @@ TERMINAL: frozenset[JobStatus] = frozenset(
 TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
     # claimed by a worker; cancelled before it ran
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED}),
-    # finished; re-queued (retry, lease recovery, graceful release); paused for a person
+    # finished; re-queued (retry, lease recovery, graceful release, a durable sleep); paused for
+    # a person or for child jobs
     JobStatus.RUNNING: frozenset(
         {
             JobStatus.SUCCEEDED,
@@ -50,10 +52,13 @@ TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
             JobStatus.CANCELLED,
             JobStatus.QUEUED,
             JobStatus.WAITING_INPUT,
+            JobStatus.WAITING_CHILDREN,
         }
     ),
     # answered (back to the queue); cancelled; input deadline passed
     JobStatus.WAITING_INPUT: frozenset({JobStatus.QUEUED, JobStatus.CANCELLED, JobStatus.FAILED}),
+    # every child it waits for finished (back to the queue); cancelled
+    JobStatus.WAITING_CHILDREN: frozenset({JobStatus.QUEUED, JobStatus.CANCELLED}),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset(),
     JobStatus.CANCELLED: frozenset(),
@@ -96,6 +101,7 @@ def _op(sources: set[JobStatus], targets: set[JobStatus]) -> Operation:
 
 
 _Q, _R, _W = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.WAITING_INPUT
+_WC = JobStatus.WAITING_CHILDREN
 _S, _F, _C = JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
 
 # Every statement that changes a job's status, by name (a submit inserts the job queued). The SQL
@@ -117,6 +123,13 @@ OPERATIONS: Mapping[str, Operation] = {
     "answer": _op({_W}, {_Q}),
     # on_timeout: fail, cancel, or resume with the default answer
     "input_timeout": _op({_W}, {_F, _C, _Q}),
+    # a durable sleep: queued again, to run after its wake-up time
+    "sleep": _op({_R}, {_Q}),
+    # a parent parks until the children it waits for have all finished; the last one wakes it
+    "wait_children": _op({_R}, {_WC}),
+    "wake": _op({_WC}, {_Q}),
     # queued and waiting jobs end at once; a running one is flagged and keeps running
-    "cancel": Operation({_Q: frozenset({_C}), _W: frozenset({_C}), _R: frozenset({_R})}),
+    "cancel": Operation(
+        {_Q: frozenset({_C}), _W: frozenset({_C}), _WC: frozenset({_C}), _R: frozenset({_R})}
+    ),
 }

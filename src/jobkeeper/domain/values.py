@@ -121,6 +121,11 @@ class Job:
     question_version: int | None = None
     claimed_by: str | None = None
     claim_expires_at: datetime | None = None
+    # workflows: the job that spawned this one, the children it waits for (waiting_children),
+    # and the wake-up time of the durable sleep it is parked in
+    parent_id: UUID | None = None
+    waiting_for: tuple[UUID, ...] | None = None
+    sleeping_until: datetime | None = None
 
     @property
     def terminal(self) -> bool:
@@ -182,6 +187,7 @@ class NewJob:
     concurrency_key: str | None
     pinned: bool
     fingerprint: str | None
+    parent_id: UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from jobkeeper.schema import job_events, job_tombstones, jobs
 __all__ = ["JobStatements"]
 
 _Q, _R, _W, _C = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.WAITING_INPUT, JobStatus.CANCELLED
+_WC = JobStatus.WAITING_CHILDREN
 
 _NEW_JOB: dict[str, sa.ColumnElement[Any]] = {
     "id": param("id", sa.Uuid()),
@@ -50,6 +51,7 @@ _NEW_JOB: dict[str, sa.ColumnElement[Any]] = {
     "request_fingerprint": param("request_fingerprint", sa.Text()),
     "concurrency_key": param("concurrency_key", sa.Text()),
     "pinned": param("pinned", sa.Boolean()),
+    "parent_id": param("parent_id", sa.Uuid()),
 }
 # the key of an expired job stays refused while its tombstone lives
 _KEY_NOT_EXPIRED = ~sa.exists().where(
@@ -134,6 +136,10 @@ def _transition_sql(target_status: JobStatus) -> Sql:
         changes["question_version"] = jobs.c.version + 1
     else:
         changes.update(_NO_QUESTION)
+    # an empty list of children for whoever parks it (the status/waiting_for CHECK requires one)
+    changes["waiting_for"] = (
+        sa.cast(sa.literal_column("'{}'"), sa.ARRAY(sa.Uuid())) if target_status is _WC else None
+    )
     condition = jobs.c.status.in_(status_literals(sorted(sources_of(target_status))))
     return with_event(
         changed_by(update_job(changes, condition)), "{event_type}", "{event_data}::jsonb"
@@ -155,30 +161,39 @@ _PROGRESS = with_event(
     "{event_data}::jsonb",
 )
 
-_AT_ONCE = jobs.c.status.in_(status_literals((_Q, _W)))
+_AT_ONCE = jobs.c.status.in_(status_literals((_Q, _W, _WC)))
+_CANCEL_CHANGES: dict[str, Any] = {
+    "status": sa.case((_AT_ONCE, sa.literal_column(target("cancel", _C))), else_=jobs.c.status),
+    "finished_at": sa.case((_AT_ONCE, NOW), else_=jobs.c.finished_at),
+    "cancel_requested": sa.true(),
+    # a running job has no question and waits for no child (CHECKs): this clears a waiting job's
+    **_NO_QUESTION,
+    "waiting_for": None,
+}
+_CANCELLABLE = sa.or_(
+    _AT_ONCE,
+    sa.and_(jobs.c.status == sa.literal_column(target("cancel", _R)), ~jobs.c.cancel_requested),
+)
+_CANCEL_EVENT = "CASE changed.status WHEN 'cancelled' THEN 'cancelled' ELSE 'cancel_requested' END"
 _CANCEL = with_event(
-    changed_by(
-        update_job(
-            {
-                "status": sa.case(
-                    (_AT_ONCE, sa.literal_column(target("cancel", _C))), else_=jobs.c.status
-                ),
-                "finished_at": sa.case((_AT_ONCE, NOW), else_=jobs.c.finished_at),
-                "cancel_requested": sa.true(),
-                # a running job has no question (CHECK), so this only clears a waiting job's
-                **_NO_QUESTION,
-            },
-            sa.or_(
-                _AT_ONCE,
-                sa.and_(
-                    jobs.c.status == sa.literal_column(target("cancel", _R)),
-                    ~jobs.c.cancel_requested,
-                ),
-            ),
-        )
-    ),
-    "CASE changed.status WHEN 'cancelled' THEN 'cancelled' ELSE 'cancel_requested' END",
+    changed_by(update_job(_CANCEL_CHANGES, _CANCELLABLE)),
+    _CANCEL_EVENT,
     "jsonb_build_object('cancelled_by', {cancelled_by}::text)",
+)
+# The unfinished children of the jobs $1 (of tenant $2), cancelled as their parent was.
+_CANCEL_CHILDREN = with_event(
+    changed_by(
+        sa.update(jobs)
+        .where(
+            jobs.c.parent_id == sa.any_(param("parents", sa.ARRAY(sa.Uuid()))),
+            jobs.c.tenant == param("tenant", sa.Text()),
+            _CANCELLABLE,
+        )
+        .values(version=jobs.c.version + 1, updated_at=NOW, **_CANCEL_CHANGES)
+        .returning(*jobs.c)
+    ),
+    _CANCEL_EVENT,
+    "jsonb_build_object('cancelled_by', {cancelled_by}::text, 'parent', changed.parent_id)",
 )
 
 _GET = compile_statement(sa.select(jobs).where(*THIS_JOB))
@@ -247,7 +262,8 @@ _QUEUED_FOR = raw("SELECT count(*) FROM jobs WHERE tenant = $1 AND status = 'que
 _QUEUE_DEPTH = raw(
     """SELECT (SELECT count(*) FROM jobs WHERE status = 'queued') AS queued,
        (SELECT count(*) FROM jobs WHERE status = 'running') AS running,
-       (SELECT count(*) FROM jobs WHERE status = 'waiting_input') AS waiting_input"""
+       (SELECT count(*) FROM jobs WHERE status = 'waiting_input') AS waiting_input,
+       (SELECT count(*) FROM jobs WHERE status = 'waiting_children') AS waiting_children"""
 )
 # the tenant's live jobs per kind and status (the dashboard's queue by kind): three ranges of the
 # (status, tenant, id) index, so it costs the tenant's queue, not its history
@@ -367,6 +383,7 @@ class JobStatements:
             "request_fingerprint": new.fingerprint,
             "concurrency_key": new.concurrency_key,
             "pinned": new.pinned,
+            "parent_id": new.parent_id,
             "max_queued": max_queued,
             "max_queued_per_kind": max_queued_per_kind,
         }
@@ -466,6 +483,13 @@ class JobStatements:
         if current.terminal:
             raise JobFinished(job_id, current.status.value, _C.value)
         return current, False
+
+    async def cancel_children(
+        self, parents: list[UUID], tenant: str, cancelled_by: str | None
+    ) -> list[Job]:
+        """Cancel the unfinished children of ``parents`` (flag the running ones); the changed."""
+        params = {"parents": parents, "tenant": tenant, "cancelled_by": cancelled_by}
+        return await self._db.write_jobs(_CANCEL_CHILDREN, params)
 
     async def set_pinned(self, job_id: UUID, tenant: str, pinned: bool) -> Job | None:
         """Pin (exempt from retention) or unpin; ``None`` if it already was."""

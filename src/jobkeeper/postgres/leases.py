@@ -23,7 +23,7 @@ from jobkeeper.postgres.borrowed import Borrowed
 from jobkeeper.postgres.compile import Sql, raw, sources, target, with_event
 from jobkeeper.postgres.pool import Database, to_job
 
-__all__ = ["Completion", "LeaseStatements"]
+__all__ = ["CLEAR_LEASE", "Completion", "LeaseStatements", "fenced"]
 
 _Q, _R, _W = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.WAITING_INPUT
 _S, _F, _C = JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
@@ -35,7 +35,7 @@ for _operation in _FENCED:  # the token is the status condition: it exists only 
     assert OPERATIONS[_operation].sources == {_R}, _operation
 
 _LEASE = "now() + make_interval(secs => {})"
-_CLEAR_LEASE = "lease_token = NULL, lease_expires_at = NULL, worker_id = NULL"
+CLEAR_LEASE = "lease_token = NULL, lease_expires_at = NULL, worker_id = NULL"
 _BUMP = "version = jobs.version + 1, updated_at = now()"
 
 
@@ -55,7 +55,7 @@ def _retry_or_fail(operation: str, *, retryable: str, delay: str, base: str, cap
         finished_at = CASE WHEN {again} THEN NULL ELSE now() END"""
 
 
-def _fenced(changes: str, *names: str, also: str = "") -> Sql:
+def fenced(changes: str, *names: str, also: str = "") -> Sql:
     """The write of one job by the worker holding its lease ($1: the id, $2: the token; ``names``
     are $3 on), as the ``changed`` CTE: every single-job fenced statement is this one."""
     return raw(
@@ -135,7 +135,7 @@ def _complete(returning: str, select: str) -> Sql:
         finished_at = now(),
         progress_fraction = coalesce(done.fraction, jobs.progress_fraction),
         progress_message = coalesce(done.message, jobs.progress_message),
-        {_CLEAR_LEASE}, {_BUMP}
+        {CLEAR_LEASE}, {_BUMP}
     FROM done
     WHERE jobs.id = ANY($1::uuid[]) AND jobs.id = done.id AND jobs.lease_token = done.token
     RETURNING {returning}
@@ -157,18 +157,18 @@ def _complete(returning: str, select: str) -> Sql:
 # worker that keeps no cache (decoding rows it would throw away is most of its work per job).
 _COMPLETE = _complete("jobs.*", "changed.*")
 _COMPLETE_IDS = _complete(
-    "jobs.id, jobs.version, jobs.tenant, jobs.status, jobs.updated_at",
-    "changed.id, changed.version, changed.tenant, changed.status",
+    "jobs.id, jobs.version, jobs.tenant, jobs.status, jobs.updated_at, jobs.parent_id",
+    "changed.id, changed.version, changed.tenant, changed.status, changed.parent_id",
 )
 
 # A handler failed ($3 error): retry after $5 s (NULL: backoff from base $6, cap $7) while $4 says
 # retryable and attempts remain, else fail; a job asked to cancel is cancelled instead.
 _FAIL = with_event(
-    _fenced(
+    fenced(
         _retry_or_fail(
             "fail", retryable="$4::boolean", delay="$5::float8", base="$6::float8", cap="$7::float8"
         )
-        + f", error = $3::jsonb, {_CLEAR_LEASE}",
+        + f", error = $3::jsonb, {CLEAR_LEASE}",
         "error",
         "retryable",
         "delay",
@@ -181,7 +181,7 @@ _FAIL = with_event(
 
 # The handler stopped because the job was cancelled.
 _CANCELLED = with_event(
-    _fenced(f"status = {target('stop_cancelled', _C)}, finished_at = now(), {_CLEAR_LEASE}"),
+    fenced(f"status = {target('stop_cancelled', _C)}, finished_at = now(), {CLEAR_LEASE}"),
     "'cancelled'",
     "jsonb_build_object()",
 )
@@ -196,7 +196,7 @@ _RELEASE = with_event(
         status = CASE WHEN jobs.cancel_requested THEN {target("release", _C)}
                  ELSE {target("release", _Q)} END,
         finished_at = CASE WHEN jobs.cancel_requested THEN now() END,
-        attempts = greatest(jobs.attempts - 1, 0), run_after = now(), {_CLEAR_LEASE}, {_BUMP}
+        attempts = greatest(jobs.attempts - 1, 0), run_after = now(), {CLEAR_LEASE}, {_BUMP}
     FROM given
     WHERE jobs.id = ANY($1::uuid[]) AND jobs.id = given.id AND jobs.lease_token = given.token
     RETURNING jobs.*
@@ -225,7 +225,7 @@ _RECOVER = with_event(
         },
         error = jsonb_build_object('code', 'lease_expired', 'message',
             'the worker stopped renewing its lease (crashed, killed, hung or cut off)'),
-        {_CLEAR_LEASE}, {_BUMP}
+        {CLEAR_LEASE}, {_BUMP}
     FROM expired WHERE jobs.id = expired.id AND jobs.status IN ({sources("recover")})
       AND jobs.lease_expires_at < now()
     RETURNING jobs.*
@@ -243,12 +243,12 @@ _RECOVER = with_event(
 # is not counted. The question's version is the job's new one; it is stamped with when it was
 # asked. A job asked to cancel does not start waiting.
 _ASK = with_event(
-    _fenced(
+    fenced(
         f"status = {target('ask', _W)},"
         " prompt = $3::jsonb || jsonb_build_object('asked_at', now()),"
         " question_version = jobs.version + 1,"
         " input_deadline = now() + make_interval(secs => $4::float8),"
-        f" attempts = greatest(jobs.attempts - 1, 0), {_CLEAR_LEASE}",
+        f" attempts = greatest(jobs.attempts - 1, 0), {CLEAR_LEASE}",
         "prompt",
         "timeout",
         also=" AND NOT jobs.cancel_requested",
@@ -259,7 +259,7 @@ _ASK = with_event(
 
 # A handler's side effect ran: keep its result under key $3 so a re-run returns it instead.
 _CHECKPOINT = with_event(
-    _fenced(
+    fenced(
         "checkpoints = jobs.checkpoints || jsonb_build_object($3::text, $4::jsonb)", "key", "result"
     ),
     "'checkpoint'",
@@ -268,7 +268,7 @@ _CHECKPOINT = with_event(
 
 # Progress written by the worker holding the lease (and only by it).
 _PROGRESS = with_event(
-    _fenced("progress_fraction = $3::float8, progress_message = $4::text", "fraction", "message"),
+    fenced("progress_fraction = $3::float8, progress_message = $4::text", "fraction", "message"),
     "'progress'",
     "jsonb_build_object('fraction', $3::float8, 'message', $4::text)",
 )
@@ -369,10 +369,11 @@ class LeaseStatements:
         leases are skipped. Returns the new rows."""
         return await self._db.write_jobs(_COMPLETE, _completions(done))
 
-    async def complete_ids(self, done: Sequence[Completion]) -> list[UUID]:
-        """``complete``, returning only the ids of the jobs it marked succeeded."""
+    async def complete_ids(self, done: Sequence[Completion]) -> list[tuple[UUID, UUID | None]]:
+        """``complete``, returning only the ids of the jobs it marked succeeded, each with its
+        parent's (``None``: no parent)."""
         rows = await self._db.write(_COMPLETE_IDS, _completions(done))
-        return [r["id"] for r in rows]
+        return [(r["id"], r["parent_id"]) for r in rows]
 
     async def fail(
         self,

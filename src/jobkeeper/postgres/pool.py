@@ -90,6 +90,9 @@ def to_job(row: asyncpg.Record | Mapping[str, Any]) -> Job:
         question_version=row["question_version"],
         claimed_by=row["claimed_by"],
         claim_expires_at=row["claim_expires_at"],
+        parent_id=row["parent_id"],
+        waiting_for=None if row["waiting_for"] is None else tuple(row["waiting_for"]),
+        sleeping_until=row["sleeping_until"],
     )
 
 

@@ -14,6 +14,7 @@ from jobkeeper.postgres.questions import QuestionStatements
 from jobkeeper.postgres.retention import RetentionStatements
 from jobkeeper.postgres.schedules import ScheduleStatements
 from jobkeeper.postgres.workers import WorkerStatements
+from jobkeeper.postgres.workflows import WorkflowStatements
 from jobkeeper.settings import asyncpg_dsn
 
 __all__ = ["Postgres"]
@@ -39,6 +40,7 @@ class Postgres:
         self.keys = KeyStatements(database)
         self.workers = WorkerStatements(database)
         self.schedules = ScheduleStatements(database)
+        self.workflows = WorkflowStatements(database)
 
     @classmethod
     def create(

@@ -30,6 +30,9 @@ await worker.run()        # until worker.stop(); SIGTERM/SIGINT with install_sig
 * **Questions**: ``await ctx.ask(...)`` parks the job in ``waiting_input`` without holding a slot;
   an answer queues it again and the handler is re-invoked from the start, where ``ctx.ask``
   returns stored answers at once (replay) and ``ctx.checkpoint`` returns stored side effects.
+* **Workflows**: ``await ctx.sleep(...)`` (queued again for its wake-up time), ``ctx.spawn(...)``
+  (a child job, the same one on every re-run) and ``await ctx.wait_for(children)`` (parked in
+  ``waiting_children`` until they all finish) park the job the same way, without a slot.
 
 The modules: ``registry`` (kinds to handlers), ``context`` (the handler's ``JobContext`` and its
 replay), ``executor`` (one job: run its handler, record its outcome) and ``worker`` (the claim,

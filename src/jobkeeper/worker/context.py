@@ -9,19 +9,24 @@ under "for the worker".
 from __future__ import annotations
 
 import inspect
+import math
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NoReturn, Protocol, TypeAlias, TypeVar
 from uuid import UUID
 
+from jobkeeper.domain.batch import JobSpec
 from jobkeeper.domain.questions import OnTimeout, build_prompt
-from jobkeeper.domain.validate import optional_text, validate_progress
+from jobkeeper.domain.status import JobStatus
+from jobkeeper.domain.validate import optional_text, parse_job_id, validate_progress
 from jobkeeper.domain.values import Job, Lease, Progress
-from jobkeeper.errors import JobCancelled
+from jobkeeper.errors import ChildFailed, InvalidRequest, JobCancelled
 
 StopReason: TypeAlias = Literal["cancel", "lease_lost", "shutdown"]
+OnChildFailure: TypeAlias = Literal["fail", "return"]
 _T = TypeVar("_T")
 
 
@@ -47,6 +52,23 @@ class JobHost(Protocol):
 
     async def fence(self, ctx: JobContext, connection: Any) -> None:
         """Hold ``ctx``'s lease in the caller's transaction on ``connection``, or ``LeaseLost``."""
+
+    async def park_until(
+        self, ctx: JobContext, key: str, until: datetime | None, seconds: float
+    ) -> NoReturn:
+        """Queue the job again for its wake-up time (kept under ``key``) and unwind."""
+
+    async def park_for_children(self, ctx: JobContext, children: list[UUID]) -> NoReturn:
+        """Park the job until ``children`` have finished and unwind."""
+
+    async def woke(self, ctx: JobContext, key: str) -> None:
+        """Record that the sleep under ``key`` the job was parked in is over."""
+
+    async def spawn(self, ctx: JobContext, key: str, spec: JobSpec) -> Job:
+        """Submit a child job, idempotently under ``key``, and record it in the job."""
+
+    async def children(self, ctx: JobContext, job_ids: list[UUID]) -> list[Job]:
+        """The jobs ``job_ids`` of the job's tenant, as they are now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +110,9 @@ class JobContext:
             dict(lease.job.checkpoints) if lease.job.checkpoints else {}
         )
         self._asked = 0
+        self._slept = 0
+        self._spawned = 0
+        self._woken = False
 
     @property
     def job(self) -> Job:
@@ -257,6 +282,108 @@ class JobContext:
         self._checkpoints[key] = value
         return value
 
+    # --- workflows: durable sleeps and child jobs (the same replay model) -----------------------
+
+    async def sleep(self, duration: timedelta | float, *, key: str | None = None) -> None:
+        """Sleep durably for ``duration`` (a ``timedelta`` or seconds) without holding a worker
+        slot: the job is queued again to run at its wake-up time (kept with the job, so it
+        survives restarts), the handler unwinds, and when the job runs again this call returns
+        at once. Sleeps are matched by ``key`` (default: their order, ``s1``, ``s2``...), like
+        questions. A cancel request ends the job instead of letting it sleep."""
+        seconds = _seconds(duration)
+        self._slept += 1
+        key = "sleep:" + (optional_text("key", key) or f"s{self._slept}")
+        recorded = self._checkpoints.get(key)
+        if recorded is None:
+            await self._host.park_until(self, key, None, seconds)
+        until = datetime.fromisoformat(recorded)
+        if not self._woken and self.job.sleeping_until == until:  # the sleep it was parked in
+            self._woken = True
+            await self._host.woke(self, key)
+        elif until > datetime.now(UTC):  # re-run early (a retry, say): sleep the rest
+            await self._host.park_until(self, key, until, 0.0)
+
+    def sleep_sync(self, duration: timedelta | float, *, key: str | None = None) -> None:
+        """``sleep`` for a sync handler (from its thread)."""
+        self._host.call_from_thread(self.sleep(duration, key=key))
+
+    async def spawn(
+        self,
+        kind: str,
+        payload: Any = None,
+        *,
+        key: str | None = None,
+        priority: int = 0,
+        max_attempts: int = 3,
+        run_after: datetime | None = None,
+        concurrency_key: str | None = None,
+        pinned: bool = False,
+    ) -> Job:
+        """Submit a child job of ``kind`` (the options of ``JobManager.submit``) and return it.
+        Its ``parent_id`` is this job; cancelling this job cancels it while unfinished.
+
+        Idempotent across re-runs: children are matched by ``key`` (default: their order,
+        ``c1``, ``c2``...), and a re-run returns the child the first run submitted (as it is
+        now) instead of submitting another; the child's idempotency key is
+        ``<parent id>/spawn:<key>``. Pass children to ``wait_for`` to wait for them."""
+        self._spawned += 1
+        key = "spawn:" + (optional_text("key", key) or f"c{self._spawned}")
+        recorded = self._checkpoints.get(key)
+        if recorded is not None:
+            [child] = await self._host.children(self, [UUID(recorded)])
+            return child
+        spec = JobSpec(
+            kind,
+            payload,
+            concurrency_key=concurrency_key,
+            priority=priority,
+            max_attempts=max_attempts,
+            run_after=run_after,
+            pinned=pinned,
+        )
+        child = await self._host.spawn(self, key, spec)
+        self._checkpoints[key] = str(child.id)
+        return child
+
+    def spawn_sync(self, kind: str, payload: Any = None, **options: Any) -> Job:
+        """``spawn`` for a sync handler (from its thread), with the same options."""
+        return self._host.call_from_thread(self.spawn(kind, payload, **options))
+
+    async def wait_for(
+        self, children: Iterable[Job | UUID | str], *, on_failure: OnChildFailure = "fail"
+    ) -> list[Job]:
+        """Wait until every job of ``children`` (jobs or ids of this tenant, usually from
+        ``spawn``) has finished, without holding a worker slot, and return them as they ended
+        (``status``, ``result``, ``error``), each once, in the order given.
+
+        If some have not finished, the job moves to ``waiting_children``, the handler unwinds,
+        and the last child to finish queues it again; the re-run reaches this call again and
+        it returns at once. ``on_failure="fail"`` (default): a child that failed or was
+        cancelled fails this job with ``ChildFailed`` (code ``child_failed``, no retry);
+        ``"return"``: the outcomes are returned whatever they are."""
+        if on_failure not in ("fail", "return"):
+            raise InvalidRequest("on_failure", "'fail' or 'return'")
+        ids = list(
+            dict.fromkeys(
+                child.id if isinstance(child, Job) else parse_job_id(child) for child in children
+            )
+        )
+        if not ids:
+            return []
+        outcomes = await self._host.children(self, ids)
+        if not all(job.terminal for job in outcomes):
+            await self._host.park_for_children(self, ids)
+        failed = {job.id: job.status.value for job in outcomes if job.status != JobStatus.SUCCEEDED}
+        if failed and on_failure == "fail":
+            raise ChildFailed(failed)
+        return outcomes
+
+    def wait_for_sync(
+        self, children: Iterable[Job | UUID | str], *, on_failure: OnChildFailure = "fail"
+    ) -> list[Job]:
+        """``wait_for`` for a sync handler (from its thread)."""
+        return self._host.call_from_thread(self.wait_for(children, on_failure=on_failure))
+
     # --- for the worker ------------------------------------------------------------------------
 
     @property
@@ -282,3 +409,16 @@ class JobContext:
         if report is not None:
             self._last_flush = time.monotonic()
         return report
+
+
+def _seconds(duration: timedelta | float) -> float:
+    """A sleep's length in seconds: a ``timedelta`` or a number, finite and not negative."""
+    if isinstance(duration, timedelta):
+        seconds = duration.total_seconds()
+    elif isinstance(duration, int | float) and not isinstance(duration, bool):
+        seconds = float(duration)
+    else:
+        raise InvalidRequest("duration", "a timedelta or seconds")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidRequest("duration", "finite and not negative")
+    return seconds

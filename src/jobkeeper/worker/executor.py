@@ -14,10 +14,15 @@ import logging
 import traceback
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any, NoReturn, TypeVar
+from uuid import UUID
 
+from jobkeeper.domain.batch import JobSpec
 from jobkeeper.domain.validate import encode_json
+from jobkeeper.domain.values import Job
 from jobkeeper.errors import (
+    ChildFailed,
     DatabaseUnavailable,
     InvalidRequest,
     JobCancelled,
@@ -170,11 +175,47 @@ class Executor:
 
     async def park(self, ctx: JobContext, question: dict[str, Any]) -> NoReturn:
         """Store the question and unwind the handler (``_Suspended``), or ``JobCancelled``."""
+        await self._park(ctx, "storing the question", lambda: self._jobs.ask(ctx.lease, question))
+
+    async def park_until(
+        self, ctx: JobContext, key: str, until: datetime | None, seconds: float
+    ) -> NoReturn:
+        """Queue the job again for its wake-up time and unwind the handler, or ``JobCancelled``."""
+        sleep = self._jobs.sleep
+        await self._park(
+            ctx, "parking", lambda: sleep(ctx.lease, key, until=until, seconds=seconds)
+        )
+
+    async def park_for_children(self, ctx: JobContext, children: list[UUID]) -> NoReturn:
+        """Park the job until ``children`` finish and unwind the handler, or ``JobCancelled``."""
+        wait = self._jobs.wait_for_children
+        await self._park(ctx, "parking", lambda: wait(ctx.lease, children))
+
+    async def woke(self, ctx: JobContext, key: str) -> None:
+        """Record that the sleep the job was parked in is over; ``_Suspended`` if the lease is
+        gone."""
+        if await self._jobs.woke(ctx.lease, key) is None:
+            raise _Suspended
+
+    async def spawn(self, ctx: JobContext, key: str, spec: JobSpec) -> Job:
+        """Submit a child job under ``key``; ``_Suspended`` if the lease is gone."""
+        child, parent = await self._jobs.spawn(ctx.lease, key, spec)
+        if parent is None:
+            raise _Suspended
+        return child
+
+    async def children(self, ctx: JobContext, job_ids: list[UUID]) -> list[Job]:
+        """The jobs ``job_ids`` of the job's tenant as they are now."""
+        return await self._jobs.children(ctx.job.tenant, job_ids)
+
+    async def _park(
+        self, ctx: JobContext, doing: str, write: Callable[[], Coroutine[Any, Any, Job | None]]
+    ) -> NoReturn:
+        """Write ``write`` (the job leaves ``running``) and unwind the handler (``_Suspended``);
+        ``JobCancelled`` if it was refused because cancel was requested."""
         ctx.finishing = True
         job = await while_leased(
-            f"storing the question of {ctx.job.id}",
-            lambda: self._jobs.ask(ctx.lease, question),
-            valid_until=lambda: ctx.lease_valid_until,
+            f"{doing} {ctx.job.id}", write, valid_until=lambda: ctx.lease_valid_until
         )
         if job is None:
             current = await self._jobs.get(ctx.job.id, tenant=ctx.job.tenant, consistency="strong")
@@ -211,6 +252,8 @@ def _describe(exc: BaseException) -> dict[str, Any]:
     if len(trace) > _TRACEBACK_LIMIT:
         trace = "...\n" + trace[-_TRACEBACK_LIMIT:]
     code = "permanent_failure" if isinstance(exc, PermanentFailure) else "handler_error"
+    if isinstance(exc, ChildFailed):
+        code = exc.code
     if isinstance(exc, Retry):
         code = "retry_requested"
     return {"code": code, "type": type(exc).__qualname__, "message": str(exc), "traceback": trace}
