@@ -88,6 +88,9 @@ jobs = sa.Table(
     sa.Column("question_version", sa.BigInteger(), nullable=True),
     sa.Column("claimed_by", sa.Text(), nullable=True),
     sa.Column("claim_expires_at", _TZ, nullable=True),
+    # the W3C trace context (traceparent, tracestate) of the span that submitted the job, which
+    # its runs continue (jobkeeper.tracing); null when it was submitted without tracing
+    sa.Column("trace_context", JSONB(none_as_null=True), nullable=True),
     sa.CheckConstraint(f"status IN ({_STATUSES})", name="status"),
     sa.CheckConstraint("tenant <> ''", name="tenant"),
     sa.CheckConstraint(f"priority BETWEEN 0 AND {MAX_PRIORITY}", name="priority"),

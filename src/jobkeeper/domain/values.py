@@ -121,6 +121,8 @@ class Job:
     question_version: int | None = None
     claimed_by: str | None = None
     claim_expires_at: datetime | None = None
+    # the W3C trace context of the span that submitted it ({"traceparent": ..., ...}), if traced
+    trace_context: Any = None
 
     @property
     def terminal(self) -> bool:

@@ -90,6 +90,7 @@ def to_job(row: asyncpg.Record | Mapping[str, Any]) -> Job:
         question_version=row["question_version"],
         claimed_by=row["claimed_by"],
         claim_expires_at=row["claim_expires_at"],
+        trace_context=row["trace_context"],
     )
 
 
