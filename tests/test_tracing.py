@@ -155,6 +155,7 @@ async def test_a_job_submitted_in_a_span_runs_in_its_trace(
     assert run.kind is SpanKind.CONSUMER
     assert (trace_of(run), parent_of(run)) == (trace_of(submit), span_id(submit))
     messaging(run, "process", "run", kind)
+    assert [link.context.span_id for link in run.links] == [span_id(submit)]
     assert (run.attributes or {})["messaging.message.id"] == str(job.id)
     assert (run.attributes or {})["jobkeeper.job.attempt"] == 1
     render = await one_span(exporter, "render")  # the handler's own span, from its thread
@@ -168,6 +169,7 @@ async def test_a_job_submitted_in_a_span_runs_in_its_trace(
 
     claim = await one_span(exporter, f"claim {kind}")
     messaging(claim, "receive", "claim", kind)
+    assert claim.kind is SpanKind.CONSUMER
     assert claim.parent is None  # the worker's own trace, linked to the job's
     assert (claim.attributes or {})["messaging.batch.message_count"] == 1
     assert [link.context.span_id for link in claim.links] == [span_id(submit)]

@@ -142,7 +142,7 @@ if _INSTALLED:
     _W3C = TraceContextTextMapPropagator()
     _KIND = {
         "send": otel_trace.SpanKind.PRODUCER,
-        "receive": otel_trace.SpanKind.CLIENT,
+        "receive": otel_trace.SpanKind.CONSUMER,
         "process": otel_trace.SpanKind.CONSUMER,
         "settle": otel_trace.SpanKind.CLIENT,
     }
@@ -210,11 +210,22 @@ def submitting(kinds: Iterable[str], *, batch: int | None = None) -> Span:
 
 
 def running(job: Job) -> Span:
-    """The consumer span of one run of ``job``, a child of the context it was submitted in."""
+    """The consumer span of one run of ``job``: a child of the context it was submitted in (the
+    job's work is in the submitter's trace), and linked to it, as the conventions ask of every
+    process span."""
     if not enabled():
         return OFF
     attributes = {_MESSAGE_ID: str(job.id), _TENANT: job.tenant, _ATTEMPT: job.attempts}
-    return Span(_start("process", "run", job.kind, parent=_creation(job), attributes=attributes))
+    return Span(
+        _start(
+            "process",
+            "run",
+            job.kind,
+            parent=_creation(job),
+            links=_links((job,)),
+            attributes=attributes,
+        )
+    )
 
 
 def settling(
