@@ -105,3 +105,29 @@ def test_offline_sql_creates_the_schema_and_names_the_tables(
     assert "CREATE TABLE jobs" in out
     assert "CREATE TABLE job_events" in out
     assert "app_jobs.jobkeeper_alembic_version" in out
+
+
+async def test_the_trace_context_column_comes_and_goes_with_its_revision(
+    empty_database: str,
+) -> None:
+    """0006 adds jobs.trace_context to a table with jobs in it (they keep none) and its downgrade
+    drops it again."""
+    column = (
+        "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'jobkeeper'"
+        " AND table_name = 'jobs' AND column_name = 'trace_context'"
+    )
+    await asyncio.to_thread(migrate.upgrade, empty_database, "0004")
+    conn = await asyncpg.connect(asyncpg_dsn(empty_database))
+    try:
+        await conn.execute(
+            "INSERT INTO jobkeeper.jobs (id, tenant, kind) VALUES (gen_random_uuid(), 't', 'k')"
+        )
+        assert await conn.fetchval(column) == 0
+        await asyncio.to_thread(migrate.upgrade, empty_database, "0006")
+        assert await conn.fetchval(column) == 1
+        assert await conn.fetchval("SELECT trace_context FROM jobkeeper.jobs") is None
+        await asyncio.to_thread(migrate.downgrade, empty_database, "0004")
+        assert await conn.fetchval(column) == 0
+        assert await conn.fetchval("SELECT count(*) FROM jobkeeper.jobs") == 1
+    finally:
+        await conn.close()

@@ -24,6 +24,7 @@ from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from jobkeeper import tracing
 from jobkeeper.cache import CacheStats, JobCache, Ticket
 from jobkeeper.domain.batch import JobSpec, Submitted, validate_batch
 from jobkeeper.domain.questions import (
@@ -452,9 +453,14 @@ class JobManager:
             pinned=pinned,
         )
         on = None if connection is None else await borrow(connection)
-        return await self._insert_or_replay(new, on)
+        with tracing.submitting((new.kind,)) as span:
+            job, created = await self._insert_or_replay(new, on, span.carrier())
+            span.message(job)
+        return job, created
 
-    async def _insert_or_replay(self, new: NewJob, on: Borrowed | None) -> tuple[Job, bool]:
+    async def _insert_or_replay(
+        self, new: NewJob, on: Borrowed | None, trace_context: str | None
+    ) -> tuple[Job, bool]:
         """Insert ``new``, or find the job its idempotency key already names (``False``)."""
         for _ in range(_SUBMIT_ROUNDS):
             ticket = self._cache.ticket()
@@ -464,6 +470,7 @@ class JobManager:
                 max_queued_per_kind=self._max_queued_per_kind,
                 on=on,
                 notify=self._pg.notifies,
+                trace_context=trace_context,
             )
             if job is not None:
                 if on is None:  # in the caller's transaction, it may never commit
@@ -520,13 +527,15 @@ class JobManager:
         if not batch.rows:
             return []
         ticket = self._cache.ticket()
-        written = await self._pg.batch.insert(
-            batch,
-            max_queued=self._max_queued,
-            max_queued_per_kind=self._max_queued_per_kind,
-            on=on,
-            notify=self._pg.notifies,
-        )
+        with tracing.submitting((row.kind for row in batch.rows), batch=len(batch.rows)) as span:
+            written = await self._pg.batch.insert(
+                batch,
+                max_queued=self._max_queued,
+                max_queued_per_kind=self._max_queued_per_kind,
+                on=on,
+                notify=self._pg.notifies,
+                trace_context=span.carrier(),
+            )
         if isinstance(written, Full):
             limit = self._max_queued if written.kind is None else self._max_queued_per_kind
             assert limit is not None
@@ -565,7 +574,9 @@ class JobManager:
         job_id, tenant = parse_job_id(job_id), validate_tenant(tenant)
         cancelled_by = optional_text("cancelled_by", cancelled_by)
         ticket = self._cache.ticket()
-        job, _ = await self._pg.jobs.cancel(job_id, tenant, cancelled_by=cancelled_by)
+        with tracing.settling("cancel", job_id) as span:
+            job, _ = await self._pg.jobs.cancel(job_id, tenant, cancelled_by=cancelled_by)
+            span.outcome(job.status.value)
         self._remember((job,), ticket, "cancelled")
         await self._wake_parents_of((job,))
         await self._cancel_children([job], cancelled_by)  # a running one's too: it is flagged
@@ -751,7 +762,10 @@ class JobManager:
             ),
             parent_id=lease.job.id,
         )
-        child, _ = await self._insert_or_replay(new, None)
+        # a child's submit span is one of the parent's run: its trace goes on in the child
+        with tracing.submitting((new.kind,)) as span:
+            child, _ = await self._insert_or_replay(new, None, span.carrier())
+            span.message(child)
         parent = await self._recorded("spawned", self._pg.workflows.spawned(lease, key, child))
         return child, parent
 
@@ -1037,7 +1051,9 @@ class JobManager:
                 expected_version=version,  # the version whose schema the answer was checked by
                 replica=self.replica,
             )
-            job = await self._recorded("answered", answered)
+            with tracing.settling("answer", job_id, current.kind, link=current) as span:
+                job = await self._recorded("answered", answered)
+                span.outcome(None if job is None else job.status.value)
             if job is not None:
                 return job
         else:  # refused every round: held (whatever this host's clock says) or changing

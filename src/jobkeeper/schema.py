@@ -93,6 +93,9 @@ jobs = sa.Table(
     sa.Column("parent_id", sa.Uuid(), nullable=True),
     sa.Column("waiting_for", sa.ARRAY(sa.Uuid()), nullable=True),
     sa.Column("sleeping_until", _TZ, nullable=True),
+    # the W3C trace context (traceparent, tracestate) of the span that submitted the job, which
+    # its runs continue (jobkeeper.tracing); null when it was submitted without tracing
+    sa.Column("trace_context", JSONB(none_as_null=True), nullable=True),
     sa.CheckConstraint(f"status IN ({_STATUSES})", name="status"),
     sa.CheckConstraint("tenant <> ''", name="tenant"),
     sa.CheckConstraint(f"priority BETWEEN 0 AND {MAX_PRIORITY}", name="priority"),

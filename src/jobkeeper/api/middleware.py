@@ -10,6 +10,7 @@ from typing import Any
 import uuid_utils
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from jobkeeper import tracing
 from jobkeeper.api.problems import PROBLEM_JSON, STATUS
 from jobkeeper.logs import request_id_var
 
@@ -85,7 +86,8 @@ class RequestContext:
             await send(message)
 
         try:
-            await self.app(scope, receive, tagged)
+            with tracing.extracted(scope["headers"]):  # the caller's trace, if it sent one
+                await self.app(scope, receive, tagged)
         except Exception:  # answered below; re-raised nowhere: this is the last line of defence
             log.exception(
                 "unhandled error in %s %s (request %s)", scope["method"], scope["path"], request_id

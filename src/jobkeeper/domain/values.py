@@ -126,6 +126,8 @@ class Job:
     parent_id: UUID | None = None
     waiting_for: tuple[UUID, ...] | None = None
     sleeping_until: datetime | None = None
+    # the W3C trace context of the span that submitted it ({"traceparent": ..., ...}), if traced
+    trace_context: Any = None
 
     @property
     def terminal(self) -> bool:

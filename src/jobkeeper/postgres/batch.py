@@ -36,7 +36,7 @@ from jobkeeper.postgres.borrowed import Borrowed, job_of_text_row, json_as_text
 from jobkeeper.postgres.compile import Sql, raw, with_event
 from jobkeeper.postgres.jobs import _QUEUE_LOCK, _QUEUED_FOR, _SUBMITTED
 from jobkeeper.postgres.notify import channels, encode
-from jobkeeper.postgres.pool import Database, Pooled
+from jobkeeper.postgres.pool import Database, Pooled, loads
 
 __all__ = ["BatchStatements", "Full"]
 
@@ -56,14 +56,21 @@ _ARRAYS = (
 _KEY_INDEX = "uq_jobs_tenant_idempotency_key"
 _Q = f"'{JobStatus.QUEUED.value}'"
 _N = len(_ARRAYS) + 2  # the first parameter after the arrays
-_PARAMS = ("tenant", *(name for name, _ in _ARRAYS), "max_queued", "max_queued_per_kind")
+_PARAMS = (
+    "tenant",
+    *(name for name, _ in _ARRAYS),
+    "max_queued",
+    "max_queued_per_kind",
+    "trace_context",
+)
 
 
 def _insert(*, on_conflict: str, select: str) -> Sql:
     """The batch's insert. Its conditions hold for the batch as a whole (they do not depend on
     the row, so Postgres checks each once): no key of the batch belongs to an expired job, and
     with a limit ($N, $N+1; CASE, so a count runs only when its limit is set) the tenant's
-    queue, and each kind's, stays within it once the batch is in.
+    queue, and each kind's, stays within it once the batch is in. Every job of the batch gets
+    the one trace context ($N+2) of the span that submitted it.
 
     Rows go in by key: inserting a key another transaction has inserted but not committed waits
     for it, so two batches sharing keys would deadlock if each went through them in its own
@@ -73,9 +80,9 @@ def _insert(*, on_conflict: str, select: str) -> Sql:
     text = f"""WITH input AS (
     SELECT * FROM unnest({arrays}) AS i({names})
 ), changed AS (
-    INSERT INTO jobs (tenant, {names})
+    INSERT INTO jobs (tenant, {names}, trace_context)
     SELECT $1::text, id, kind, payload::jsonb, priority, max_attempts, coalesce(run_after, now()),
-        idempotency_key, request_fingerprint, concurrency_key, pinned
+        idempotency_key, request_fingerprint, concurrency_key, pinned, ${_N + 2}::jsonb
     FROM input
     WHERE NOT EXISTS (
         SELECT 1 FROM job_tombstones AS t
@@ -170,6 +177,7 @@ class BatchStatements:
         max_queued_per_kind: int | None = None,
         on: Borrowed | None = None,
         notify: bool = True,
+        trace_context: str | None = None,
     ) -> list[tuple[Job, bool]] | Full:
         """Each of ``batch.rows``'s job, and whether this call created it (``False``: its key
         holds the same request already), in the rows' order; or ``Full``. A key that holds
@@ -179,8 +187,9 @@ class BatchStatements:
         ``on`` the caller's connection, everything runs in the caller's transaction (in a
         savepoint of its own), the queue lock (with a limit) is held until it ends, and the new
         jobs are announced at its commit (``notify``: whether this install notifies at all).
+        ``trace_context``: the submitting span's W3C context as JSON text, for every new job.
         """
-        params = _params(batch, max_queued, max_queued_per_kind)
+        params = _params(batch, max_queued, max_queued_per_kind, trace_context)
         if on is None and max_queued is None and max_queued_per_kind is None:
             try:
                 async with self._db.connection() as conn:
@@ -191,8 +200,9 @@ class BatchStatements:
             else:
                 if rows:  # all of them: the statement inserts every row or none
                     by_id = {row["id"]: row for row in rows}
+                    traced = None if trace_context is None else loads(trace_context)
                     jobs = [
-                        _queued(batch.tenant, new, by_id[job_id])
+                        _queued(batch.tenant, new, by_id[job_id], traced)
                         for new, job_id in zip(batch.rows, params["id"], strict=True)
                     ]
                     self._db.announce([_announced(job) for job in jobs])
@@ -306,7 +316,7 @@ class BatchStatements:
 _NO_PROGRESS = Progress(None, None)
 
 
-def _queued(tenant: str, new: NewJob, row: asyncpg.Record) -> Job:
+def _queued(tenant: str, new: NewJob, row: asyncpg.Record, trace_context: Any) -> Job:
     """The new job of a row of ``_INSERT``: what was sent, what Postgres filled in (``_FILLED``:
     the time, the payload as ``jsonb`` keeps it), and the columns' defaults for the rest.
     Decoding every column of a thousand rows cost about as much as inserting them; tests
@@ -333,6 +343,7 @@ def _queued(tenant: str, new: NewJob, row: asyncpg.Record) -> Job:
         updated_at=row["updated_at"],
         started_at=None,
         finished_at=None,
+        trace_context=trace_context,
     )
 
 
@@ -342,7 +353,7 @@ def _announced(job: Job) -> dict[str, Any]:
 
 
 def _params(
-    batch: Batch, max_queued: int | None, max_queued_per_kind: int | None
+    batch: Batch, max_queued: int | None, max_queued_per_kind: int | None, trace_context: str | None
 ) -> dict[str, Any]:
     rows = batch.rows
     return {
@@ -359,4 +370,5 @@ def _params(
         "pinned": [row.pinned for row in rows],
         "max_queued": max_queued,
         "max_queued_per_kind": max_queued_per_kind,
+        "trace_context": trace_context,
     }

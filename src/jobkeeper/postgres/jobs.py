@@ -52,6 +52,7 @@ _NEW_JOB: dict[str, sa.ColumnElement[Any]] = {
     "concurrency_key": param("concurrency_key", sa.Text()),
     "pinned": param("pinned", sa.Boolean()),
     "parent_id": param("parent_id", sa.Uuid()),
+    "trace_context": sa.cast(param("trace_context", sa.Text()), jobs.c.trace_context.type),
 }
 # the key of an expired job stays refused while its tombstone lives
 _KEY_NOT_EXPIRED = ~sa.exists().where(
@@ -359,6 +360,7 @@ class JobStatements:
         max_queued_per_kind: int | None = None,
         on: Borrowed | None = None,
         notify: bool = True,
+        trace_context: str | None = None,
     ) -> Job | None:
         """Insert a job and its ``submitted`` event; ``None`` if its idempotency key already exists
         or (with limits) the tenant's queue, or the kind's, is full.
@@ -369,7 +371,8 @@ class JobStatements:
 
         ``on`` the caller's connection, everything runs in the caller's transaction, the queue
         lock (with a limit) is held until it ends, and the job is announced at its commit
-        (``notify``: whether this install sends notifications at all).
+        (``notify``: whether this install sends notifications at all). ``trace_context``: the
+        submitting span's W3C context as JSON text (``jobkeeper.tracing``), if any.
         """
         params = {
             "id": uuid7(),
@@ -384,6 +387,7 @@ class JobStatements:
             "concurrency_key": new.concurrency_key,
             "pinned": new.pinned,
             "parent_id": new.parent_id,
+            "trace_context": trace_context,
             "max_queued": max_queued,
             "max_queued_per_kind": max_queued_per_kind,
         }

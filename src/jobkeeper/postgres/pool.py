@@ -93,6 +93,7 @@ def to_job(row: asyncpg.Record | Mapping[str, Any]) -> Job:
         parent_id=row["parent_id"],
         waiting_for=None if row["waiting_for"] is None else tuple(row["waiting_for"]),
         sleeping_until=row["sleeping_until"],
+        trace_context=row["trace_context"],
     )
 
 

@@ -10,6 +10,7 @@ writes them in batches; progress goes to the worker's flush (a callback).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import traceback
 from collections.abc import Callable, Coroutine
@@ -18,6 +19,7 @@ from datetime import datetime
 from typing import Any, NoReturn, TypeVar
 from uuid import UUID
 
+from jobkeeper import tracing
 from jobkeeper.domain.batch import JobSpec
 from jobkeeper.domain.validate import encode_json
 from jobkeeper.domain.values import Job
@@ -80,7 +82,12 @@ class Executor:
         self._threads.shutdown(wait=False, cancel_futures=True)
 
     async def execute(self, ctx: JobContext, spec: Task | None) -> None:
-        """Run the job's handler and record its outcome (``spec`` None: no handler for its kind)."""
+        """Run the job's handler and record its outcome (``spec`` None: no handler for its kind),
+        in a span that continues the trace the job was submitted in (``jobkeeper.tracing``)."""
+        with tracing.running(ctx.job):
+            await self._execute(ctx, spec)
+
+    async def _execute(self, ctx: JobContext, spec: Task | None) -> None:
         job = ctx.job
         job_id_var.set(ctx.job_text)  # this task's context: every log line names the job
         if spec is None:
@@ -92,7 +99,11 @@ class Executor:
                 result = await spec.handler(ctx, job.payload)
             else:
                 loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(self._threads, spec.handler, ctx, job.payload)
+                # in a copy of this task's context: the job's log id and its span go along
+                run = contextvars.copy_context().run
+                result = await loop.run_in_executor(
+                    self._threads, run, spec.handler, ctx, job.payload
+                )
         except _Suspended:
             return  # the job waits for input (or its lease is gone): nothing more to write
         except LeaseLost:
@@ -134,19 +145,23 @@ class Executor:
         self, ctx: JobContext, error: dict[str, Any], *, retryable: bool, delay: float | None
     ) -> None:
         ctx.finishing = True
+        error_type = error.get("type", error["code"])
+        tracing.failed(error_type)
         try:
-            job = await while_leased(
-                f"recording the failure of {ctx.job.id}",
-                lambda: self._jobs.mark_failed(
-                    ctx.lease,
-                    error,
-                    retryable=retryable,
-                    delay=delay,
-                    backoff_base=self._backoff[0],
-                    backoff_max=self._backoff[1],
-                ),
-                valid_until=lambda: ctx.lease_valid_until,
-            )
+            with tracing.settling("fail", ctx.job.id, ctx.job.kind) as span:
+                job = await while_leased(
+                    f"recording the failure of {ctx.job.id}",
+                    lambda: self._jobs.mark_failed(
+                        ctx.lease,
+                        error,
+                        retryable=retryable,
+                        delay=delay,
+                        backoff_base=self._backoff[0],
+                        backoff_max=self._backoff[1],
+                    ),
+                    valid_until=lambda: ctx.lease_valid_until,
+                )
+                span.outcome(None if job is None else job.status.value, error_type)
         except DatabaseUnavailable as exc:
             log.error("recording the failure of %s failed: %s", ctx.job.id, exc)
             return
@@ -156,11 +171,13 @@ class Executor:
     async def _record_cancelled(self, ctx: JobContext) -> None:
         ctx.finishing = True
         try:
-            cancelled = await while_leased(
-                f"recording the cancel of {ctx.job.id}",
-                lambda: self._jobs.mark_cancelled(ctx.lease),
-                valid_until=lambda: ctx.lease_valid_until,
-            )
+            with tracing.settling("cancel", ctx.job.id, ctx.job.kind) as span:
+                cancelled = await while_leased(
+                    f"recording the cancel of {ctx.job.id}",
+                    lambda: self._jobs.mark_cancelled(ctx.lease),
+                    valid_until=lambda: ctx.lease_valid_until,
+                )
+                span.outcome(None if cancelled is None else cancelled.status.value)
             if cancelled is None:
                 log.info("job %s stopped; its lease was already gone", ctx.job.id)
         except DatabaseUnavailable as exc:
@@ -175,7 +192,9 @@ class Executor:
 
     async def park(self, ctx: JobContext, question: dict[str, Any]) -> NoReturn:
         """Store the question and unwind the handler (``_Suspended``), or ``JobCancelled``."""
-        await self._park(ctx, "storing the question", lambda: self._jobs.ask(ctx.lease, question))
+        await self._park(
+            ctx, "ask", "storing the question", lambda: self._jobs.ask(ctx.lease, question)
+        )
 
     async def park_until(
         self, ctx: JobContext, key: str, until: datetime | None, seconds: float
@@ -183,13 +202,13 @@ class Executor:
         """Queue the job again for its wake-up time and unwind the handler, or ``JobCancelled``."""
         sleep = self._jobs.sleep
         await self._park(
-            ctx, "parking", lambda: sleep(ctx.lease, key, until=until, seconds=seconds)
+            ctx, "sleep", "parking", lambda: sleep(ctx.lease, key, until=until, seconds=seconds)
         )
 
     async def park_for_children(self, ctx: JobContext, children: list[UUID]) -> NoReturn:
         """Park the job until ``children`` finish and unwind the handler, or ``JobCancelled``."""
         wait = self._jobs.wait_for_children
-        await self._park(ctx, "parking", lambda: wait(ctx.lease, children))
+        await self._park(ctx, "wait_for", "parking", lambda: wait(ctx.lease, children))
 
     async def woke(self, ctx: JobContext, key: str) -> None:
         """Record that the sleep the job was parked in is over; ``_Suspended`` if the lease is
@@ -209,14 +228,21 @@ class Executor:
         return await self._jobs.children(ctx.job.tenant, job_ids)
 
     async def _park(
-        self, ctx: JobContext, doing: str, write: Callable[[], Coroutine[Any, Any, Job | None]]
+        self,
+        ctx: JobContext,
+        operation: str,
+        doing: str,
+        write: Callable[[], Coroutine[Any, Any, Job | None]],
     ) -> NoReturn:
-        """Write ``write`` (the job leaves ``running``) and unwind the handler (``_Suspended``);
-        ``JobCancelled`` if it was refused because cancel was requested."""
+        """Write ``write`` (the job leaves ``running``; a settle span named ``operation``) and
+        unwind the handler (``_Suspended``); ``JobCancelled`` if it was refused because cancel
+        was requested."""
         ctx.finishing = True
-        job = await while_leased(
-            f"{doing} {ctx.job.id}", write, valid_until=lambda: ctx.lease_valid_until
-        )
+        with tracing.settling(operation, ctx.job.id, ctx.job.kind) as span:
+            job = await while_leased(
+                f"{doing} {ctx.job.id}", write, valid_until=lambda: ctx.lease_valid_until
+            )
+            span.outcome(None if job is None else job.status.value)
         if job is None:
             current = await self._jobs.get(ctx.job.id, tenant=ctx.job.tenant, consistency="strong")
             if current.status == "running" and current.cancel_requested:

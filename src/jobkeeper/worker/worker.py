@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from jobkeeper import tracing
 from jobkeeper.clock import nap
 from jobkeeper.domain.values import Lease
 from jobkeeper.errors import DatabaseUnavailable, InvalidRequest, LifespanFailed
@@ -52,14 +53,15 @@ class Completer:
 
     def __init__(self, jobs: JobManager) -> None:
         self._jobs = jobs
-        self._queued: list[tuple[JobContext, str]] = []
+        # each success with its settle span (jobkeeper.tracing), ended once it is written
+        self._queued: list[tuple[JobContext, str, tracing.Span]] = []
         self._wake = asyncio.Event()
         self._written = asyncio.Event()  # set while none is queued or being written
         self._written.set()
 
     def add(self, ctx: JobContext, result_json: str) -> None:
         """Queue the success of ``ctx``'s job (``result_json``: its encoded result)."""
-        self._queued.append((ctx, result_json))
+        self._queued.append((ctx, result_json, tracing.settle_later(ctx.job, "complete")))
         self._written.clear()
         self._wake.set()
 
@@ -78,20 +80,28 @@ class Completer:
             if not self._queued:
                 self._written.set()
 
-    async def _write(self, batch: Sequence[tuple[JobContext, str]]) -> None:
-        done = [(c.lease, r, c.latest) for c, r in batch]
+    async def _write(self, batch: Sequence[tuple[JobContext, str, tracing.Span]]) -> None:
+        done = [(c.lease, r, c.latest) for c, r, _ in batch]
         try:
             written = set(
                 await while_leased(
                     f"recording {len(batch)} completions",
                     lambda: self._jobs.mark_succeeded(done),
-                    valid_until=lambda: max(c.lease_valid_until for c, _ in batch),
+                    valid_until=lambda: max(c.lease_valid_until for c, _, _ in batch),
                 )
             )
         except Exception as exc:  # past the leases: recovery runs the jobs again
             log.error("recording %d completions failed: %s", len(batch), exc)
+            for _, _, span in batch:
+                span.outcome(None, type(exc).__qualname__)
+                span.end()
             return
-        for ctx, _ in batch:
+        for ctx, _, span in batch:
+            if ctx.job.id in written:
+                span.outcome("succeeded")
+            else:
+                span.outcome(None, "lease_lost")
+            span.end()
             if ctx.job.id not in written:
                 log.warning(
                     "job %s finished but its lease was lost (or an earlier attempt of this write"
@@ -271,7 +281,7 @@ class Worker:
             free = self._concurrency - len(self._running)
             claimed = 0
             if free > 0:
-                asked = time.monotonic()
+                asked, since = time.monotonic(), time.time_ns()
                 try:
                     leases = await self._jobs.claim(
                         self.id, kinds=self._kinds, limit=free, lease_seconds=self._lease_seconds
@@ -287,6 +297,7 @@ class Worker:
                         await self._jobs.release(leases)
                     break
                 claimed = len(leases)
+                tracing.claimed(leases, since)
                 for lease in leases:
                     self._start(lease, asked + self._lease_seconds)
             if claimed and claimed == free:
