@@ -165,15 +165,21 @@ async def running_on(db: asyncpg.Connection, job_id: UUID, worker: WorkerProcess
 
 @asynccontextmanager
 async def fault_workers(
-    database_url: str, tmp: Path, *, lease_seconds: float
+    database_url: str,
+    tmp: Path,
+    *,
+    lease_seconds: float,
+    tasks: str = FAULT_TASKS,
+    prefix_var: str = "FAULT_KIND_PREFIX",
 ) -> AsyncIterator[Workers]:
-    """A ``Workers`` of the fault tasks (``tests/faults/fault_tasks.py``) with a short lease and
-    quick retries, every process killed when the block ends."""
+    """A ``Workers`` of ``tasks`` (the fault tasks, ``tests/faults/fault_tasks.py``, unless
+    another module's) with a short lease and quick retries, every process killed when the block
+    ends."""
     started = Workers(
         database_url,
         tmp,
-        tasks=FAULT_TASKS,
-        prefix_var="FAULT_KIND_PREFIX",
+        tasks=tasks,
+        prefix_var=prefix_var,
         settings={
             "lease_seconds": str(lease_seconds),
             "backoff_base": "0.05",

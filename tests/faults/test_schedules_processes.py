@@ -16,7 +16,7 @@ import pytest
 from jobkeeper.manager import JobManager
 from support import eventually
 
-from .support import DEADLINE, Workers
+from .support import DEADLINE, Workers, fault_workers
 
 TASKS = "tests.faults.schedule_tasks:tasks"
 TICK = timedelta(seconds=1)
@@ -24,17 +24,10 @@ TICK = timedelta(seconds=1)
 
 @pytest.fixture
 async def workers(database_url: str, tmp_path: Path) -> AsyncIterator[Workers]:
-    started = Workers(
-        database_url,
-        tmp_path,
-        tasks=TASKS,
-        prefix_var="SCHEDULE_PREFIX",
-        settings={"lease_seconds": "1.5", "backoff_base": "0.05", "backoff_max": "0.2"},
-    )
-    try:
+    async with fault_workers(
+        database_url, tmp_path, lease_seconds=1.5, tasks=TASKS, prefix_var="SCHEDULE_PREFIX"
+    ) as started:
         yield started
-    finally:
-        await started.close()
 
 
 async def fired(db: asyncpg.Connection, kind: str) -> list[Any]:

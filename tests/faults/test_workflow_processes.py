@@ -24,28 +24,21 @@ from jobkeeper.manager import JobManager
 from jobkeeper.settings import asyncpg_dsn
 from support import eventually
 
-from .support import DEADLINE, LEASE_SECONDS, Workers, exit_code
+from .support import DEADLINE, LEASE_SECONDS, Workers, exit_code, fault_workers
 
 TASKS = "tests.faults.workflow_tasks:tasks"
 
 
 @pytest.fixture
 async def workers(database_url: str, tmp_path: Path) -> AsyncIterator[Workers]:
-    started = Workers(
+    async with fault_workers(
         database_url,
         tmp_path,
+        lease_seconds=LEASE_SECONDS,
         tasks=TASKS,
         prefix_var="WORKFLOW_KIND_PREFIX",
-        settings={
-            "lease_seconds": str(LEASE_SECONDS),
-            "backoff_base": "0.05",
-            "backoff_max": "0.2",
-        },
-    )
-    try:
+    ) as started:
         yield started
-    finally:
-        await started.close()
 
 
 @pytest.fixture
