@@ -14,6 +14,7 @@ from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.validate import MAX_ATTEMPTS, MAX_PRIORITY
 
 __all__ = [
+    "REVISION",
     "VERSION_TABLE",
     "api_keys",
     "job_events",
@@ -27,6 +28,9 @@ __all__ = [
 # Alembic's version table of jobkeeper's own history, in jobkeeper's schema: never the
 # application's alembic_version
 VERSION_TABLE = "jobkeeper_alembic_version"
+# the Alembic revision these tables are (the head of migrations/versions; tests/test_migrations.py
+# keeps the two equal): a database at an older one lacks columns this code writes
+REVISION = "0006"
 
 # the writing transaction id (xid8: 64-bit, never wraps) as bigint, comparable with pg_snapshot_xmin
 CURRENT_TXID = sa.text("(pg_current_xact_id())::text::bigint")

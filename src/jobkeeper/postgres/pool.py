@@ -20,6 +20,7 @@ from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.values import FrozenDict, Job, Progress, freeze_json
 from jobkeeper.errors import DatabaseUnavailable, SchemaMissing, SchemaOutdated
 from jobkeeper.postgres.compile import Sql, qualify
+from jobkeeper.schema import REVISION, VERSION_TABLE
 
 __all__ = ["LINK_ERRORS", "Database", "Pooled", "loads", "to_job"]
 
@@ -262,12 +263,26 @@ class Database:
 
     async def ping(self) -> None:
         """Raise ``DatabaseUnavailable`` unless Postgres answers, ``SchemaMissing`` unless the
-        tables are in this database's schema (``SchemaOutdated`` if they are where jobkeeper
-        kept them before it had a schema of its own)."""
+        tables are in this database's schema at this code's revision or a newer one
+        (``SchemaOutdated`` if they are where jobkeeper kept them before it had a schema of its
+        own)."""
         async with self.connection() as conn:
             present = await conn.fetchval(_SCHEMA_PRESENT, self.schema)
             old = not present and await conn.fetchval(_OLD_LAYOUT)
+            revision = present and await conn.fetchval(
+                f'SELECT max(version_num) FROM "{self.schema}".{VERSION_TABLE}'
+            )
         if old:
             raise SchemaOutdated(self.schema)
         if not present:
             raise SchemaMissing(self.schema)
+        # revisions are numbered: an older one lacks what this code writes (a newer one, from
+        # a release rolled out ahead of this process, only adds to it)
+        if revision is None or revision < REVISION:
+            raise SchemaMissing(
+                self.schema,
+                f"jobkeeper's tables in schema {self.schema!r} are at revision {revision}, and "
+                f"this jobkeeper needs {REVISION}: run `jobkeeper migrate --schema "
+                f"{self.schema}`, or bring jobkeeper to {REVISION!r} from your application's "
+                "own Alembic revision (jobkeeper.migrate.upgrade)",
+            )
