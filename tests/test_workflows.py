@@ -249,8 +249,26 @@ async def test_cancelling_a_parent_cancels_its_grandchildren_too(
     await job_manager.cancel(root.id, tenant=tenant, cancelled_by="user:test")
     for job in (root, child, grandchild):
         assert (await fresh(job_manager, job.id, tenant)).status is JobStatus.CANCELLED
+    [*_, by_request] = await job_manager.events(child.id, tenant=tenant)
+    assert by_request.data == {"cancelled_by": "user:test", "parent": str(root.id)}
     history = await job_manager.events(grandchild.id, tenant=tenant)
     assert history[-1].type == "cancelled" and history[-1].data["parent"] == str(child.id)
+
+
+async def test_cancelling_a_running_parent_flags_it_and_cancels_its_children_at_once(
+    job_manager: JobManager, tenant: str
+) -> None:
+    kind = new_kind("running")
+    parent = await job_manager.submit(tenant, kind, {})
+    [lease] = await job_manager.claim(uuid4(), kinds=[kind], limit=1, lease_seconds=30)
+    child, _ = await job_manager.spawn(lease, "spawn:c1", JobSpec(new_kind("idle"), {}))
+
+    flagged = await job_manager.cancel(parent.id, tenant=tenant, cancelled_by="user:ops")
+    assert flagged.status is JobStatus.RUNNING and flagged.cancel_requested
+    assert (await fresh(job_manager, child.id, tenant)).status is JobStatus.CANCELLED
+    [*_, cancelled] = await job_manager.events(child.id, tenant=tenant)
+    assert cancelled.type == "cancelled"
+    assert cancelled.data == {"cancelled_by": "user:ops", "parent": str(parent.id)}
 
 
 async def test_a_sync_handler_spawns_waits_and_sleeps_from_its_thread(

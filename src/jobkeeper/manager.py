@@ -96,7 +96,7 @@ Consistency = Literal["cached", "strong"]
 # an API process keeps a cache in step with every change; a worker process keeps none and hears
 # only the changes workers act on (new work, cancel requests)
 Role = Literal["api", "worker"]
-_Written = TypeVar("_Written", Job | None, list[Job])
+_Written = TypeVar("_Written", Job, Job | None, list[Job])
 MAX_PAGE = 500
 # An idempotent submit whose winning row vanishes (deleted by retention) between the conflicting
 # insert and the read is retried; more than this many rounds means something is deleting in a loop.
@@ -573,13 +573,16 @@ class JobManager:
         the event's data, as ``answered_by`` is for an answer."""
         job_id, tenant = parse_job_id(job_id), validate_tenant(tenant)
         cancelled_by = optional_text("cancelled_by", cancelled_by)
-        ticket = self._cache.ticket()
-        with tracing.settling("cancel", job_id) as span:
-            job, _ = await self._pg.jobs.cancel(job_id, tenant, cancelled_by=cancelled_by)
-            span.outcome(job.status.value)
-        self._remember((job,), ticket, "cancelled")
-        await self._wake_parents_of((job,))
-        await self._cancel_children([job], cancelled_by)  # a running one's too: it is flagged
+
+        async def write() -> Job:
+            with tracing.settling("cancel", job_id) as span:
+                job, _ = await self._pg.jobs.cancel(job_id, tenant, cancelled_by=cancelled_by)
+                span.outcome(job.status.value)
+            return job
+
+        job = await self._recorded("cancelled", write(), cancelled_by=cancelled_by)
+        if job.status is not JobStatus.CANCELLED:  # running, flagged: its children go at once
+            await self._cancel_children([job], cancelled_by)
         return job
 
     async def _cancel_children(self, parents: Iterable[Job], cancelled_by: str | None) -> None:
@@ -598,16 +601,20 @@ class JobManager:
 
     # --- for workers: fenced writes (the lease token must match) ------------------------------
 
-    async def _recorded(self, operation: str, write: Awaitable[_Written]) -> _Written:
+    async def _recorded(
+        self, operation: str, write: Awaitable[_Written], *, cancelled_by: str | None = None
+    ) -> _Written:
         """Run ``write`` (not started yet) with a cache ticket taken before it, then remember
-        what it changed: the one path of every job write that returns rows."""
+        what it changed: the one path of every job write that returns rows. ``cancelled_by``:
+        who a cancel request came from, recorded on the children a cancelled job takes."""
         ticket = self._cache.ticket()
         result = await write
         changed = result if isinstance(result, list) else [] if result is None else [result]
         self._remember(changed, ticket, operation)
         await self._wake_parents_of(changed)
         # a job cancelled any way (a request, a cancelling timeout, a release) takes its children
-        await self._cancel_children([j for j in changed if j.status is JobStatus.CANCELLED], None)
+        cancelled = [j for j in changed if j.status is JobStatus.CANCELLED]
+        await self._cancel_children(cancelled, cancelled_by)
         return result
 
     def _remember(self, changed: Iterable[Job], ticket: Ticket, operation: str) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "INBOX_CURSOR_PATTERN",
     "ClaimIn",
     "IfMatch",
+    "InboxPageOut",
     "QuestionOut",
     "create_inbox_router",
     "if_match_version",

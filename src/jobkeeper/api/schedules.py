@@ -23,6 +23,7 @@ from jobkeeper.domain.values import Caller
 __all__ = [
     "ScheduleIn",
     "ScheduleOut",
+    "SchedulesOut",
     "create_schedules_router",
     "schedule_json",
     "schedules_router",

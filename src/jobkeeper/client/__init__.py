@@ -1,14 +1,26 @@
 """A typed client of the jobkeeper HTTP API, for services that talk to one: ``AsyncJobClient``
 (asyncio) and ``JobClient`` (blocking), both on httpx.
 
-Jobs come back as the API's own models (``JobOut``, ``JobPageOut``; events as ``JobEvent``),
-and problems as jobkeeper's errors (``JobNotFound``, ``QueueFull``...; ``ApiError`` and
-``ApiConnectionError`` for the rest). Importing it starts nothing. See ``docs/client.md``.
+Jobs, questions and schedules come back as the API's own models (``JobOut``, ``JobPageOut``,
+``QuestionOut``, ``InboxPageOut``, ``ScheduleOut``; events as ``JobEvent``), and problems as
+jobkeeper's errors (``JobNotFound``, ``QueueFull``...; ``ApiError`` and ``ApiConnectionError``
+for the rest). Importing it starts nothing. See ``docs/client.md``.
 """
 
+from jobkeeper.api.inbox import InboxPageOut, QuestionOut
+from jobkeeper.api.schedules import ScheduleOut
 from jobkeeper.api.schemas import JobOut, JobPageOut, SubmittedOut
 from jobkeeper.client.asynchronous import AsyncJobClient
-from jobkeeper.client.calls import JobRef, ListFilters, ListQuery, SubmitOptions
+from jobkeeper.client.calls import (
+    InboxFilters,
+    InboxQuery,
+    JobRef,
+    ListFilters,
+    ListQuery,
+    ScheduleOptions,
+    ScheduleRef,
+    SubmitOptions,
+)
 from jobkeeper.client.errors import UNKNOWN, ApiConnectionError, ApiError
 from jobkeeper.client.sync import JobClient
 from jobkeeper.client.target import ClientOptions
@@ -21,6 +33,9 @@ __all__ = [
     "ApiError",
     "AsyncJobClient",
     "ClientOptions",
+    "InboxFilters",
+    "InboxPageOut",
+    "InboxQuery",
     "JobClient",
     "JobEvent",
     "JobOut",
@@ -29,6 +44,10 @@ __all__ = [
     "JobSpec",
     "ListFilters",
     "ListQuery",
+    "QuestionOut",
+    "ScheduleOptions",
+    "ScheduleOut",
+    "ScheduleRef",
     "SubmitOptions",
     "SubmittedOut",
 ]

@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 from collections.abc import AsyncIterator, Iterable, Mapping
+from functools import partial
 from typing import Any, Self, TypeVar, Unpack
 
 import httpx
 
+from jobkeeper.api.inbox import InboxPageOut, QuestionOut
+from jobkeeper.api.schedules import ScheduleOut
 from jobkeeper.api.schemas import JobOut, JobPageOut, SubmittedOut
 from jobkeeper.client import calls
-from jobkeeper.client.calls import Call, JobRef, ListFilters, ListQuery, SubmitOptions
+from jobkeeper.client.calls import (
+    Call,
+    InboxFilters,
+    InboxQuery,
+    JobRef,
+    ListFilters,
+    ListQuery,
+    Pages,
+    ScheduleOptions,
+    ScheduleRef,
+    SubmitOptions,
+)
 from jobkeeper.client.errors import connection_error
 from jobkeeper.client.events import RETRIED, Resume
 from jobkeeper.client.target import Connection
@@ -21,6 +36,7 @@ from jobkeeper.manager import Consistency
 __all__ = ["AsyncJobClient"]
 
 T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741 - the item of a listing
 
 
 class AsyncJobClient(Connection[httpx.AsyncClient]):
@@ -76,14 +92,19 @@ class AsyncJobClient(Connection[httpx.AsyncClient]):
         """One page of the tenant's jobs, newest first; ``next_cursor`` is the next page's."""
         return await self._run(calls.list_jobs(query))
 
-    async def list_all(self, **filters: Unpack[ListFilters]) -> AsyncIterator[JobOut]:
+    def list_all(self, **filters: Unpack[ListFilters]) -> AsyncIterator[JobOut]:
         """Every job of the listing, newest first, one page (``limit`` jobs) per request."""
-        call: Call[JobPageOut] | None = calls.list_jobs(filters)
-        while call is not None:
-            page = await self._run(call)
-            for job in page.items:
-                yield job
-            call = calls.next_page(filters, page)
+        return self._every(partial(calls.list_jobs, filters))
+
+    async def _every(self, pages: Pages[I]) -> AsyncIterator[I]:
+        """Every item of a keyset listing, reading the next page when one runs out."""
+        cursor: str | None = None
+        while True:
+            page = await self._run(pages(cursor))
+            for item in page.items:
+                yield item
+            if (cursor := page.next_cursor) is None:
+                return
 
     async def cancel(self, job: JobRef) -> JobOut:
         """Cancel: at once if queued or waiting; a running job gets ``cancel_requested``."""
@@ -97,9 +118,67 @@ class AsyncJobClient(Connection[httpx.AsyncClient]):
         """Subject the job to retention again."""
         return await self._run(calls.unpin(job))
 
-    async def answer(self, job: JobRef, answer: Any, *, question_key: str | None = None) -> JobOut:
-        """Answer the job's open question (only ``question_key``'s, if given)."""
-        return await self._run(calls.answer(job, answer, question_key))
+    async def answer(
+        self,
+        job: JobRef,
+        answer: Any,
+        *,
+        question_key: str | None = None,
+        version: int | None = None,
+    ) -> JobOut:
+        """Answer the job's open question (only ``question_key``'s, if given). ``version`` (or
+        the version of the ``QuestionOut`` given as ``job``) is sent as ``If-Match``: if the
+        question changed since, ``QuestionChanged`` (412) and nothing is written."""
+        return await self._run(calls.answer(job, answer, question_key, version))
+
+    async def question(self, job: JobRef) -> QuestionOut:
+        """The job's open question and who holds it (``NotWaitingForInput`` if none)."""
+        return await self._run(calls.question(job))
+
+    async def claim_question(self, job: JobRef, *, takeover: bool = False) -> QuestionOut:
+        """Hold the question for a few minutes (again: renew), so that only this caller may
+        answer it; ``QuestionClaimed`` while someone else holds it, unless ``takeover``."""
+        return await self._run(calls.claim_question(job, takeover))
+
+    async def release_question(self, job: JobRef) -> QuestionOut:
+        """Give the question back (nothing to do if this caller holds none)."""
+        return await self._run(calls.release_question(job))
+
+    async def inbox(self, **query: Unpack[InboxQuery]) -> InboxPageOut:
+        """One page of the open questions this caller may answer, oldest deadline first (none
+        last); ``next_cursor`` is the next page's."""
+        return await self._run(calls.inbox(query))
+
+    def inbox_all(self, **filters: Unpack[InboxFilters]) -> AsyncIterator[QuestionOut]:
+        """Every question of the inbox, one page (``limit`` questions) per request."""
+        return self._every(partial(calls.inbox, filters))
+
+    async def create_schedule(
+        self, name: str, kind: str, payload: Any = None, **options: Unpack[ScheduleOptions]
+    ) -> ScheduleOut:
+        """Create a schedule that submits a ``kind`` job with ``payload`` at each tick (``cron``
+        or ``every_seconds``); ``ScheduleExists`` if the tenant has one of that name."""
+        return await self._run(calls.create_schedule(name, kind, payload, options))
+
+    async def list_schedules(self) -> builtins.list[ScheduleOut]:
+        """Every schedule of the tenant, by name."""
+        return await self._run(calls.list_schedules())
+
+    async def get_schedule(self, schedule: ScheduleRef) -> ScheduleOut:
+        """The schedule (``ScheduleNotFound`` if the tenant has none of that id)."""
+        return await self._run(calls.get_schedule(schedule))
+
+    async def pause_schedule(self, schedule: ScheduleRef) -> ScheduleOut:
+        """Stop submitting jobs until resumed."""
+        return await self._run(calls.pause_schedule(schedule))
+
+    async def resume_schedule(self, schedule: ScheduleRef) -> ScheduleOut:
+        """Submit jobs again from the next tick (ticks passed while paused do not run)."""
+        return await self._run(calls.resume_schedule(schedule))
+
+    async def delete_schedule(self, schedule: ScheduleRef) -> None:
+        """Delete the schedule; the jobs it submitted stay."""
+        await self._run(calls.delete_schedule(schedule))
 
     async def events(self, job: JobRef, *, after: int = 0) -> AsyncIterator[JobEvent]:
         """The job's events after sequence number ``after``, live, until its terminal event;

@@ -3,15 +3,30 @@ operations as ``AsyncJobClient`` (see its docstrings), each one blocking until i
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from functools import partial
 from typing import Any, Self, TypeVar, Unpack
 
 import httpx
 
+from jobkeeper.api.inbox import InboxPageOut, QuestionOut
+from jobkeeper.api.schedules import ScheduleOut
 from jobkeeper.api.schemas import JobOut, JobPageOut, SubmittedOut
 from jobkeeper.client import calls
-from jobkeeper.client.calls import Call, JobRef, ListFilters, ListQuery, SubmitOptions
+from jobkeeper.client.calls import (
+    Call,
+    InboxFilters,
+    InboxQuery,
+    JobRef,
+    ListFilters,
+    ListQuery,
+    Pages,
+    ScheduleOptions,
+    ScheduleRef,
+    SubmitOptions,
+)
 from jobkeeper.client.errors import connection_error
 from jobkeeper.client.events import RETRIED, Resume
 from jobkeeper.client.target import Connection
@@ -22,6 +37,7 @@ from jobkeeper.manager import Consistency
 __all__ = ["JobClient"]
 
 T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741 - the item of a listing
 
 
 class JobClient(Connection[httpx.Client]):
@@ -67,11 +83,15 @@ class JobClient(Connection[httpx.Client]):
 
     def list_all(self, **filters: Unpack[ListFilters]) -> Iterator[JobOut]:
         """Every job of the listing, one page per request."""
-        call: Call[JobPageOut] | None = calls.list_jobs(filters)
-        while call is not None:
-            page = self._run(call)
+        return self._every(partial(calls.list_jobs, filters))
+
+    def _every(self, pages: Pages[I]) -> Iterator[I]:
+        cursor: str | None = None
+        while True:
+            page = self._run(pages(cursor))
             yield from page.items
-            call = calls.next_page(filters, page)
+            if (cursor := page.next_cursor) is None:
+                return
 
     def cancel(self, job: JobRef) -> JobOut:
         """Cancel the job (a running one gets ``cancel_requested``)."""
@@ -85,9 +105,62 @@ class JobClient(Connection[httpx.Client]):
         """Subject the job to retention again."""
         return self._run(calls.unpin(job))
 
-    def answer(self, job: JobRef, answer: Any, *, question_key: str | None = None) -> JobOut:
-        """Answer the job's open question."""
-        return self._run(calls.answer(job, answer, question_key))
+    def answer(
+        self,
+        job: JobRef,
+        answer: Any,
+        *,
+        question_key: str | None = None,
+        version: int | None = None,
+    ) -> JobOut:
+        """Answer the job's open question; ``version`` (or a ``QuestionOut``'s) as ``If-Match``."""
+        return self._run(calls.answer(job, answer, question_key, version))
+
+    def question(self, job: JobRef) -> QuestionOut:
+        """The job's open question and who holds it."""
+        return self._run(calls.question(job))
+
+    def claim_question(self, job: JobRef, *, takeover: bool = False) -> QuestionOut:
+        """Hold (or renew) the question; ``takeover`` takes it from whoever holds it."""
+        return self._run(calls.claim_question(job, takeover))
+
+    def release_question(self, job: JobRef) -> QuestionOut:
+        """Give the question back."""
+        return self._run(calls.release_question(job))
+
+    def inbox(self, **query: Unpack[InboxQuery]) -> InboxPageOut:
+        """One page of the open questions this caller may answer, oldest deadline first."""
+        return self._run(calls.inbox(query))
+
+    def inbox_all(self, **filters: Unpack[InboxFilters]) -> Iterator[QuestionOut]:
+        """Every question of the inbox, one page per request."""
+        return self._every(partial(calls.inbox, filters))
+
+    def create_schedule(
+        self, name: str, kind: str, payload: Any = None, **options: Unpack[ScheduleOptions]
+    ) -> ScheduleOut:
+        """Create a schedule (``cron`` or ``every_seconds``)."""
+        return self._run(calls.create_schedule(name, kind, payload, options))
+
+    def list_schedules(self) -> builtins.list[ScheduleOut]:
+        """Every schedule of the tenant, by name."""
+        return self._run(calls.list_schedules())
+
+    def get_schedule(self, schedule: ScheduleRef) -> ScheduleOut:
+        """The schedule."""
+        return self._run(calls.get_schedule(schedule))
+
+    def pause_schedule(self, schedule: ScheduleRef) -> ScheduleOut:
+        """Stop submitting jobs until resumed."""
+        return self._run(calls.pause_schedule(schedule))
+
+    def resume_schedule(self, schedule: ScheduleRef) -> ScheduleOut:
+        """Submit jobs again from the next tick."""
+        return self._run(calls.resume_schedule(schedule))
+
+    def delete_schedule(self, schedule: ScheduleRef) -> None:
+        """Delete the schedule; the jobs it submitted stay."""
+        self._run(calls.delete_schedule(schedule))
 
     def events(self, job: JobRef, *, after: int = 0) -> Iterator[JobEvent]:
         """The job's events after ``after`` until its terminal event, resumed across dropped
