@@ -99,20 +99,20 @@ async def run_stream(
     ids = [str((await manager.submit(tenant, "coherence", {"n": i})).id) for i in range(JOBS)]
     ids_file = tmp / "ids.json"
     ids_file.write_text(json.dumps(ids))
-    replica_seconds = str(WRITE_SECONDS + WORST_CASE_S + 2.0)
+    linger = str(WORST_CASE_S + 1.0)  # past the writer's last commit
+    writes = tmp / "writer.json"
     outs = [tmp / f"replica{i}.json" for i in range(2)]
     procs: list[asyncio.subprocess.Process] = []
     try:
         for out in outs:
             procs.append(
                 await _start(
-                    "replica.py", url, tenant, str(ids_file), str(out), replica_seconds, mode
+                    "replica.py", url, tenant, str(ids_file), str(out), str(writes), linger, mode
                 )
             )
         for out in outs:
             ready = Path(str(out) + ".ready")
             await eventually(_written(ready, procs), timeout=DEADLINE, what=ready.name)
-        writes = tmp / "writer.json"
         writer = await _start(
             "writer.py", url, tenant, str(ids_file), str(writes), str(WRITE_SECONDS), mode
         )
