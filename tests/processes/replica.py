@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from tests.support import eventually
+
 from jobkeeper.manager import JobManager
-from support import eventually
 
 DEADLINE_S = 50.0  # below the test's own bound on each process (60 s)
 
