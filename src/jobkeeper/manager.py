@@ -541,10 +541,11 @@ class JobManager:
             assert limit is not None
             raise QueueFull(batch.tenant, limit, self._retry_after, written.kind)
         if on is None:  # in the caller's transaction, it may never commit
-            self._remember((job for job, created in written if created), ticket, "submitted")
-            for job, created in written:
-                if not created:
-                    self._cache.store(job, ticket)
+            self._cache.store_many((job for job, _ in written), ticket)
+            if self._observers:
+                for job, created in written:
+                    for observer in self._observers if created else ():
+                        observer("submitted", job)
         seen: set[int] = set()
         submitted = []
         for row in batch.row_of:  # a later item with the same key and request: a replay

@@ -148,14 +148,19 @@ def aware_utc(field: str, value: object) -> datetime:
     return moment
 
 
+# one encoder for every value: ``json.dumps`` with options builds a new one per call, which cost
+# more than encoding a small payload
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False
+)
+
+
 def encode_json(field: str, value: Any) -> str:
     """Serialise a JSON value (compact, sorted keys); ``InvalidRequest`` naming the field if not."""
     if value is None:  # what most handlers return
         return "null"
     try:
-        text = json.dumps(
-            value, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False
-        )
+        text = _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidRequest(field, f"not JSON-serialisable: {exc}") from None
     if _NUL_ESCAPE.search(text):

@@ -23,7 +23,9 @@ import contextlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 from uuid_utils.compat import uuid7
@@ -103,9 +105,15 @@ def _insert(*, on_conflict: str, select: str) -> Sql:
     return with_event(raw(text, *_PARAMS), *_SUBMITTED, select=select)
 
 
-# what a new job's row has that was not sent (the rest is what was sent, or a column's default)
-_FILLED = ("id", "payload", "run_after", "created_at", "updated_at")
-_INSERT = _insert(on_conflict="", select=", ".join(f"changed.{name}" for name in _FILLED))
+# What Postgres filled in, as one row for the whole batch (the rest is what was sent, or a
+# column's default): the ids and payloads (as ``jsonb`` keeps them) in one order, both aggregates
+# reading the same rows in the same order, and the statement's time, which is every new row's
+# created_at and updated_at and the run_after of one sent without. One row of three values
+# decodes in a fraction of the time of a thousand rows of five.
+_INSERT = _insert(
+    on_conflict="",
+    select="array_agg(changed.id) AS ids, jsonb_agg(changed.payload) AS payloads, now() AS at",
+)
 _INSERT_CAREFUL = _insert(
     on_conflict="ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL "
     "DO NOTHING",
@@ -193,16 +201,17 @@ class BatchStatements:
         if on is None and max_queued is None and max_queued_per_kind is None:
             try:
                 async with self._db.connection() as conn:
-                    rows = await conn.fetch(self._db.text(_INSERT), *_INSERT.args(params))
+                    row = await conn.fetchrow(self._db.text(_INSERT), *_INSERT.args(params))
             except asyncpg.UniqueViolationError as exc:
                 if exc.constraint_name != _KEY_INDEX:
                     raise
             else:
-                if rows:  # all of them: the statement inserts every row or none
-                    by_id = {row["id"]: row for row in rows}
+                assert row is not None  # aggregates: one row, NULLs when nothing was inserted
+                if row["ids"] is not None:  # all of them: the statement inserts every row or none
+                    payload_of = dict(zip(row["ids"], row["payloads"], strict=True))
                     traced = None if trace_context is None else loads(trace_context)
                     jobs = [
-                        _queued(batch.tenant, new, by_id[job_id], traced)
+                        _queued(batch.tenant, new, job_id, payload_of[job_id], row["at"], traced)
                         for new, job_id in zip(batch.rows, params["id"], strict=True)
                     ]
                     self._db.announce([_announced(job) for job in jobs])
@@ -316,31 +325,33 @@ class BatchStatements:
 _NO_PROGRESS = Progress(None, None)
 
 
-def _queued(tenant: str, new: NewJob, row: asyncpg.Record, trace_context: Any) -> Job:
-    """The new job of a row of ``_INSERT``: what was sent, what Postgres filled in (``_FILLED``:
-    the time, the payload as ``jsonb`` keeps it), and the columns' defaults for the rest.
+def _queued(
+    tenant: str, new: NewJob, job_id: UUID, payload: Any, at: datetime, trace_context: Any
+) -> Job:
+    """A new job of ``_INSERT``: what was sent, what Postgres filled in (the payload as
+    ``jsonb`` keeps it, the statement's time ``at``), and the columns' defaults for the rest.
     Decoding every column of a thousand rows cost about as much as inserting them; tests
     compare such a job with its row read back."""
     return Job(
-        id=row["id"],
+        id=job_id,
         tenant=tenant,
         kind=new.kind,
         status=JobStatus.QUEUED,
-        payload=row["payload"],
+        payload=payload,
         result=None,
         error=None,
         progress=_NO_PROGRESS,
         priority=new.priority,
         attempts=0,
         max_attempts=new.max_attempts,
-        run_after=row["run_after"],
+        run_after=at if new.run_after is None else new.run_after,
         idempotency_key=new.idempotency_key,
         concurrency_key=new.concurrency_key,
         cancel_requested=False,
         pinned=new.pinned,
         version=1,
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
+        created_at=at,
+        updated_at=at,
         started_at=None,
         finished_at=None,
         trace_context=trace_context,
