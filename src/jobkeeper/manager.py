@@ -541,7 +541,13 @@ class JobManager:
             assert limit is not None
             raise QueueFull(batch.tenant, limit, self._retry_after, written.kind)
         if on is None:  # in the caller's transaction, it may never commit
-            self._cache.store_many((job for job, _ in written), ticket)
+            # Stored off the caller's path: a batch returns a moment sooner, and its jobs are
+            # stored while the event loop next waits (on a producer's next statement). A read
+            # meanwhile misses and reads Postgres; the ticket, taken before the statement,
+            # keeps an older snapshot from ever replacing a newer one either way.
+            asyncio.get_running_loop().call_soon(
+                self._cache.store_many, [job for job, _ in written], ticket
+            )
             if self._observers:
                 for job, created in written:
                     for observer in self._observers if created else ():
