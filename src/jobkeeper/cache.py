@@ -14,23 +14,21 @@ Postgres is the truth; this cache only accelerates reads, under two rules:
 
 All operations take one ``threading.Lock`` and never await, so the cache is safe for concurrent
 asyncio tasks and for handler threads alike. Hits return the stored frozen ``Job`` itself: it
-cannot be mutated, so no copy is needed. Entries are ``(job, expires_at)`` in an ``OrderedDict``
-in the order they were stored: every entry lives ``ttl`` seconds, so that is also the order they
-expire in, and the bound drops the least recently stored first; the C dict does in a dict
-operation or two what ``cachetools.TTLCache``'s linked lists did in Python (a batch of a thousand
-new jobs spent more time in them than in its own statement: benchmarks.md).
+cannot be mutated, so no copy is needed. ``TTLCache`` does the bookkeeping (bound, least recently
+stored first out, expiry); hits are served from a plain dict of ``(job, expires_at)`` that mirrors
+it, because ``TTLCache.__getitem__`` alone costs more than the rest of a hit (benchmarks.md).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 
 from jobkeeper.domain.values import Job
 
@@ -51,6 +49,33 @@ class CacheStats:
     refused_stores: int
     size: int
     maxsize: int
+
+
+class _Entries(TTLCache[UUID, Job]):
+    """``TTLCache`` that reports every job it drops by LRU eviction or by expiry."""
+
+    def __init__(
+        self,
+        maxsize: int,
+        ttl: float,
+        timer: Callable[[], float],
+        on_evict: Callable[[Job], None],
+        on_expire: Callable[[Job], None],
+    ) -> None:
+        super().__init__(maxsize=maxsize, ttl=ttl, timer=timer)
+        self._on_evict = on_evict
+        self._on_expire = on_expire
+
+    def popitem(self) -> tuple[UUID, Job]:
+        key, job = super().popitem()
+        self._on_evict(job)
+        return key, job
+
+    def expire(self, time: Any = None) -> list[tuple[UUID, Job]]:
+        expired: list[tuple[UUID, Job]] = super().expire(time)
+        for _, job in expired:
+            self._on_expire(job)
+        return expired
 
 
 class _Floors(LRUCache[UUID, int]):
@@ -80,9 +105,8 @@ class JobCache:
         self._lock = threading.Lock()
         self._timer = timer
         self._ttl = ttl
-        self._maxsize = max(maxsize, 1)
-        # (job, expires_at), least recently stored (so soonest to expire) first
-        self._entries: OrderedDict[UUID, tuple[Job, float]] = OrderedDict()
+        self._entries = _Entries(max(maxsize, 1), ttl, timer, self._evicted, self._expired)
+        self._hot: dict[UUID, tuple[Job, float]] = {}  # mirrors _entries: (job, expires_at)
         self._floors = _Floors(max(2 * maxsize, 1024), self._forgot)
         self._forgotten_at = [0] * _BUCKETS
         self._epoch = 0
@@ -90,23 +114,20 @@ class JobCache:
 
     # callbacks, always invoked with the lock held
     def _raise_floor(self, job_id: UUID, version: int) -> None:
-        # versions start at 1, so a floor of 1 refuses nothing: a new job (a submit, each job of
-        # a batch) costs the bounded floor map no entry, and pushes no other job's floor out
+        # versions start at 1, so a floor of 1 refuses nothing: a new job costs the bounded
+        # floor map no entry, and pushes no other job's floor out
         if version > 1 and self._floors.get(job_id, 0) < version:
             self._floors[job_id] = version
 
-    def _expire(self, now: float) -> int:
-        """Drop the entries expired at ``now`` (the oldest stored first); how many."""
-        entries, dropped = self._entries, 0
-        while entries:
-            job, expires_at = next(iter(entries.values()))
-            if now < expires_at:
-                break
-            del entries[job.id]
-            self._raise_floor(job.id, job.version)
-            dropped += 1
-        self._expirations += dropped
-        return dropped
+    def _evicted(self, job: Job) -> None:
+        self._evictions += 1
+        self._hot.pop(job.id, None)
+        self._raise_floor(job.id, job.version)
+
+    def _expired(self, job: Job) -> None:
+        self._expirations += 1
+        self._hot.pop(job.id, None)
+        self._raise_floor(job.id, job.version)
 
     def _forgot(self, job_id: UUID) -> None:
         self._epoch += 1
@@ -115,7 +136,7 @@ class JobCache:
     def get(self, job_id: UUID) -> Job | None:
         """The cached snapshot, or ``None`` (counted as a hit or a miss)."""
         with self._lock:
-            entry = self._entries.get(job_id)
+            entry = self._hot.get(job_id)
             if entry is None or self._timer() >= entry[1]:
                 self._misses += 1
                 return None
@@ -132,51 +153,33 @@ class JobCache:
         if not self.enabled:
             return False
         with self._lock:
-            return self._store(job, ticket)
-
-    def store_many(self, jobs: Iterable[Job], ticket: Ticket) -> None:
-        """``store`` each of ``jobs`` (a batch written after ``ticket``), under one lock."""
-        if not self.enabled:
-            return
-        with self._lock:
-            for job in jobs:
-                self._store(job, ticket)
-
-    def _store(self, job: Job, ticket: Ticket) -> bool:
-        """``store``, with the lock held."""
-        stale = self._forgotten_at[
-            hash(job.id) % _BUCKETS
-        ] > ticket or job.version < self._floors.get(job.id, 0)
-        held = self._entries.get(job.id)
-        current = None if held is None else held[0]
-        if stale or (current is not None and current.version > job.version):
-            self._refused += 1
-            return False
-        self._raise_floor(job.id, job.version)
-        if current is not None and current.version == job.version:
-            job = current  # the same committed row, confirmed again: keep it, renew its TTL
-        now, entries = self._timer(), self._entries
-        self._expire(now)
-        entries[job.id] = (job, now + self._ttl)
-        entries.move_to_end(job.id)  # stored again: it expires last
-        while len(entries) > self._maxsize:
-            _, (old, _) = entries.popitem(last=False)
-            self._evictions += 1
-            self._raise_floor(old.id, old.version)
-        return True
+            stale = self._forgotten_at[
+                hash(job.id) % _BUCKETS
+            ] > ticket or job.version < self._floors.get(job.id, 0)
+            held = self._hot.get(job.id)
+            current = None if held is None else held[0]
+            if stale or (current is not None and current.version > job.version):
+                self._refused += 1
+                return False
+            self._raise_floor(job.id, job.version)
+            if current is not None and current.version == job.version:
+                job = current  # the same committed row, confirmed again: keep it, renew its TTL
+            with self._entries.timer as now:  # one clock reading for both structures
+                self._entries[job.id] = job
+                self._hot[job.id] = (job, now + self._ttl)
+            return True
 
     def invalidate(self, job_id: UUID, version: int) -> bool:
         """``version`` was committed elsewhere: drop an older entry; ``True`` if one was dropped."""
         if not self.enabled:
             return False
         with self._lock:
-            held = self._entries.get(job_id)
-            if held is not None and held[0].version >= version:
-                return False  # (its removal raises the floor to its version: no need now)
             self._raise_floor(job_id, version)
-            if held is None:
+            held = self._hot.get(job_id)  # the authority on what get() may serve
+            if held is None or held[0].version >= version:
                 return False
-            del self._entries[job_id]
+            self._hot.pop(job_id)
+            self._entries.pop(job_id, None)  # may have expired already: pop, never del
             return True
 
     def reset(self) -> None:
@@ -185,16 +188,17 @@ class JobCache:
         For when more jobs changed than can be invalidated one by one (a long feed outage).
         """
         with self._lock:
-            for job, _ in self._entries.values():
+            for job in self._entries.values():
                 self._raise_floor(job.id, job.version)
             self._entries.clear()
+            self._hot.clear()
             self._epoch += 1
             self._forgotten_at = [self._epoch] * _BUCKETS
 
     def expire(self) -> int:
         """Remove expired entries now; returns how many."""
         with self._lock:
-            return self._expire(self._timer())
+            return len(self._entries.expire())
 
     def stats(self) -> CacheStats:
         with self._lock:
@@ -205,5 +209,5 @@ class JobCache:
                 expirations=self._expirations,
                 refused_stores=self._refused,
                 size=len(self._entries),
-                maxsize=self._maxsize,
+                maxsize=int(self._entries.maxsize),
             )

@@ -526,7 +526,6 @@ class JobManager:
         on = None if connection is None else await borrow(connection)
         if not batch.rows:
             return []
-        ticket = self._cache.ticket()
         with tracing.submitting((row.kind for row in batch.rows), batch=len(batch.rows)) as span:
             written = await self._pg.batch.insert(
                 batch,
@@ -540,18 +539,13 @@ class JobManager:
             limit = self._max_queued if written.kind is None else self._max_queued_per_kind
             assert limit is not None
             raise QueueFull(batch.tenant, limit, self._retry_after, written.kind)
-        if on is None:  # in the caller's transaction, it may never commit
-            # Stored off the caller's path: a batch returns a moment sooner, and its jobs are
-            # stored while the event loop next waits (on a producer's next statement). A read
-            # meanwhile misses and reads Postgres; the ticket, taken before the statement,
-            # keeps an older snapshot from ever replacing a newer one either way.
-            asyncio.get_running_loop().call_soon(
-                self._cache.store_many, [job for job, _ in written], ticket
-            )
-            if self._observers:
-                for job, created in written:
-                    for observer in self._observers if created else ():
-                        observer("submitted", job)
+        # A batch's jobs are not put in the cache (docs/consistency.md): a thousand of them would
+        # push out as many hot entries, and storing them cost more than their statement. A read
+        # of one misses once and fills it.
+        if on is None and self._observers:  # in the caller's transaction, it may never commit
+            for job, created in written:
+                for observer in self._observers if created else ():
+                    observer("submitted", job)
         seen: set[int] = set()
         submitted = []
         for row in batch.row_of:  # a later item with the same key and request: a replay
