@@ -98,6 +98,8 @@ def storable(field: str, text: str) -> str:
     """Postgres text cannot hold NUL, and UTF-8 cannot hold a lone surrogate."""
     if "\x00" in text:
         raise InvalidRequest(field, "NUL characters cannot be stored")
+    if text.isascii():  # (a flag of the string: no surrogate to look for)
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -163,7 +165,7 @@ def encode_json(field: str, value: Any) -> str:
         text = _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidRequest(field, f"not JSON-serialisable: {exc}") from None
-    if _NUL_ESCAPE.search(text):
+    if "\\u0000" in text and _NUL_ESCAPE.search(text):  # the plain search rules most out
         raise InvalidRequest(field, "JSON strings may not contain NUL characters (Postgres jsonb)")
     return storable(field, text)
 

@@ -56,6 +56,8 @@ _ARRAYS = (
     ("concurrency_key", "text"),
     ("pinned", "bool"),
 )
+# the arrays whose every element is NULL in a plain batch (no option of a job given)
+_OPTIONAL = ("run_after", "idempotency_key", "request_fingerprint", "concurrency_key")
 _KEY_INDEX = "uq_jobs_tenant_idempotency_key"
 _QUEUED = JobStatus.QUEUED.value
 _Q = f"'{_QUEUED}'"
@@ -253,8 +255,11 @@ class BatchStatements:
         return jobs
 
     async def _insert_all(self, params: Mapping[str, Any]) -> asyncpg.Record:
+        # An array of nothing but NULLs is sent as NULL: unnest pads it with a NULL per row all
+        # the same, and asyncpg checks and encodes every element of an array it sends.
+        args = {**params, **{n: None for n in _OPTIONAL if params[n].count(None) == len(params[n])}}
         async with self._db.connection() as conn:
-            row = await conn.fetchrow(self._db.text(_INSERT), *_INSERT.args(params))
+            row = await conn.fetchrow(self._db.text(_INSERT), *_INSERT.args(args))
         assert row is not None  # aggregates: one row, NULLs when nothing was inserted
         return row
 
