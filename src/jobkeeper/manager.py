@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -79,7 +80,14 @@ from jobkeeper.errors import (
     ScheduleExists,
     ScheduleNotFound,
 )
-from jobkeeper.feed import BatchListener, ChangeFeed, ChangeListener, FeedMode, FeedStatus
+from jobkeeper.feed import (
+    BatchListener,
+    Change,
+    ChangeFeed,
+    ChangeListener,
+    FeedMode,
+    FeedStatus,
+)
 from jobkeeper.postgres import EXPIRED_VERSION, Postgres
 from jobkeeper.postgres.batch import Full
 from jobkeeper.postgres.borrowed import Borrowed, CallerConnection, borrow
@@ -189,6 +197,15 @@ def _decode_cursor(cursor: str) -> UUID:
         return UUID(bytes=raw)
     except (ValueError, binascii.Error, TypeError):
         raise InvalidRequest("cursor", "not a cursor returned by list()") from None
+
+
+def _invalidate(cache: JobCache, changes: Sequence[Change]) -> None:
+    """Apply a batch of the feed's changes to the cache. A first version is news to no cache
+    (nothing older can be cached, and a floor of 1 refuses nothing), so the new jobs of a
+    batch cost no id parsing here."""
+    for change in changes:
+        if change.version > 1:
+            cache.invalidate(UUID(change.job_id), change.version)
 
 
 class JobManager:
@@ -303,7 +320,7 @@ class JobManager:
             work_only=role == "worker",
         )
         if cache.enabled:
-            feed.subscribe(lambda job_id, version, _status: cache.invalidate(job_id, version))
+            feed.subscribe_batches(functools.partial(_invalidate, cache))
         try:
             await until_reachable("connecting to Postgres", postgres.ping, within=wait)
             await feed.start()
