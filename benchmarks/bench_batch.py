@@ -43,6 +43,7 @@ from common import (
     scratch,
 )
 from jobkeeper import JobManager, JobSpec
+from plots import bars
 from systems import PEER_TASK, TENANT, System, load
 from systems.jobkeeper import NOOP, asyncpg_dsn
 from throughput.processes import CpuMeter
@@ -249,6 +250,8 @@ def report(
         "",
         *table,
         "",
+        "![Batch submit: jobs/s per producer and list size](img/bench-batch.png)",
+        "",
         "**Method**",
         "",
         f"- One producer in this process submits one list at a time ({plan.jobs:,} jobs per "
@@ -269,6 +272,19 @@ def report(
     return "\n".join(lines), passed
 
 
+SHORT = {"jk": "jobkeeper", "jk0": "jobkeeper,\ncache_size=0", "pgq": "pgqueuer"}
+
+
+def draw(rows: Sequence[Row]) -> None:
+    """The figure: jobs/s of every producer at every list size, in the table's order."""
+    bars(
+        "batch",
+        "Batch submit, one list at a time (higher is better)",
+        {f"{SHORT[row.key]}\nlists of {row.size:,}": row.rate for row in rows},
+        ylabel="jobs/s",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = arguments(__doc__, "small counts: a < 30 s smoke run").parse_args(argv)
     plan = QUICK if args.quick else FULL
@@ -276,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows, postgres, start, end = asyncio.run(run(server.url, plan))
     section, passed = report(rows, plan, server.description, postgres, (start, end), args.quick)
     publish("bench_batch", section, write=args.write)
+    if args.write:
+        draw(rows)
     return 0 if passed else 1
 
 

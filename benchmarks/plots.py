@@ -22,6 +22,12 @@ def _save(figure: Figure, name: str) -> Path:
     return path
 
 
+def _value(value: float) -> str:
+    """A bar's label: three significant digits, and whole numbers from 1,000 on ("13,327", not
+    "1.33e+04")."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:,.3g}"
+
+
 def bars(
     name: str,
     title: str,
@@ -36,7 +42,7 @@ def bars(
     axes = figure.subplots()
     labels = list(values)
     drawn = axes.bar(labels, [values[label] for label in labels], color="#4878a8")
-    axes.bar_label(drawn, fmt="{:,.3g}", padding=2)
+    axes.bar_label(drawn, fmt=_value, padding=2)
     if target is not None:
         axes.axhline(target[1], color="#c44e52", linestyle="--", label=target[0])
         axes.legend(loc="upper right")

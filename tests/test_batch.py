@@ -86,6 +86,23 @@ async def test_a_batch_is_queued_in_order_each_job_with_its_event(
     assert await written(db, tenant) == (3, 3)
 
 
+async def test_a_batch_leaves_the_cache_alone_and_a_read_fills_it(
+    job_manager: JobManager, tenant: str
+) -> None:
+    """A batch's jobs are not cached (they would push out as many hot entries): the first read
+    of one misses and fills the cache, the next hits."""
+    before = job_manager.cache_stats()
+    [first, *_] = await job_manager.submit_many(
+        tenant, [JobSpec("batch.a", {"n": n}) for n in range(5)]
+    )
+    assert job_manager.cache_stats().size == before.size
+    assert await job_manager.get(first.job.id, tenant=tenant) == first.job
+    assert await job_manager.get(first.job.id, tenant=tenant) == first.job
+    after = job_manager.cache_stats()
+    assert (after.misses - before.misses, after.hits - before.hits) == (1, 1)
+    assert after.size == before.size + 1
+
+
 async def test_an_empty_batch_writes_nothing(job_manager: JobManager, tenant: str) -> None:
     assert await job_manager.submit_many(tenant, []) == []
 

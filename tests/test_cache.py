@@ -62,7 +62,7 @@ def version_of(cache: JobCache, job_id: UUID) -> int | None:
 def flood_floors(cache: JobCache, count: int = FLOOR_MAP_MIN + 8) -> None:
     """Tell the cache about ``count`` unrelated jobs: its bounded floor map forgets older ones."""
     for _ in range(count):
-        cache.invalidate(uuid4(), 1)
+        cache.invalidate(uuid4(), 2)  # a floor of 1 is never recorded
 
 
 # --- 1. version awareness ---------------------------------------------------------------------

@@ -114,7 +114,9 @@ class JobCache:
 
     # callbacks, always invoked with the lock held
     def _raise_floor(self, job_id: UUID, version: int) -> None:
-        if self._floors.get(job_id, 0) < version:
+        # versions start at 1, so a floor of 1 refuses nothing: a new job costs the bounded
+        # floor map no entry, and pushes no other job's floor out
+        if version > 1 and self._floors.get(job_id, 0) < version:
             self._floors[job_id] = version
 
     def _evicted(self, job: Job) -> None:

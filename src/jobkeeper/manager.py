@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -79,7 +80,14 @@ from jobkeeper.errors import (
     ScheduleExists,
     ScheduleNotFound,
 )
-from jobkeeper.feed import BatchListener, ChangeFeed, ChangeListener, FeedMode, FeedStatus
+from jobkeeper.feed import (
+    BatchListener,
+    Change,
+    ChangeFeed,
+    ChangeListener,
+    FeedMode,
+    FeedStatus,
+)
 from jobkeeper.postgres import EXPIRED_VERSION, Postgres
 from jobkeeper.postgres.batch import Full
 from jobkeeper.postgres.borrowed import Borrowed, CallerConnection, borrow
@@ -189,6 +197,15 @@ def _decode_cursor(cursor: str) -> UUID:
         return UUID(bytes=raw)
     except (ValueError, binascii.Error, TypeError):
         raise InvalidRequest("cursor", "not a cursor returned by list()") from None
+
+
+def _invalidate(cache: JobCache, changes: Sequence[Change]) -> None:
+    """Apply a batch of the feed's changes to the cache. A first version is news to no cache
+    (nothing older can be cached, and a floor of 1 refuses nothing), so the new jobs of a
+    batch cost no id parsing here."""
+    for change in changes:
+        if change.version > 1:
+            cache.invalidate(UUID(change.job_id), change.version)
 
 
 class JobManager:
@@ -303,7 +320,7 @@ class JobManager:
             work_only=role == "worker",
         )
         if cache.enabled:
-            feed.subscribe(lambda job_id, version, _status: cache.invalidate(job_id, version))
+            feed.subscribe_batches(functools.partial(_invalidate, cache))
         try:
             await until_reachable("connecting to Postgres", postgres.ping, within=wait)
             await feed.start()
@@ -526,7 +543,6 @@ class JobManager:
         on = None if connection is None else await borrow(connection)
         if not batch.rows:
             return []
-        ticket = self._cache.ticket()
         with tracing.submitting((row.kind for row in batch.rows), batch=len(batch.rows)) as span:
             written = await self._pg.batch.insert(
                 batch,
@@ -540,11 +556,13 @@ class JobManager:
             limit = self._max_queued if written.kind is None else self._max_queued_per_kind
             assert limit is not None
             raise QueueFull(batch.tenant, limit, self._retry_after, written.kind)
-        if on is None:  # in the caller's transaction, it may never commit
-            self._remember((job for job, created in written if created), ticket, "submitted")
+        # A batch's jobs are not put in the cache (docs/consistency.md): a thousand of them would
+        # push out as many hot entries, and storing them cost more than their statement. A read
+        # of one misses once and fills it.
+        if on is None and self._observers:  # in the caller's transaction, it may never commit
             for job, created in written:
-                if not created:
-                    self._cache.store(job, ticket)
+                for observer in self._observers if created else ():
+                    observer("submitted", job)
         seen: set[int] = set()
         submitted = []
         for row in batch.row_of:  # a later item with the same key and request: a replay

@@ -98,6 +98,8 @@ def storable(field: str, text: str) -> str:
     """Postgres text cannot hold NUL, and UTF-8 cannot hold a lone surrogate."""
     if "\x00" in text:
         raise InvalidRequest(field, "NUL characters cannot be stored")
+    if text.isascii():  # (a flag of the string: no surrogate to look for)
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -148,17 +150,22 @@ def aware_utc(field: str, value: object) -> datetime:
     return moment
 
 
+# one encoder for every value: ``json.dumps`` with options builds a new one per call, which cost
+# more than encoding a small payload
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False
+)
+
+
 def encode_json(field: str, value: Any) -> str:
     """Serialise a JSON value (compact, sorted keys); ``InvalidRequest`` naming the field if not."""
     if value is None:  # what most handlers return
         return "null"
     try:
-        text = json.dumps(
-            value, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False
-        )
+        text = _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidRequest(field, f"not JSON-serialisable: {exc}") from None
-    if _NUL_ESCAPE.search(text):
+    if "\\u0000" in text and _NUL_ESCAPE.search(text):  # the plain search rules most out
         raise InvalidRequest(field, "JSON strings may not contain NUL characters (Postgres jsonb)")
     return storable(field, text)
 

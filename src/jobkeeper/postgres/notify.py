@@ -87,9 +87,18 @@ _Entry = tuple[object, int, str | None]
 
 
 def encode(changes: Sequence[_Entry]) -> list[str]:
-    """The payloads announcing ``changes``, ``_PER_PAYLOAD`` to a payload. Ids, versions and
-    statuses need no JSON escaping, so plain formatting builds each entry."""
-    entries = [f'["{job_id}",{version},"{status}"]' for job_id, version, status in changes]
+    """The payloads announcing ``changes``, ``_PER_PAYLOAD`` to a payload."""
+    return _payloads([_entry(job_id, version, status) for job_id, version, status in changes])
+
+
+def _entry(job_id: object, version: int, status: str | None) -> str:
+    """One change as its payloads list it. Ids, versions and statuses need no JSON escaping, so
+    plain formatting builds it."""
+    return f'["{job_id}",{version},"{status}"]'
+
+
+def _payloads(entries: Sequence[str]) -> list[str]:
+    """``entries`` (each from ``_entry``) as payloads, ``_PER_PAYLOAD`` to a payload."""
     return [
         "[" + ",".join(entries[start : start + _PER_PAYLOAD]) + "]"
         for start in range(0, len(entries), _PER_PAYLOAD)
@@ -126,8 +135,9 @@ class Announcer:
     def __init__(self, database: Database) -> None:
         self._database = database
         self._channels = channels(database.schema)
-        self._changes: list[_Entry] = []
-        self._work: list[_Entry] = []
+        # entries (``_entry``) to send; a change workers act on goes in both, formatted once
+        self._changes: list[str] = []
+        self._work: list[str] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -141,9 +151,10 @@ class Announcer:
             job_id, version, status = row["id"], row["version"], row["status"]
             if status == "running" and row.get("cancel_requested"):
                 status = CANCEL_REQUESTED
-            self._changes.append((job_id, version, status))
+            entry = _entry(job_id, version, status)
+            self._changes.append(entry)
             if status in _WORK:
-                self._work.append((job_id, version, status))
+                self._work.append(entry)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(
                 supervised("change announcer", self._run), name="jobkeeper-announce"
@@ -169,9 +180,9 @@ class Announcer:
                 await conn.execute(
                     _ANNOUNCE,
                     changes_channel,
-                    encode(changes),
+                    _payloads(changes),
                     work_channel,
-                    encode(work) if work else [],
+                    _payloads(work),
                 )
         except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
             log.warning(
