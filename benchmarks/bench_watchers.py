@@ -80,7 +80,7 @@ class Plan:
     rounds: int
 
 
-FULL = Plan(jobs=200, watchers=2000, rate=200.0, seconds=20.0, rounds=2)
+FULL = Plan(jobs=200, watchers=2000, rate=200.0, seconds=20.0, rounds=3)
 QUICK = Plan(jobs=20, watchers=200, rate=50.0, seconds=4.0, rounds=1)
 
 
@@ -366,56 +366,57 @@ class Child:
         await self.proc.stdin.drain()
 
 
+@dataclass(frozen=True, slots=True)
+class Rig:
+    """What every round uses: the plan, the writer (its manager and the jobs' leases), the
+    scratch database (its URL and name) and a connection for its statistics."""
+
+    plan: Plan
+    url: str
+    database: str
+    admin: asyncpg.Connection
+    manager: JobManager
+    leases: Sequence[Lease]
+
+    @property
+    def job_ids(self) -> list[str]:
+        return [str(lease.job.id) for lease in self.leases]
+
+    async def write(self) -> int:
+        return await _write(self.manager, self.leases, self.plan.rate, self.plan.seconds)
+
+    async def xacts(self) -> int:
+        return await _xacts(self.admin, self.database)
+
+
 async def _measure(
-    child: Child,
-    manager: JobManager,
-    leases: Sequence[Lease],
-    plan: Plan,
-    admin: asyncpg.Connection,
-    database: str,
-    sample: Any,
-    pid: int,
+    rig: Rig, child: Child, sample: Any, pid: int
 ) -> tuple[dict[str, Any], int, int, float, float, float]:
     """The measured window: GO, write, let the last deliveries arrive, STOP."""
     await asyncio.sleep(1.0)  # the connect's reads and writes settle
-    xacts, before, cpu = await _xacts(admin, database), await sample(), proc_cpu(pid)
+    xacts, before, cpu = await rig.xacts(), await sample(), proc_cpu(pid)
     began = time.monotonic()
     await child.send("GO")
-    changes = await _write(manager, leases, plan.rate, plan.seconds)
+    changes = await rig.write()
     await asyncio.sleep(1.0)  # deliveries still in flight
     await child.send("STOP")
     report = json.loads(await child.line())
     seconds = time.monotonic() - began
     cpu = proc_cpu(pid) - cpu
     after = await sample()
-    return report, changes, await _xacts(admin, database) - xacts, after - before, cpu, seconds
+    return report, changes, await rig.xacts() - xacts, after - before, cpu, seconds
 
 
-async def _writer_alone(
-    manager: JobManager,
-    leases: Sequence[Lease],
-    plan: Plan,
-    admin: asyncpg.Connection,
-    database: str,
-) -> float:
+async def _writer_alone(rig: Rig) -> float:
     """The database's commits per second while the writer writes and nobody watches."""
-    before, began = await _xacts(admin, database), time.monotonic()
-    await _write(manager, leases, plan.rate, plan.seconds)
+    before, began = await rig.xacts(), time.monotonic()
+    await rig.write()
     await asyncio.sleep(1.0)  # as in a measured window
-    return (await _xacts(admin, database) - before) / (time.monotonic() - began)
+    return (await rig.xacts() - before) / (time.monotonic() - began)
 
 
-async def _sse_round(
-    server: ApiServer,
-    key: str,
-    job_ids: list[str],
-    manager: JobManager,
-    leases: Sequence[Lease],
-    plan: Plan,
-    admin: asyncpg.Connection,
-    database: str,
-) -> Round:
-    pid = server.proc.pid
+async def _sse_round(rig: Rig, server: ApiServer, key: str) -> Round:
+    pid, plan = server.proc.pid, rig.plan
     host, _, port = server.base.removeprefix("http://").partition(":")
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=server.base, timeout=30, headers=headers) as http:
@@ -426,7 +427,7 @@ async def _sse_round(
         async with http.stream("GET", f"/jobs/{done['id']}/events") as stream:
             await stream.aread()
         before = await _server_sample(http, pid)
-        child = await Child.start("clients", [host, int(port), key, job_ids, plan.watchers])
+        child = await Child.start("clients", [host, int(port), key, rig.job_ids, plan.watchers])
         try:
             connect_s = float((await child.line()).split()[1])
             with_ = await _server_sample(http, pid)
@@ -435,7 +436,7 @@ async def _sse_round(
                 return (await _server_sample(http, pid)).reads
 
             report, changes, xacts, read_count, cpu, seconds = await _measure(
-                child, manager, leases, plan, admin, database, reads, pid
+                rig, child, reads, pid
             )
             with_.rss = max(with_.rss, _rss(pid))
             await child.send("CLOSE")
@@ -451,33 +452,16 @@ async def _sse_round(
             if time.monotonic() > deadline:
                 break  # reported as it is: the round then shows what stayed behind
             await asyncio.sleep(0.2)
+    expected = changes * plan.watchers // plan.jobs
     return Round(
-        "SSE",
-        connect_s,
-        before,
-        with_,
-        after,
-        report["quantiles"],
-        report["count"],
-        changes * plan.watchers // plan.jobs,
-        changes,
-        seconds,
-        xacts,
-        read_count,
-        cpu,
-    )
+        "SSE", connect_s, before, with_, after, report["quantiles"], report["count"], expected,
+        changes, seconds, xacts, read_count, cpu,
+    )  # fmt: skip
 
 
-async def _library_round(
-    url: str,
-    job_ids: list[str],
-    manager: JobManager,
-    leases: Sequence[Lease],
-    plan: Plan,
-    admin: asyncpg.Connection,
-    database: str,
-) -> Round:
-    child = await Child.start("library", [url, job_ids, plan.watchers])
+async def _library_round(rig: Rig) -> Round:
+    plan = rig.plan
+    child = await Child.start("library", [rig.url, rig.job_ids, plan.watchers])
     try:
         connect_s = float((await child.line()).split()[1])
 
@@ -485,7 +469,7 @@ async def _library_round(
             return 0.0
 
         report, changes, xacts, _, cpu, seconds = await _measure(
-            child, manager, leases, plan, admin, database, nothing, child.proc.pid
+            rig, child, nothing, child.proc.pid
         )
         await child.send("CLOSE")
         state = json.loads(await child.line())
@@ -524,7 +508,6 @@ async def run(server_url: str, plan: Plan) -> Results:
     with tempfile.TemporaryDirectory(prefix="bench_watchers_") as tmp:
         workdir = Path(tmp)
         async with scratch(server_url, "watchers") as url:
-            database = urlsplit(url).path.lstrip("/")
             admin = await asyncpg.connect(asyncpg_dsn(server_url))
             try:
                 async with await JobManager.connect(url) as manager:
@@ -533,30 +516,22 @@ async def run(server_url: str, plan: Plan) -> Results:
                     leases = await manager.claim(
                         uuid4(), kinds=[KIND], limit=plan.jobs, lease_seconds=3600
                     )
-                    job_ids = [str(lease.job.id) for lease in leases]
+                    database = urlsplit(url).path.lstrip("/")
+                    rig = Rig(plan, url, database, admin, manager, leases)
                     postgres = str(await admin.fetchval("SHOW server_version"))
                     key = await create_key(url, workdir)
                     server = await start_api(url, workdir)
                     rounds: list[Round] = []
                     try:
                         sys.stderr.write("the writer alone (no watcher)\n")
-                        alone = await _writer_alone(manager, leases, plan, admin, database)
-                        for n in range(plan.rounds):
-                            sys.stderr.write(f"SSE round {n + 1}: {plan.watchers} streams\n")
-                            rounds.append(
-                                await _sse_round(
-                                    server, key, job_ids, manager, leases, plan, admin, database
-                                )
-                            )
+                        alone = await _writer_alone(rig)
+                        for n in range(plan.rounds):  # ABAB: SSE, watch(), SSE, watch(), ...
+                            sys.stderr.write(f"round {n + 1}: {plan.watchers} SSE streams\n")
+                            rounds.append(await _sse_round(rig, server, key))
+                            sys.stderr.write(f"round {n + 1}: {plan.watchers} watch()\n")
+                            rounds.append(await _library_round(rig))
                     finally:
                         await stop_process(server.proc)
-                    for n in range(plan.rounds):
-                        sys.stderr.write(f"watch() round {n + 1}: {plan.watchers} iterators\n")
-                        rounds.append(
-                            await _library_round(
-                                url, job_ids, manager, leases, plan, admin, database
-                            )
-                        )
             finally:
                 await admin.close()
     return Results(
@@ -577,6 +552,11 @@ def _ms(seconds: float) -> str:
 
 def _mib(size: float) -> str:
     return f"{size / 2**20:.1f}"
+
+
+def _label(n: int, r: Round) -> str:
+    """Round ``n`` (from 1) of the run, SSE and watch() taking turns."""
+    return f"{(n + 1) // 2}: {r.mode}"
 
 
 def _quantile(r: Round, q: float) -> float:
@@ -616,7 +596,7 @@ def report(plan: Plan, results: Results, server: str, quick: bool) -> tuple[str,
         p99 = _quantile(r, 0.99)
         ok = ok and p99 * 1000 < TARGET_P99_MS and r.delivered >= r.expected
         lines.append(
-            f"| {n}: {r.mode} | {plan.watchers:,} | {r.connect_s:.1f} | {r.delivered:,} / "
+            f"| {_label(n, r)} | {plan.watchers:,} | {r.connect_s:.1f} | {r.delivered:,} / "
             f"{r.expected:,} | {_ms(_quantile(r, 0.5))} | {_ms(p99)} | {_ms(_quantile(r, 1.0))} "
             f"| {r.cpu_s * 1e6 / max(1, r.delivered):.0f} | {r.reads / r.seconds:.1f} | "
             f"{r.xacts / r.seconds:.0f} ({r.changes / r.seconds:.0f}) |"
@@ -632,7 +612,7 @@ def report(plan: Plan, results: Results, server: str, quick: bool) -> tuple[str,
         left = r.after.watchers != 0 or r.after.tasks > r.before.tasks
         ok = ok and not left
         lines.append(
-            f"| {n}: {r.mode} | {_mib(r.before.rss)} | {_mib(r.with_.rss)} | {_mib(r.after.rss)} "
+            f"| {_label(n, r)} | {_mib(r.before.rss)} | {_mib(r.with_.rss)} | {_mib(r.after.rss)} "
             f"| {per:.1f} | {r.before.tasks:.0f} / {r.with_.tasks:.0f} / {r.after.tasks:.0f} "
             f"| {r.after.watchers:.0f} | {r.after.gaps:.0f} |"
         )
@@ -657,7 +637,7 @@ def figure(results: Results) -> Path:
     series: dict[str, tuple[Sequence[float], Sequence[float]]] = {}
     for n, r in enumerate(results.rounds, 1):
         if r.quantiles:
-            series[f"{n}: {r.mode}"] = (
+            series[_label(n, r)] = (
                 [q * 100 for q in QUANTILES],
                 [v * 1000 for v in r.quantiles],
             )

@@ -1223,6 +1223,8 @@ class JobManager:
                     last = event.seq
                     if event.type in TERMINAL_EVENTS:
                         return
+                # not held while waiting: a watcher of a long history would keep all of it
+                history = ()
                 handed = await subscription.next()
                 fresh = None if handed is None else [e for e in handed if e.seq > last]
                 # a job's sequence numbers have no holes: a jump means events were missed
