@@ -181,3 +181,22 @@ def _subscriptions(manager: JobManager) -> list[Any]:
     """The manager's open subscriptions (private: to cut a watcher off without 1,000 writes)."""
     hub: Any = manager._watchers
     return [s for channel in hub._channels.values() for s in channel.subscribers]
+
+
+async def test_a_change_never_notified_reaches_watchers_by_the_sweep(
+    job_manager: JobManager, database_url: str, tenant: str
+) -> None:
+    # a worker-role manager hears only jobs queued and cancel requests: a progress report is
+    # never announced to it, so only the fan-out's periodic sweep can find it
+    async with await JobManager.connect(
+        database_url, role="worker", feed_interval=0.2
+    ) as worker_side:
+        job, lease = await running(job_manager, tenant)
+        events = worker_side.watch(job.id, tenant=tenant)
+        async with contextlib.aclosing(events):
+            seen = [await anext(events), await anext(events)]  # submitted, claimed
+            await job_manager.report_progress(lease, Progress(message="unannounced here"))
+            seen.append(await asyncio.wait_for(anext(events), 10))
+        assert [e.type for e in seen] == ["submitted", "claimed", "progress"]
+        assert seen[-1].data["message"] == "unannounced here"
+        assert worker_side.watch_stats().reads >= 1
