@@ -64,7 +64,9 @@ async def big_table(database_url: str) -> str:
             FROM generate_series(1, {ROWS});
             INSERT INTO jobs (id, tenant, kind, payload)
             SELECT gen_random_uuid(), 'plans', 'k', '{{}}'::jsonb FROM generate_series(1, 20);
+            INSERT INTO job_events (job_id, seq, type) SELECT id, 1, 'submitted' FROM jobs;
             ANALYZE jobs;
+            ANALYZE job_events;
             """
         )
     finally:
@@ -81,6 +83,12 @@ async def test_the_inbox_reads_the_tenants_open_questions_in_index_order(big_tab
     plan = await explain(big_table, questions._INBOX.text)
     assert "ix_jobs_inbox" in index_names(plan), json.dumps(plan, indent=1)
     assert "Sort" not in node_types(plan), json.dumps(plan, indent=1)
+
+
+async def test_the_watchers_fan_out_reads_each_jobs_events_by_primary_key(big_table: str) -> None:
+    plan = await explain(big_table, jobs._EVENTS_OF_MANY.text)
+    assert "pk_job_events" in index_names(plan), json.dumps(plan, indent=1)
+    assert "job_events" not in seq_scanned(plan), json.dumps(plan, indent=1)
 
 
 async def test_lease_recovery_reads_only_the_running_jobs(big_table: str) -> None:

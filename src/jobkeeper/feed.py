@@ -31,12 +31,13 @@ import asyncpg
 
 from jobkeeper.clock import nap
 from jobkeeper.errors import DatabaseUnavailable
-from jobkeeper.postgres import CANCEL_REQUESTED, Change, FeedConnection
+from jobkeeper.postgres import CANCEL_REQUESTED, EXPIRED_VERSION, Change, FeedConnection
 from jobkeeper.postgres.notify import catch_up, decode, open_feed
 from jobkeeper.postgres.pool import LINK_ERRORS, Database
 
 __all__ = [
     "CANCEL_REQUESTED",
+    "EXPIRED_VERSION",
     "BatchListener",
     "Change",
     "ChangeFeed",
@@ -90,8 +91,8 @@ class ChangeFeed:
         self._database = database
         self._work_only = work_only
         # without a cache to repair (notify mode, a worker process), listeners hear notifications
-        # only; each has its own fallback (a worker polls, watch() re-reads), so the catch-up
-        # query, which reads every event since the last, would serve nobody
+        # only; each has its own fallback (a worker polls, watch()'s fan-out sweeps), so the
+        # catch-up query, which reads every event since the last, would serve nobody
         self._catches_up = catch_up or mode == "poll"
         self._mode: FeedMode = mode
         self._interval = interval

@@ -7,7 +7,6 @@ raises a typed error and writes nothing.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import contextlib
@@ -95,6 +94,7 @@ from jobkeeper.postgres.keys import KeyStatements
 from jobkeeper.postgres.workers import WorkerStatements
 from jobkeeper.settings import Settings
 from jobkeeper.supervise import until_reachable
+from jobkeeper.watchers import WatchHub, WatchStats
 
 __all__ = ["Consistency", "JobManager", "Role"]
 
@@ -233,6 +233,9 @@ class JobManager:
         self._max_queued_per_kind = max_queued_per_kind
         self._retry_after = queue_full_retry_after
         self._observers: list[Callable[[str, Job], object]] = []
+        self._watchers = WatchHub(
+            feed.subscribe_batches, postgres.jobs.events_of_many, interval=feed.interval
+        )
         # who wrote a change, in the audit trail of questions: this process
         self.replica = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -376,6 +379,7 @@ class JobManager:
 
     async def close(self) -> None:
         """Stop the change feed and close every database connection of this manager."""
+        await self._watchers.stop()
         await self._feed.close()
         await self._pg.close()
 
@@ -1217,38 +1221,44 @@ class JobManager:
         """The job's history after ``after``, then its events as they happen, each once and in
         order, until a terminal event (succeeded, failed, cancelled, expired).
 
-        History is read from ``job_events``; the change feed only says when to read again (and
-        a periodic re-read covers a feed outage), so nothing is missed or repeated across
-        reconnects. This is what ``GET /jobs/{id}/events`` streams with ``Last-Event-ID``.
+        History is read from ``job_events`` once, when the watch starts; from then on the events
+        come from the manager's one fan-out of the change feed (``jobkeeper.watchers``: one read
+        per batch of changes, however many watch), and a watcher that falls behind or misses
+        events re-reads its history once. So nothing is missed or repeated across reconnects:
+        this is what ``GET /jobs/{id}/events`` streams with ``Last-Event-ID``. Close an iterator
+        left before its end (``contextlib.aclosing``) so that the fan-out stops feeding it.
         """
         job_id = parse_job_id(job_id)
-        changed = asyncio.Event()
-
-        def on_change(changed_id: UUID, _version: int, _status: str | None) -> None:
-            if changed_id == job_id:
-                changed.set()
-
-        unsubscribe = self.subscribe(on_change)
+        # subscribed before the history is read, so nothing committed between the two is lost
+        subscription = self._watchers.open(job_id)
         try:
             last = after
+            history = await self.events(job_id, tenant=tenant, after=last)
+            if not history:
+                # resumed at or past the end (an SSE client reconnecting after the last event)
+                job = await self.get(job_id, tenant=tenant, consistency="strong")
+                if job.terminal and last >= job.version:
+                    return
+                self._watchers.synced(subscription, job.version)
+            else:
+                self._watchers.synced(subscription, history[-1].seq)
             while True:
-                changed.clear()  # before reading, so a change during the read is not lost
-                history = await self.events(job_id, tenant=tenant, after=last)
                 for event in history:
                     yield event
                     last = event.seq
                     if event.type in TERMINAL_EVENTS:
                         return
-                if not history:
-                    # resumed at or past the end (an SSE client reconnecting after the last event)
-                    job = await self.get(job_id, tenant=tenant, consistency="strong")
-                    if job.terminal and last >= job.version:
-                        return
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._feed.interval):  # see clock.nap
-                        await changed.wait()
+                # not held while waiting: a watcher of a long history would keep all of it
+                history = ()
+                handed = await subscription.next()
+                fresh = None if handed is None else [e for e in handed if e.seq > last]
+                # a job's sequence numbers have no holes: a jump means events were missed
+                if fresh is None or (fresh and fresh[0].seq != last + 1):
+                    history = await self.events(job_id, tenant=tenant, after=last)
+                else:
+                    history = tuple(fresh)
         finally:
-            unsubscribe()
+            self._watchers.close(subscription)
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -1373,6 +1383,11 @@ class JobManager:
     def feed_status(self) -> FeedStatus:
         """Whether the change feed is connected and vouching for the cache (for readiness)."""
         return self._feed.status()
+
+    def watch_stats(self) -> WatchStats:
+        """Open ``watch()`` iterators, the jobs they watch, the fan-out's reads and the
+        watchers cut off with a gap (for metrics)."""
+        return self._watchers.stats()
 
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
         """Call ``listener(job_id, version, status)`` for every committed change any process

@@ -7,6 +7,7 @@ reads the shared state from Postgres; the HTTP ``/metrics`` route calls it befor
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -175,6 +176,7 @@ class _StateCollector(Collector):
             "Seconds since the change feed last confirmed it is in sync.",
             value=feed.seconds_since_sync if feed.seconds_since_sync is not None else float("inf"),
         )
+        yield from _watch_metrics(jobs)
         depth = GaugeMetricFamily("jobkeeper_jobs", "Jobs by live status.", labels=["status"])
         live = (
             JobStatus.QUEUED,
@@ -198,3 +200,26 @@ class _StateCollector(Collector):
             "Workers that heartbeat recently.",
             value=self._metrics._live_workers,
         )
+
+
+def _watch_metrics(jobs: JobManager) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    """The live watchers (``watch()``, the events streams) and this process's asyncio tasks: an
+    operator sees what the streams hold and that nothing stays behind when they close."""
+    watch = jobs.watch_stats()
+    yield GaugeMetricFamily("jobkeeper_watchers", "Open event streams (watch()).", watch.watchers)
+    yield GaugeMetricFamily("jobkeeper_watched_jobs", "Jobs with a live watcher.", watch.jobs)
+    yield CounterMetricFamily(
+        "jobkeeper_watch_reads",
+        "Reads that fed the watchers of every job that changed in a batch.",
+        value=watch.reads,
+    )
+    yield CounterMetricFamily(
+        "jobkeeper_watch_gaps",
+        "Watchers cut off (too far behind, or their job expired) that re-read their history.",
+        value=watch.gaps,
+    )
+    try:
+        tasks = len(asyncio.all_tasks())
+    except RuntimeError:  # collected outside the event loop (a test, a REPL)
+        return
+    yield GaugeMetricFamily("jobkeeper_asyncio_tasks", "asyncio tasks of this process.", tasks)

@@ -5,6 +5,7 @@ database with a ``jobkeeper worker`` process, where what one replica accepts the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -198,3 +199,58 @@ async def test_two_replicas_and_a_worker_process_share_one_database(
 
     for process in processes.started:
         processes.alive(process)
+
+
+def gauge(metrics: str, name: str) -> float:
+    """One unlabelled sample of the Prometheus text ``metrics``."""
+    for line in metrics.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+async def test_event_streams_leave_no_watcher_or_task_behind_when_clients_hang_up(
+    processes: Processes, job_manager: JobManager, tenant: str
+) -> None:
+    key = (await ApiKeys(job_manager).create(tenant)).key
+    base = await processes.serve("api")
+    streams = 20
+    async with client(base, key) as http, contextlib.AsyncExitStack() as hang_ups:
+
+        async def sample(name: str) -> float:
+            return gauge((await http.get("/metrics")).text, name)
+
+        # a first stream starts sse-starlette's one shutdown watcher task of the process
+        done = (await http.post("/jobs", json={"kind": IDLE_KIND})).json()
+        await http.post(f"/jobs/{done['id']}/cancel")
+        assert [e.event for e in await read_stream(http, done["id"])] == ["submitted", "cancelled"]
+        job = (await http.post("/jobs", json={"kind": IDLE_KIND})).json()
+        tasks_before = await sample("jobkeeper_asyncio_tasks")
+        assert await sample("jobkeeper_watchers") == 0
+        readers: list[SseReader] = []
+        for _ in range(streams):  # each client on a connection of its own
+            own = await hang_ups.enter_async_context(client(base, key))
+            response = await hang_ups.enter_async_context(
+                own.stream("GET", f"/jobs/{job['id']}/events")
+            )
+            reader = SseReader(response)  # kept: a collected reader closes its response
+            readers.append(reader)
+            first = await asyncio.wait_for(reader.next(), DEADLINE)
+            assert first is not None and first.event == "submitted"
+
+        async def all_watching() -> bool:
+            return await sample("jobkeeper_watchers") == streams
+
+        await eventually(all_watching, what="the server to count every stream")
+        assert await sample("jobkeeper_watched_jobs") == 1
+        assert await sample("jobkeeper_asyncio_tasks") > tasks_before
+        await hang_ups.aclose()  # every client hangs up, mid-stream
+
+        async def back_to_baseline() -> bool:
+            return (
+                await sample("jobkeeper_watchers") == 0
+                and await sample("jobkeeper_watched_jobs") == 0
+                and await sample("jobkeeper_asyncio_tasks") <= tasks_before
+            )
+
+        await eventually(back_to_baseline, what="the server to drop every watcher and task")

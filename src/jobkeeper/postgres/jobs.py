@@ -286,6 +286,15 @@ _FINISHED_COUNTS = raw(
 )
 # the jobs of these ids, whoever's tenant (a fan-out that filters by tenant itself)
 _MANY = raw("SELECT * FROM jobs WHERE id = ANY($1::uuid[])", "ids")
+# each job's events after its own sequence number, of every tenant (the watchers' fan-out)
+_EVENTS_OF_MANY = raw(
+    "SELECT e.job_id, e.seq, e.type, e.data, e.at"
+    " FROM unnest($1::uuid[], $2::bigint[]) AS w(job_id, after)"
+    " JOIN job_events e ON e.job_id = w.job_id AND e.seq > w.after"
+    " ORDER BY e.job_id, e.seq",
+    "ids",
+    "afters",
+)
 # who runs these jobs and until when, and a waiting job's answer deadline
 _LEASES = raw(
     "SELECT j.id, j.worker_id, j.lease_expires_at, j.input_deadline, w.host, w.pid"
@@ -526,6 +535,16 @@ class JobStatements:
     async def many(self, ids: list[UUID]) -> list[Job]:
         """The jobs of ``ids`` that exist, of any tenant."""
         return [to_job(row) for row in await self._db.rows(_MANY, {"ids": ids}, read=True)]
+
+    async def events_of_many(self, after: Mapping[UUID, int]) -> dict[UUID, list[JobEvent]]:
+        """Each job's events after its sequence number in ``after``, of every tenant, in one
+        read: what the watchers of many jobs are fed (``jobkeeper.watchers``)."""
+        params = {"ids": list(after), "afters": list(after.values())}
+        found: dict[UUID, list[JobEvent]] = {}
+        for r in await self._db.rows(_EVENTS_OF_MANY, params, read=True):
+            event = JobEvent(seq=r["seq"], type=r["type"], data=r["data"], at=r["at"])
+            found.setdefault(r["job_id"], []).append(event)
+        return found
 
     async def leases(self, tenant: str, ids: list[UUID]) -> list[JobLease]:
         """Who holds these jobs of the tenant, until when, and their answer deadlines."""
