@@ -702,6 +702,34 @@ async def test_a_hook_that_keeps_failing_never_blocks_the_pass(
 # --- 7. batch bounds ---------------------------------------------------------------------------
 
 
+async def test_expiry_does_not_wait_until_every_due_input_is_cleared(
+    job_manager: JobManager, tenant: str, db: asyncpg.Connection
+) -> None:
+    """A pass takes its steps in turn, a batch each: when jobs finish faster than inputs are
+    cleared, expiry (and the rest of the pass) still runs instead of waiting for that backlog."""
+    kind, count = _kind(), 250
+    jobs = await succeeded(job_manager, tenant, kind, [{"n": n} for n in range(count + 1)])
+    await backdate(db, [j.id for j in jobs[1:]], days=2)  # inputs due, jobs kept
+    await backdate(db, [jobs[0].id], days=4)  # due for expiry
+    hooks = ExpiryHooks()
+    inputs_left: list[int] = []
+
+    @hooks.on_expire(kind)
+    async def count_inputs(job: Job) -> None:
+        inputs_left.append(
+            await db.fetchval(
+                "SELECT count(*) FROM jobs WHERE tenant = $1 AND payload IS NOT NULL", tenant
+            )
+        )
+
+    policy = Retention(payload_ttl=DAY, job_ttl=3 * DAY, tombstone_ttl=DAY)
+    report = await sweep(job_manager, policy, hooks)
+    assert report.jobs_expired >= 1 and report.payloads_cleared >= count
+    assert len(inputs_left) == 1 and inputs_left[0] > 0, inputs_left
+    left = "SELECT count(*) FROM jobs WHERE tenant = $1 AND payload IS NOT NULL"
+    assert await db.fetchval(left, tenant) == 0
+
+
 async def test_one_sweep_expires_more_jobs_than_a_batch(
     job_manager: JobManager, tenant: str, db: asyncpg.Connection
 ) -> None:
