@@ -4,12 +4,13 @@ jobkeeper and pgqueuer in the same run, sampled every 100,000 jobs.
 Each system in its own scratch database: a producer in this process keeps a backlog of queued
 jobs (lists of ``LIST`` per call: ``JobManager.submit_many``, pgqueuer's ``Queries.enqueue``),
 two worker processes (``bench_throughput.py``'s, uvloop) run them, and for jobkeeper a
-``Sweeper`` with short TTLs (payload 1 s, job 2 s, tombstone 5 s, a pass every 0.5 s) deletes
-jobs about as fast as they finish. A probe claims ``PROBE`` jobs every ``PROBE_EVERY`` s through
-jobkeeper's claim statement (and completes them), timed; pgqueuer's claims happen inside its
-``QueueManager``, so it has no claim column. Every ``--sample`` jobs done: jobs/s over the window,
-claim p50/p99, each table's ``pg_total_relation_size`` and each index's ``pg_relation_size``, live
-and dead tuples (``pg_stat_user_tables``).
+``Sweeper`` in a process of its own with short TTLs (payload 1 s, job 2 s, tombstone 5 s, a
+pass every 0.5 s) deletes jobs about as fast as they finish. A probe process claims ``PROBE``
+jobs every ``PROBE_EVERY`` s through jobkeeper's claim statement (and completes them), timed;
+pgqueuer's claims happen inside its ``QueueManager``, so it has no claim column. Every
+``--jobs`` / 10 jobs done: jobs/s over the window, claim p50/p99, each table's
+``pg_total_relation_size`` and each index's ``pg_relation_size``, live and dead tuples
+(``pg_stat_user_tables``).
 
 Autovacuum is what keeps these sizes bounded, so the run needs a server where it is on: with
 ``JOBKEEPER_DATABASE_URL`` pointing at one where it is off, the script uses an embedded Postgres
@@ -18,6 +19,7 @@ Autovacuum is what keeps these sizes bounded, so the run needs a server where it
     .venv/bin/python benchmarks/bench_churn.py            # print the markdown report
     .venv/bin/python benchmarks/bench_churn.py --write    # ... update docs/benchmarks.md + figure
     .venv/bin/python benchmarks/bench_churn.py --quick    # smoke run: 50,000 jobs
+    .venv/bin/python benchmarks/bench_churn.py --jobs 200000  # another count
 
 Exits with status 1 when a target is missed (after printing and writing the report).
 """
@@ -87,7 +89,7 @@ class ChurnPlan:
     timeout: float  # per system
 
 
-FULL = ChurnPlan(jobs=1_000_000, sample=100_000, timeout=900.0)
+FULL = ChurnPlan(jobs=1_000_000, sample=100_000, timeout=1_500.0)
 QUICK = ChurnPlan(jobs=50_000, sample=10_000, timeout=120.0)
 
 
@@ -196,22 +198,30 @@ async def probe_loop(url: str) -> None:
         await repo.close()
 
 
+async def sweep_loop(url: str) -> None:
+    """The sweeper process: jobkeeper's ``Sweeper`` with the short TTLs, a pass every
+    ``SWEEP_EVERY`` s (a process of its own, as in a worker or API process)."""
+    async with await JobManager.connect(url) as manager:
+        await Sweeper(manager, interval=SWEEP_EVERY, retention=Retention(**RETENTION)).run()
+
+
 @asynccontextmanager
-async def prober(url: str) -> AsyncIterator[list[float]]:
-    """A probe process (``--probe``) whose claim times are appended to the list yielded."""
+async def side_process(*args: str) -> AsyncIterator[list[float]]:
+    """This script started again with ``args`` (``--probe`` or ``--sweep``); the numbers it
+    prints, one a line, are appended to the list yielded. Terminated on the way out."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--probe", url, stdout=asyncio.subprocess.PIPE
+        sys.executable, __file__, *args, stdout=asyncio.subprocess.PIPE
     )
-    claims: list[float] = []
+    numbers: list[float] = []
 
     async def read() -> None:
         assert proc.stdout is not None
         async for line in proc.stdout:
-            claims.append(float(line))
+            numbers.append(float(line))
 
     reading = asyncio.create_task(read())
     try:
-        yield claims
+        yield numbers
     finally:
         if proc.returncode is None:
             proc.terminate()
@@ -224,9 +234,7 @@ async def prober(url: str) -> AsyncIterator[list[float]]:
 async def jobkeeper_driver(system: System) -> AsyncIterator[Driver]:
     async with AsyncExitStack() as stack:
         manager = await stack.enter_async_context(await JobManager.connect(system.url))
-        sweeper = Sweeper(manager, interval=SWEEP_EVERY, retention=Retention(**RETENTION))
-        sweeping = asyncio.create_task(sweeper.run())
-        stack.callback(sweeping.cancel)
+        await stack.enter_async_context(side_process("--sweep", system.url))
         pending_sql = in_schema("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')")
 
         async def submit(i: int) -> object:
@@ -261,7 +269,11 @@ async def churn(system: System, config: Config, plan: ChurnPlan, logs: Path) -> 
     async with AsyncExitStack() as stack:
         driver = await stack.enter_async_context(DRIVERS[system.name](system))
         children = await stack.enter_async_context(workers(system.name, config, system.url, logs))
-        claims = await stack.enter_async_context(prober(system.url)) if driver.probed else []
+        claims = (
+            await stack.enter_async_context(side_process("--probe", system.url))
+            if driver.probed
+            else []
+        )
         submitted = 0
         stop = asyncio.Event()
 
@@ -465,7 +477,8 @@ def report(
         "with lists); two worker processes run them from the start (jobkeeper: 2 processes, "
         "concurrency 100 each, uvloop; pgqueuer: 2 processes, batch 100, uvloop).",
         f"- jobkeeper's retention is on, with short TTLs so that jobs are deleted about as fast "
-        f"as they finish: a `Sweeper` in this process every {SWEEP_EVERY} s, payload TTL "
+        f"as they finish: a `Sweeper` in a process of its own, a pass every {SWEEP_EVERY} s, "
+        "payload TTL "
         f"{RETENTION['payload_ttl']:.0f} s, job TTL {RETENTION['job_ttl']:.0f} s, tombstone "
         f"TTL {RETENTION['tombstone_ttl']:.0f} s. pgqueuer deletes a job's queue row when it "
         "ends and keeps a row per job and status in `pgqueuer_log` (as installed, without its "
@@ -520,7 +533,9 @@ def draw(results: Results) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = arguments(__doc__, "50,000 jobs: a smoke run")
     add_role_arguments(parser)
+    parser.add_argument("--jobs", type=int, help="jobs per system (a sample every tenth)")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
+    parser.add_argument("--sweep", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -528,11 +543,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.role:
         return run_role(args)
-    if args.probe:
+    if args.probe or args.sweep:
+        loop = probe_loop(args.probe) if args.probe else sweep_loop(args.sweep)
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(probe_loop(args.probe))
+            asyncio.run(loop)
         return 0
     plan = QUICK if args.quick else FULL
+    if args.jobs:
+        plan = ChurnPlan(args.jobs, max(1, args.jobs // 10), plan.timeout)
     with churn_server() as server, tempfile.TemporaryDirectory(prefix="bench_churn_") as tmp:
         results = asyncio.run(run(server.url, plan, Path(tmp)))
     figure = draw(results) if args.write else None

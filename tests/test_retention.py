@@ -730,6 +730,33 @@ async def test_expiry_does_not_wait_until_every_due_input_is_cleared(
     assert await db.fetchval(left, tenant) == 0
 
 
+async def test_a_pass_holds_back_no_row_versions_from_vacuum(
+    job_manager: JobManager, tenant: str, db: asyncpg.Connection
+) -> None:
+    """The transaction that holds the sweeper lock for a pass keeps no snapshot: vacuum may
+    remove row versions that die during the pass (the jobs it deletes among them)."""
+    kind = _kind()
+    jobs = await succeeded(job_manager, tenant, kind, [{"a": 1}])
+    await backdate(db, [j.id for j in jobs])
+    hooks = ExpiryHooks()
+    holders: list[list[tuple[int, str | None]]] = []
+
+    @hooks.on_expire(kind)
+    async def lock_holders_horizon(job: Job) -> None:
+        rows = await db.fetch(
+            "SELECT a.pid, a.backend_xmin::text AS xmin FROM pg_locks AS l"
+            " JOIN pg_stat_activity AS a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database()"
+            " AND a.state = 'idle in transaction'"
+        )
+        holders.append([(r["pid"], r["xmin"]) for r in rows])
+
+    report = await sweep(job_manager, RETENTION, hooks)
+    assert report.jobs_expired >= 1
+    assert len(holders) == 1 and len(holders[0]) == 1, holders  # the sweeper lock's holder
+    assert holders[0][0][1] is None, holders
+
+
 async def test_one_sweep_expires_more_jobs_than_a_batch(
     job_manager: JobManager, tenant: str, db: asyncpg.Connection
 ) -> None:
