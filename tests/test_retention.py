@@ -29,7 +29,7 @@ from jobkeeper.api.auth import ApiKeys
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.values import Job
 from jobkeeper.errors import InvalidRequest, JobExpired, JobNotFound
-from jobkeeper.maintenance import ExpiryHooks, Retention, Sweeper, SweepReport
+from jobkeeper.maintenance import _RETENTION_BATCH, ExpiryHooks, Retention, Sweeper, SweepReport
 from jobkeeper.manager import JobManager
 from jobkeeper.postgres import CHANNEL, EXPIRED_VERSION
 from jobkeeper.postgres.retention import _CLEAR_PAYLOADS, _DUE_FOR_EXPIRY, _PURGE_TOMBSTONES
@@ -707,7 +707,7 @@ async def test_expiry_does_not_wait_until_every_due_input_is_cleared(
 ) -> None:
     """A pass takes its steps in turn, a batch each: when jobs finish faster than inputs are
     cleared, expiry (and the rest of the pass) still runs instead of waiting for that backlog."""
-    kind, count = _kind(), 250
+    kind, count = _kind(), _RETENTION_BATCH + 50
     jobs = await succeeded(job_manager, tenant, kind, [{"n": n} for n in range(count + 1)])
     await backdate(db, [j.id for j in jobs[1:]], days=2)  # inputs due, jobs kept
     await backdate(db, [jobs[0].id], days=4)  # due for expiry
@@ -760,7 +760,7 @@ async def test_a_pass_holds_back_no_row_versions_from_vacuum(
 async def test_one_sweep_expires_more_jobs_than_a_batch(
     job_manager: JobManager, tenant: str, db: asyncpg.Connection
 ) -> None:
-    kind, count = _kind(), 250
+    kind, count = _kind(), _RETENTION_BATCH + 50
     jobs = await succeeded(job_manager, tenant, kind, [{"n": n} for n in range(count)])
     await db.execute(
         "UPDATE jobs SET finished_at = now() - interval '2 days' - make_interval(secs => random())"
@@ -782,7 +782,7 @@ async def test_one_sweep_expires_more_jobs_than_a_batch(
         count
     )
 
-    # purging also runs batch after batch (1000 a batch): 250 + 1200 old tombstones
+    # purging also runs batch after batch: count + 1200 old tombstones
     await db.execute(
         "INSERT INTO job_tombstones (job_id, tenant, kind) SELECT gen_random_uuid(), $1, $2"
         " FROM generate_series(1, 1200)",

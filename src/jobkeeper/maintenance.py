@@ -37,6 +37,10 @@ __all__ = ["ExpiryHooks", "Retention", "SweepReport", "Sweeper"]
 
 log = logging.getLogger("jobkeeper.maintenance")
 _BATCH = 100
+# retention's batches: every batch is a commit, so a WAL flush; with batches of 100 a sweeper on a
+# busy server (flushes of tens of ms) deleted fewer jobs per second than the workers finished
+# (bench_churn.py), and the table grew without bound. Hooks still run one job at a time.
+_RETENTION_BATCH = 1_000
 ExpiryHook = Callable[[Job], Awaitable[None]]
 
 
@@ -215,11 +219,15 @@ class Sweeper:
             busy = False
             for (kinds, others, payload_ttl, job_ttl), failed in zip(groups, skip, strict=True):
                 batch = await jobs.clear_payloads(
-                    ttl=payload_ttl, kinds=kinds, other_kinds=others, limit=_BATCH
+                    ttl=payload_ttl, kinds=kinds, other_kinds=others, limit=_RETENTION_BATCH
                 )
                 cleared += len(batch)
                 due = await jobs.due_for_expiry(
-                    ttl=job_ttl, kinds=kinds, other_kinds=others, skip=list(failed), limit=_BATCH
+                    ttl=job_ttl,
+                    kinds=kinds,
+                    other_kinds=others,
+                    skip=list(failed),
+                    limit=_RETENTION_BATCH,
                 )
                 ready = []
                 for job in due:
@@ -233,7 +241,7 @@ class Sweeper:
                 break
         purged = 0
         while batch_count := await jobs.purge_tombstones(
-            ttl=policy.tombstone_ttl, limit=_BATCH * 10
+            ttl=policy.tombstone_ttl, limit=_RETENTION_BATCH
         ):
             purged += batch_count
         return replace(
