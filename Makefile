@@ -31,7 +31,7 @@ $(BIN)/.installed-bench: $(BIN)/.installed
 	touch $@
 
 # every benchmark, even after one missed a target; fails at the end if any did
-BENCHMARKS := read_path coherence throughput http batch watchers
+BENCHMARKS := read_path coherence throughput http batch watchers limit churn
 BENCH_ARGS ?= --write
 bench: $(BIN)/.installed-bench  ## every benchmark, written into docs/benchmarks.md (smoke run: BENCH_ARGS=--quick)
 	@failed=""; for name in $(BENCHMARKS); do \

@@ -140,6 +140,11 @@ def load_average(start: LoadAverage, end: LoadAverage) -> str:
     )
 
 
+def status(ok: bool) -> str:
+    """A target's verdict as the reports print it."""
+    return "**PASS**" if ok else "**FAIL**"
+
+
 def _line(marker: str) -> re.Pattern[str]:
     """``marker`` alone on a line."""
     return re.compile(rf"^{re.escape(marker)}[ \t]*$", re.MULTILINE)

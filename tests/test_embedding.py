@@ -89,7 +89,7 @@ down_revision = "a1"
 
 
 def upgrade():
-    jobkeeper.migrate.upgrade(op.get_bind(), "0006")
+    jobkeeper.migrate.upgrade(op.get_bind(), "0007")
     op.execute("INSERT INTO workers (name) VALUES ('still the app''s op')")
 
 
@@ -102,7 +102,7 @@ def downgrade():
 @pytest.fixture(scope="module")
 def app_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """An application's Alembic layout: models, env.py, and two revisions, the second of which
-    brings jobkeeper to revision 0006."""
+    brings jobkeeper to revision 0007."""
     root = tmp_path_factory.mktemp("app")
     (root / "embedded_app_models.py").write_text(textwrap.dedent(MODELS))
     migrations = root / "migrations"
@@ -176,7 +176,7 @@ async def test_the_applications_alembic_migrates_jobkeeper_and_its_check_passes(
     await asyncio.to_thread(command.check, config)  # no drop_table for jobkeeper's tables
     assert await db.fetchval("SELECT version_num FROM public.alembic_version") == "a2"
     ours = "SELECT version_num FROM jobkeeper.jobkeeper_alembic_version"
-    assert await db.fetchval(ours) == "0006"
+    assert await db.fetchval(ours) == "0007"
     # the application's revision went on with its own op after jobkeeper's ran
     assert await db.fetchval("SELECT name FROM public.workers") == "still the app's op"
     # jobkeeper's own check sees only its tables, none of the application's as removed

@@ -136,3 +136,33 @@ async def test_no_statement_reads_the_jobs_table_whole(big_table: str, name: str
 async def test_the_pool_plans_each_statement_once(job_manager: JobManager) -> None:
     async with data_layer(job_manager).database.connection() as conn:
         assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+
+
+# columns that heartbeats, progress reports and checkpoints change: an index naming any of them
+# (as a key, in an expression or in a predicate) would make those updates non-HOT, adding an
+# entry to every index of jobs per heartbeat (the table's fillfactor leaves room for HOT updates)
+HOT_COLUMNS = (
+    "lease_expires_at",
+    "progress_fraction",
+    "progress_message",
+    "checkpoints",
+    "updated_at",
+    "version",
+)
+
+
+async def test_no_index_of_jobs_names_a_column_of_the_frequent_small_updates(
+    database_url: str,
+) -> None:
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        rows = await conn.fetch(
+            "SELECT indexrelid::regclass::text AS name, pg_get_indexdef(indexrelid) AS def"
+            " FROM pg_index WHERE indrelid = 'jobs'::regclass"
+        )
+    finally:
+        await conn.close()
+    assert len(rows) >= 5
+    for row in rows:
+        named = {c for c in HOT_COLUMNS if re.search(rf"\b{c}\b", row["def"])}
+        assert not named, f"{row['name']} names {named}: {row['def']}"

@@ -29,7 +29,7 @@ from jobkeeper.api.auth import ApiKeys
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.values import Job
 from jobkeeper.errors import InvalidRequest, JobExpired, JobNotFound
-from jobkeeper.maintenance import ExpiryHooks, Retention, Sweeper, SweepReport
+from jobkeeper.maintenance import _RETENTION_BATCH, ExpiryHooks, Retention, Sweeper, SweepReport
 from jobkeeper.manager import JobManager
 from jobkeeper.postgres import CHANNEL, EXPIRED_VERSION
 from jobkeeper.postgres.retention import _CLEAR_PAYLOADS, _DUE_FOR_EXPIRY, _PURGE_TOMBSTONES
@@ -702,10 +702,65 @@ async def test_a_hook_that_keeps_failing_never_blocks_the_pass(
 # --- 7. batch bounds ---------------------------------------------------------------------------
 
 
+async def test_expiry_does_not_wait_until_every_due_input_is_cleared(
+    job_manager: JobManager, tenant: str, db: asyncpg.Connection
+) -> None:
+    """A pass takes its steps in turn, a batch each: when jobs finish faster than inputs are
+    cleared, expiry (and the rest of the pass) still runs instead of waiting for that backlog."""
+    kind, count = _kind(), _RETENTION_BATCH + 50
+    jobs = await succeeded(job_manager, tenant, kind, [{"n": n} for n in range(count + 1)])
+    await backdate(db, [j.id for j in jobs[1:]], days=2)  # inputs due, jobs kept
+    await backdate(db, [jobs[0].id], days=4)  # due for expiry
+    hooks = ExpiryHooks()
+    inputs_left: list[int] = []
+
+    @hooks.on_expire(kind)
+    async def count_inputs(job: Job) -> None:
+        inputs_left.append(
+            await db.fetchval(
+                "SELECT count(*) FROM jobs WHERE tenant = $1 AND payload IS NOT NULL", tenant
+            )
+        )
+
+    policy = Retention(payload_ttl=DAY, job_ttl=3 * DAY, tombstone_ttl=DAY)
+    report = await sweep(job_manager, policy, hooks)
+    assert report.jobs_expired >= 1 and report.payloads_cleared >= count
+    assert len(inputs_left) == 1 and inputs_left[0] > 0, inputs_left
+    left = "SELECT count(*) FROM jobs WHERE tenant = $1 AND payload IS NOT NULL"
+    assert await db.fetchval(left, tenant) == 0
+
+
+async def test_a_pass_holds_back_no_row_versions_from_vacuum(
+    job_manager: JobManager, tenant: str, db: asyncpg.Connection
+) -> None:
+    """The transaction that holds the sweeper lock for a pass keeps no snapshot: vacuum may
+    remove row versions that die during the pass (the jobs it deletes among them)."""
+    kind = _kind()
+    jobs = await succeeded(job_manager, tenant, kind, [{"a": 1}])
+    await backdate(db, [j.id for j in jobs])
+    hooks = ExpiryHooks()
+    holders: list[list[tuple[int, str | None]]] = []
+
+    @hooks.on_expire(kind)
+    async def lock_holders_horizon(job: Job) -> None:
+        rows = await db.fetch(
+            "SELECT a.pid, a.backend_xmin::text AS xmin FROM pg_locks AS l"
+            " JOIN pg_stat_activity AS a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database()"
+            " AND a.state = 'idle in transaction'"
+        )
+        holders.append([(r["pid"], r["xmin"]) for r in rows])
+
+    report = await sweep(job_manager, RETENTION, hooks)
+    assert report.jobs_expired >= 1
+    assert len(holders) == 1 and len(holders[0]) == 1, holders  # the sweeper lock's holder
+    assert holders[0][0][1] is None, holders
+
+
 async def test_one_sweep_expires_more_jobs_than_a_batch(
     job_manager: JobManager, tenant: str, db: asyncpg.Connection
 ) -> None:
-    kind, count = _kind(), 250
+    kind, count = _kind(), _RETENTION_BATCH + 50
     jobs = await succeeded(job_manager, tenant, kind, [{"n": n} for n in range(count)])
     await db.execute(
         "UPDATE jobs SET finished_at = now() - interval '2 days' - make_interval(secs => random())"
@@ -727,7 +782,7 @@ async def test_one_sweep_expires_more_jobs_than_a_batch(
         count
     )
 
-    # purging also runs batch after batch (1000 a batch): 250 + 1200 old tombstones
+    # purging also runs batch after batch: count + 1200 old tombstones
     await db.execute(
         "INSERT INTO job_tombstones (job_id, tenant, kind) SELECT gen_random_uuid(), $1, $2"
         " FROM generate_series(1, 1200)",

@@ -27,8 +27,9 @@ from uuid_utils.compat import uuid7
 
 from jobkeeper import JobContext, JobManager, JobStatus, Lease, TaskRegistry, Worker
 from jobkeeper.domain.validate import DEFAULT_SCHEMA
+from jobkeeper.maintenance import Retention, Sweeper
 from jobkeeper.postgres import CHANNEL, Postgres
-from jobkeeper.postgres.compile import qualify
+from jobkeeper.postgres.compile import Sql, qualify
 from jobkeeper.schema import jobs
 from jobkeeper.settings import asyncpg_dsn, sqlalchemy_url
 from jobkeeper.testing import data_layer
@@ -38,17 +39,22 @@ __all__ = [
     "CHANNEL",
     "CONCURRENCY",
     "LOOP",
+    "NOOP",
     "PROFILED",
     "STAMP",
     "Jobkeeper",
     "Postgres",
+    "Retention",
     "Step",
+    "Sweeper",
+    "WorkerStatements",
     "asyncpg_dsn",
     "create_database",
     "drop_database",
     "embedded_server",
     "in_schema",
     "jobs",
+    "lease_statements",
     "migrate_to_head",
     "move_to_running",
     "open_repository",
@@ -160,6 +166,21 @@ async def move_to_running(manager: JobManager, job_id: UUID, tenant: str) -> Non
     )
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerStatements:
+    """The two statements a worker runs per batch, as compiled for asyncpg."""
+
+    claim_sql: Sql
+    complete_sql: Sql  # the completion of a worker that keeps no cache (ids back, not rows)
+
+
+def lease_statements() -> WorkerStatements:
+    """A worker's claim and completion statements, for ``EXPLAIN`` (``bench_limit.py``)."""
+    from jobkeeper.postgres import leases
+
+    return WorkerStatements(leases._CLAIM, leases._COMPLETE_IDS)
+
+
 # --- the throughput adapter ------------------------------------------------------------------
 
 
@@ -228,27 +249,24 @@ class Jobkeeper(System):
         await migrate_to_head(self.url)
         yield
 
+    # rows like ``submit`` writes (uuid7 ids, a ``submitted`` event each), in one statement:
+    # $1 ids, $2 payloads (JSON text), $3 tenant, $4 kind
+    preload_sql = in_schema(
+        """WITH new AS (
+        INSERT INTO jobs (id, tenant, kind, payload)
+        SELECT t.id, $3, $4, t.payload::jsonb
+        FROM unnest($1::uuid[], $2::text[]) AS t(id, payload)
+        RETURNING id, version, created_at)
+    INSERT INTO job_events (job_id, seq, type, data, at)
+    SELECT id, version, 'submitted', jsonb_build_object('kind', $4::text), created_at
+    FROM new"""
+    )
+
     async def preload(self, n: int) -> None:
-        """Rows like ``submit`` writes (uuid7 ids, a ``submitted`` event each), in one
-        statement."""
+        """``n`` queued no-op jobs as ``submit`` writes them (``preload_sql``)."""
         ids = [uuid7() for _ in range(n)]
         payloads = [json.dumps({"n": i}) for i in range(n)]
-        await self.admin.execute(
-            in_schema(
-                """WITH new AS (
-                INSERT INTO jobs (id, tenant, kind, payload)
-                SELECT t.id, $3, $4, t.payload::jsonb
-                FROM unnest($1::uuid[], $2::text[]) AS t(id, payload)
-                RETURNING id, version, created_at)
-            INSERT INTO job_events (job_id, seq, type, data, at)
-            SELECT id, version, 'submitted', jsonb_build_object('kind', $4::text), created_at
-            FROM new"""
-            ),
-            ids,
-            payloads,
-            TENANT,
-            NOOP,
-        )
+        await self.admin.execute(self.preload_sql, ids, payloads, TENANT, NOOP)
 
     @asynccontextmanager
     async def producer(self, batch: int) -> AsyncIterator[Producer]:

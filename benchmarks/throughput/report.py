@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from common import LoadAverage, load_average, machine
+from common import LoadAverage, load_average, machine, status
 from systems import PRODUCERS, System
 from systems.jobkeeper import CONCURRENCY, Step
 from throughput.profile import Profile
@@ -48,10 +48,6 @@ def _ms(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:,.2f}"
 
 
-def _status(ok: bool) -> str:
-    return "**PASS**" if ok else "**FAIL**"
-
-
 def best(rows: Sequence[Drain], system: str) -> Drain:
     """The configuration of ``system`` with the highest drain rate (finished drains first)."""
     mine = [r for r in rows if r.system == system]
@@ -76,14 +72,14 @@ def verdict(results: Results) -> tuple[list[str], bool]:
     lines = [
         f"- Drain: jobkeeper's best ({jk.spec.label}) {jk.rate:,.0f} jobs/s vs pgqueuer's "
         f"best ({pgq.spec.label}) {pgq.rate:,.0f} jobs/s = {jk.rate / pgq.rate:.2f}x; "
-        f"target >= 1x: {_status(drain_ok)}",
+        f"target >= 1x: {status(drain_ok)}",
         f"- Submit + work: jobkeeper's best ({mjk.spec.label}) {mjk.rate:,.0f} completed "
         f"jobs/s vs pgqueuer's best ({mpgq.spec.label}) {mpgq.rate:,.0f} = "
-        f"{mjk.rate / mpgq.rate:.2f}x; target >= 1x: {_status(mixed_ok)}",
+        f"{mjk.rate / mpgq.rate:.2f}x; target >= 1x: {status(mixed_ok)}",
         f"- Claim latency p50 = {_ms(claim_p50)} ms (p99 {_ms(quantile(claim.samples_ms, 0.99))} "
-        f"ms, {claim.timeouts} lost); target < {TARGET_CLAIM_P50_MS:.0f} ms: {_status(claim_ok)}",
+        f"ms, {claim.timeouts} lost); target < {TARGET_CLAIM_P50_MS:.0f} ms: {status(claim_ok)}",
         f"- Cancel latency max = {_ms(cancel_max)} ms over {len(cancel.samples_ms)} jobs; "
-        f"target < {TARGET_CANCEL_MS:,.0f} ms: {_status(cancel_ok)}",
+        f"target < {TARGET_CANCEL_MS:,.0f} ms: {status(cancel_ok)}",
     ]
     return lines, drain_ok and mixed_ok and claim_ok and cancel_ok
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from uuid import UUID
@@ -36,6 +37,10 @@ __all__ = ["ExpiryHooks", "Retention", "SweepReport", "Sweeper"]
 
 log = logging.getLogger("jobkeeper.maintenance")
 _BATCH = 100
+# retention's batches: every batch is a commit, so a WAL flush; with batches of 100 a sweeper on a
+# busy server (flushes of tens of ms) deleted fewer jobs per second than the workers finished
+# (bench_churn.py), and the table grew without bound. Hooks still run one job at a time.
+_RETENTION_BATCH = 1_000
 ExpiryHook = Callable[[Job], Awaitable[None]]
 
 
@@ -198,17 +203,32 @@ class Sweeper:
         return report
 
     async def _retain(self, policy: Retention, report: SweepReport) -> SweepReport:
+        """Retention in rounds: one batch of each step (clear inputs, expire jobs, per policy)
+        per round, until no step finds anything or half the lock's idle limit has passed (after
+        one round at least). Jobs may finish faster than one step keeps up with; taking the
+        steps in turn keeps each of them going, and the bound ends the pass (the rest is the
+        next pass's) so that lease recovery, at the start of every pass, is never held up
+        behind a backlog, and the pass ends before its lock's transaction would."""
         jobs = self._jobs
-        cleared = expired = failures = 0
-        for kinds, others, payload_ttl, job_ttl in policy.groups():
-            while batch := await jobs.clear_payloads(
-                ttl=payload_ttl, kinds=kinds, other_kinds=others, limit=_BATCH
-            ):
+        groups = policy.groups()
+        skip: list[set[UUID]] = [set() for _ in groups]  # jobs whose hook failed, per policy
+        cleared = expired = 0
+        deadline = time.monotonic() + self._lock_idle_limit / 2
+        busy = True
+        while busy:
+            busy = False
+            for (kinds, others, payload_ttl, job_ttl), failed in zip(groups, skip, strict=True):
+                batch = await jobs.clear_payloads(
+                    ttl=payload_ttl, kinds=kinds, other_kinds=others, limit=_RETENTION_BATCH
+                )
                 cleared += len(batch)
-            failed: set[UUID] = set()
-            while due := await jobs.due_for_expiry(
-                ttl=job_ttl, kinds=kinds, other_kinds=others, skip=list(failed), limit=_BATCH
-            ):
+                due = await jobs.due_for_expiry(
+                    ttl=job_ttl,
+                    kinds=kinds,
+                    other_kinds=others,
+                    skip=list(failed),
+                    limit=_RETENTION_BATCH,
+                )
                 ready = []
                 for job in due:
                     if await self._run_hook(job):
@@ -216,17 +236,19 @@ class Sweeper:
                     else:
                         failed.add(job.id)
                 expired += len(await jobs.expire(ready))
-            failures += len(failed)
+                busy = busy or bool(batch) or bool(due)
+            if time.monotonic() >= deadline:
+                break
         purged = 0
         while batch_count := await jobs.purge_tombstones(
-            ttl=policy.tombstone_ttl, limit=_BATCH * 10
+            ttl=policy.tombstone_ttl, limit=_RETENTION_BATCH
         ):
             purged += batch_count
         return replace(
             report,
             payloads_cleared=cleared,
             jobs_expired=expired,
-            hook_failures=failures,
+            hook_failures=sum(len(failed) for failed in skip),
             tombstones_purged=purged,
         )
 

@@ -158,4 +158,11 @@ class RetentionStatements:
         """
         bound = f"{max(1, round(idle_limit * 1000))}ms"
         async with self._db.connection() as conn, conn.transaction():
-            yield bool(await conn.fetchval(_SWEEP_LOCK, f"{self._db.schema}.sweeper", bound))
+            held = bool(await conn.fetchval(_SWEEP_LOCK, f"{self._db.schema}.sweeper", bound))
+            # The lock statement's portal (extended protocol: it stays open until the next
+            # statement or the transaction's end) keeps its snapshot, and with it the server's
+            # xmin horizon, for the whole pass: vacuum could remove no row version that died
+            # meanwhile, which under churn is every job the pass deletes. A statement in the
+            # simple protocol drops that portal; the lock stays.
+            await conn.execute("SELECT")
+            yield held
