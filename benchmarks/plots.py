@@ -36,7 +36,9 @@ def bars(
     axes = figure.subplots()
     labels = list(values)
     drawn = axes.bar(labels, [values[label] for label in labels], color="#4878a8")
-    axes.bar_label(drawn, fmt="{:,.3g}", padding=2)
+    # thousands in full (``,.3g`` writes 4,300 as 4.3e+03); room above the bars for the labels
+    axes.bar_label(drawn, fmt=lambda v: f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}", padding=2)
+    axes.margins(y=0.15)
     if target is not None:
         axes.axhline(target[1], color="#c44e52", linestyle="--", label=target[0])
         axes.legend(loc="upper right")

@@ -110,9 +110,12 @@ def _location(request: Request, job: Job) -> str:
 
 def not_modified(etag: str, if_none_match: str | None) -> bool:
     """Whether ``If-None-Match`` names ``etag`` (or is ``*``): the read answers 304."""
-    return if_none_match is not None and (
-        if_none_match.strip() == "*"
-        or etag in (t.strip().removeprefix("W/") for t in if_none_match.split(","))
+    if if_none_match is None:
+        return False
+    if if_none_match == etag:  # what a polling client sends: the ETag it was given
+        return True
+    return if_none_match.strip() == "*" or etag in (
+        t.strip().removeprefix("W/") for t in if_none_match.split(",")
     )
 
 
