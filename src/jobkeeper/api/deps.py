@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 from uuid import UUID
 
-from cachetools import LRUCache
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -56,6 +55,7 @@ class Encoded:
     """A job at one version as ``GET /jobs/{job_id}`` answers it: its JSON, its ``ETag`` and the
     headers of a 200 (as Starlette's ``Response`` writes them)."""
 
+    version: int
     body: bytes
     etag: str
     headers: list[tuple[bytes, bytes]]
@@ -69,7 +69,7 @@ class Encoded:
             (b"content-length", str(len(body)).encode()),
             (b"content-type", b"application/json"),
         ]
-        return Encoded(body, etag, headers)
+        return Encoded(job.version, body, etag, headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,18 +80,19 @@ class Services:
     jobs: JobManager
     keys: ApiKeys
     metrics: Metrics
-    # a job's answer by (id, version) for GET /jobs/{id}: a version names one state of a job
-    # (its ETag says so), so a polled job is encoded once per change, not once per read
-    encoded: LRUCache[tuple[UUID, int], Encoded] = field(
-        default_factory=lambda: LRUCache(maxsize=ENCODED_JOBS)
-    )
+    # a job's answer at its last version read, by id, for GET /jobs/{id}: a version names one
+    # state of a job (its ETag says so), so a polled job is encoded once per change, not once
+    # per read; at most ENCODED_JOBS jobs, the first stored goes first (a plain dict: this is
+    # read on every poll, and an LRU's bookkeeping costs more than a rare re-encoding)
+    encoded: dict[UUID, Encoded] = field(default_factory=dict)
 
     def encoded_job(self, job: Job) -> Encoded:
         """``job``'s answer, encoded on its version's first read."""
-        key = (job.id, job.version)
-        found = self.encoded.get(key)
-        if found is None:
-            found = self.encoded[key] = Encoded.of(job)
+        found = self.encoded.get(job.id)
+        if found is None or found.version != job.version:
+            if found is None and len(self.encoded) >= ENCODED_JOBS:
+                del self.encoded[next(iter(self.encoded))]
+            found = self.encoded[job.id] = Encoded.of(job)
         return found
 
 

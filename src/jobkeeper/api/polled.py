@@ -86,7 +86,8 @@ class PolledReads:
         try:
             try:
                 answer = await self._answer(
-                    Request(scope, receive),
+                    scope,
+                    receive,
                     svc,
                     job_id,
                     None if authorization is None else authorization.decode("latin-1"),
@@ -110,7 +111,8 @@ class PolledReads:
 
     @staticmethod
     async def _answer(
-        request: Request,
+        scope: Scope,
+        receive: Receive,
         svc: Services,
         job_id: str,
         authorization: str | None,
@@ -118,13 +120,13 @@ class PolledReads:
         cache_control: str | None,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | Response:
         """What ``_KeyedReadRoute`` answers: a problem as a ``Response``, else the status, the
-        headers and the body (``request`` is read only for a problem)."""
+        headers and the body."""
         try:
             who = await caller_of_token(svc, bearer_token(authorization))
             consistency = consistency_of(cache_control)
             job = await svc.jobs.get(job_id, tenant=who.tenant, consistency=consistency)
         except Exception as exc:
-            problem = problem_of(request, exc)
+            problem = problem_of(Request(scope, receive), exc)
             if problem is None:
                 raise
             return problem
