@@ -983,8 +983,7 @@ def figure(results: Results) -> Path:
     connections = results.rounds[0][0].connections
     return bars(
         "http",
-        f"GET /jobs/{{id}}, one server process, {connections} connections "
-        f"(median of {len(results.rounds)} ABAB rounds)",
+        f"GET /jobs/{{id}}, {connections} connections, median of {len(results.rounds)} ABAB rounds",
         medians,
         ylabel="requests/s",
         target=(f"target: {PEER_TARGET}x the peer", PEER_TARGET * medians["bare Starlette peer"]),
