@@ -43,6 +43,7 @@ def bars(
     labels = list(values)
     drawn = axes.bar(labels, [values[label] for label in labels], color="#4878a8")
     axes.bar_label(drawn, fmt=_value, padding=2)
+    axes.margins(y=0.15)  # room above the bars for their labels
     if target is not None:
         axes.axhline(target[1], color="#c44e52", linestyle="--", label=target[0])
         axes.legend(loc="upper right")

@@ -37,13 +37,13 @@ class _JsonFormatter(logging.Formatter):
 
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        context = " ".join(
-            f"{name}={value}"
-            for name, value in (("request", request_id_var.get()), ("job", job_id_var.get()))
-            if value
-        )
         line = super().format(record)
-        return f"{line} [{context}]" if context else line
+        request, job = request_id_var.get(), job_id_var.get()
+        if request and job:
+            return f"{line} [request={request} job={job}]"
+        if request or job:  # one of them (every access log line of the API: a request id)
+            return f"{line} [request={request}]" if request else f"{line} [job={job}]"
+        return line
 
 
 def configure_logging(style: Literal["text", "json"] = "text", level: str = "INFO") -> None:

@@ -122,7 +122,9 @@ async def serve(app: FastAPI, headers: dict[str, str] | None = None) -> AsyncIte
 
         return notice_starts
 
-    app.add_middleware(noticing)
+    # around the built stack, not as middleware of the app's: create_app's app answers the polled
+    # read in front of its stack only when the application added no middleware of its own
+    app.middleware_stack = noticing(app.build_middleware_stack())
     async with lifespan_client(app, headers=headers, timeout=DEADLINE) as client:
         yield Served(client=client, app=app, started=started)
 

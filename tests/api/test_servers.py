@@ -81,14 +81,25 @@ async def test_one_server_process_smoke(
 ) -> None:
     key = (await ApiKeys(job_manager).create(tenant)).key
     base = await processes.serve("api")
+    (served,) = processes.started
     async with client(base, key) as http:
         submitted = await http.post("/jobs", json={"kind": IDLE_KIND, "payload": {"n": 1}})
         assert submitted.status_code == 201, submitted.text
         job = assert_job(submitted.json())
         assert submitted.headers["location"] == f"/jobs/{job['id']}"
 
-        read = await http.get(f"/jobs/{job['id']}")
+        read = await http.get(f"/jobs/{job['id']}", headers={"X-Request-ID": "polled-read-1"})
         assert read.status_code == 200 and read.json() == job
+        assert read.headers["x-request-id"] == "polled-read-1"
+        # uvicorn's access log line of the polled read carries its request id
+        await eventually(
+            lambda: any(
+                f'GET /jobs/{job["id"]} HTTP/1.1" 200' in line and "request=polled-read-1" in line
+                for line in served.output().splitlines()
+            ),
+            timeout=DEADLINE,
+            what="the access log line of the polled read",
+        )
         etag = read.headers["etag"]
         assert (
             await http.get(f"/jobs/{job['id']}", headers={"If-None-Match": etag})

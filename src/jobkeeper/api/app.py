@@ -16,14 +16,16 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from jobkeeper.api.auth import ApiKeys
 from jobkeeper.api.deps import Services
 from jobkeeper.api.health import health_router
 from jobkeeper.api.inbox import inbox_router
 from jobkeeper.api.middleware import BodyLimit, RequestContext
+from jobkeeper.api.polled import PolledReads
 from jobkeeper.api.problems import install
-from jobkeeper.api.routes import KeyedReads, jobs_router
+from jobkeeper.api.routes import jobs_router
 from jobkeeper.api.schedules import schedules_router
 from jobkeeper.api.ui import offline_docs, ui_router
 from jobkeeper.maintenance import ExpiryHooks, Sweeper
@@ -81,11 +83,25 @@ def lifespan(settings: Settings | None = None, *, hooks: ExpiryHooks | None = No
     return run
 
 
+class _Service(FastAPI):
+    """``create_app``'s application: its middleware stack has ``PolledReads`` in front, unless
+    the application added middleware of its own (which must see every request: the route
+    answers the polled read then)."""
+
+    own_middleware = 0  # how many of ``user_middleware`` create_app added
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        if len(self.user_middleware) > self.own_middleware:
+            return stack
+        return PolledReads(stack, self)
+
+
 def create_app(settings: Settings | None = None, *, hooks: ExpiryHooks | None = None) -> FastAPI:
     """The complete jobkeeper HTTP service: the API, ``/docs`` (served offline) and, unless
     ``JOBKEEPER_UI=false``, the dashboard at ``/ui`` with an API-key sign-in."""
     config = settings or Settings()
-    app = FastAPI(
+    app = _Service(
         title="jobkeeper",
         summary="Durable state for long-running jobs: submit, watch, cancel, answer.",
         version="0.1.0",
@@ -101,7 +117,7 @@ def create_app(settings: Settings | None = None, *, hooks: ExpiryHooks | None = 
     app.include_router(health_router)
     if config.ui:
         app.include_router(ui_router())
-    app.add_middleware(KeyedReads)  # innermost: the polled GET /jobs/{id}, without routing
     app.add_middleware(BodyLimit, max_bytes=config.max_payload_bytes)
     app.add_middleware(RequestContext)  # outermost: every response, even a 413, has an id
+    app.own_middleware = len(app.user_middleware)
     return app

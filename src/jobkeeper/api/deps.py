@@ -12,14 +12,15 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 from uuid import UUID
 
-from cachetools import LRUCache
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 
 from jobkeeper.api.auth import ApiKeys
 from jobkeeper.api.problems import PROBLEM_RESPONSE, ProblemRoute
-from jobkeeper.domain.values import Caller
+from jobkeeper.api.schemas import job_json
+from jobkeeper.domain.values import Caller, Job
 from jobkeeper.manager import JobManager
 from jobkeeper.metrics import Metrics
 from jobkeeper.settings import Settings
@@ -28,6 +29,7 @@ __all__ = [
     "ANONYMOUS",
     "DEV_TENANT",
     "CallerDependency",
+    "Encoded",
     "JobManagerDep",
     "Services",
     "ServicesDep",
@@ -49,6 +51,28 @@ CallerDependency = Callable[..., Caller | Awaitable[Caller]]
 
 
 @dataclass(frozen=True, slots=True)
+class Encoded:
+    """A job at one version as ``GET /jobs/{job_id}`` answers it: its JSON, its ``ETag`` and the
+    headers of a 200 (as Starlette's ``Response`` writes them)."""
+
+    version: int
+    body: bytes
+    etag: str
+    headers: list[tuple[bytes, bytes]]
+
+    @staticmethod
+    def of(job: Job) -> Encoded:
+        body = bytes(JSONResponse(job_json(job)).body)
+        etag = f'"{job.version}"'
+        headers = [
+            (b"etag", etag.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"content-type", b"application/json"),
+        ]
+        return Encoded(job.version, body, etag, headers)
+
+
+@dataclass(frozen=True, slots=True)
 class Services:
     """Built once by the lifespan; reaches routes through ``request.state`` (no globals)."""
 
@@ -56,11 +80,20 @@ class Services:
     jobs: JobManager
     keys: ApiKeys
     metrics: Metrics
-    # a job's JSON by (id, version) for GET /jobs/{id}: a version names one state of a job (its
-    # ETag says so), so a polled job is encoded once per change, not once per read
-    encoded: LRUCache[tuple[UUID, int], bytes] = field(
-        default_factory=lambda: LRUCache(maxsize=ENCODED_JOBS)
-    )
+    # a job's answer at its last version read, by id, for GET /jobs/{id}: a version names one
+    # state of a job (its ETag says so), so a polled job is encoded once per change, not once
+    # per read; at most ENCODED_JOBS jobs, the first stored goes first (a plain dict: this is
+    # read on every poll, and an LRU's bookkeeping costs more than a rare re-encoding)
+    encoded: dict[UUID, Encoded] = field(default_factory=dict)
+
+    def encoded_job(self, job: Job) -> Encoded:
+        """``job``'s answer, encoded on its version's first read."""
+        found = self.encoded.get(job.id)
+        if found is None or found.version != job.version:
+            if found is None and len(self.encoded) >= ENCODED_JOBS:
+                del self.encoded[next(iter(self.encoded))]
+            found = self.encoded[job.id] = Encoded.of(job)
+        return found
 
 
 async def services(request: Request) -> Services:  # async: no threadpool hop per request

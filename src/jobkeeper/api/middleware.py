@@ -14,7 +14,7 @@ from jobkeeper import tracing
 from jobkeeper.api.problems import PROBLEM_JSON, STATUS
 from jobkeeper.logs import request_id_var
 
-__all__ = ["BodyLimit", "RequestContext"]
+__all__ = ["BodyLimit", "RequestContext", "answer_internal_error", "request_id_of"]
 
 log = logging.getLogger("jobkeeper.api")
 
@@ -56,6 +56,30 @@ def _header(scope: Scope, name: bytes) -> bytes:
     return bytes(found)
 
 
+def request_id_of(incoming: bytes) -> str:
+    """A request's id: its ``X-Request-ID`` when it sent a sane one (1-128 printable
+    characters), else a new random one."""
+    text = incoming.decode("latin-1")
+    if 0 < len(text) <= 128 and text.isprintable():
+        return text
+    # uuid_utils: a random UUID without the system call uuid.uuid4 makes each time
+    return uuid_utils.uuid4().hex
+
+
+async def answer_internal_error(
+    scope: Scope, send: Send, request_id: str, *, started: bool = False
+) -> None:
+    """Log the exception being handled and, unless a response has ``started``, answer a 500
+    problem that leaks nothing but the request id."""
+    log.exception(
+        "unhandled error in %s %s (request %s)", scope["method"], scope["path"], request_id
+    )
+    if not started:
+        detail = "an internal error occurred; quote the request id"
+        body = _body("internal_error", detail, scope, request_id)
+        await _send_problem(send, 500, body, request_id)
+
+
 class RequestContext:
     """Gives each request an id (``X-Request-ID``, taken from the request if it has a sane one),
     and answers an unhandled exception with a 500 problem that leaks nothing but that id."""
@@ -67,10 +91,7 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = _header(scope, b"x-request-id").decode("latin-1")
-        request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else ""
-        # uuid_utils: a random UUID without the system call uuid.uuid4 makes each time
-        request_id = request_id or uuid_utils.uuid4().hex
+        request_id = request_id_of(_header(scope, b"x-request-id"))
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
         started = False
@@ -88,15 +109,8 @@ class RequestContext:
         try:
             with tracing.extracted(scope["headers"]):  # the caller's trace, if it sent one
                 await self.app(scope, receive, tagged)
-        except Exception:  # answered below; re-raised nowhere: this is the last line of defence
-            log.exception(
-                "unhandled error in %s %s (request %s)", scope["method"], scope["path"], request_id
-            )
-            if not started:
-                detail = "an internal error occurred; quote the request id"
-                await _send_problem(
-                    send, 500, _body("internal_error", detail, scope, request_id), request_id
-                )
+        except Exception:  # answered here; re-raised nowhere: this is the last line of defence
+            await answer_internal_error(scope, send, request_id, started=started)
         finally:
             request_id_var.reset(token)
 

@@ -41,6 +41,7 @@ __all__ = [
     "answering_problems",
     "install",
     "problem",
+    "problem_of",
 ]
 
 log = logging.getLogger("jobkeeper.api")
@@ -208,25 +209,34 @@ def _allowed_methods(request: Request) -> str:
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
+def problem_of(request: Request, exc: Exception) -> Response | None:
+    """The problem a jobkeeper route answers for ``exc`` (a domain error, ``ApiProblem``, a
+    request that fails validation, a body that is not UTF-8), ``None`` for any other."""
+    if isinstance(exc, JobkeeperError):
+        return _domain(request, exc)
+    if isinstance(exc, ApiProblem):
+        return _api(request, exc)
+    if isinstance(exc, RequestValidationError):
+        return _validation(request, exc)
+    # FastAPI's body parser, before any dependency ran; any other HTTPException (the caller's
+    # own 401, say) is the application's to answer
+    if isinstance(exc, StarletteHTTPException) and isinstance(exc.__cause__, UnicodeDecodeError):
+        return _not_utf8(request)
+    return None
+
+
 def answering_problems(handle: Handler) -> Handler:
-    """``handle`` with its own errors (domain errors, ``ApiProblem``, a request that fails
-    validation) answered as problems; every other exception goes on untouched."""
+    """``handle`` with its own errors (``problem_of``) answered as problems; every other
+    exception goes on untouched."""
 
     async def answered(request: Request) -> Response:
         try:
             return await handle(request)
-        except JobkeeperError as exc:
-            return _domain(request, exc)
-        except ApiProblem as exc:
-            return _api(request, exc)
-        except RequestValidationError as exc:
-            return _validation(request, exc)
-        except StarletteHTTPException as exc:
-            # FastAPI's body parser, before any dependency ran; any other (the caller's
-            # own 401, say) is the application's to answer
-            if isinstance(exc.__cause__, UnicodeDecodeError):
-                return _not_utf8(request)
-            raise
+        except Exception as exc:
+            answer = problem_of(request, exc)
+            if answer is None:
+                raise
+            return answer
 
     return answered
 

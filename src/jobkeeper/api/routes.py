@@ -16,7 +16,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from jobkeeper.api.deps import (
     CallerDependency,
@@ -57,8 +56,9 @@ from jobkeeper.api.schemas import (
 from jobkeeper.domain.status import JobStatus
 from jobkeeper.domain.validate import KIND_PATTERN
 from jobkeeper.domain.values import Caller, Job
+from jobkeeper.manager import Consistency
 
-__all__ = ["KeyedReads", "create_router", "jobs_router"]
+__all__ = ["consistency_of", "create_router", "jobs_router", "not_modified"]
 
 _PROBLEM = PROBLEM_RESPONSE
 _JOB = {"model": JobOut}
@@ -108,42 +108,34 @@ def _location(request: Request, job: Job) -> str:
     return request.url_for(_GET_JOB, job_id=str(job.id)).path
 
 
+def not_modified(etag: str, if_none_match: str | None) -> bool:
+    """Whether ``If-None-Match`` names ``etag`` (or is ``*``): the read answers 304."""
+    if if_none_match is None:
+        return False
+    if if_none_match == etag:  # what a polling client sends: the ETag it was given
+        return True
+    return if_none_match.strip() == "*" or etag in (
+        t.strip().removeprefix("W/") for t in if_none_match.split(",")
+    )
+
+
+def consistency_of(cache_control: str | None) -> Consistency:
+    """``strong`` (read Postgres, not this replica's cache) when ``Cache-Control`` asks for
+    ``no-cache``."""
+    strong = cache_control is not None and "no-cache" in cache_control.lower()
+    return "strong" if strong else "cached"
+
+
 async def _read_job(
     svc: Services, who: Caller, job_id: str, if_none_match: str | None, cache_control: str | None
 ) -> Response:
     """``GET /jobs/{job_id}``: the job with its ``ETag``, or 304 when ``If-None-Match`` names
     it; ``Cache-Control: no-cache`` reads Postgres instead of this replica's cache."""
-    strong = cache_control is not None and "no-cache" in cache_control.lower()
-    job = await svc.jobs.get(
-        job_id, tenant=who.tenant, consistency="strong" if strong else "cached"
-    )
-    etag = f'"{job.version}"'
-    if if_none_match is not None and (
-        if_none_match.strip() == "*"
-        or etag in (t.strip().removeprefix("W/") for t in if_none_match.split(","))
-    ):
-        return Response(status_code=304, headers={"ETag": etag})
-    return Response(_encoded(svc, job), media_type="application/json", headers={"ETag": etag})
-
-
-def _encoded(svc: Services, job: Job) -> bytes:
-    """The job's JSON, encoded once per version (``Services.encoded``)."""
-    key = (job.id, job.version)
-    body = svc.encoded.get(key)
-    if body is None:
-        body = svc.encoded[key] = bytes(JSONResponse(job_json(job)).body)
-    return body
-
-
-async def _keyed_read(request: Request, job_id: str) -> Response:
-    """``GET /jobs/{job_id}`` for the caller of the request's Bearer key (``api_key_caller``),
-    its parameters read from the headers as the declared ones are."""
-    headers = request.headers
-    svc: Services = request.state.jobkeeper
-    who = await caller_of_token(svc, bearer_token(headers.get("authorization")))
-    return await _read_job(
-        svc, who, job_id, headers.get("if-none-match"), headers.get("cache-control")
-    )
+    job = await svc.jobs.get(job_id, tenant=who.tenant, consistency=consistency_of(cache_control))
+    encoded = svc.encoded_job(job)
+    if not_modified(encoded.etag, if_none_match):
+        return Response(status_code=304, headers={"ETag": encoded.etag})
+    return Response(encoded.body, media_type="application/json", headers={"ETag": encoded.etag})
 
 
 class _KeyedReadRoute(ProblemRoute):
@@ -160,43 +152,18 @@ class _KeyedReadRoute(ProblemRoute):
         async def read(request: Request) -> Response:
             if getattr(request.app, "dependency_overrides", None):
                 return await declared(request)
-            return await _keyed_read(request, request.path_params["job_id"])
+            headers = request.headers
+            svc: Services = request.state.jobkeeper
+            who = await caller_of_token(svc, bearer_token(headers.get("authorization")))
+            return await _read_job(
+                svc,
+                who,
+                request.path_params["job_id"],
+                headers.get("if-none-match"),
+                headers.get("cache-control"),
+            )
 
         return answering_problems(read)
-
-
-_JOB_PATH = "/jobs/"
-
-
-class KeyedReads:
-    """Pure ASGI middleware of ``create_app``: answers ``GET /jobs/{job_id}`` of its
-    ``jobs_router`` (mounted at ``/jobs``, on jobkeeper's API keys) before FastAPI's middleware
-    stack, routing and request handling, which the profile in docs/benchmarks.md showed to cost
-    several times what the read itself does. The answers are the route's, problems included
-    (the route stays, for OpenAPI and for every request this does not take: another method or
-    path, a ``root_path``, ``app.dependency_overrides``)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self._answer = answering_problems(self._read)
-
-    @staticmethod
-    async def _read(request: Request) -> Response:
-        return await _keyed_read(request, request.scope["path"][len(_JOB_PATH) :])
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET" and not scope.get("root_path"):
-            path: str = scope["path"]
-            if (
-                path.startswith(_JOB_PATH)
-                and len(path) > len(_JOB_PATH)
-                and "/" not in path[len(_JOB_PATH) :]
-                and not getattr(scope.get("app"), "dependency_overrides", None)
-            ):
-                response = await self._answer(Request(scope, receive))
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def create_router(*, caller: CallerDependency = api_key_caller) -> APIRouter:
