@@ -848,13 +848,22 @@ class JobManager:
 
     async def clear_payloads(
         self, *, ttl: float, kinds: Sequence[str] | None, other_kinds: Sequence[str], limit: int
-    ) -> list[Job]:
+    ) -> int:
         """Clear the input of up to ``limit`` unpinned jobs finished ``ttl`` seconds ago (of
-        ``kinds``, or of any kind but ``other_kinds``)."""
-        cleared = self._pg.retention.clear_payloads(
+        ``kinds``, or of any kind but ``other_kinds``); returns how many. Observers are handed
+        each job; without one the rows are not read back whole, and this process's cache drops
+        them (the next read fetches them)."""
+        if self._observers:
+            cleared = self._pg.retention.clear_payloads(
+                ttl=ttl, kinds=kinds, other_kinds=other_kinds, limit=limit
+            )
+            return len(await self._recorded("payload_cleared", cleared))
+        changed = await self._pg.retention.clear_payload_ids(
             ttl=ttl, kinds=kinds, other_kinds=other_kinds, limit=limit
         )
-        return await self._recorded("payload_cleared", cleared)
+        for job_id, version in changed:
+            self._cache.invalidate(job_id, version)
+        return len(changed)
 
     async def due_for_expiry(
         self,
@@ -882,6 +891,24 @@ class JobManager:
                 for observer in self._observers:
                     observer("expired", job)
         return [job.id for job in due if job.id in gone]
+
+    async def expire_due(
+        self, *, ttl: float, kinds: Sequence[str] | None, other_kinds: Sequence[str], limit: int
+    ) -> list[UUID]:
+        """``due_for_expiry`` and ``expire`` at once, for jobs that have no ``on_expire`` hook
+        to run first (the caller knows): returns the ids deleted. Without an observer to hand
+        the jobs to, one statement chooses and deletes them, and none is read back whole."""
+        if self._observers:
+            due = await self.due_for_expiry(
+                ttl=ttl, kinds=kinds, other_kinds=other_kinds, skip=(), limit=limit
+            )
+            return await self.expire(due)
+        gone = await self._pg.retention.expire_due(
+            ttl=ttl, kinds=kinds, other_kinds=other_kinds, limit=limit
+        )
+        for job_id in gone:
+            self._cache.invalidate(job_id, EXPIRED_VERSION)
+        return gone
 
     async def purge_tombstones(self, *, ttl: float, limit: int) -> int:
         """Forget up to ``limit`` jobs expired ``ttl`` seconds ago (their ids answer not found)."""
