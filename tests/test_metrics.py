@@ -96,14 +96,18 @@ async def test_retention_counts_no_job_as_finished_again(
         "UPDATE jobs SET finished_at = now() - interval '2 days' WHERE id = $1", job.id
     )
     day = 86_400.0
-    retention = Retention(payload_ttl=day, job_ttl=day, tombstone_ttl=day)
 
-    async def swept() -> SweepReport | None:
-        report = await Sweeper(job_manager, retention=retention).sweep()
-        return report if report.swept else None
+    async def sweep(job_ttl: float) -> SweepReport:
+        retention = Retention(payload_ttl=day, job_ttl=job_ttl, tombstone_ttl=day)
 
-    report = await eventually(swept, timeout=10, what="the sweeper lock to be free")
-    assert report.payloads_cleared >= 1 and report.jobs_expired >= 1
+        async def swept() -> SweepReport | None:
+            report = await Sweeper(job_manager, retention=retention).sweep()
+            return report if report.swept else None
+
+        return await eventually(swept, timeout=10, what="the sweeper lock to be free")
+
+    assert (await sweep(30 * day)).payloads_cleared >= 1
+    assert (await sweep(day)).jobs_expired >= 1
     assert await db.fetchval("SELECT count(*) FROM jobs WHERE id = $1", job.id) == 0
     assert samples(metrics.render().decode())[finished] == 1
 

@@ -223,11 +223,20 @@ class Sweeper:
         while busy:
             busy = False
             for (kinds, others, payload_ttl, job_ttl), failed in zip(groups, skip, strict=True):
+                # Without a hook, every job due for deletion goes this pass or the next: its
+                # input goes with it, and is not cleared first (when retention is behind, that
+                # was half its work). A hook that fails keeps its job past its TTL, so there
+                # every due input is cleared.
+                hooked = self._hooks.any_of(kinds, others)
                 batch = await jobs.clear_payloads(
-                    ttl=payload_ttl, kinds=kinds, other_kinds=others, limit=_RETENTION_BATCH
+                    ttl=payload_ttl,
+                    kinds=kinds,
+                    other_kinds=others,
+                    limit=_RETENTION_BATCH,
+                    job_ttl=None if hooked else job_ttl,
                 )
                 cleared += batch
-                if self._hooks.any_of(kinds, others):
+                if hooked:
                     due = await jobs.due_for_expiry(
                         ttl=job_ttl,
                         kinds=kinds,

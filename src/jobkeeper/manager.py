@@ -868,20 +868,26 @@ class JobManager:
         return self._pg.retention.sweep_lock(idle_limit=idle_limit)
 
     async def clear_payloads(
-        self, *, ttl: float, kinds: Sequence[str] | None, other_kinds: Sequence[str], limit: int
+        self,
+        *,
+        ttl: float,
+        kinds: Sequence[str] | None,
+        other_kinds: Sequence[str],
+        limit: int,
+        job_ttl: float | None = None,
     ) -> int:
         """Clear the input of up to ``limit`` unpinned jobs finished ``ttl`` seconds ago (of
-        ``kinds``, or of any kind but ``other_kinds``); returns how many. Observers that want
+        ``kinds``, or of any kind but ``other_kinds``) but not ``job_ttl`` seconds ago (those
+        are due for deletion; ``None``: them too); returns how many. Observers that want
         ``payload_cleared`` are handed each job; without one the rows are not read back whole,
         and this process's cache drops them (the next read fetches them)."""
-        if self._observed("payload_cleared"):
-            cleared = self._pg.retention.clear_payloads(
-                ttl=ttl, kinds=kinds, other_kinds=other_kinds, limit=limit
-            )
-            return len(await self._recorded("payload_cleared", cleared))
-        changed = await self._pg.retention.clear_payload_ids(
-            ttl=ttl, kinds=kinds, other_kinds=other_kinds, limit=limit
+        whole = self._observed("payload_cleared")
+        cleared = self._pg.retention.clear_payloads(
+            ttl=ttl, kinds=kinds, other_kinds=other_kinds, limit=limit, job_ttl=job_ttl, whole=whole
         )
+        if whole:
+            return len(await self._recorded("payload_cleared", cleared))
+        changed: list[tuple[UUID, int]] = await cleared
         for job_id, version in changed:
             self._cache.invalidate(job_id, version)
         return len(changed)

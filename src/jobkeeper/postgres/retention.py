@@ -28,12 +28,14 @@ _IN_GROUP = (
 
 def _cleared(select: str) -> Sql:
     """Clear the input of jobs finished more than $1 s ago (the job itself is kept), returning
-    ``select`` of each."""
+    ``select`` of each. Jobs finished more than $5 s ago (NULL: none) are left alone: they are
+    due for deletion, and clearing them first, when retention is behind, doubled its work."""
     return with_event(
         raw(
             f"""WITH due AS (
     SELECT id FROM jobs WHERE {_NOT_PINNED_FINISHED} AND payload IS NOT NULL
       AND finished_at < now() - make_interval(secs => $1::float8) AND {_IN_GROUP}
+      AND finished_at >= coalesce(now() - make_interval(secs => $5::float8), '-infinity')
     ORDER BY finished_at LIMIT $4 FOR UPDATE SKIP LOCKED
 ), changed AS (
     UPDATE jobs SET payload = NULL, version = jobs.version + 1, updated_at = now()
@@ -44,6 +46,7 @@ def _cleared(select: str) -> Sql:
             "kinds",
             "other_kinds",
             "limit",
+            "job_ttl",
         ),
         "'payload_cleared'",
         "jsonb_build_object()",
@@ -125,6 +128,14 @@ _SWEEP_LOCK = """SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0)) AS he
          THEN current_setting('idle_in_transaction_session_timeout') ELSE $2::text END, true)"""
 
 
+def _group(
+    ttl: float, kinds: Sequence[str] | None, other_kinds: Sequence[str], **more: object
+) -> dict[str, object]:
+    """The parameters of a statement over one policy's jobs (``_IN_GROUP``), and ``more``."""
+    kinds_of = None if kinds is None else list(kinds)
+    return {"ttl": ttl, "kinds": kinds_of, "other_kinds": list(other_kinds), **more}
+
+
 class RetentionStatements:
     """The statements above, run on one ``Database``."""
 
@@ -132,26 +143,19 @@ class RetentionStatements:
         self._db = database
 
     async def clear_payloads(
-        self, *, ttl: float, kinds: Sequence[str] | None, other_kinds: Sequence[str], limit: int
-    ) -> list[Job]:
-        params = {
-            "ttl": ttl,
-            "kinds": None if kinds is None else list(kinds),
-            "other_kinds": list(other_kinds),
-            "limit": limit,
-        }
-        return await self._db.write_jobs(_CLEAR_PAYLOADS, params)
-
-    async def clear_payload_ids(
-        self, *, ttl: float, kinds: Sequence[str] | None, other_kinds: Sequence[str], limit: int
-    ) -> list[tuple[UUID, int]]:
-        """``clear_payloads`` returning ``(id, new version)`` of each job instead of the job."""
-        params = {
-            "ttl": ttl,
-            "kinds": None if kinds is None else list(kinds),
-            "other_kinds": list(other_kinds),
-            "limit": limit,
-        }
+        self,
+        *,
+        ttl: float,
+        kinds: Sequence[str] | None,
+        other_kinds: Sequence[str],
+        limit: int,
+        job_ttl: float | None,
+        whole: bool,
+    ) -> list[Any]:
+        """The jobs whose input was cleared (``whole``), else their ``(id, new version)``."""
+        params = _group(ttl, kinds, other_kinds, limit=limit, job_ttl=job_ttl)
+        if whole:
+            return await self._db.write_jobs(_CLEAR_PAYLOADS, params)
         return [(r["id"], r["version"]) for r in await self._db.write(_CLEAR_PAYLOADS_IDS, params)]
 
     async def due_for_expiry(
@@ -163,13 +167,7 @@ class RetentionStatements:
         skip: Sequence[UUID],
         limit: int,
     ) -> list[Job]:
-        params = {
-            "ttl": ttl,
-            "kinds": None if kinds is None else list(kinds),
-            "other_kinds": list(other_kinds),
-            "skip": list(skip),
-            "limit": limit,
-        }
+        params = _group(ttl, kinds, other_kinds, skip=list(skip), limit=limit)
         return [to_job(r) for r in await self._db.rows(_DUE_FOR_EXPIRY, params, read=True)]
 
     async def expire(self, job_ids: Sequence[UUID]) -> list[UUID]:
@@ -183,13 +181,7 @@ class RetentionStatements:
     ) -> list[UUID]:
         """Delete up to ``limit`` unpinned jobs finished ``ttl`` seconds ago (of ``kinds``, or of
         any kind but ``other_kinds``), oldest first, keeping tombstones; returns those deleted."""
-        params = {
-            "ttl": ttl,
-            "kinds": None if kinds is None else list(kinds),
-            "other_kinds": list(other_kinds),
-            "limit": limit,
-        }
-        return await self._expire(_EXPIRE_DUE, params)
+        return await self._expire(_EXPIRE_DUE, _group(ttl, kinds, other_kinds, limit=limit))
 
     async def _expire(self, sql: Sql, params: Mapping[str, Any]) -> list[UUID]:
         async with self._db.connection() as conn, conn.transaction():
