@@ -109,6 +109,8 @@ class Sample:
     jobs: int  # done in the window
     claims_ms: tuple[float, ...]
     relations: tuple[Relation, ...]
+    kept: int | None = None  # finished jobs still stored (jobkeeper: retention's backlog)
+    deleted: int | None = None  # jobs retention deleted in the window
 
     @property
     def rate(self) -> float:
@@ -172,6 +174,7 @@ class Driver:
     submit: Callable[[int], Awaitable[object]]  # LIST jobs
     pending: Callable[[], Awaitable[int]]  # queued or running
     probed: bool = False  # claims timed by a probe process (jobkeeper)
+    kept: Callable[[], Awaitable[int]] | None = None  # finished jobs stored (retention's backlog)
 
 
 async def probe_loop(url: str) -> None:
@@ -236,6 +239,7 @@ async def jobkeeper_driver(system: System) -> AsyncIterator[Driver]:
         manager = await stack.enter_async_context(await JobManager.connect(system.url))
         await stack.enter_async_context(side_process("--sweep", system.url))
         pending_sql = in_schema("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')")
+        kept_sql = in_schema("SELECT count(*) FROM jobs WHERE finished_at IS NOT NULL")
 
         async def submit(i: int) -> object:
             items = [{"kind": NOOP, "payload": {"n": i + k}} for k in range(LIST)]
@@ -244,7 +248,10 @@ async def jobkeeper_driver(system: System) -> AsyncIterator[Driver]:
         async def pending() -> int:
             return int(await system.admin.fetchval(pending_sql))
 
-        yield Driver(submit, pending, probed=True)
+        async def kept() -> int:
+            return int(await system.admin.fetchval(kept_sql))
+
+        yield Driver(submit, pending, probed=True, kept=kept)
 
 
 @asynccontextmanager
@@ -289,7 +296,7 @@ async def churn(system: System, config: Config, plan: ChurnPlan, logs: Path) -> 
         done = 0
         await go(children)
         began = window = time.monotonic()
-        window_done = 0
+        window_done = window_gone = 0
         tasks = [asyncio.create_task(produce())]
         try:
             while time.monotonic() - began < plan.timeout:
@@ -300,20 +307,25 @@ async def churn(system: System, config: Config, plan: ChurnPlan, logs: Path) -> 
                 done = submitted - await driver.pending()
                 if done - window_done >= plan.sample or done >= plan.jobs:
                     now = time.monotonic()
+                    kept = None if driver.kept is None else await driver.kept()
+                    gone = None if kept is None else done - kept  # deleted so far
                     sample = Sample(
                         done,
                         now - window,
                         done - window_done,
                         tuple(claims),
                         await relations(system.admin, system.name),
+                        kept,
+                        None if gone is None else gone - window_gone,
                     )
                     result.samples.append(sample)
                     progress(
                         f"churn {system.name}: {done:,} done, {sample.rate:,.0f} jobs/s, "
                         f"claim p99 {sample.claim(0.99):.2f} ms, {sample.total / 2**20:,.1f} MiB"
+                        + ("" if kept is None else f", {kept:,} finished stored")
                     )
                     claims.clear()
-                    window, window_done = now, done
+                    window, window_done, window_gone = now, done, gone or 0
                     if done >= plan.jobs:
                         result.finished = True
                         break
@@ -428,15 +440,21 @@ def _sample_rows(c: Churn) -> list[str]:
     tables = [r.name for r in c.samples[0].relations if r.table] if c.samples else []
     head = " | ".join(f"{t} MiB (dead)" for t in tables)
     rows = [
-        f"| Jobs done | Jobs/s | Claim p50 ms | Claim p99 ms | {head} |",
-        "|--:|--:|--:|--:|" + "--:|" * len(tables),
+        "| Jobs done | Jobs/s | Deleted/s | Finished, stored | Claim p50 ms | Claim p99 ms | "
+        f"{head} |",
+        "|--:|--:|--:|--:|--:|--:|" + "--:|" * len(tables),
     ]
     for s in c.samples:
         by = {r.name: r for r in s.relations}
         cells = " | ".join(f"{_mib(by[t].size)} ({by[t].dead:,})" for t in tables)
         p50, p99 = s.claim(0.5), s.claim(0.99)
         claim = "- | -" if not s.claims_ms else f"{p50:.2f} | {p99:.2f}"
-        rows.append(f"| {s.done:,} | {s.rate:,.0f} | {claim} | {cells} |")
+        swept = (
+            "- | -"
+            if s.kept is None or s.deleted is None
+            else f"{s.deleted / s.seconds:,.0f} | {s.kept:,}"
+        )
+        rows.append(f"| {s.done:,} | {s.rate:,.0f} | {swept} | {claim} | {cells} |")
     return rows
 
 
@@ -487,7 +505,10 @@ def report(
         f"jobkeeper's claim statement every {PROBE_EVERY * 1000:.0f} ms (and completes them), "
         "timed; pgqueuer's claims run inside its `QueueManager`, so it has none.",
         f"- A sample every {plan.sample:,} jobs done (done = submitted - queued or running): "
-        "jobs/s over the window; claim p50/p99 of the window's probes; each table's "
+        "jobs/s over the window; jobkeeper: jobs deleted by retention per second over the window "
+        "(done - finished jobs stored, `count(*)` of `finished_at IS NOT NULL`) and the finished "
+        "jobs still stored (retention's backlog; a 2 s job TTL keeps a few thousand); claim "
+        "p50/p99 of the window's probes; each table's "
         "`pg_total_relation_size` (heap, indexes, TOAST) and dead tuples "
         "(`pg_stat_user_tables.n_dead_tup`); each index's `pg_relation_size` below.",
         "",
@@ -518,6 +539,11 @@ def draw(results: Results) -> str:
         xs = [s.done / 1000 for s in c.samples]
         series[f"{c.system} jobs/s / 100"] = (xs, [s.rate / 100 for s in c.samples])
         series[f"{c.system} tables MiB"] = (xs, [s.total / 2**20 for s in c.samples])
+        if all(s.deleted is not None for s in c.samples):
+            series[f"{c.system} deleted/s / 100"] = (
+                xs,
+                [(s.deleted or 0) / s.seconds / 100 for s in c.samples],
+            )
         if any(s.claims_ms for s in c.samples):
             series[f"{c.system} claim p99 ms x10"] = (xs, [s.claim(0.99) * 10 for s in c.samples])
     path = plot_lines(

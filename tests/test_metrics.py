@@ -7,13 +7,16 @@ import asyncio
 import os
 import socket
 import sys
+import uuid
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobkeeper.demo import tasks
+from jobkeeper.maintenance import Retention, Sweeper, SweepReport
 from jobkeeper.manager import JobManager
 from jobkeeper.metrics import Metrics
 from jobkeeper.settings import asyncpg_dsn
@@ -75,6 +78,38 @@ async def test_counters_and_gauges(job_manager: JobManager, tenant: str) -> None
     for status in ("queued", "running", "waiting_input", "waiting_children"):
         assert ("jobkeeper_jobs", (("status", status),)) in found
     assert found[("jobkeeper_live_workers", ())] >= 1  # it was still registered at refresh
+
+
+async def test_retention_counts_no_job_as_finished_again(
+    job_manager: JobManager, tenant: str, db: asyncpg.Connection
+) -> None:
+    """Clearing an old job's input and deleting it are the sweeper's (its report counts them):
+    the job finished once, and jobs_finished_total says so once."""
+    metrics = Metrics(job_manager)
+    kind = f"metrics.{uuid.uuid4().hex[:12]}"
+    job = await job_manager.submit(tenant, kind, {"x": 1})
+    [lease] = await job_manager.claim(uuid.uuid4(), kinds=[kind], limit=1, lease_seconds=60)
+    assert await job_manager.mark_succeeded([(lease, "{}", None)]) == [job.id]
+    finished = ("jobkeeper_jobs_finished_total", (("kind", kind), ("outcome", "succeeded")))
+    assert samples(metrics.render().decode())[finished] == 1
+    await db.execute(
+        "UPDATE jobs SET finished_at = now() - interval '2 days' WHERE id = $1", job.id
+    )
+    day = 86_400.0
+
+    async def sweep(job_ttl: float) -> SweepReport:
+        retention = Retention(payload_ttl=day, job_ttl=job_ttl, tombstone_ttl=day)
+
+        async def swept() -> SweepReport | None:
+            report = await Sweeper(job_manager, retention=retention).sweep()
+            return report if report.swept else None
+
+        return await eventually(swept, timeout=10, what="the sweeper lock to be free")
+
+    assert (await sweep(30 * day)).payloads_cleared >= 1
+    assert (await sweep(day)).jobs_expired >= 1
+    assert await db.fetchval("SELECT count(*) FROM jobs WHERE id = $1", job.id) == 0
+    assert samples(metrics.render().decode())[finished] == 1
 
 
 def _free_port() -> int:

@@ -32,9 +32,15 @@ from jobkeeper.errors import InvalidRequest, JobExpired, JobNotFound
 from jobkeeper.maintenance import _RETENTION_BATCH, ExpiryHooks, Retention, Sweeper, SweepReport
 from jobkeeper.manager import JobManager
 from jobkeeper.postgres import CHANNEL, EXPIRED_VERSION
-from jobkeeper.postgres.retention import _CLEAR_PAYLOADS, _DUE_FOR_EXPIRY, _PURGE_TOMBSTONES
+from jobkeeper.postgres.retention import (
+    _CLEAR_PAYLOADS,
+    _CLEAR_PAYLOADS_IDS,
+    _DUE_FOR_EXPIRY,
+    _EXPIRE_DUE,
+    _PURGE_TOMBSTONES,
+)
 from jobkeeper.settings import KindRetention, Settings, asyncpg_dsn, parse_duration
-from support import eventually, explain, index_names
+from support import eventually, explain, index_names, plan_nodes
 
 DAY = 86_400.0
 DEADLINE = 10.0  # bound of every wait; the expected times are milliseconds
@@ -344,7 +350,7 @@ async def test_an_expired_job_leaves_a_tombstone_and_answers_job_expired(
 
     await backdate(db, [job.id])
     report = await sweep(job_manager, RETENTION)
-    assert report.jobs_expired >= 1 and report.payloads_cleared >= 1
+    assert report.jobs_expired >= 1
 
     # row and history gone, a tombstone kept
     assert await row_counts(db, job.id) == (0, 0, 1)
@@ -419,8 +425,9 @@ async def test_the_cached_copy_is_dropped_when_another_process_expires_the_job(
         )
     finally:
         unsubscribe()
-    # payload cleared (version + 1), then expired: announced with a version above any real one
-    assert heard == [(job.version + 1, "succeeded"), (EXPIRED_VERSION, "expired")], heard
+    # expired, announced with a version above any real one; its input was not cleared first (no
+    # hook could keep it past its TTL: the input goes with it)
+    assert heard == [(EXPIRED_VERSION, "expired")], heard
 
 
 async def test_retention_writes_reach_the_sweeping_managers_cache_and_observers_at_once(
@@ -438,11 +445,36 @@ async def test_retention_writes_reach_the_sweeping_managers_cache_and_observers_
             lambda operation, changed: seen.append(operation) if changed.id == job.id else None
         )
         await backdate(db, [job.id])
+        await sweep(manager, KEEP_JOBS)
+        assert (await manager.get(job.id, tenant=tenant)).payload is None
         await sweep(manager, RETENTION)
         with pytest.raises(JobExpired):
             await manager.get(job.id, tenant=tenant)
         assert manager.feed_status().vouching  # the cache answered, not a read through
     assert seen == ["payload_cleared", "expired"]
+
+
+async def test_without_observers_retention_still_drops_the_sweeping_managers_cached_copies(
+    database_url: str, tenant: str, db: asyncpg.Connection
+) -> None:
+    """With no observer (and no hook) retention reads no job back whole: the sweeping manager's
+    cache must still drop what it cleared or deleted, with no change feed involved."""
+    async with await JobManager.connect(
+        database_url, feed_mode="poll", feed_interval=3600
+    ) as manager:
+        [kept, gone] = await succeeded(manager, tenant, _kind(), [{"x": 1}, {"x": 2}])
+        for job in (kept, gone):
+            assert await manager.get(job.id, tenant=tenant) == job  # cached
+        await backdate(db, [kept.id], days=1)  # cleared, kept
+        await backdate(db, [gone.id])  # deleted
+        report = await sweep(
+            manager, Retention(payload_ttl=DAY / 2, job_ttl=1.5 * DAY, tombstone_ttl=DAY)
+        )
+        assert report.payloads_cleared >= 1 and report.jobs_expired >= 1
+        cleared = await manager.get(kept.id, tenant=tenant)
+        assert cleared.payload is None and cleared.version == kept.version + 1
+        with pytest.raises(JobExpired):
+            await manager.get(gone.id, tenant=tenant)
 
 
 async def test_the_sweeper_forgets_workers_silent_for_long(
@@ -795,6 +827,36 @@ async def test_one_sweep_expires_more_jobs_than_a_batch(
     assert await db.fetchval("SELECT count(*) FROM job_tombstones WHERE tenant = $1", tenant) == 0
 
 
+async def test_a_pass_without_hooks_deletes_batches_with_their_events_and_tombstones(
+    job_manager: JobManager, tenant: str, db: asyncpg.Connection
+) -> None:
+    """Jobs of kinds with no hook are chosen and deleted in one statement per batch: every one
+    goes with its events and leaves a tombstone; a job whose row another transaction holds is
+    skipped, not waited for, and goes in the next pass."""
+    kind, count = _kind(), _RETENTION_BATCH + 50
+    jobs = await succeeded(job_manager, tenant, kind, [{"n": n} for n in range(count)])
+    ids = [j.id for j in jobs]
+    await backdate(db, ids)
+    held = jobs[-1].id
+    async with db.transaction():
+        await db.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", held)
+        report = await sweep(job_manager, RETENTION)
+    assert report.jobs_expired >= count - 1 and report.hook_failures == 0
+    assert await row_counts(db, held) == (1, 3, 0)  # nor its input cleared: still 3 events
+    rest = ids[:-1]
+    left = await db.fetchrow(
+        "SELECT (SELECT count(*) FROM jobs WHERE id = ANY($1::uuid[])) AS jobs,"
+        " (SELECT count(*) FROM job_events WHERE job_id = ANY($1::uuid[])) AS events,"
+        " (SELECT count(*) FROM job_tombstones WHERE job_id = ANY($1::uuid[])) AS tombstones",
+        rest,
+    )
+    assert left is not None and tuple(left) == (0, 0, count - 1)
+    await sweep(job_manager, RETENTION)
+    assert await row_counts(db, held) == (0, 0, 1)
+    with pytest.raises(JobExpired):
+        await job_manager.get(held, tenant=tenant, consistency="strong")
+
+
 # --- the HTTP surface --------------------------------------------------------------------------
 
 
@@ -971,6 +1033,28 @@ async def test_due_for_expiry_uses_the_partial_retention_index(big_tables: str) 
 async def test_clear_payloads_uses_the_partial_payload_index(big_tables: str) -> None:
     plan = await explain(big_tables, _CLEAR_PAYLOADS.text)
     assert "ix_jobs_payload_retention" in index_names(plan), json.dumps(plan, indent=1)
+
+
+async def test_expiry_without_hooks_chooses_through_the_partial_retention_index(
+    big_tables: str,
+) -> None:
+    plan = await explain(big_tables, _EXPIRE_DUE.text)
+    assert "ix_jobs_retention" in index_names(plan), json.dumps(plan, indent=1)
+
+
+async def test_clearing_without_observers_uses_the_partial_payload_index(big_tables: str) -> None:
+    plan = await explain(big_tables, _CLEAR_PAYLOADS_IDS.text)
+    assert "ix_jobs_payload_retention" in index_names(plan), json.dumps(plan, indent=1)
+
+
+async def test_clearing_leaves_jobs_due_for_deletion_out_of_its_index_range(
+    big_tables: str,
+) -> None:
+    """Behind a retention backlog, the oldest inputs belong to jobs due for deletion: the scan
+    must start past them (a bound of the index range), not read and discard them each batch."""
+    plan = await explain(big_tables, _CLEAR_PAYLOADS.text)
+    [scan] = [n for n in plan_nodes(plan) if n.get("Index Name") == "ix_jobs_payload_retention"]
+    assert ">=" in scan["Index Cond"] and "<" in scan["Index Cond"], json.dumps(scan, indent=1)
 
 
 async def test_purge_tombstones_uses_the_expiry_index(big_tables: str) -> None:

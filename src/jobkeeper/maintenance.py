@@ -64,6 +64,11 @@ class ExpiryHooks:
     def get(self, kind: str) -> ExpiryHook | None:
         return self._hooks.get(kind)
 
+    def any_of(self, kinds: list[str] | None, other_kinds: list[str]) -> bool:
+        """Whether a hook is registered for one of ``kinds`` (``None``: of any kind but
+        ``other_kinds``)."""
+        return any(k in kinds if kinds is not None else k not in other_kinds for k in self._hooks)
+
 
 @dataclass(frozen=True, slots=True)
 class Retention:
@@ -218,25 +223,42 @@ class Sweeper:
         while busy:
             busy = False
             for (kinds, others, payload_ttl, job_ttl), failed in zip(groups, skip, strict=True):
+                # Without a hook, every job due for deletion goes this pass or the next: its
+                # input goes with it, and is not cleared first (when retention is behind, that
+                # was half its work). A hook that fails keeps its job past its TTL, so there
+                # every due input is cleared.
+                hooked = self._hooks.any_of(kinds, others)
                 batch = await jobs.clear_payloads(
-                    ttl=payload_ttl, kinds=kinds, other_kinds=others, limit=_RETENTION_BATCH
-                )
-                cleared += len(batch)
-                due = await jobs.due_for_expiry(
-                    ttl=job_ttl,
+                    ttl=payload_ttl,
                     kinds=kinds,
                     other_kinds=others,
-                    skip=list(failed),
                     limit=_RETENTION_BATCH,
+                    job_ttl=None if hooked else job_ttl,
                 )
-                ready = []
-                for job in due:
-                    if await self._run_hook(job):
-                        ready.append(job)
-                    else:
-                        failed.add(job.id)
-                expired += len(await jobs.expire(ready))
-                busy = busy or bool(batch) or bool(due)
+                cleared += batch
+                if hooked:
+                    due = await jobs.due_for_expiry(
+                        ttl=job_ttl,
+                        kinds=kinds,
+                        other_kinds=others,
+                        skip=list(failed),
+                        limit=_RETENTION_BATCH,
+                    )
+                    ready = []
+                    for job in due:
+                        if await self._run_hook(job):
+                            ready.append(job)
+                        else:
+                            failed.add(job.id)
+                    expired += len(await jobs.expire(ready))
+                    found = bool(due)
+                else:  # nothing to run first: chosen and deleted in one statement
+                    gone = await jobs.expire_due(
+                        ttl=job_ttl, kinds=kinds, other_kinds=others, limit=_RETENTION_BATCH
+                    )
+                    expired += len(gone)
+                    found = bool(gone)
+                busy = busy or bool(batch) or found
             if time.monotonic() >= deadline:
                 break
         purged = 0

@@ -15,7 +15,15 @@ import json
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -232,7 +240,8 @@ class JobManager:
         self._max_queued = max_queued
         self._max_queued_per_kind = max_queued_per_kind
         self._retry_after = queue_full_retry_after
-        self._observers: list[Callable[[str, Job], object]] = []
+        # each observer with the operations it has no use for
+        self._observers: list[tuple[Callable[[str, Job], object], frozenset[str]]] = []
         self._watchers = WatchHub(
             feed.subscribe_batches, postgres.jobs.events_of_many, interval=feed.interval
         )
@@ -565,8 +574,8 @@ class JobManager:
         # of one misses once and fills it.
         if on is None and self._observers:  # in the caller's transaction, it may never commit
             for job, created in written:
-                for observer in self._observers if created else ():
-                    observer("submitted", job)
+                if created:
+                    self._tell("submitted", job)
         seen: set[int] = set()
         submitted = []
         for row in batch.row_of:  # a later item with the same key and request: a replay
@@ -643,13 +652,25 @@ class JobManager:
         """Every write of this process ends here: cache the committed rows, tell observers."""
         for job in changed:
             self._cache.store(job, ticket)
-            for observer in self._observers:
+            self._tell(operation, job)
+
+    def _tell(self, operation: str, job: Job) -> None:
+        for observer, skip in self._observers:
+            if operation not in skip:
                 observer(operation, job)
 
-    def observe(self, observer: Callable[[str, Job], object]) -> None:
+    def _observed(self, operation: str) -> bool:
+        """Whether an observer wants the jobs of ``operation`` (else they need not be read)."""
+        return any(operation not in skip for _, skip in self._observers)
+
+    def observe(
+        self, observer: Callable[[str, Job], object], *, skip: Collection[str] = ()
+    ) -> None:
         """Call ``observer(operation, job)`` with every row this process writes (``submitted``,
-        ``claimed``, ``succeeded``, ``failed``, ``cancelled``, ``recovered``, ...) for metrics."""
-        self._observers.append(observer)
+        ``claimed``, ``succeeded``, ``failed``, ``cancelled``, ``recovered``, ...) for metrics,
+        but for the operations in ``skip``. Retention reads the jobs it clears (``payload_cleared``)
+        or deletes (``expired``) back whole only for an observer that wants them."""
+        self._observers.append((observer, frozenset(skip)))
 
     async def claim(
         self, worker_id: UUID, *, kinds: Sequence[str] | None, limit: int, lease_seconds: float
@@ -681,7 +702,7 @@ class JobManager:
         The new rows are read back only for a cache or an observer to keep; a worker process
         has neither and is spared decoding them."""
         completions = [(lease.job.id, lease.token, result, last) for lease, result, last in done]
-        if not (self._cache.enabled or self._observers):
+        if not (self._cache.enabled or self._observed("succeeded")):
             succeeded = await self._pg.leases.complete_ids(completions)
             await self._wake({parent for _, parent in succeeded if parent is not None})
             return [job_id for job_id, _ in succeeded]
@@ -847,14 +868,29 @@ class JobManager:
         return self._pg.retention.sweep_lock(idle_limit=idle_limit)
 
     async def clear_payloads(
-        self, *, ttl: float, kinds: Sequence[str] | None, other_kinds: Sequence[str], limit: int
-    ) -> list[Job]:
+        self,
+        *,
+        ttl: float,
+        kinds: Sequence[str] | None,
+        other_kinds: Sequence[str],
+        limit: int,
+        job_ttl: float | None = None,
+    ) -> int:
         """Clear the input of up to ``limit`` unpinned jobs finished ``ttl`` seconds ago (of
-        ``kinds``, or of any kind but ``other_kinds``)."""
+        ``kinds``, or of any kind but ``other_kinds``) but not ``job_ttl`` seconds ago (those
+        are due for deletion; ``None``: them too); returns how many. Observers that want
+        ``payload_cleared`` are handed each job; without one the rows are not read back whole,
+        and this process's cache drops them (the next read fetches them)."""
+        whole = self._observed("payload_cleared")
         cleared = self._pg.retention.clear_payloads(
-            ttl=ttl, kinds=kinds, other_kinds=other_kinds, limit=limit
+            ttl=ttl, kinds=kinds, other_kinds=other_kinds, limit=limit, job_ttl=job_ttl, whole=whole
         )
-        return await self._recorded("payload_cleared", cleared)
+        if whole:
+            return len(await self._recorded("payload_cleared", cleared))
+        changed: list[tuple[UUID, int]] = await cleared
+        for job_id, version in changed:
+            self._cache.invalidate(job_id, version)
+        return len(changed)
 
     async def due_for_expiry(
         self,
@@ -879,9 +915,26 @@ class JobManager:
         for job in due:
             if job.id in gone:
                 self._cache.invalidate(job.id, EXPIRED_VERSION)
-                for observer in self._observers:
-                    observer("expired", job)
+                self._tell("expired", job)
         return [job.id for job in due if job.id in gone]
+
+    async def expire_due(
+        self, *, ttl: float, kinds: Sequence[str] | None, other_kinds: Sequence[str], limit: int
+    ) -> list[UUID]:
+        """``due_for_expiry`` and ``expire`` at once, for jobs that have no ``on_expire`` hook
+        to run first (the caller knows): returns the ids deleted. Without an observer that wants
+        ``expired``, one statement chooses and deletes them, and none is read back whole."""
+        if self._observed("expired"):
+            due = await self.due_for_expiry(
+                ttl=ttl, kinds=kinds, other_kinds=other_kinds, skip=(), limit=limit
+            )
+            return await self.expire(due)
+        gone = await self._pg.retention.expire_due(
+            ttl=ttl, kinds=kinds, other_kinds=other_kinds, limit=limit
+        )
+        for job_id in gone:
+            self._cache.invalidate(job_id, EXPIRED_VERSION)
+        return gone
 
     async def purge_tombstones(self, *, ttl: float, limit: int) -> int:
         """Forget up to ``limit`` jobs expired ``ttl`` seconds ago (their ids answer not found)."""

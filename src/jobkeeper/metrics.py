@@ -92,7 +92,10 @@ class Metrics:
         self._waiting: list[tuple[str, str, int]] = []
         self._live_workers = 0
         self.registry.register(_StateCollector(self))
-        jobs.observe(self.observe)
+        # retention's changes count nothing here (the sweep report does): the jobs it clears or
+        # deletes finished long before, and counting them again inflated jobs_finished_total; nor
+        # need retention read them back whole for this observer
+        jobs.observe(self.observe, skip=("payload_cleared", "expired"))
 
     def observe(self, operation: str, job: Job) -> None:
         """Count a write this process made (``JobManager.observe``)."""

@@ -7,12 +7,13 @@ expired, not the table size.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 from uuid import UUID
 
 from jobkeeper.domain.values import Job
-from jobkeeper.postgres.compile import raw, with_event
+from jobkeeper.postgres.compile import Sql, raw, with_event
 from jobkeeper.postgres.notify import EXPIRED_VERSION
 from jobkeeper.postgres.pool import Database, to_job
 
@@ -24,26 +25,40 @@ _IN_GROUP = (
     "($2::text[] IS NULL OR kind = ANY($2::text[])) AND kind <> ALL(coalesce($3::text[], '{}'))"
 )
 
-# Clear the input of jobs finished more than $1 s ago (the job itself is kept).
-_CLEAR_PAYLOADS = with_event(
-    raw(
-        f"""WITH due AS (
+
+def _cleared(select: str) -> Sql:
+    """Clear the input of jobs finished more than $1 s ago (the job itself is kept), returning
+    ``select`` of each. Jobs finished more than $5 s ago (NULL: none) are left alone: they are
+    due for deletion, and clearing them first, when retention is behind, doubled its work."""
+    return with_event(
+        raw(
+            f"""WITH due AS (
     SELECT id FROM jobs WHERE {_NOT_PINNED_FINISHED} AND payload IS NOT NULL
       AND finished_at < now() - make_interval(secs => $1::float8) AND {_IN_GROUP}
+      AND finished_at >= coalesce(now() - make_interval(secs => $5::float8), '-infinity')
     ORDER BY finished_at LIMIT $4 FOR UPDATE SKIP LOCKED
 ), changed AS (
     UPDATE jobs SET payload = NULL, version = jobs.version + 1, updated_at = now()
     FROM due WHERE jobs.id = due.id AND jobs.finished_at IS NOT NULL AND NOT jobs.pinned
     RETURNING jobs.*
 )""",
-        "ttl",
-        "kinds",
-        "other_kinds",
-        "limit",
-    ),
-    "'payload_cleared'",
-    "jsonb_build_object()",
-)
+            "ttl",
+            "kinds",
+            "other_kinds",
+            "limit",
+            "job_ttl",
+        ),
+        "'payload_cleared'",
+        "jsonb_build_object()",
+        select=select,
+    )
+
+
+_CLEAR_PAYLOADS = _cleared("changed.*")
+# The same, returning only what the change feed announces: decoding every cleared row as a
+# ``Job`` cost the sweeper more than the statement (bench_churn.py), for a process with no
+# observer to hand it to.
+_CLEAR_PAYLOADS_IDS = _cleared("changed.id, changed.version, changed.status")
 # Jobs finished more than $1 s ago, oldest first, except those whose hooks failed ($4).
 _DUE_FOR_EXPIRY = raw(
     f"""SELECT * FROM jobs WHERE {_NOT_PINNED_FINISHED}
@@ -56,19 +71,39 @@ ORDER BY finished_at LIMIT $5""",
     "skip",
     "limit",
 )
-# Delete jobs and keep a tombstone of each; replicas are told, as a change to status "expired", so
-# they drop cached copies. Their events go in a second statement of the same transaction
-# (_EXPIRED_EVENTS), whose fresh snapshot also sees an event committed while the delete waited.
-_EXPIRE = raw(
-    f"""WITH gone AS (
-    DELETE FROM jobs WHERE id = ANY($1::uuid[]) AND {_NOT_PINNED_FINISHED}
+
+
+def _deleted(which: str) -> str:
+    """The CTEs deleting the jobs ``which`` selects, the tombstones, and the feed's rows."""
+    return f"""gone AS (
+    DELETE FROM jobs WHERE {which} AND {_NOT_PINNED_FINISHED}
     RETURNING id, tenant, kind, idempotency_key, version
 ), kept AS (
     INSERT INTO job_tombstones (job_id, tenant, kind, idempotency_key)
     SELECT id, tenant, kind, idempotency_key FROM gone ON CONFLICT (job_id) DO NOTHING
 )
-SELECT id, {EXPIRED_VERSION} AS version, tenant, 'expired' AS status FROM gone""",
-    "ids",
+SELECT id, {EXPIRED_VERSION} AS version, tenant, 'expired' AS status FROM gone"""
+
+
+# Delete jobs and keep a tombstone of each; replicas are told, as a change to status "expired", so
+# they drop cached copies. Their events go in a second statement of the same transaction
+# (_EXPIRED_EVENTS), whose fresh snapshot also sees an event committed while the delete waited
+# (a change to the job committed after this statement's snapshot: the delete re-reads the row,
+# but a join or an IN over job_events in the same statement would not see its event).
+_EXPIRE = raw(f"WITH {_deleted('id = ANY($1::uuid[])')}", "ids")
+# Choose and delete in one statement, for jobs whose kind has no on_expire hook to run first and
+# a process with no observer to hand them to: no row is read back whole, nor sent to the client
+# and back. Locked rows (a change in flight) are skipped, left for the next batch.
+_EXPIRE_DUE = raw(
+    f"""WITH chosen AS (
+    SELECT id FROM jobs WHERE {_NOT_PINNED_FINISHED}
+      AND finished_at < now() - make_interval(secs => $1::float8) AND {_IN_GROUP}
+    ORDER BY finished_at LIMIT $4 FOR UPDATE SKIP LOCKED
+), {_deleted("id IN (SELECT id FROM chosen)")}""",
+    "ttl",
+    "kinds",
+    "other_kinds",
+    "limit",
 )
 _EXPIRED_EVENTS = raw("DELETE FROM job_events WHERE job_id = ANY($1::uuid[])", "ids")
 _PURGE_TOMBSTONES = raw(
@@ -93,6 +128,14 @@ _SWEEP_LOCK = """SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0)) AS he
          THEN current_setting('idle_in_transaction_session_timeout') ELSE $2::text END, true)"""
 
 
+def _group(
+    ttl: float, kinds: Sequence[str] | None, other_kinds: Sequence[str], **more: object
+) -> dict[str, object]:
+    """The parameters of a statement over one policy's jobs (``_IN_GROUP``), and ``more``."""
+    kinds_of = None if kinds is None else list(kinds)
+    return {"ttl": ttl, "kinds": kinds_of, "other_kinds": list(other_kinds), **more}
+
+
 class RetentionStatements:
     """The statements above, run on one ``Database``."""
 
@@ -100,15 +143,20 @@ class RetentionStatements:
         self._db = database
 
     async def clear_payloads(
-        self, *, ttl: float, kinds: Sequence[str] | None, other_kinds: Sequence[str], limit: int
-    ) -> list[Job]:
-        params = {
-            "ttl": ttl,
-            "kinds": None if kinds is None else list(kinds),
-            "other_kinds": list(other_kinds),
-            "limit": limit,
-        }
-        return await self._db.write_jobs(_CLEAR_PAYLOADS, params)
+        self,
+        *,
+        ttl: float,
+        kinds: Sequence[str] | None,
+        other_kinds: Sequence[str],
+        limit: int,
+        job_ttl: float | None,
+        whole: bool,
+    ) -> list[Any]:
+        """The jobs whose input was cleared (``whole``), else their ``(id, new version)``."""
+        params = _group(ttl, kinds, other_kinds, limit=limit, job_ttl=job_ttl)
+        if whole:
+            return await self._db.write_jobs(_CLEAR_PAYLOADS, params)
+        return [(r["id"], r["version"]) for r in await self._db.write(_CLEAR_PAYLOADS_IDS, params)]
 
     async def due_for_expiry(
         self,
@@ -119,23 +167,28 @@ class RetentionStatements:
         skip: Sequence[UUID],
         limit: int,
     ) -> list[Job]:
-        params = {
-            "ttl": ttl,
-            "kinds": None if kinds is None else list(kinds),
-            "other_kinds": list(other_kinds),
-            "skip": list(skip),
-            "limit": limit,
-        }
+        params = _group(ttl, kinds, other_kinds, skip=list(skip), limit=limit)
         return [to_job(r) for r in await self._db.rows(_DUE_FOR_EXPIRY, params, read=True)]
 
     async def expire(self, job_ids: Sequence[UUID]) -> list[UUID]:
         """Delete these finished, unpinned jobs and keep tombstones; returns those deleted."""
         if not job_ids:
             return []
+        return await self._expire(_EXPIRE, {"ids": list(job_ids)})
+
+    async def expire_due(
+        self, *, ttl: float, kinds: Sequence[str] | None, other_kinds: Sequence[str], limit: int
+    ) -> list[UUID]:
+        """Delete up to ``limit`` unpinned jobs finished ``ttl`` seconds ago (of ``kinds``, or of
+        any kind but ``other_kinds``), oldest first, keeping tombstones; returns those deleted."""
+        return await self._expire(_EXPIRE_DUE, _group(ttl, kinds, other_kinds, limit=limit))
+
+    async def _expire(self, sql: Sql, params: Mapping[str, Any]) -> list[UUID]:
         async with self._db.connection() as conn, conn.transaction():
-            rows = await conn.fetch(self._db.text(_EXPIRE), list(job_ids))
+            rows = await conn.fetch(self._db.text(sql), *sql.args(params))
             gone = [r["id"] for r in rows]
-            await conn.execute(self._db.text(_EXPIRED_EVENTS), gone)
+            if gone:
+                await conn.execute(self._db.text(_EXPIRED_EVENTS), gone)
         self._db.announce(rows)
         return gone
 
