@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import operator
 import os
@@ -228,6 +229,10 @@ class Worker:
             concurrency=self._concurrency,
         )
         unsubscribe = self._jobs.subscribe_batches(self._on_changes)
+        # Everything alive now (modules, the registry, the lifespan's resources) lives as long as
+        # the process: out of the collector's sight, the full collections that a job's
+        # allocations keep triggering no longer scan it (5 of ~35 µs of CPU per no-op job).
+        gc.freeze()
         helpers = [
             asyncio.create_task(
                 supervised(f"{name} loop", loop), name=f"jobkeeper-{name.replace(' ', '-')}"
