@@ -62,7 +62,8 @@ class Completer:
 
     def add(self, ctx: JobContext, result_json: str) -> None:
         """Queue the success of ``ctx``'s job (``result_json``: its encoded result)."""
-        self._queued.append((ctx, result_json, tracing.settle_later(ctx.job, "complete")))
+        span = tracing.settle_later(ctx.job, "complete") if ctx.traced else tracing.OFF
+        self._queued.append((ctx, result_json, span))
         self._written.clear()
         self._wake.set()
 
@@ -303,8 +304,10 @@ class Worker:
                     break
                 claimed = len(leases)
                 tracing.claimed(leases, since)
+                # asked once per batch, not twice per job (a run span, a settle span)
+                traced = tracing.enabled()
                 for lease in leases:
-                    self._start(lease, asked + self._lease_seconds)
+                    self._start(lease, asked + self._lease_seconds, traced)
             if claimed and claimed == free:
                 await asyncio.sleep(0)  # maybe more work: claim again once handlers got a turn
                 continue
@@ -348,9 +351,10 @@ class Worker:
 
     # --- running a job -----------------------------------------------------------------------
 
-    def _start(self, lease: Lease, valid_until: float) -> None:
+    def _start(self, lease: Lease, valid_until: float, traced: bool) -> None:
         ctx = JobContext(self._executor, lease, self._resources)
         ctx.lease_valid_until = valid_until
+        ctx.traced = traced
         spec = self._tasks.get(lease.job.kind)
         text = ctx.job_text
         task = asyncio.create_task(self._executor.execute(ctx, spec), name=f"jobkeeper-job-{text}")
