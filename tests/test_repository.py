@@ -183,3 +183,56 @@ async def test_all_returned_datetimes_are_aware_utc(job_manager: JobManager, ten
     assert len(history) == 3
     for event in history:
         _assert_utc(event.at, "event.at")
+
+
+def test_a_row_becomes_the_job_of_its_columns_field_by_field() -> None:
+    """``to_job`` sets the job's slots positionally (``job_of``): every field must get its own
+    column, so each column here holds a value no other field could take."""
+    from jobkeeper.domain.values import FrozenDict, Job, Progress
+    from jobkeeper.postgres.pool import to_job
+
+    moment = itertools.count()
+    at = {name: datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=next(moment)) for name in (
+        "run_after", "created_at", "updated_at", "started_at", "finished_at", "scheduled_for",
+        "input_deadline", "claim_expires_at", "sleeping_until",
+    )}  # fmt: skip
+    ids = {name: uuid4() for name in ("id", "schedule_id", "parent_id", "child")}
+    row: dict[str, Any] = {
+        **at,
+        "id": ids["id"],
+        "tenant": "t",
+        "kind": "k",
+        "status": "running",
+        "payload": FrozenDict(p=1),
+        "result": FrozenDict(r=2),
+        "error": FrozenDict(e=3),
+        "progress_fraction": 0.5,
+        "progress_message": "half",
+        "priority": 7,
+        "attempts": 2,
+        "max_attempts": 9,
+        "idempotency_key": "idem",
+        "concurrency_key": "conc",
+        "cancel_requested": True,
+        "pinned": False,
+        "version": 11,
+        "prompt": FrozenDict(q=4),
+        "answers": FrozenDict(a=5),
+        "checkpoints": FrozenDict(c=6),
+        "schedule_id": ids["schedule_id"],
+        "question_version": 13,
+        "claimed_by": "someone",
+        "parent_id": ids["parent_id"],
+        "waiting_for": [ids["child"]],
+        "trace_context": FrozenDict(traceparent="00-x"),
+    }
+    expected = Job(
+        **{k: v for k, v in row.items() if k not in ("status", "waiting_for", *_PROGRESS)},
+        status=JobStatus.RUNNING,
+        progress=Progress(0.5, "half"),
+        waiting_for=(ids["child"],),
+    )
+    assert to_job(row) == expected
+
+
+_PROGRESS = ("progress_fraction", "progress_message")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import os
 import socket
@@ -422,6 +423,31 @@ async def test_permanent_failure_fails_at_once(
     assert done.error["code"] == "permanent_failure"
     assert done.error["message"] == "cannot ever work"
     assert await types_of(job_manager, done, tenant) == ["submitted", "claimed", "failed"]
+
+
+async def test_a_started_worker_puts_what_lives_at_start_out_of_the_collectors_sight(
+    job_manager: JobManager, tenant: str, kind: str
+) -> None:
+    """The worker's ``gc.freeze()``: the long-lived objects of the process are not scanned again
+    by the collections its jobs trigger (docs/workers.md)."""
+    tasks = TaskRegistry()
+
+    @tasks.task(kind)
+    async def noop(ctx: JobContext, payload: Any) -> None:
+        return None
+
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    worker = make_worker(job_manager, tasks, kinds=[kind])
+    try:
+        async with running(worker):
+            job = await job_manager.submit(tenant, kind, {})
+            done = await wait_status(job_manager, job, tenant, JobStatus.SUCCEEDED)
+            frozen = gc.get_freeze_count()
+    finally:
+        gc.unfreeze()
+    assert done.status == JobStatus.SUCCEEDED
+    assert frozen > 1_000  # modules, classes, the registry: far more than a few objects
 
 
 @pytest.mark.parametrize("result", [{"x": object()}, float("nan"), {"s": "nul \x00"}])

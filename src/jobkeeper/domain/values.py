@@ -8,7 +8,7 @@ caller under another's feet, yet it still serialises with ``json.dumps`` as plai
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, NoReturn
 from uuid import UUID
@@ -28,6 +28,7 @@ __all__ = [
     "Progress",
     "WorkerInfo",
     "freeze_json",
+    "job_of",
 ]
 
 
@@ -133,6 +134,20 @@ class Job:
     def terminal(self) -> bool:
         """Whether the job reached succeeded, failed or cancelled."""
         return self.status in TERMINAL
+
+
+# each field's slot setter, in declaration order (``job_of``)
+_JOB_SLOTS = tuple(getattr(Job, f.name).__set__ for f in fields(Job))
+
+
+def job_of(*values: Any) -> Job:
+    """The ``Job`` with these field values, every one in declaration order. The frozen
+    ``__init__`` sets each of its 34 fields through ``object.__setattr__``, which took half the
+    time of decoding a claimed row; the slots' own setters take a third of it."""
+    job: Job = object.__new__(Job)
+    for set_slot, value in zip(_JOB_SLOTS, values, strict=True):
+        set_slot(job, value)
+    return job
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from typing import Any, TypeAlias
 import asyncpg
 
 from jobkeeper.domain.status import JobStatus
-from jobkeeper.domain.values import FrozenDict, Job, Progress, freeze_json
+from jobkeeper.domain.values import FrozenDict, Job, Progress, freeze_json, job_of
 from jobkeeper.errors import DatabaseUnavailable, SchemaMissing, SchemaOutdated
 from jobkeeper.postgres.compile import Sql, qualify
 from jobkeeper.schema import REVISION, VERSION_TABLE
@@ -60,41 +60,42 @@ def loads(text: str) -> Any:
 
 def to_job(row: asyncpg.Record | Mapping[str, Any]) -> Job:
     """The ``Job`` of a ``jobs`` row (its JSON already frozen by the codec)."""
-    return Job(
-        id=row["id"],
-        tenant=row["tenant"],
-        kind=row["kind"],
-        status=_STATUS[row["status"]],
-        payload=row["payload"],
-        result=row["result"],
-        error=row["error"],
-        progress=Progress(row["progress_fraction"], row["progress_message"]),
-        priority=row["priority"],
-        attempts=row["attempts"],
-        max_attempts=row["max_attempts"],
-        run_after=row["run_after"],
-        idempotency_key=row["idempotency_key"],
-        concurrency_key=row["concurrency_key"],
-        cancel_requested=row["cancel_requested"],
-        pinned=row["pinned"],
-        prompt=row["prompt"],
-        answers=row["answers"],
-        checkpoints=row["checkpoints"],
-        version=row["version"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        schedule_id=row["schedule_id"],
-        scheduled_for=row["scheduled_for"],
-        input_deadline=row["input_deadline"],
-        question_version=row["question_version"],
-        claimed_by=row["claimed_by"],
-        claim_expires_at=row["claim_expires_at"],
-        parent_id=row["parent_id"],
-        waiting_for=None if row["waiting_for"] is None else tuple(row["waiting_for"]),
-        sleeping_until=row["sleeping_until"],
-        trace_context=row["trace_context"],
+    waiting_for = row["waiting_for"]
+    return job_of(
+        row["id"],
+        row["tenant"],
+        row["kind"],
+        _STATUS[row["status"]],
+        row["payload"],
+        row["result"],
+        row["error"],
+        Progress(row["progress_fraction"], row["progress_message"]),
+        row["priority"],
+        row["attempts"],
+        row["max_attempts"],
+        row["run_after"],
+        row["idempotency_key"],
+        row["concurrency_key"],
+        row["cancel_requested"],
+        row["pinned"],
+        row["version"],
+        row["created_at"],
+        row["updated_at"],
+        row["started_at"],
+        row["finished_at"],
+        row["prompt"],
+        row["answers"],
+        row["checkpoints"],
+        row["schedule_id"],
+        row["scheduled_for"],
+        row["input_deadline"],
+        row["question_version"],
+        row["claimed_by"],
+        row["claim_expires_at"],
+        row["parent_id"],
+        None if waiting_for is None else tuple(waiting_for),
+        row["sleeping_until"],
+        row["trace_context"],
     )
 
 

@@ -85,7 +85,8 @@ class JobContext:
     For the worker (not for handlers): ``lease``; ``job_text``, the id as logs and the change feed
     spell it; ``finishing``, set once its outcome is being written (nothing stops it then);
     ``latest``, the last progress report, recorded with the completion; ``lease_valid_until``,
-    until when the lease surely holds (final writes are retried until then); ``stop()`` and
+    until when the lease surely holds (final writes are retried until then); ``traced``, whether
+    tracing was on when the job was claimed (its run and settle spans are recorded); ``stop()`` and
     ``stop_reason``; ``take_progress()`` and ``last_flush`` for the progress flush.
     """
 
@@ -105,6 +106,7 @@ class JobContext:
         # until when (time.monotonic) the lease surely holds: set at the claim, moved by each
         # renewal, measured from before the statement that granted it
         self.lease_valid_until = 0.0
+        self.traced = False
         self._answers: Mapping[str, Any] = lease.job.answers or {}
         self._checkpoints: dict[str, Any] = (
             dict(lease.job.checkpoints) if lease.job.checkpoints else {}

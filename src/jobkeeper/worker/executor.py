@@ -83,8 +83,9 @@ class Executor:
 
     async def execute(self, ctx: JobContext, spec: Task | None) -> None:
         """Run the job's handler and record its outcome (``spec`` None: no handler for its kind),
-        in a span that continues the trace the job was submitted in (``jobkeeper.tracing``)."""
-        with tracing.running(ctx.job):
+        in a span that continues the trace the job was submitted in (``jobkeeper.tracing``) if
+        tracing was on when it was claimed."""
+        with tracing.running(ctx.job) if ctx.traced else tracing.OFF:
             await self._execute(ctx, spec)
 
     async def _execute(self, ctx: JobContext, spec: Task | None) -> None:

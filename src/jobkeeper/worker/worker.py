@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import operator
 import os
@@ -61,7 +62,8 @@ class Completer:
 
     def add(self, ctx: JobContext, result_json: str) -> None:
         """Queue the success of ``ctx``'s job (``result_json``: its encoded result)."""
-        self._queued.append((ctx, result_json, tracing.settle_later(ctx.job, "complete")))
+        span = tracing.settle_later(ctx.job, "complete") if ctx.traced else tracing.OFF
+        self._queued.append((ctx, result_json, span))
         self._written.clear()
         self._wake.set()
 
@@ -228,6 +230,10 @@ class Worker:
             concurrency=self._concurrency,
         )
         unsubscribe = self._jobs.subscribe_batches(self._on_changes)
+        # Everything alive now (modules, the registry, the lifespan's resources) lives as long as
+        # the process: out of the collector's sight, the full collections that a job's
+        # allocations keep triggering no longer scan it (5 of ~35 µs of CPU per no-op job).
+        gc.freeze()
         helpers = [
             asyncio.create_task(
                 supervised(f"{name} loop", loop), name=f"jobkeeper-{name.replace(' ', '-')}"
@@ -298,8 +304,10 @@ class Worker:
                     break
                 claimed = len(leases)
                 tracing.claimed(leases, since)
+                # asked once per batch, not twice per job (a run span, a settle span)
+                traced = tracing.enabled()
                 for lease in leases:
-                    self._start(lease, asked + self._lease_seconds)
+                    self._start(lease, asked + self._lease_seconds, traced)
             if claimed and claimed == free:
                 await asyncio.sleep(0)  # maybe more work: claim again once handlers got a turn
                 continue
@@ -343,9 +351,10 @@ class Worker:
 
     # --- running a job -----------------------------------------------------------------------
 
-    def _start(self, lease: Lease, valid_until: float) -> None:
+    def _start(self, lease: Lease, valid_until: float, traced: bool) -> None:
         ctx = JobContext(self._executor, lease, self._resources)
         ctx.lease_valid_until = valid_until
+        ctx.traced = traced
         spec = self._tasks.get(lease.job.kind)
         text = ctx.job_text
         task = asyncio.create_task(self._executor.execute(ctx, spec), name=f"jobkeeper-job-{text}")
