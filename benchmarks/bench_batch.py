@@ -1,13 +1,17 @@
 """Batch submit benchmark: jobkeeper's ``JobManager.submit_many`` against pgqueuer's batched
-``Queries.enqueue``, lists of 100 and of 1,000 jobs, measured in the same run.
+``Queries.enqueue``, lists of 100 and of 1,000 jobs, measured in the same run, beside the plain
+statement that writes the same rows (the limit any implementation of ``submit_many`` has).
 
 Each system sits in its own scratch database on one Postgres server (created, migrated or
 installed, and dropped at the end, even on error). One producer calls its batch call
 sequentially, one list at a time; rows rotate their order every round, and tables are truncated
 before every row. jobkeeper runs twice: as an API process runs it by default (a hot cache, which
 keeps the jobs it writes and hears the change feed announce them) and with ``cache_size=0`` (a
-producer that serves no reads). The target: jobkeeper (default) at least 1.5x pgqueuer's jobs/s
-at both sizes.
+producer that serves no reads). The limit row is one ``INSERT ... SELECT FROM unnest`` of ids
+and payloads into a copy of jobkeeper's ``jobs`` table (``LIKE jobs INCLUDING ALL``: every
+column, default, constraint and index) on a plain asyncpg connection, with no event rows, no
+validation and no result: what writing jobkeeper's rows costs Postgres and a client that does
+nothing else. The target: jobkeeper (default) at least 1.5x pgqueuer's jobs/s at both sizes.
 
     .venv/bin/python benchmarks/bench_batch.py            # print the markdown report
     .venv/bin/python benchmarks/bench_batch.py --write    # ... and update docs/benchmarks.md
@@ -31,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
+from uuid_utils.compat import uuid7
 
 from common import (
     LoadAverage,
@@ -45,7 +50,7 @@ from common import (
 from jobkeeper import JobManager, JobSpec
 from plots import bars
 from systems import PEER_TASK, TENANT, System, load
-from systems.jobkeeper import NOOP, asyncpg_dsn
+from systems.jobkeeper import NOOP, asyncpg_dsn, in_schema
 from throughput.processes import CpuMeter
 
 SIZES = (100, 1_000)
@@ -58,7 +63,12 @@ LABELS = {
     "jk": "jobkeeper `submit_many` (API process: cache on)",
     "jk0": "jobkeeper `submit_many`, `cache_size=0`",
     "pgq": "pgqueuer `Queries.enqueue`",
+    "limit": "limit: plain `INSERT ... unnest` into a copy of `jobs`",
 }
+LIMIT_TABLE = "public.limit_jobs"
+_LIMIT_CREATE = in_schema(f"CREATE TABLE {LIMIT_TABLE} (LIKE jobs INCLUDING ALL)")
+_LIMIT_INSERT = f"""INSERT INTO {LIMIT_TABLE} (id, tenant, kind, payload)
+SELECT t.id, $3, $4, t.payload::jsonb FROM unnest($1::uuid[], $2::text[]) AS t(id, payload)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +89,7 @@ class Producer:
     key: str
     system: System
     open: Callable[[int], AbstractAsyncContextManager[Batch]]  # a call for lists of a size
+    reset: Callable[[], Awaitable[None]]  # empties what the calls filled
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +128,24 @@ def _jobkeeper(url: str, **options: int) -> Callable[[int], AbstractAsyncContext
                 return manager.submit_many(TENANT, items)
 
             yield call
+
+    return open_calls
+
+
+def _limit(url: str) -> Callable[[int], AbstractAsyncContextManager[Batch]]:
+    @asynccontextmanager
+    async def open_calls(size: int) -> AsyncIterator[Batch]:
+        conn = await asyncpg.connect(asyncpg_dsn(url))
+        try:
+
+            def call(i: int) -> Awaitable[object]:
+                ids = [uuid7() for _ in range(size)]
+                payloads = [json.dumps({"n": i * size + k}) for k in range(size)]
+                return conn.execute(_LIMIT_INSERT, ids, payloads, TENANT, NOOP)
+
+            yield call
+        finally:
+            await conn.close()
 
     return open_calls
 
@@ -163,7 +192,7 @@ async def measure(producer: Producer, size: int, plan: Plan) -> Row:
             durations.append((time.perf_counter_ns() - t0) / 1e6)
         seconds = time.perf_counter() - start
         client, backends = await meter.stop()
-    await producer.system.reset()
+    await producer.reset()
     jobs = len(durations) * size
     return Row(producer.key, size, jobs, seconds, tuple(durations), client, backends)
 
@@ -181,10 +210,16 @@ async def run(server_url: str, plan: Plan) -> tuple[list[Row], str, LoadAverage,
             systems[name] = system
         jk, pgq = systems["jobkeeper"], systems["pgqueuer"]
         postgres = str(await jk.admin.fetchval("SELECT version()"))
+        await jk.admin.execute(_LIMIT_CREATE)
+
+        async def empty_limit() -> None:
+            await jk.admin.execute(f"TRUNCATE {LIMIT_TABLE}")
+
         producers = [
-            Producer("jk", jk, _jobkeeper(jk.url)),
-            Producer("jk0", jk, _jobkeeper(jk.url, cache_size=0)),
-            Producer("pgq", pgq, _pgqueuer(pgq.url)),
+            Producer("jk", jk, _jobkeeper(jk.url), jk.reset),
+            Producer("jk0", jk, _jobkeeper(jk.url, cache_size=0), jk.reset),
+            Producer("pgq", pgq, _pgqueuer(pgq.url), pgq.reset),
+            Producer("limit", jk, _limit(jk.url), empty_limit),
         ]
         merged: dict[tuple[str, int], Row] = {}
         for r in range(plan.rounds):
@@ -224,13 +259,16 @@ def report(
     passed = True
     for size in SIZES:
         jk, jk0, pgq = by[("jk", size)], by[("jk0", size)], by[("pgq", size)]
+        bound = by[("limit", size)]
         ratio = jk.rate / pgq.rate
         ok = ratio >= TARGET
         passed = passed and ok
         verdicts.append(
             f"- Lists of {size:,}: jobkeeper {jk.rate:,.0f} jobs/s ({jk0.rate:,.0f} without a "
             f"cache) vs pgqueuer {pgq.rate:,.0f} = **{ratio:.2f}x** ({jk0.rate / pgq.rate:.2f}x); "
-            f"target >= {TARGET}x: {'met' if ok else 'MISSED'}"
+            f"target >= {TARGET}x: {'met' if ok else 'MISSED'}. The limit (the rows alone) "
+            f"{bound.rate:,.0f} jobs/s = {bound.rate / pgq.rate:.2f}x pgqueuer; jobkeeper "
+            f"{jk.rate / bound.rate:.2f} of it"
         )
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -263,7 +301,11 @@ def report(
         "payload), ...])`: one statement (the rows as arrays, `unnest`, each job with its "
         "`submitted` event), its notifications sent by the announcer. pgqueuer: "
         "`Queries.enqueue(entrypoints, payloads, priorities)` on one asyncpg connection: one "
-        "statement (its queue rows and their log rows).",
+        "statement (its queue rows and their log rows). The limit: "
+        f"`CREATE TABLE {LIMIT_TABLE} (LIKE jobs INCLUDING ALL)` in jobkeeper's database, one "
+        "`INSERT ... SELECT FROM unnest($ids, $payloads)` per list on one asyncpg connection "
+        "(ids by `uuid7()`, payloads by `json.dumps`, as pgqueuer's row gets them): no event "
+        "row, no validation, no result.",
         "- Client CPU = this process's CPU time (user + system) over the row, so jobkeeper's "
         "change feed and announcer count; Postgres CPU = the same for the backends connected to "
         "that system's database (`/proc/<pid>/stat`).",
@@ -272,7 +314,12 @@ def report(
     return "\n".join(lines), passed
 
 
-SHORT = {"jk": "jobkeeper", "jk0": "jobkeeper,\ncache_size=0", "pgq": "pgqueuer"}
+SHORT = {
+    "jk": "jobkeeper",
+    "jk0": "jobkeeper,\ncache_size=0",
+    "pgq": "pgqueuer",
+    "limit": "limit:\nplain INSERT",
+}
 
 
 def draw(rows: Sequence[Row]) -> None:

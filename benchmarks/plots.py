@@ -38,7 +38,7 @@ def bars(
 ) -> Path:
     """A bar per label (in the mapping's order), each labelled with its value; ``target``, as
     (label, value), draws a dashed line across. Returns the PNG's path."""
-    figure = Figure(figsize=(7, 3.6))
+    figure = Figure(figsize=(max(7.0, 1.2 * len(values)), 3.6))  # room for each bar's label
     axes = figure.subplots()
     labels = list(values)
     drawn = axes.bar(labels, [values[label] for label in labels], color="#4878a8")

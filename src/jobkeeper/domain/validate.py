@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from jobkeeper.domain.values import NewJob, Progress
+from jobkeeper.domain.values import NewJob, Progress, new_job_of
 from jobkeeper.errors import InvalidJobId, InvalidRequest, TenantRequired
 
 __all__ = [
@@ -213,17 +213,18 @@ def validate_new_job(
         if idempotency_key is None
         else _fingerprint(kind, payload_json, priority, max_attempts, when, concurrency_key, pinned)
     )
-    return NewJob(
-        tenant=tenant,
-        kind=kind,
-        payload_json=payload_json,
-        priority=priority,
-        max_attempts=max_attempts,
-        run_after=when,
-        idempotency_key=idempotency_key,
-        concurrency_key=concurrency_key,
-        pinned=pinned,
-        fingerprint=fingerprint,
+    return new_job_of(  # NewJob's fields, in order (a batch builds thousands)
+        tenant,
+        kind,
+        payload_json,
+        priority,
+        max_attempts,
+        when,
+        idempotency_key,
+        concurrency_key,
+        pinned,
+        fingerprint,
+        None,  # parent_id
     )
 
 

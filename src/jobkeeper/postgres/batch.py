@@ -33,7 +33,7 @@ from uuid_utils.compat import uuid7
 
 from jobkeeper.domain.batch import Batch
 from jobkeeper.domain.status import JobStatus
-from jobkeeper.domain.values import FrozenDict, Job, NewJob, Progress
+from jobkeeper.domain.values import FrozenDict, Job, NewJob, Progress, job_of
 from jobkeeper.errors import DatabaseUnavailable, IdempotencyConflict, JobExpired
 from jobkeeper.postgres.borrowed import Borrowed, job_of_text_row, json_as_text
 from jobkeeper.postgres.compile import Sql, raw, with_event
@@ -368,31 +368,41 @@ def _drafted(tenant: str, new: NewJob, job_id: UUID, trace_context: Any) -> Job:
     """A new job of ``_INSERT`` before it returns: what was sent, and the columns' defaults
     for what was not. Decoding every column of a thousand rows cost about as much as inserting
     them; tests compare such a job with its row read back."""
-    return Job(
-        id=job_id,
-        tenant=tenant,
-        kind=new.kind,
-        status=_QUEUED_STATUS,
-        payload=None,
-        result=None,
-        error=None,
-        progress=_NO_PROGRESS,
-        priority=new.priority,
-        attempts=0,
-        max_attempts=new.max_attempts,
-        run_after=_UNFILLED,
-        idempotency_key=new.idempotency_key,
-        concurrency_key=new.concurrency_key,
-        cancel_requested=False,
-        pinned=new.pinned,
-        version=1,
-        created_at=_UNFILLED,
-        updated_at=_UNFILLED,
-        started_at=None,
-        finished_at=None,
-        answers=_NONE_YET,
-        checkpoints=_NONE_YET,
-        trace_context=trace_context,
+    return job_of(  # Job's fields, in order
+        job_id,
+        tenant,
+        new.kind,
+        _QUEUED_STATUS,
+        None,  # payload: as jsonb keeps it (_filled)
+        None,  # result
+        None,  # error
+        _NO_PROGRESS,
+        new.priority,
+        0,  # attempts
+        new.max_attempts,
+        _UNFILLED,  # run_after
+        new.idempotency_key,
+        new.concurrency_key,
+        False,  # cancel_requested
+        new.pinned,
+        1,  # version
+        _UNFILLED,  # created_at
+        _UNFILLED,  # updated_at
+        None,  # started_at
+        None,  # finished_at
+        None,  # prompt
+        _NONE_YET,  # answers
+        _NONE_YET,  # checkpoints
+        None,  # schedule_id
+        None,  # scheduled_for
+        None,  # input_deadline
+        None,  # question_version
+        None,  # claimed_by
+        None,  # claim_expires_at
+        None,  # parent_id
+        None,  # waiting_for
+        None,  # sleeping_until
+        trace_context,
     )
 
 
