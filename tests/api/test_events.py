@@ -13,8 +13,13 @@ import asyncio
 import httpx
 import pytest
 
+from jobkeeper.api import deps
+from jobkeeper.api.auth import ApiKeys
+from jobkeeper.api.deps import Services
 from jobkeeper.domain.validate import MAX_SEQUENCE
+from jobkeeper.domain.values import JobEvent
 from jobkeeper.manager import JobManager
+from jobkeeper.metrics import Metrics
 
 from .support import (
     DEADLINE,
@@ -24,6 +29,7 @@ from .support import (
     assert_event_stream,
     assert_problem,
     job_status,
+    make_settings,
     parse_sse,
     running_worker,
 )
@@ -170,3 +176,40 @@ async def test_an_after_outside_int64_is_422(api: httpx.AsyncClient, after: int 
     )
     problem = assert_problem(response, 422, "validation_error")
     assert [error["loc"] for error in problem["errors"]] == [["query", "after"]]
+
+
+async def test_a_jobs_frames_are_encoded_once_for_every_stream_and_kept_bounded(
+    job_manager: JobManager, database_url: str, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deps, "EVENT_FRAMES", 3)
+    svc = Services(
+        settings=make_settings(database_url),
+        jobs=job_manager,
+        keys=ApiKeys(job_manager),
+        metrics=Metrics(job_manager),
+    )
+    first = await job_manager.submit(tenant, IDLE_KIND, {"n": 1})
+    await job_manager.cancel(first.id, tenant=tenant)
+    second = await job_manager.submit(tenant, IDLE_KIND, {"n": 2})
+    history = await job_manager.events(first.id, tenant=tenant)
+
+    frames = [svc.event_frame(first.id, event) for event in history]
+    # a second stream of the same job sends the very frames the first one encoded
+    assert all(
+        svc.event_frame(first.id, event) is frame
+        for event, frame in zip(history, frames, strict=True)
+    )
+    sent = parse_sse(b"".join(frames).decode())
+    assert [(e.id, e.event) for e in sent] == [(str(e.seq), e.type) for e in history]
+    assert sent[0].data["data"] == {"kind": IDLE_KIND}
+
+    for event in await job_manager.events(second.id, tenant=tenant):
+        svc.event_frame(second.id, event)
+    for seq in range(10, 20):  # more events than kept: the first stored go first
+        svc.event_frame(second.id, JobEvent(seq, "progress", {}, history[0].at))
+    assert len(svc.frames) == 3
+    assert (first.id, history[0].seq) not in svc.frames
+    # a frame too large to keep is still sent whole
+    large = JobEvent(30, "progress", {"text": "x" * deps.FRAME_KEPT_BYTES}, history[0].at)
+    assert parse_sse(svc.event_frame(second.id, large).decode())[0].data["data"] == large.data
+    assert (second.id, 30) not in svc.frames

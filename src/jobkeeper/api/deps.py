@@ -7,6 +7,7 @@ host application passes its own to ``create_router(caller=...)``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -16,11 +17,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
+from sse_starlette import ServerSentEvent
 
 from jobkeeper.api.auth import ApiKeys
 from jobkeeper.api.problems import PROBLEM_RESPONSE, ProblemRoute
-from jobkeeper.api.schemas import job_json
-from jobkeeper.domain.values import Caller, Job
+from jobkeeper.api.schemas import iso, job_json
+from jobkeeper.domain.values import Caller, Job, JobEvent
 from jobkeeper.manager import JobManager
 from jobkeeper.metrics import Metrics
 from jobkeeper.settings import Settings
@@ -43,6 +45,8 @@ __all__ = [
 
 DEV_TENANT = "default"
 ENCODED_JOBS = 4096  # encoded jobs kept (about 0.5 KiB each for small payloads)
+EVENT_FRAMES = 4096  # encoded SSE frames kept (a few hundred bytes each for small data)
+FRAME_KEPT_BYTES = 8192  # larger frames (a long question, a traceback) are encoded per send
 # who asks when auth is disabled (development only)
 ANONYMOUS = "anonymous"
 
@@ -85,6 +89,11 @@ class Services:
     # per read; at most ENCODED_JOBS jobs, the first stored goes first (a plain dict: this is
     # read on every poll, and an LRU's bookkeeping costs more than a rare re-encoding)
     encoded: dict[UUID, Encoded] = field(default_factory=dict)
+    # a job's events as Server-Sent Events frames, by (job id, seq): an event never changes once
+    # written, and every watcher of a job sends the same frames, so each is encoded once for all
+    # of them instead of once per watcher; at most EVENT_FRAMES of at most FRAME_KEPT_BYTES each
+    # (32 MiB at worst), the first stored goes first
+    frames: dict[tuple[UUID, int], bytes] = field(default_factory=dict)
 
     def encoded_job(self, job: Job) -> Encoded:
         """``job``'s answer, encoded on its version's first read."""
@@ -93,6 +102,21 @@ class Services:
             if found is None and len(self.encoded) >= ENCODED_JOBS:
                 del self.encoded[next(iter(self.encoded))]
             found = self.encoded[job.id] = Encoded.of(job)
+        return found
+
+    def event_frame(self, job_id: UUID, event: JobEvent) -> bytes:
+        """``event`` of job ``job_id`` as ``GET /jobs/{id}/events`` sends it (``id`` = seq,
+        ``event`` = type, ``data`` = JSON), encoded on its first send."""
+        key = (job_id, event.seq)
+        found = self.frames.get(key)
+        if found is None:
+            data = {"seq": event.seq, "type": event.type, "at": iso(event.at), "data": event.data}
+            frame = ServerSentEvent(data=json.dumps(data), event=event.type, id=str(event.seq))
+            found = frame.encode()
+            if len(found) <= FRAME_KEPT_BYTES:
+                if len(self.frames) >= EVENT_FRAMES:
+                    del self.frames[next(iter(self.frames))]
+                self.frames[key] = found
         return found
 
 

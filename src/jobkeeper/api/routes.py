@@ -9,13 +9,12 @@ router on jobkeeper's API keys. Their errors are problems wherever they are moun
 # No ``from __future__ import annotations``: the routes are defined inside ``create_router`` and
 # their parameters name its ``caller`` dependency, which FastAPI cannot resolve from a string.
 
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 
 from jobkeeper.api.deps import (
     CallerDependency,
@@ -50,7 +49,6 @@ from jobkeeper.api.schemas import (
     JobPageOut,
     ResumeAfter,
     SubmitIn,
-    iso,
     job_json,
 )
 from jobkeeper.domain.status import JobStatus
@@ -400,12 +398,9 @@ def create_router(*, caller: CallerDependency = api_key_caller) -> APIRouter:
     return router
 
 
-async def _stream(
-    svc: Services, job: Job, tenant: str, after: int
-) -> AsyncIterator[ServerSentEvent]:
+async def _stream(svc: Services, job: Job, tenant: str, after: int) -> AsyncIterator[bytes]:
     async for event in svc.jobs.watch(job.id, tenant=tenant, after=after):
-        data = {"seq": event.seq, "type": event.type, "at": iso(event.at), "data": event.data}
-        yield ServerSentEvent(data=json.dumps(data), event=event.type, id=str(event.seq))
+        yield svc.event_frame(job.id, event)
 
 
 # the jobs routes on jobkeeper's own API keys (``Authorization: Bearer <key>``)
