@@ -37,6 +37,9 @@ from datetime import UTC, datetime
 import asyncpg
 from uuid_utils.compat import uuid7
 
+from bench_limit import CREATE_TABLE as CREATE_LIMIT_TABLE
+from bench_limit import INSERT as LIMIT_INSERT
+from bench_limit import TABLE as LIMIT_TABLE
 from common import (
     LoadAverage,
     arguments,
@@ -50,7 +53,7 @@ from common import (
 from jobkeeper import JobManager, JobSpec
 from plots import bars
 from systems import PEER_TASK, TENANT, System, load
-from systems.jobkeeper import NOOP, asyncpg_dsn, in_schema
+from systems.jobkeeper import NOOP, asyncpg_dsn
 from throughput.processes import CpuMeter
 
 SIZES = (100, 1_000)
@@ -65,10 +68,6 @@ LABELS = {
     "pgq": "pgqueuer `Queries.enqueue`",
     "limit": "limit: plain `INSERT ... unnest` into a copy of `jobs`",
 }
-LIMIT_TABLE = "public.limit_jobs"
-_LIMIT_CREATE = in_schema(f"CREATE TABLE {LIMIT_TABLE} (LIKE jobs INCLUDING ALL)")
-_LIMIT_INSERT = f"""INSERT INTO {LIMIT_TABLE} (id, tenant, kind, payload)
-SELECT t.id, $3, $4, t.payload::jsonb FROM unnest($1::uuid[], $2::text[]) AS t(id, payload)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +140,7 @@ def _limit(url: str) -> Callable[[int], AbstractAsyncContextManager[Batch]]:
             def call(i: int) -> Awaitable[object]:
                 ids = [uuid7() for _ in range(size)]
                 payloads = [json.dumps({"n": i * size + k}) for k in range(size)]
-                return conn.execute(_LIMIT_INSERT, ids, payloads, TENANT, NOOP)
+                return conn.execute(LIMIT_INSERT, ids, payloads, TENANT, NOOP)
 
             yield call
         finally:
@@ -210,7 +209,7 @@ async def run(server_url: str, plan: Plan) -> tuple[list[Row], str, LoadAverage,
             systems[name] = system
         jk, pgq = systems["jobkeeper"], systems["pgqueuer"]
         postgres = str(await jk.admin.fetchval("SELECT version()"))
-        await jk.admin.execute(_LIMIT_CREATE)
+        await jk.admin.execute(CREATE_LIMIT_TABLE)
 
         async def empty_limit() -> None:
             await jk.admin.execute(f"TRUNCATE {LIMIT_TABLE}")

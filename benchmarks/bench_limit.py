@@ -97,8 +97,8 @@ QUICK = LimitPlan(jobs=5_000, rounds=1, timeout=15.0, explain_jobs=1_000)
 # --- the limit: plain statements on a copy of the jobs table ------------------------------------
 
 TABLE = "public.limit_jobs"
-_CREATE = in_schema(f"CREATE TABLE {TABLE} (LIKE jobs INCLUDING ALL)")
-_INSERT = f"""INSERT INTO {TABLE} (id, tenant, kind, payload)
+CREATE_TABLE = in_schema(f"CREATE TABLE {TABLE} (LIKE jobs INCLUDING ALL)")
+INSERT = f"""INSERT INTO {TABLE} (id, tenant, kind, payload)
 SELECT t.id, $3, $4, t.payload::jsonb FROM unnest($1::uuid[], $2::text[]) AS t(id, payload)"""
 _CLAIM = f"""UPDATE {TABLE} SET status = 'running', attempts = attempts + 1,
     lease_token = gen_random_uuid(), lease_expires_at = now() + interval '30 seconds',
@@ -119,7 +119,7 @@ def _rows(n: int) -> tuple[list[uuid.UUID], list[str]]:
 
 async def _insert(conn: asyncpg.Connection, n: int) -> None:
     ids, payloads = _rows(n)
-    await conn.execute(_INSERT, ids, payloads, TENANT, NOOP)
+    await conn.execute(INSERT, ids, payloads, TENANT, NOOP)
 
 
 async def _claim_complete(conn: asyncpg.Connection, worker: uuid.UUID) -> int:
@@ -306,7 +306,7 @@ async def costs(jk: Jobkeeper, n: int) -> list[Cost]:
 
     await admin.execute(f"TRUNCATE {TABLE}")
     tally("limit: insert").add(
-        await admin.fetchval(_EXPLAIN + _INSERT, ids, payloads, TENANT, NOOP), n
+        await admin.fetchval(_EXPLAIN + INSERT, ids, payloads, TENANT, NOOP), n
     )
     await admin.execute(f"ANALYZE {TABLE}")
     claimed = f"SELECT id, lease_token FROM {TABLE} WHERE status = 'running'"
@@ -352,7 +352,7 @@ async def run(server_url: str, plan: LimitPlan, logs: Path) -> Results:
         jk = systems[0]
         assert isinstance(jk, Jobkeeper)
         results.postgres = str(await jk.admin.fetchval("SELECT version()"))
-        await jk.admin.execute(_CREATE)
+        await jk.admin.execute(CREATE_TABLE)
         # LIKE copies no storage parameters: the limit's table gets those of jobs (fillfactor)
         options = await jk.admin.fetchval(
             "SELECT reloptions FROM pg_class WHERE oid = to_regclass($1)", in_schema("jobs")
